@@ -1,0 +1,269 @@
+"""The event log: an append-only folder of JSON Lines segment files.
+
+Segments are named ``segment-<12-digit index>.jsonl`` by our writer; any
+``*.jsonl`` names work as long as sorting the names sorts them by age. A
+:class:`Position` (segment name, byte offset) says where reading stopped, and
+ordering positions as tuples orders them in the log.
+
+Reading goes through ``tf.io.gfile`` so a log may live on ``gs://``. Writing
+(the simulator) is local: it relies on O_APPEND so that a concurrent reader
+only ever sees whole lines, apart from a partial line at the very tail of the
+newest segment, which readers leave for the next run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+SEGMENT_SUFFIX = ".jsonl"
+SEGMENT_PREFIX = "segment-"
+_TAIL_BLOCK = 64 * 1024
+
+
+class EventLogError(RuntimeError):
+    """The log cannot be read as configured; the message says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Position:
+    """A byte offset in a segment: everything before it has been read."""
+
+    segment: str
+    offset: int
+
+    def to_json(self) -> str:
+        return json.dumps([self.segment, self.offset])
+
+    @classmethod
+    def from_json(cls, text: str) -> "Position":
+        segment, offset = json.loads(text)
+        return cls(str(segment), int(offset))
+
+    def __str__(self) -> str:
+        return f"{self.segment}@{self.offset}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """Lines that *start* in [start, end) of one segment; the unit of parallel reading."""
+
+    index: int
+    segment: str
+    start: int
+    end: int
+    # Byte offset at which the segment is known to end for this read; a line
+    # starting before `end` is read up to here at most.
+    segment_limit: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadPlan:
+    start: Position
+    end: Position
+    chunks: Tuple[Chunk, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c.end - c.start for c in self.chunks)
+
+
+def _gfile():
+    import tensorflow as tf  # local: the simulator and plain log readers need no TF import
+
+    return tf.io.gfile
+
+
+def segment_name(index: int) -> str:
+    return f"{SEGMENT_PREFIX}{index:012d}{SEGMENT_SUFFIX}"
+
+
+def list_segments(log_dir: str) -> List[Tuple[str, int]]:
+    """(name, size) of every segment, oldest first."""
+    gfile = _gfile()
+    if not gfile.exists(log_dir):
+        raise EventLogError(
+            f"event log folder {log_dir!r} does not exist. Point the source's log_dir at the folder the "
+            f"producer writes to, or create it with 'driftline simulate --log {log_dir}'.")
+    if not gfile.isdir(log_dir):
+        raise EventLogError(f"event log path {log_dir!r} is a file, not a folder of {SEGMENT_SUFFIX} segments")
+    try:
+        names = sorted(n for n in gfile.listdir(log_dir) if n.endswith(SEGMENT_SUFFIX))
+    except Exception as e:  # permissions and remote errors surface here with their own detail
+        raise EventLogError(f"cannot list event log folder {log_dir!r}: {e}. Check that it is readable.") from e
+    return [(n, gfile.stat(os.path.join(log_dir, n)).length) for n in names]
+
+
+def _last_newline_end(path: str, size: int) -> int:
+    """Offset just after the last newline in a file: the end of its complete lines."""
+    with _gfile().GFile(path, "rb") as f:
+        pos = size
+        while pos > 0:
+            start = max(0, pos - _TAIL_BLOCK)
+            f.seek(start)
+            block = f.read(pos - start)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                return start + i + 1
+            pos = start
+    return 0
+
+
+def plan_read(log_dir: str, start: Optional[Position], chunk_bytes: int = 8 << 20) -> ReadPlan:
+    """Splits what lies between `start` and the end of the log into chunks.
+
+    The end is the end of the last complete line of the newest segment: a
+    line the producer is still writing is left for the next run. In older
+    segments the producer has moved on, so a missing final newline is a
+    truncated line; it is read (and dead-lettered if it does not parse).
+    """
+    if chunk_bytes < 1:
+        raise ValueError("chunk_bytes must be >= 1")
+    segments = list_segments(log_dir)
+    if start is not None:
+        names = [n for n, _ in segments]
+        if start.segment and start.segment not in names:
+            raise EventLogError(
+                f"the committed position {start} names segment {start.segment!r}, which is no longer in "
+                f"{log_dir!r}. Segments were deleted or renamed before they were fully ingested; restore "
+                "them, or start a new pipeline (a new pipeline name) to ingest the log from its beginning.")
+    chunks: List[Chunk] = []
+    end = start
+    for i, (name, size) in enumerate(segments):
+        if start is not None and name < start.segment:
+            continue
+        begin = start.offset if (start is not None and name == start.segment) else 0
+        newest = i == len(segments) - 1
+        limit = _last_newline_end(os.path.join(log_dir, name), size) if newest else size
+        if begin > limit:
+            raise EventLogError(
+                f"segment {name!r} in {log_dir!r} is {limit} bytes of complete lines, shorter than the committed "
+                f"offset {begin}. The log is append-only: a segment must never be rewritten or truncated.")
+        for s in range(begin, limit, chunk_bytes):
+            chunks.append(Chunk(len(chunks), name, s, min(s + chunk_bytes, limit), limit))
+        end = Position(name, limit)
+    if start is None:
+        start = Position(segments[0][0], 0) if segments else Position("", 0)
+    return ReadPlan(start=start, end=end or start, chunks=tuple(chunks))
+
+
+def read_chunk(log_dir: str, chunk: Chunk) -> Iterator[Tuple[int, bytes]]:
+    """Yields (offset, line without newline) for each line starting in the chunk."""
+    path = os.path.join(log_dir, chunk.segment)
+    with _gfile().GFile(path, "rb") as f:
+        begin = chunk.start
+        if begin > 0:
+            # The chunk owns a line only if the line starts inside it: skip a
+            # line that began in the previous chunk.
+            f.seek(begin - 1)
+            data = f.read(chunk.end - begin + 1)
+            if data[:1] != b"\n":
+                nl = data.find(b"\n")
+                if nl < 0:
+                    data = b""
+                    begin = chunk.end
+                else:
+                    begin = begin - 1 + nl + 1
+                    data = data[nl + 1:]
+            else:
+                data = data[1:]
+        else:
+            data = f.read(chunk.end - begin)
+        if begin >= chunk.end:
+            # The whole chunk lies inside a line owned by an earlier chunk.
+            return
+        # The last line may run past the chunk's end: finish it.
+        if data and not data.endswith(b"\n") and chunk.end < chunk.segment_limit:
+            extra = []
+            pos = chunk.end
+            while pos < chunk.segment_limit:
+                block = f.read(min(_TAIL_BLOCK, chunk.segment_limit - pos))
+                if not block:
+                    break
+                nl = block.find(b"\n")
+                if nl >= 0:
+                    extra.append(block[:nl + 1])
+                    break
+                extra.append(block)
+                pos += len(block)
+            data += b"".join(extra)
+    offset = begin
+    for line in data.split(b"\n"):
+        if offset >= chunk.end:
+            break
+        length = len(line) + 1
+        if line.strip():
+            yield offset, line
+        offset += length
+
+
+class EventLogWriter:
+    """Appends JSON Lines to a local log folder, rotating segments by size.
+
+    Each line is written with one ``write`` on an O_APPEND descriptor, so a
+    reader never sees a torn line except at the tail of the newest segment.
+    Reopening a folder continues its newest segment.
+    """
+
+    def __init__(self, log_dir: str, max_segment_bytes: int = 16 << 20):
+        if max_segment_bytes < 1:
+            raise ValueError("max_segment_bytes must be >= 1")
+        self.log_dir = log_dir
+        self.max_segment_bytes = max_segment_bytes
+        os.makedirs(log_dir, exist_ok=True)
+        existing = sorted(n for n in os.listdir(log_dir)
+                          if n.startswith(SEGMENT_PREFIX) and n.endswith(SEGMENT_SUFFIX))
+        self._index = int(existing[-1][len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)]) if existing else 0
+        self._fd: Optional[int] = None
+        self._size = 0
+        self._open()
+
+    def _open(self) -> None:
+        path = os.path.join(self.log_dir, segment_name(self._index))
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = os.fstat(self._fd).st_size
+
+    def write_lines(self, lines: Sequence[bytes]) -> None:
+        """Appends lines (each without its newline), rotating between lines."""
+        batch: List[bytes] = []
+        batch_size = 0
+        for line in lines:
+            record = line + b"\n"
+            if self._size + batch_size > 0 and self._size + batch_size + len(record) > self.max_segment_bytes:
+                self._flush(batch)
+                batch, batch_size = [], 0
+                self._rotate()
+            batch.append(record)
+            batch_size += len(record)
+        self._flush(batch)
+
+    def write_events(self, events: Sequence[dict]) -> None:
+        self.write_lines([json.dumps(e, separators=(",", ":")).encode() for e in events])
+
+    def _flush(self, batch: List[bytes]) -> None:
+        if not batch:
+            return
+        data = b"".join(batch)
+        # Whole lines in one write: O_APPEND makes it land as a unit at the end.
+        written = os.write(self._fd, data)
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._index += 1
+        self._open()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "EventLogWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

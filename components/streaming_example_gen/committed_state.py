@@ -1,0 +1,56 @@
+"""Reads the committed stream position from ML Metadata.
+
+ML Metadata is the only record of how far ingestion got: every published
+`Examples` artifact carries the run's committed state as a custom property,
+so the newest one is the truth. There is no side file to disagree with it.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from components.streaming_example_gen import windowing
+
+COMMITTED_STATE_PROPERTY = "committed_state"
+NODE_CONTEXT_TYPE = "node"
+EXAMPLES_TYPE = "Examples"
+
+# PENDING outputs belong to runs that never published; retention marks old
+# artifacts DELETED, but what they committed still stands.
+_COMMITTED_STATES = (
+    metadata_store_pb2.Artifact.LIVE,
+    metadata_store_pb2.Artifact.MARKED_FOR_DELETION,
+    metadata_store_pb2.Artifact.DELETED,
+)
+
+
+def node_context_name(pipeline_name: str, node_id: str) -> str:
+    # The name TFX's compiler gives a node's context (compiler_utils.node_context_name).
+    return f"{pipeline_name}.{node_id}"
+
+
+def latest_committed_state(store: metadata_store.MetadataStore, pipeline_name: str,
+                           node_id: str) -> Tuple[windowing.CommittedState, Optional[int]]:
+    """The state committed by the newest published run of one StreamingExampleGen node.
+
+    Returns the state and the id of the artifact it was read from (None before
+    the first run).
+    """
+    context = store.get_context_by_type_and_name(NODE_CONTEXT_TYPE, node_context_name(pipeline_name, node_id))
+    if context is None:
+        return windowing.CommittedState(), None
+    # Newest first; one published run's artifacts all carry the same state, so
+    # the first committed one found is the answer. The bounded query covers
+    # the usual case; only a long run of never-published outputs needs the rest.
+    for limit in (64, None):
+        options = metadata_store.ListOptions(limit=limit, order_by=metadata_store.OrderByField.ID, is_asc=False)
+        artifacts = store.get_artifacts_by_context(context.id, list_options=options)
+        for artifact in artifacts:
+            if artifact.state in _COMMITTED_STATES and COMMITTED_STATE_PROPERTY in artifact.custom_properties:
+                return (windowing.CommittedState.from_json(
+                    artifact.custom_properties[COMMITTED_STATE_PROPERTY].string_value), artifact.id)
+        if limit is not None and len(artifacts) < limit:
+            break
+    return windowing.CommittedState(), None

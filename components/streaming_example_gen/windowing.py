@@ -1,0 +1,205 @@
+"""Event-time windowing and the exactly-once bookkeeping of ingestion.
+
+Plain functions and dataclasses, no TFX and no Beam, so the rules that make
+ingestion exactly-once are tested directly.
+
+The committed state of a stream is what the last *published* run recorded on
+its ``Examples`` artifacts in ML Metadata:
+
+* ``end``: everything before this position was read by a published run;
+* ``resume``: the earliest position holding an event that was read but not
+  yet emitted because its span had not closed (``end`` when there is none);
+* ``last_span``: the newest span emitted;
+* ``max_event_time_ms``: the newest event time seen, which drives the watermark.
+
+A run re-reads from ``resume`` and decides each event's fate from the state
+and its own position alone, which is why a crashed run can simply be redone:
+
+* a position before ``end`` whose span is at or before ``last_span`` was
+  emitted by an earlier run, and is skipped;
+* otherwise a span at or before ``last_span`` has already been emitted, so the
+  event is *late*: it goes into the first span this run emits;
+* otherwise, if its span is closed (its end is at or before the watermark,
+  the newest event time minus the allowed lateness), it is emitted in it;
+* otherwise it stays *pending* and the next run reads it again.
+
+Invalid lines are dead-lettered by the first published run that reads them,
+that is, only at positions at or after ``end``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Dict, FrozenSet, Iterable, Optional
+
+from components.event_log import Position
+
+TRAIN = "train"
+EVAL = "eval"
+SPLITS = (TRAIN, EVAL)
+
+# The fate of one event in one run.
+SKIP = "skip"
+LATE = "late"
+ON_TIME = "on_time"
+PENDING = "pending"
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    span_ms: int
+    allowed_lateness_ms: int
+    eval_fraction: float
+
+    def span_of(self, event_time_ms: int) -> int:
+        return event_time_ms // self.span_ms
+
+    def span_bounds(self, span: int) -> tuple:
+        return span * self.span_ms, (span + 1) * self.span_ms
+
+    def closed_through(self, max_event_time_ms: Optional[int]) -> Optional[int]:
+        """The newest span whose window lies wholly behind the watermark."""
+        if max_event_time_ms is None:
+            return None
+        watermark = max_event_time_ms - self.allowed_lateness_ms
+        return watermark // self.span_ms - 1
+
+    def split_of(self, span: int, event_time_ms: int) -> str:
+        """`eval` for the latest `eval_fraction` of the span's window in event time.
+
+        Late events carry older event times than the span they land in, so
+        they always train: evaluation data stays later than training data.
+        """
+        start = span * self.span_ms
+        cut = start + int(round(self.span_ms * (1.0 - self.eval_fraction)))
+        return EVAL if event_time_ms >= cut else TRAIN
+
+
+@dataclasses.dataclass(frozen=True)
+class CommittedState:
+    end: Optional[Position] = None
+    resume: Optional[Position] = None
+    last_span: Optional[int] = None
+    max_event_time_ms: Optional[int] = None
+
+    @property
+    def is_initial(self) -> bool:
+        return self.end is None
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "end": None if self.end is None else [self.end.segment, self.end.offset],
+            "resume": None if self.resume is None else [self.resume.segment, self.resume.offset],
+            "last_span": self.last_span,
+            "max_event_time_ms": self.max_event_time_ms,
+        }, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: Optional[str]) -> "CommittedState":
+        if not text:
+            return cls()
+        d = json.loads(text)
+        pos = lambda v: None if v is None else Position(str(v[0]), int(v[1]))  # noqa: E731
+        return cls(end=pos(d.get("end")), resume=pos(d.get("resume")),
+                   last_span=d.get("last_span"), max_event_time_ms=d.get("max_event_time_ms"))
+
+
+def classify(state: CommittedState, position: Position, span: int, closed_through: Optional[int]) -> str:
+    """The fate of a valid event read at `position` with event-time `span`."""
+    if state.last_span is not None and span <= state.last_span:
+        if state.end is not None and position < state.end:
+            return SKIP
+        return LATE
+    if closed_through is not None and span <= closed_through:
+        return ON_TIME
+    return PENDING
+
+
+def is_new_line(state: CommittedState, position: Position) -> bool:
+    """True when no published run has read this line yet (it may be dead-lettered now)."""
+    return state.end is None or position >= state.end
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDecision:
+    """What a run emits, decided from the whole read before anything is written."""
+
+    closed_through: Optional[int]
+    emitted_spans: FrozenSet[int]
+    max_event_time_ms: Optional[int]
+
+    @property
+    def first_span(self) -> Optional[int]:
+        """Where late events and dead letters of this run go."""
+        return min(self.emitted_spans) if self.emitted_spans else None
+
+    @property
+    def emits(self) -> bool:
+        return bool(self.emitted_spans)
+
+    def to_json(self) -> str:
+        return json.dumps({"closed_through": self.closed_through, "emitted_spans": sorted(self.emitted_spans),
+                           "max_event_time_ms": self.max_event_time_ms})
+
+
+def decide(window: Window, state: CommittedState, run_max_event_time_ms: Optional[int],
+           candidate_spans: Iterable[int]) -> RunDecision:
+    """Which spans a run emits.
+
+    `candidate_spans` are the spans newer than `state.last_span` that hold at
+    least one event in this read. A run emits every such span that has
+    closed; late events alone do not open a span, they wait for the next one.
+    """
+    times = [t for t in (state.max_event_time_ms, run_max_event_time_ms) if t is not None]
+    max_time = max(times) if times else None
+    closed = window.closed_through(max_time)
+    emitted = frozenset(s for s in candidate_spans
+                        if closed is not None and s <= closed
+                        and (state.last_span is None or s > state.last_span))
+    return RunDecision(closed_through=closed, emitted_spans=emitted, max_event_time_ms=max_time)
+
+
+def next_state(state: CommittedState, decision: RunDecision, read_end: Position,
+               first_pending: Optional[Position]) -> CommittedState:
+    """The state a run commits when it publishes its spans."""
+    if not decision.emits:
+        return state
+    return CommittedState(
+        end=read_end,
+        resume=first_pending if first_pending is not None else read_end,
+        last_span=max(decision.emitted_spans),
+        max_event_time_ms=decision.max_event_time_ms,
+    )
+
+
+@dataclasses.dataclass
+class SpanStats:
+    """Counts and event-time range of one emitted span, mergeable across chunks."""
+
+    events: int = 0
+    late: int = 0
+    train: int = 0
+    eval: int = 0
+    min_event_time_ms: Optional[int] = None
+    max_event_time_ms: Optional[int] = None
+
+    def add(self, event_time_ms: int, split: str, late: bool) -> None:
+        self.events += 1
+        self.late += int(late)
+        if split == EVAL:
+            self.eval += 1
+        else:
+            self.train += 1
+        if self.min_event_time_ms is None or event_time_ms < self.min_event_time_ms:
+            self.min_event_time_ms = event_time_ms
+        if self.max_event_time_ms is None or event_time_ms > self.max_event_time_ms:
+            self.max_event_time_ms = event_time_ms
+
+    def merge(self, other: "SpanStats") -> "SpanStats":
+        mins = [t for t in (self.min_event_time_ms, other.min_event_time_ms) if t is not None]
+        maxs = [t for t in (self.max_event_time_ms, other.max_event_time_ms) if t is not None]
+        return SpanStats(self.events + other.events, self.late + other.late, self.train + other.train,
+                         self.eval + other.eval, min(mins) if mins else None, max(maxs) if maxs else None)
+
+    def to_dict(self) -> Dict[str, Optional[int]]:
+        return dataclasses.asdict(self)

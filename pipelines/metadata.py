@@ -1,0 +1,93 @@
+"""ML Metadata access for driftline: the connection and the queries over ingested spans.
+
+Everything driftline reports about a pipeline comes from here, read from MLMD,
+never from side files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import List, Optional
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from components.streaming_example_gen.committed_state import NODE_CONTEXT_TYPE, node_context_name
+
+STREAMING_EXAMPLE_GEN_ID = "StreamingExampleGen"
+
+
+def sqlite_connection_config(path: str) -> metadata_store_pb2.ConnectionConfig:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    return config
+
+
+def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+    parent = os.path.dirname(os.path.abspath(metadata_path))
+    os.makedirs(parent, exist_ok=True)
+    return metadata_store.MetadataStore(sqlite_connection_config(metadata_path))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanRecord:
+    """One published `Examples` artifact of a StreamingExampleGen, as MLMD holds it."""
+
+    artifact_id: int
+    uri: str
+    span: int
+    event_count: int
+    train_count: int
+    eval_count: int
+    late_count: int
+    dead_letter_count: int
+    min_event_time_ms: int
+    max_event_time_ms: int
+    span_start_ms: int
+    span_end_ms: int
+    start_position: str
+    end_position: str
+    ingest_wall_seconds: float
+    dead_letter_uri: str
+    create_time_ms: int
+
+
+def _prop(artifact: metadata_store_pb2.Artifact, key: str):
+    value = artifact.custom_properties.get(key)
+    if value is None:
+        return None
+    return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
+
+
+def ingested_spans(store: metadata_store.MetadataStore, pipeline_name: str,
+                   node_id: str = STREAMING_EXAMPLE_GEN_ID) -> List[SpanRecord]:
+    """Every span the node has published, oldest first."""
+    context = store.get_context_by_type_and_name(NODE_CONTEXT_TYPE, node_context_name(pipeline_name, node_id))
+    if context is None:
+        return []
+    rows = []
+    for a in store.get_artifacts_by_context(context.id):
+        if a.state != metadata_store_pb2.Artifact.LIVE and a.state != metadata_store_pb2.Artifact.DELETED:
+            continue
+        if "committed_state" not in a.custom_properties:
+            continue
+        rows.append(SpanRecord(
+            artifact_id=a.id, uri=a.uri, span=a.properties["span"].int_value,
+            event_count=_prop(a, "event_count") or 0, train_count=_prop(a, "train_count") or 0,
+            eval_count=_prop(a, "eval_count") or 0, late_count=_prop(a, "late_count") or 0,
+            dead_letter_count=_prop(a, "dead_letter_count") or 0,
+            min_event_time_ms=_prop(a, "min_event_time_ms"), max_event_time_ms=_prop(a, "max_event_time_ms"),
+            span_start_ms=_prop(a, "span_start_ms"), span_end_ms=_prop(a, "span_end_ms"),
+            start_position=_prop(a, "start_position") or "", end_position=_prop(a, "end_position") or "",
+            ingest_wall_seconds=float(_prop(a, "ingest_wall_seconds") or 0.0),
+            dead_letter_uri=_prop(a, "dead_letter_uri") or "", create_time_ms=a.create_time_since_epoch))
+    return sorted(rows, key=lambda r: (r.span, r.artifact_id))
+
+
+def describe_position(position_json: Optional[str]) -> str:
+    if not position_json:
+        return "-"
+    segment, offset = json.loads(position_json)
+    return f"{segment}@{offset}"

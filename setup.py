@@ -1,0 +1,30 @@
+"""driftline: continuous training on TFX and Apache Beam."""
+from setuptools import find_packages, setup
+
+# The stack is pinned to the newest TFX whose whole dependency tree installs on
+# Python 3.10 / glibc 2.36; constraints.txt pins the transitive set.
+STACK = [
+    "tfx==1.16.0",
+    "apache-beam[gcp]>=2.59.0,<2.60",
+    "tensorflow>=2.16.1,<2.17",
+    "tf-keras>=2.16.0,<2.17",
+    "tensorflow-transform>=1.16.0,<1.17",
+    "tensorflow-model-analysis>=0.47.0,<0.48",
+    "ml-metadata>=1.16.0,<1.17",
+    "numpy>=1.26,<2",
+    "matplotlib>=3.7",
+    "psutil>=5.9",
+]
+
+setup(
+    name="driftline",
+    version="0.1.0",
+    description="Continuous training on TFX and Apache Beam: streaming ingestion, warm start, TFMA gate, blessing pusher, lineage.",
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["components", "components.*", "pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    install_requires=STACK,
+    extras_require={
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+    },
+    entry_points={"console_scripts": ["driftline=pipelines.cli:main"]},
+)
