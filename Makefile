@@ -1,0 +1,20 @@
+# The two commands of the README. Both create or reuse .venv first.
+PYTHON := .venv/bin/python
+DEMO_HOME ?= demo_home
+
+.PHONY: venv demo test bench clean
+
+venv:
+	@bash scripts/bootstrap.sh
+
+demo: venv
+	$(PYTHON) -m pipelines.cli demo --home $(DEMO_HOME)
+
+test: venv
+	$(PYTHON) -m pytest tests
+
+bench: venv
+	$(PYTHON) benchmarks/ingest.py
+
+clean:
+	rm -rf $(DEMO_HOME) .pytest_cache
