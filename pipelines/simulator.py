@@ -29,6 +29,7 @@ This module imports only numpy: the CLI and the notebooks load it quickly.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import json
 import math
@@ -37,7 +38,7 @@ import re
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -56,6 +57,9 @@ _DEVICE_EFFECT = np.array([0.15, 0.0, -0.2])
 _OTHER_DEVICE_RATE = 0.2
 _USER_BIAS_STD = 0.5
 _USER_CATEGORY_STD = 0.6
+_DEVICE_CATEGORY_STD = 0.3
+_TASTE_CLUSTERS = 8
+_SHARED_TASTE = 0.7  # share of the variance of a user's (an ad's) taste shared with its cluster (category)
 _AD_BIAS_STD = 0.5
 _AD_PRICE_LOG_STD = 0.6
 _PRICE_JITTER_LOG_STD = 0.05
@@ -208,13 +212,24 @@ class _World:
         n_all = c.n_ads + 1  # the last ad is the hot one
         # Heavy-tailed activity: a few users and ads account for many impressions.
         self.user_cdf = _cdf(rng.lognormal(0.0, 1.0, c.n_users))
-        self.user_vec = rng.normal(0.0, 1.0, (c.n_users, c.latent_dim))
+        # Tastes are shared: each user belongs to a taste cluster and each ad's
+        # latent vector leans towards its category's. That shared structure is
+        # what lets a small embedding model learn a user from a few dozen events.
+        cluster = rng.integers(0, _TASTE_CLUSTERS, c.n_users)
+        cluster_vec = rng.normal(0.0, 1.0, (_TASTE_CLUSTERS, c.latent_dim))
+        self.user_vec = (math.sqrt(_SHARED_TASTE) * cluster_vec[cluster]
+                         + math.sqrt(1 - _SHARED_TASTE) * rng.normal(0.0, 1.0, (c.n_users, c.latent_dim)))
         self.user_bias = rng.normal(0.0, _USER_BIAS_STD, c.n_users)
-        self.user_category = rng.normal(0.0, _USER_CATEGORY_STD, (c.n_users, c.n_categories))
+        cluster_category = rng.normal(0.0, _USER_CATEGORY_STD, (_TASTE_CLUSTERS, c.n_categories))
+        self.user_category = (math.sqrt(_SHARED_TASTE) * cluster_category[cluster] + math.sqrt(1 - _SHARED_TASTE)
+                              * rng.normal(0.0, _USER_CATEGORY_STD, (c.n_users, c.n_categories)))
         self.user_device = rng.choice(len(DEVICES), size=c.n_users, p=_DEVICE_MIX)
+        self.device_category = rng.normal(0.0, _DEVICE_CATEGORY_STD, (len(DEVICES), c.n_categories))
         self.ad_cdf = _cdf(rng.lognormal(0.0, 0.5, c.n_ads))
         self.ad_category = rng.integers(0, c.n_categories, n_all)
-        self.ad_vec = rng.normal(0.0, 1.0, (n_all, c.latent_dim))
+        category_vec = rng.normal(0.0, 1.0, (c.n_categories, c.latent_dim))
+        self.ad_vec = (math.sqrt(_SHARED_TASTE) * category_vec[self.ad_category]
+                       + math.sqrt(1 - _SHARED_TASTE) * rng.normal(0.0, 1.0, (n_all, c.latent_dim)))
         self.ad_bias = rng.normal(0.0, _AD_BIAS_STD, n_all)
         self.ad_price = np.maximum(np.round(rng.lognormal(0.0, _AD_PRICE_LOG_STD, n_all), 2), 0.05)
         # Popularity drift is a sum of slow waves with random periods and
@@ -240,7 +255,7 @@ class _World:
         affinity = c.affinity_strength * np.einsum(
             "ij,ij->i", self.user_vec[users], self.ad_vec[ads]) / math.sqrt(c.latent_dim)
         hour = (event_ms // HOUR_MS) % 24
-        context = (_DEVICE_EFFECT[devices] + _HOUR_EFFECT * np.sin(2 * math.pi * (hour - 14) / 24)
+        context = (_DEVICE_EFFECT[devices] + self.device_category[devices, self.ad_category[ads]] + _HOUR_EFFECT * np.sin(2 * math.pi * (hour - 14) / 24)
                    + _PRICE_EFFECT * np.log(prices))
         regular = (self.intercept + self.user_bias[users] + self.ad_bias[ads]
                    + self.user_category[users, self.ad_category[ads]]
@@ -529,13 +544,15 @@ def simulate(log_dir: str, config: SimulatorConfig = SimulatorConfig(), live: bo
     a folder that already holds events it refuses to write unless
     ``append=True``; then it continues the same world (same users, ads and
     drift) from the first whole minute after the log's newest event time, with
-    event ids that go on from the log's last one. A log cut into two appended
-    runs holds the same events as one run of the combined length.
+    event ids that go on from the log's last one. Two appended runs of whole
+    minutes hold the same events as one run of the combined length.
 
     Live mode (``live=True``) always appends: every ``live_flush_seconds`` it
     writes the events of the past interval, at ``events_per_minute``, with the
-    wall clock as event time (late events held back by their delay). The hot
-    ad appears ``hot_ad_minute`` after the live start. It runs for
+    wall clock as event time (late events held back by their delay) and ids
+    that go on from the log's last one. The hot ad appears ``hot_ad_minute``
+    after the live start (so a second live run into the same log brings back
+    the same hot ad id, no longer new). It runs for
     ``config.minutes`` of wall time, or with ``minutes=None`` until SIGINT or
     SIGTERM (when called from the main thread) or until ``stop`` is set; then
     it writes the late events still held back and returns normally.
@@ -647,8 +664,6 @@ def format_ms(ms: Optional[int]) -> str:
     """An epoch-ms time as ISO 8601 UTC, for summaries."""
     if ms is None:
         return "-"
-    import datetime
-
     t = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 

@@ -1,0 +1,220 @@
+"""The ``driftline`` console script.
+
+Each command is two functions: ``add_<name>_command(subparsers)`` declares its
+arguments and sets ``handler``, and the handler ``run_<name>(args) -> int``
+does the work. Heavy packages (tensorflow, tfx, beam) are imported inside the
+handlers only, so ``driftline --help`` and ``driftline simulate`` start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Callable, Dict, Optional, Sequence
+
+
+class CommandError(Exception):
+    """A command cannot do what was asked; main() prints the message and returns exit_code."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- argument types: argparse turns their ArgumentTypeError into a usage error (exit 2) --
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {text}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+# -- simulate -------------------------------------------------------------------------
+
+def add_simulate_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "simulate", help="write the built-in drifting ad-click stream into an event log",
+        description="Writes the built-in ad-click stream (drifting ad popularity, a hot ad that appears "
+                    "mid-stream, late and optionally malformed events) into an event log folder. Batch mode "
+                    "writes --minutes of event time at once and is deterministic for a seed; --live appends "
+                    "in real time until stopped (Ctrl-C / SIGTERM) or until --minutes have passed.")
+    p.add_argument("--log", required=True, metavar="DIR", help="event log folder (created if missing)")
+    p.add_argument("--seed", type=_int_at_least(0), metavar="S", help="random seed (default 0)")
+    p.add_argument("--minutes", type=_positive_float, metavar="M",
+                   help="event-time minutes to write (default 120); with --live, wall-clock minutes to run "
+                        "(default: until stopped)")
+    p.add_argument("--events-per-minute", type=_int_at_least(1), metavar="R", help="event rate (default 1000)")
+    p.add_argument("--live", action="store_true", help="append in real time with wall-clock event times")
+    p.add_argument("--append", action="store_true",
+                   help="batch mode: continue a log that already holds events, after its newest event")
+    p.add_argument("--bad-fraction", type=_fraction, metavar="F",
+                   help="share of deliberately malformed lines, for the dead-letter path (default 0)")
+    p.add_argument("--late-fraction", type=_fraction, metavar="F",
+                   help="share of events that arrive seconds to minutes late (default 0.05)")
+    hot = p.add_mutually_exclusive_group()
+    hot.add_argument("--hot-ad-minute", type=_non_negative_float, metavar="M",
+                     help="minutes after the start when the new hot ad appears (default 60)")
+    hot.add_argument("--no-hot-ad", action="store_true", help="no hot ad")
+    p.add_argument("--max-segment-bytes", type=_int_at_least(1), metavar="B",
+                   help="rotate to a new segment file past this size (default 16 MiB)")
+    p.set_defaults(handler=run_simulate)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pipelines import simulator
+
+    # Only the flags given override SimulatorConfig: its defaults are the one home of every default.
+    overrides: Dict[str, Any] = {}
+    for flag, field in (("seed", "seed"), ("minutes", "minutes"), ("events_per_minute", "events_per_minute"),
+                        ("bad_fraction", "bad_fraction"), ("late_fraction", "late_fraction"),
+                        ("hot_ad_minute", "hot_ad_minute"), ("max_segment_bytes", "max_segment_bytes")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[field] = value
+    if args.no_hot_ad:
+        overrides["hot_ad_minute"] = None
+    if args.live and args.minutes is None:
+        overrides["minutes"] = None
+    if args.live and args.append:
+        raise CommandError("--append is for batch mode; --live always appends", exit_code=2)
+    try:
+        config = dataclasses.replace(simulator.SimulatorConfig(), **overrides)
+    except ValueError as e:
+        raise CommandError(str(e), exit_code=2) from None
+
+    progress = _LiveProgress() if args.live else _BatchProgress()
+    if args.live:
+        until = "until stopped (Ctrl-C)" if config.minutes is None else f"for {config.minutes:g} min"
+        print(f"simulating live into {args.log} at {config.events_per_minute} events/min {until}",
+              file=sys.stderr, flush=True)
+    try:
+        summary = simulator.simulate(args.log, config, live=args.live, progress=progress, append=args.append)
+    except simulator.SimulatorError as e:
+        raise CommandError(str(e)) from None
+    except OSError as e:
+        raise CommandError(f"cannot write the event log {args.log!r}: {e}") from None
+    print(format_summary(summary))
+    return 0
+
+
+class _BatchProgress:
+    """A line to stderr every few seconds, so a long batch run shows it is alive; short runs print none."""
+
+    every_s = 5.0
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def __call__(self, summary: Any) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            print(_progress_line(summary), file=sys.stderr, flush=True)
+
+
+class _LiveProgress(_BatchProgress):
+    """Like the batch one, but also the first batch: the user sees at once that events flow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = float("-inf")
+
+
+def _progress_line(summary: Any) -> str:
+    from pipelines.simulator import format_ms
+
+    return (f"  {summary.events_written:,} events ({summary.bad_lines:,} malformed, {summary.late_events:,} late)"
+            f", event time up to {format_ms(summary.last_event_ms)}")
+
+
+def format_summary(summary: Any) -> str:
+    """A short human summary of a SimulationSummary."""
+    from pipelines.simulator import format_ms
+
+    lines = [f"wrote {summary.events_written:,} events to {summary.log_dir} "
+             f"({summary.clicks:,} clicks, {summary.late_events:,} late, {summary.bad_lines:,} malformed lines)"]
+    if summary.first_event_ms is not None:
+        span_s = (summary.last_event_ms - summary.first_event_ms) / 1000
+        length = f"{span_s:.1f} s" if span_s < 120 else f"{span_s / 60:.1f} min"
+        lines.append(f"event time {format_ms(summary.first_event_ms)} .. {format_ms(summary.last_event_ms)} "
+                     f"({length})")
+    segs = summary.segments
+    if segs:
+        named = segs[0] if len(segs) == 1 else f"{segs[0]} .. {segs[-1]}"
+        lines.append(f"segments: {named} ({len(segs)} written)")
+    if summary.hot_ad_id is not None:
+        lines.append(f"hot ad {summary.hot_ad_id} from {format_ms(summary.hot_ad_start_ms)}")
+    return "\n".join(lines)
+
+
+# -- the parser --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="driftline", description="driftline: continuous training on TFX and Apache Beam.")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    add_simulate_command(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as e:  # argparse exits 2 on a usage error, 0 on --help
+        return e.code if isinstance(e.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args))
+    except CommandError as e:
+        where = f"{parser.prog} {args.command}"
+        print(f"{where}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
