@@ -187,6 +187,88 @@ def format_summary(summary: Any) -> str:
     return "\n".join(lines)
 
 
+# -- ingest -------------------------------------------------------------------------------
+
+def add_ingest_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "ingest", help="run StreamingExampleGen once: emit every closed span since the committed position",
+        description="Runs the streaming ExampleGen once through TFX's LocalDagRunner with SQLite ML Metadata "
+                    "under --home. It reads what arrived since the position committed in MLMD and publishes "
+                    "one Examples artifact per closed event-time span.")
+    p.add_argument("--home", required=True, metavar="DIR", help="folder for ML Metadata and artifacts")
+    p.add_argument("--log", metavar="DIR", help="event log folder (default: HOME/events)")
+    p.add_argument("--span-seconds", type=_int_at_least(1), help="span length (default 600)")
+    p.add_argument("--allowed-lateness-seconds", type=_int_at_least(0), help="watermark delay (default 60)")
+    p.add_argument("--with-statistics", action="store_true",
+                   help="also run stock StatisticsGen and SchemaGen on the newest span")
+    p.set_defaults(handler=run_ingest)
+
+
+def _config_from_args(args: argparse.Namespace):
+    import dataclasses
+
+    from pipelines.config import ConfigError, default_config
+
+    config = default_config(args.home, getattr(args, "log", None))
+    window = {k: v for k, v in (("span_seconds", getattr(args, "span_seconds", None)),
+                                ("allowed_lateness_seconds", getattr(args, "allowed_lateness_seconds", None)))
+              if v is not None}
+    if window:
+        config = config.replace(window=dataclasses.replace(config.window, **window))
+    try:
+        return config.validate()
+    except ConfigError as e:
+        raise CommandError(str(e), exit_code=2) from None
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from pipelines.report import quiet_tensorflow
+
+    quiet_tensorflow()
+    from components.event_log import EventLogError
+    from pipelines import demo, local_runner
+    from pipelines.metadata import ingested_spans, open_store
+
+    config = _config_from_args(args)
+    before = max([r.artifact_id for r in ingested_spans(open_store(config.metadata_path), config.pipeline_name)],
+                 default=0)
+    try:
+        local_runner.run_ingest(config, with_statistics=args.with_statistics)
+    except EventLogError as e:
+        raise CommandError(str(e)) from None
+    except RuntimeError as e:
+        # The launcher wraps the executor's error; the cause says what to fix.
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, EventLogError):
+            raise CommandError(str(cause)) from None
+        raise
+    print(demo.span_table(config, since_artifact_id=before))
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+def add_demo_command(subparsers: Any) -> None:
+    p = subparsers.add_parser("demo", help="the main job on the built-in stream (what `make demo` runs)")
+    p.add_argument("--home", default="demo_home", metavar="DIR", help="folder for the log, MLMD and artifacts")
+    p.add_argument("--minutes", type=_positive_float, default=120.0, help="minutes of stream to start with")
+    p.add_argument("--grow-minutes", type=_positive_float, default=40.0, help="minutes appended before run 2")
+    p.add_argument("--events-per-minute", type=_int_at_least(1), default=1000)
+    p.set_defaults(handler=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from pipelines.report import quiet_tensorflow
+
+    quiet_tensorflow()
+    from pipelines.demo import run_demo as demo
+
+    for table in demo(args.home, minutes=args.minutes, grow_minutes=args.grow_minutes,
+                      events_per_minute=args.events_per_minute):
+        print(table + "\n")
+    return 0
+
+
 # -- the parser --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="driftline", description="driftline: continuous training on TFX and Apache Beam.")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     add_simulate_command(subparsers)
+    add_ingest_command(subparsers)
+    add_demo_command(subparsers)
     return parser
 
 
