@@ -133,6 +133,108 @@ class TransformConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """How each cycle trains. Warm cycles continue the base model; cold ones start fresh."""
+
+    # Dotted path of the user module's run_fn (no module file: no wheel is built per cycle).
+    run_fn: str = "pipelines.ads_model.run_fn"
+    cold_epochs: int = 3
+    warm_epochs: int = 1
+    cold_learning_rate: float = 0.01
+    # Lower than cold: a warm start refines weights that are already good.
+    warm_learning_rate: float = 0.003
+    # "constant" or "cosine" decay over the cycle's steps.
+    learning_rate_schedule: str = "constant"
+    batch_size: int = 256
+    # Replay window, against forgetting: the newest `replay_spans` earlier
+    # spans, their train split sampled at `replay_fraction`. The previous
+    # span's eval split is always trained in full: it was only evaluated on.
+    replay_spans: int = 3
+    replay_fraction: float = 0.1
+    seed: int = 0
+    # Passed to run_fn as fn_args.custom_config["model"]: the model's own knobs.
+    model: Dict[str, object] = dataclasses.field(default_factory=lambda: {
+        "embedding_dim": 8, "hidden_units": [64, 32]})
+
+    def validate(self) -> None:
+        if "." not in self.run_fn:
+            raise ConfigError(f"trainer.run_fn must be a dotted path like 'package.module.run_fn', got {self.run_fn!r}")
+        for name in ("cold_epochs", "warm_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("cold_learning_rate", "warm_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"trainer.{name} must be > 0, got {getattr(self, name)}")
+        if self.learning_rate_schedule not in ("constant", "cosine"):
+            raise ConfigError("trainer.learning_rate_schedule must be 'constant' or 'cosine', "
+                              f"got {self.learning_rate_schedule!r}")
+        if self.replay_spans < 0 or not 0.0 <= self.replay_fraction <= 1.0:
+            raise ConfigError("trainer.replay_spans must be >= 0 and trainer.replay_fraction in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainerConfig":
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    """When a candidate is blessed: TFMA metrics on the newest span's eval split."""
+
+    min_auc: float = 0.6
+    # Calibration = mean prediction / mean label; 1.0 is perfect.
+    min_calibration: float = 0.7
+    max_calibration: float = 1.3
+    max_log_loss: float = 0.6
+    # Against the baseline (the serving, latest blessed model): the candidate
+    # may lose at most this much AUC.
+    max_auc_drop: float = 0.005
+    # Per-slice bound: every slice of this feature with enough examples must reach it.
+    slice_feature: Optional[str] = "device"
+    min_slice_auc: float = 0.55
+    min_slice_examples: int = 200
+    # Too little data is not evidence: below these the candidate is not blessed.
+    min_eval_examples: int = 500
+    min_eval_positives: int = 30
+
+    def validate(self, schema: EventSchema) -> None:
+        if not 0.0 <= self.min_auc <= 1.0 or not 0.0 <= self.min_slice_auc <= 1.0:
+            raise ConfigError("gate.min_auc and gate.min_slice_auc must be within [0, 1]")
+        if not 0 < self.min_calibration <= 1.0 <= self.max_calibration:
+            raise ConfigError("gate.min_calibration must be in (0, 1] and gate.max_calibration >= 1")
+        if self.max_log_loss <= 0 or self.max_auc_drop < 0:
+            raise ConfigError("gate.max_log_loss must be > 0 and gate.max_auc_drop >= 0")
+        if self.min_eval_examples < 1 or self.min_eval_positives < 1:
+            raise ConfigError("gate.min_eval_examples and gate.min_eval_positives must be >= 1: "
+                              "a gate that accepts no evidence is no gate")
+        if self.slice_feature is not None and self.slice_feature not in schema.field_map:
+            raise ConfigError(f"gate.slice_feature {self.slice_feature!r} is not a field of event schema "
+                              f"{schema.name!r}; use one of {sorted(schema.field_map)} or None")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GateConfig":
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class PusherConfig:
+    """Where blessed models are served from (TF Serving's <dir>/<version>/ layout)."""
+
+    serving_dir: str = ""  # default: <home>/serving
+    keep_versions: int = 5
+
+    def validate(self) -> None:
+        if self.keep_versions < 1:
+            raise ConfigError(f"pusher.keep_versions must be >= 1 (serving needs its current version), "
+                              f"got {self.keep_versions}")
+
+
+@dataclasses.dataclass(frozen=True)
 class BeamConfig:
     """Arguments for the Beam steps. Locally: DirectRunner on every core."""
 
@@ -160,6 +262,9 @@ class DriftlineConfig:
     source: SourceConfig = dataclasses.field(default_factory=SourceConfig)
     window: WindowConfig = dataclasses.field(default_factory=WindowConfig)
     transform: TransformConfig = dataclasses.field(default_factory=TransformConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    gate: GateConfig = dataclasses.field(default_factory=GateConfig)
+    pusher: PusherConfig = dataclasses.field(default_factory=PusherConfig)
     beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
 
     @property
@@ -170,6 +275,10 @@ class DriftlineConfig:
     def metadata_path(self) -> str:
         return os.path.join(self.home, "metadata.sqlite")
 
+    @property
+    def serving_dir(self) -> str:
+        return self.pusher.serving_dir or os.path.join(self.home, "serving")
+
     def validate(self) -> "DriftlineConfig":
         if not self.pipeline_name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"pipeline_name {self.pipeline_name!r} may hold only letters, digits, '-' and '_'")
@@ -178,6 +287,9 @@ class DriftlineConfig:
         self.source.validate()
         self.window.validate()
         self.transform.validate(self.source.schema)
+        self.trainer.validate()
+        self.gate.validate(self.source.schema)
+        self.pusher.validate()
         return self
 
     def replace(self, **changes) -> "DriftlineConfig":
