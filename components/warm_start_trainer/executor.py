@@ -1,0 +1,53 @@
+"""WarmStartTrainer executor: a thin `Do()` around `cycle.train_cycle`."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, List
+
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+
+from components.event_schema import EventSchema
+from components.warm_start_trainer import cycle, warm_start
+from pipelines.config import TrainerConfig
+
+
+def _spans(artifacts: List[types.Artifact]):
+    return [(a.span, a.uri) for a in artifacts]
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        base_artifacts = input_dict.get("base_model") or []
+        base = None
+        if base_artifacts:
+            b = max(base_artifacts, key=lambda a: a.id)
+            base = cycle.BaseModel(b.id, b.uri, {k: b.get_string_custom_property(k)
+                                                 for k in warm_start.FINGERPRINT_KEYS})
+        model = artifact_utils.get_single_instance(output_dict["model"])
+        model_run = artifact_utils.get_single_instance(output_dict["model_run"])
+        current = input_dict["examples"]
+        props = cycle.train_cycle(
+            config=TrainerConfig.from_dict(json.loads(exec_properties["trainer_config"])),
+            schema=EventSchema.from_json(exec_properties["event_schema"]),
+            custom_config=json.loads(exec_properties["custom_config"]),
+            transform_fingerprint=exec_properties["transform_fingerprint"],
+            transform_graph_path=artifact_utils.get_single_uri(input_dict["transform_graph"]),
+            current=_spans(current), earlier=_spans(input_dict.get("replay_examples") or []),
+            base=base, model_uri=model.uri, model_run_uri=model_run.uri)
+        newest = max(current, key=lambda a: a.span)
+        props["max_event_time_ms"] = newest.get_int_custom_property("max_event_time_ms")
+        props["newest_examples_id"] = newest.id
+        for key, value in props.items():
+            if isinstance(value, str):
+                model.set_string_custom_property(key, value)
+            elif isinstance(value, float):
+                model.set_float_custom_property(key, value if math.isfinite(value) else -1.0)
+            else:
+                model.set_int_custom_property(key, int(value))
+        logging.info("WarmStartTrainer: %s; trained spans %s, %s examples, %.1f s", props["start_reason"],
+                     props["trained_spans"], props["trained_examples"], props["train_wall_seconds"])

@@ -1,0 +1,54 @@
+"""Which examples a cycle trains on.
+
+* Every split of this cycle's spans except the newest span's `eval` split,
+  which the gate evaluates on, so it must stay unseen.
+* The previous span's `eval` split in full: the previous cycle only evaluated
+  on it, and without it that data would never be trained on.
+* A replay window against forgetting: the train split of the newest
+  `replay_spans` earlier spans, sampled at `replay_fraction`. A cold start
+  has nothing to forget and everything to learn, so it takes those spans whole.
+
+A candidate that was not blessed is not a base, but its spans are not
+retrained in full either: data that produced a rejected model is suspect
+(a poisoned span stays out), and it still reaches later models via replay.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Sequence, Tuple
+
+from components.streaming_example_gen.windowing import EVAL, TRAIN
+from components.warm_start_trainer.fn_args import TrainingInput
+
+SpanUri = Tuple[int, str]
+
+
+def split_pattern(uri: str, split: str) -> str:
+    return os.path.join(uri, f"Split-{split}", "*")
+
+
+def plan_training_inputs(current: Sequence[SpanUri], earlier: Sequence[SpanUri], replay_spans: int,
+                         replay_fraction: float, warm: bool = True) -> List[TrainingInput]:
+    if not current:
+        raise ValueError("a training cycle needs at least one new span")
+    current = sorted(current)
+    newest = current[-1][0]
+    first_new = current[0][0]
+    # Earlier means before this cycle's spans; a resolver may also see this cycle's own.
+    earlier = sorted(s for s in earlier if s[0] < first_new)
+    inputs = [TrainingInput(split_pattern(uri, TRAIN), span, TRAIN) for span, uri in current]
+    inputs += [TrainingInput(split_pattern(uri, EVAL), span, EVAL) for span, uri in current if span != newest]
+    if earlier:
+        span, uri = earlier[-1]
+        inputs.append(TrainingInput(split_pattern(uri, EVAL), span, EVAL, role="previous_eval"))
+    fraction = replay_fraction if warm else 1.0
+    if replay_spans and fraction > 0:
+        for span, uri in earlier[-replay_spans:]:
+            inputs.append(TrainingInput(split_pattern(uri, TRAIN), span, TRAIN, fraction=fraction, role="replay"))
+    return inputs
+
+
+def eval_files(current: Sequence[SpanUri]) -> List[str]:
+    """The newest span's eval split: what the gate scores on, later than all training data."""
+    span, uri = max(current)
+    return [split_pattern(uri, EVAL)]

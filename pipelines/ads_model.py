@@ -1,0 +1,100 @@
+"""The default model for the ad-click stream: hashed-id embeddings and an MLP.
+
+It is an ordinary user module: `run_fn(fn_args)` gets `WarmStartFnArgs`,
+continues `fn_args.base_model` when the cycle is warm, and exports a serving
+SavedModel that takes serialized `tf.Example`s and applies the transform
+graph itself, so TF Serving and TFMA use it as it is.
+
+Referenced by dotted path (`pipelines.ads_model.run_fn`), so no cycle builds
+or installs a module wheel.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping
+
+import tensorflow as tf
+import tf_keras as keras
+
+from components.warm_start_trainer import data, warm_start
+from components.warm_start_trainer.fn_args import TrainResult, WarmStartFnArgs
+from transforms.stream import LABEL_KEY
+
+OUTPUT_KEY = "probability"
+
+
+def build_model(feature_buckets: Mapping[str, int], numeric_features: List[str],
+                model_config: Mapping[str, Any], seed: int) -> keras.Model:
+    """Embeddings for every hashed feature, concatenated with scaled numbers, then an MLP.
+
+    Every layer is named, so variable names match across processes and the
+    warm-start manifest can compare them.
+    """
+    keras.utils.set_random_seed(seed)
+    dim = int(model_config.get("embedding_dim", 8))
+    inputs: Dict[str, keras.Input] = {}
+    parts = []
+    for name in sorted(feature_buckets):
+        inputs[name] = keras.Input(shape=(), dtype=tf.int64, name=name)
+        emb = keras.layers.Embedding(feature_buckets[name], dim, name=f"emb_{name}")(inputs[name])
+        parts.append(emb)
+    for name in sorted(numeric_features):
+        inputs[name] = keras.Input(shape=(), dtype=tf.float32, name=name)
+        parts.append(keras.layers.Reshape((1,), name=f"col_{name}")(inputs[name]))
+    x = keras.layers.Concatenate(name="features")(parts)
+    for i, units in enumerate(model_config.get("hidden_units", [64, 32])):
+        x = keras.layers.Dense(int(units), activation="relu", name=f"dense_{i}")(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="click")(x)
+    return keras.Model(inputs=inputs, outputs=out, name="ads_ctr")
+
+
+def _learning_rate(fn_args: WarmStartFnArgs, steps: int):
+    if fn_args.learning_rate_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(fn_args.learning_rate, decay_steps=max(steps, 1))
+    return fn_args.learning_rate
+
+
+def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, export_dir: str) -> None:
+    """Signature `serving_default(examples: string[None]) -> {probability: float[None, 1]}`."""
+    raw_spec = dict(tft_output.raw_feature_spec())
+    raw_spec.pop(raw_label_key, None)  # serving requests carry no label
+    model.tft_layer = tft_output.transform_features_layer()
+    feature_names = list(model.input_names)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve(serialized):
+        raw = tf.io.parse_example(serialized, raw_spec)
+        transformed = model.tft_layer(raw)
+        return {OUTPUT_KEY: model({k: transformed[k] for k in feature_names})}
+
+    model.save(export_dir, save_format="tf", signatures={"serving_default": serve})
+
+
+def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
+    import tensorflow_transform as tft
+
+    config = fn_args.custom_config
+    tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    model = build_model(config["feature_buckets"], config["numeric_features"], config.get("model", {}),
+                        fn_args.seed)
+    warm, reason = fn_args.warm_start, fn_args.start_reason
+    if warm:
+        report = warm_start.load_base_weights(model, fn_args.base_model)
+        if not report.loaded:
+            warm, reason = False, report.reason
+
+    salt = str(max(i.span for i in fn_args.training_inputs))
+    dataset = data.transformed_dataset(fn_args.training_inputs, tft_output, LABEL_KEY, fn_args.id_key, salt,
+                                       fn_args.batch_size, fn_args.seed)
+    counts = data.count_by_role(fn_args.training_inputs, tft_output.raw_feature_spec(), fn_args.id_key, salt)
+    examples = sum(counts.values())
+    steps_per_epoch = max(1, -(-examples // fn_args.batch_size))
+    model.compile(optimizer=keras.optimizers.Adam(_learning_rate(fn_args, steps_per_epoch * fn_args.epochs)),
+                  loss=keras.losses.BinaryCrossentropy(), metrics=[keras.metrics.AUC(name="auc")])
+    history = model.fit(dataset, epochs=fn_args.epochs, verbose=0)
+
+    export_serving_model(model, tft_output, fn_args.label_key, fn_args.serving_model_dir)
+    warm_start.save_warm_start_state(model, fn_args.model_dir,
+                                     architecture=config.get(warm_start.ARCHITECTURE, ""))
+    return TrainResult(warm_start=warm, start_reason=reason, final_loss=float(history.history["loss"][-1]),
+                       steps=steps_per_epoch * fn_args.epochs, examples=examples, examples_by_role=counts)
