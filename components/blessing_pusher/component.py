@@ -1,0 +1,74 @@
+"""BlessingPusher: the spec and the component class."""
+from __future__ import annotations
+
+from typing import Optional
+
+from tfx import types
+from tfx.dsl.components.base import base_component, executor_spec
+from tfx.types import standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from components.blessing_pusher import executor as executor_module
+from pipelines.config import ConfigError, DriftlineConfig, PusherConfig
+
+
+class BlessingPusherSpec(types.ComponentSpec):
+    PARAMETERS = {
+        executor_module.SERVING_DIR_KEY: ExecutionParameter(type=str),
+        executor_module.KEEP_VERSIONS_KEY: ExecutionParameter(type=int),
+    }
+    INPUTS = {
+        executor_module.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+        executor_module.MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
+        # A second gate (the latency validator); when given it must also be blessed.
+        executor_module.LATENCY_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing,
+                                                               optional=True),
+    }
+    OUTPUTS = {executor_module.PUSHED_MODEL_KEY: ChannelParameter(type=standard_artifacts.PushedModel)}
+
+
+class BlessingPusher(base_component.BaseComponent):
+    """Pushes a `Model` into TF Serving's `<serving_dir>/<version>/` folder, only when blessed.
+
+    The model is pushed as a new highest version by copy-then-atomic-rename
+    (see `serving.push`) when `model_blessing` (and `latency_blessing`, if
+    given) carry `blessed == 1`; then only the newest `keep_versions`
+    versions are kept. Otherwise serving is untouched and the run still
+    succeeds: the `PushedModel` output says `pushed=0` with the blessing's
+    reason.
+
+    Output `pushed_model` custom properties: `pushed` (int 1/0),
+    `pushed_destination` and `pushed_version` (str, as stock Pusher),
+    `model_id` (int), `reason` (str), `pushed_at_ms` (int).
+
+    Example::
+
+        pusher = BlessingPusher(model=trainer.outputs["model"],
+                                model_blessing=evaluator.outputs["blessing"],
+                                serving_dir="serving/", keep_versions=5)
+    """
+
+    SPEC_CLASS = BlessingPusherSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor_module.Executor)
+
+    def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel, serving_dir: str,
+                 keep_versions: int = PusherConfig.keep_versions,
+                 latency_blessing: Optional[types.BaseChannel] = None):
+        if not serving_dir:
+            raise ConfigError("BlessingPusher needs a serving_dir")
+        PusherConfig(serving_dir=serving_dir, keep_versions=keep_versions).validate()
+        spec = BlessingPusherSpec(
+            model=model,
+            model_blessing=model_blessing,
+            latency_blessing=latency_blessing,
+            serving_dir=serving_dir,
+            keep_versions=int(keep_versions),
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel),
+        )
+        super().__init__(spec=spec)
+
+    @classmethod
+    def from_config(cls, config: DriftlineConfig, model: types.BaseChannel, model_blessing: types.BaseChannel,
+                    latency_blessing: Optional[types.BaseChannel] = None) -> "BlessingPusher":
+        return cls(model=model, model_blessing=model_blessing, serving_dir=config.serving_dir,
+                   keep_versions=config.pusher.keep_versions, latency_blessing=latency_blessing)

@@ -1,0 +1,184 @@
+"""`driftline rollback [--to VERSION]`: roll serving back, and record the rollback in ML Metadata.
+
+ML Metadata is the single source of truth (invariant 1), so a rollback is
+not only a change of the serving folder: it is an Execution of type
+`driftline.Rollback`, attributed to the pipeline's context, that consumes
+the `PushedModel` which first pushed the target version and produces a new
+`PushedModel` for the new serving version.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Optional
+
+from ml_metadata import errors as mlmd_errors
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from components.blessing_pusher import serving
+from components.blessing_pusher.serving import RollbackError, RollbackResult  # noqa: F401  (re-exported)
+from pipelines.metadata import open_store
+
+ROLLBACK_EXECUTION_TYPE = "driftline.Rollback"
+PIPELINE_CONTEXT_TYPE = "pipeline"  # the context type TFX gives a pipeline; its name is the pipeline name
+PUSHED_MODEL_TYPE = "PushedModel"
+EVENT_KEY = "pushed_model"  # event path key of both the input and the output event
+
+_INT = metadata_store_pb2.INT
+
+
+class RollbackRecordError(RuntimeError):
+    """Serving was rolled back, but recording that in ML Metadata failed."""
+
+
+def _norm(path: str) -> str:
+    if serving.is_local(path):
+        path = path[len("file://"):] if path.startswith("file://") else path
+        return os.path.normpath(os.path.abspath(path))
+    return path.rstrip("/")
+
+
+def _custom(artifact: metadata_store_pb2.Artifact, key: str):
+    if key not in artifact.custom_properties:
+        return None
+    value = artifact.custom_properties[key]
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+def find_pushed_model(store: metadata_store.MetadataStore, serving_dir: str,
+                      version: int) -> Optional[metadata_store_pb2.Artifact]:
+    """The newest `PushedModel` with pushed=1 that put `version` into `serving_dir`, or None."""
+    try:
+        candidates = store.get_artifacts_by_type(PUSHED_MODEL_TYPE)
+    except mlmd_errors.NotFoundError:
+        return None
+    expected = _norm(serving.version_dir(serving_dir, version))
+    matches = []
+    for a in candidates:
+        if _custom(a, serving.PUSHED_PROPERTY) != 1:
+            continue
+        pushed_version = _custom(a, serving.PUSHED_VERSION_PROPERTY)
+        if pushed_version is None or str(pushed_version) != str(version):
+            continue
+        destination = _custom(a, serving.PUSHED_DESTINATION_PROPERTY) or a.uri
+        if _norm(destination) != expected:
+            continue  # the same version number in another serving folder
+        matches.append(a)
+    return max(matches, key=lambda a: (a.create_time_since_epoch, a.id)) if matches else None
+
+
+def _execution_type_id(store: metadata_store.MetadataStore) -> int:
+    execution_type = metadata_store_pb2.ExecutionType(name=ROLLBACK_EXECUTION_TYPE)
+    for name in ("from_version", "to_version", "new_version", "at_ms"):
+        execution_type.properties[name] = _INT
+    return store.put_execution_type(execution_type, can_add_fields=True, can_omit_fields=True)
+
+
+def _pipeline_context(store: metadata_store.MetadataStore, pipeline_name: str) -> metadata_store_pb2.Context:
+    try:
+        type_id = store.get_context_type(PIPELINE_CONTEXT_TYPE).id
+    except mlmd_errors.NotFoundError:
+        # No properties: TFX registers this type with can_add_fields/can_omit_fields, so it stays compatible.
+        type_id = store.put_context_type(metadata_store_pb2.ContextType(name=PIPELINE_CONTEXT_TYPE))
+    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
+    if context is None:
+        [context_id] = store.put_contexts([metadata_store_pb2.Context(type_id=type_id, name=pipeline_name)])
+        context = store.get_contexts_by_id([context_id])[0]
+    return context
+
+
+def _pushed_model_type_id(store: metadata_store.MetadataStore) -> int:
+    try:
+        return store.get_artifact_type(PUSHED_MODEL_TYPE).id
+    except mlmd_errors.NotFoundError:
+        from tfx.types import standard_artifacts  # the exact type TFX would register
+
+        artifact_type = metadata_store_pb2.ArtifactType()
+        artifact_type.CopyFrom(standard_artifacts.PushedModel._get_artifact_type())  # pylint: disable=protected-access
+        artifact_type.ClearField("id")
+        return store.put_artifact_type(artifact_type, can_add_fields=True, can_omit_fields=True)
+
+
+def _event(kind: int) -> metadata_store_pb2.Event:
+    event = metadata_store_pb2.Event(type=kind)
+    event.path.steps.add().key = EVENT_KEY
+    event.path.steps.add().index = 0
+    return event
+
+
+def record_rollback(store: metadata_store.MetadataStore, pipeline_name: str, serving_dir: str,
+                    result: RollbackResult, target: Optional[metadata_store_pb2.Artifact],
+                    at_ms: Optional[int] = None) -> RollbackResult:
+    """Writes one `driftline.Rollback` execution with its input and output `PushedModel`, in one transaction."""
+    at_ms = int(time.time() * 1000) if at_ms is None else at_ms
+    execution = metadata_store_pb2.Execution(type_id=_execution_type_id(store),
+                                             last_known_state=metadata_store_pb2.Execution.COMPLETE)
+    for name, value in (("from_version", result.from_version), ("to_version", result.to_version),
+                        ("new_version", result.new_version), ("at_ms", at_ms)):
+        execution.properties[name].int_value = int(value)
+    execution.custom_properties["serving_dir"].string_value = serving_dir
+
+    destination = result.destination or serving.version_dir(serving_dir, result.new_version)
+    model_id = _custom(target, serving.MODEL_ID_PROPERTY) if target is not None else None
+    pushed = metadata_store_pb2.Artifact(type_id=_pushed_model_type_id(store), uri=destination,
+                                         state=metadata_store_pb2.Artifact.LIVE)
+    props = pushed.custom_properties
+    props[serving.PUSHED_PROPERTY].int_value = 1
+    props[serving.PUSHED_DESTINATION_PROPERTY].string_value = destination
+    props[serving.PUSHED_VERSION_PROPERTY].string_value = str(result.new_version)
+    props[serving.ROLLBACK_OF_PROPERTY].int_value = result.to_version
+    props[serving.PUSHED_AT_MS_PROPERTY].int_value = at_ms
+    props[serving.REASON_PROPERTY].string_value = (
+        f"rollback: version {result.new_version} serves the model of version {result.to_version} "
+        f"(was version {result.from_version})")
+    if model_id is not None:
+        props[serving.MODEL_ID_PROPERTY].int_value = int(model_id)
+
+    artifacts_and_events = []
+    if target is not None:
+        artifacts_and_events.append((target, _event(metadata_store_pb2.Event.INPUT)))
+    artifacts_and_events.append((pushed, _event(metadata_store_pb2.Event.OUTPUT)))
+    context = _pipeline_context(store, pipeline_name)
+    execution_id, artifact_ids, _ = store.put_execution(execution, artifacts_and_events, [context])
+    return dataclasses.replace(result, destination=destination, execution_id=execution_id,
+                               pushed_model_id=artifact_ids[-1],
+                               model_id=int(model_id) if model_id is not None else None)
+
+
+def rollback_and_record(metadata_path: str, pipeline_name: str, serving_dir: str,
+                        to_version: Optional[int] = None) -> RollbackResult:
+    """Rolls serving back (see `serving.rollback`) and records it in ML Metadata.
+
+    `to_version=None` means the version just below the serving one. A target
+    that does not exist raises RollbackError before anything is written: not
+    the serving folder, not ML Metadata (whose file is not even opened).
+    """
+    if serving.is_local(serving_dir) and not serving_dir.startswith("file://"):
+        serving_dir = os.path.abspath(serving_dir)
+    plan = serving.plan_rollback(serving_dir, to_version)  # RollbackError: nothing touched
+    store = open_store(metadata_path)
+    target = find_pushed_model(store, serving_dir, plan["to_version"])
+    result = serving.rollback(serving_dir, plan["to_version"])
+    try:
+        return record_rollback(store, pipeline_name, serving_dir, result, target)
+    except Exception as e:  # serving already switched; say so rather than hide it
+        raise RollbackRecordError(
+            f"serving in {serving_dir} was rolled back (version {result.new_version} now serves the model of "
+            f"version {result.to_version}), but recording it in ML Metadata at {metadata_path} failed: {e}") from e
+
+
+def format_rollback(result: RollbackResult) -> str:
+    """What `driftline rollback` prints."""
+    lines = [f"Rolled back: version {result.new_version} now serves the model of version {result.to_version} "
+             f"(was serving version {result.from_version})."]
+    if result.destination:
+        lines.append(f"  serving folder: {result.destination}")
+    if result.execution_id is not None:
+        model = f"model {result.model_id}" if result.model_id is not None else "model unknown (no PushedModel " \
+            f"in ML Metadata for version {result.to_version})"
+        lines.append(f"  recorded in ML Metadata: execution {result.execution_id} ({ROLLBACK_EXECUTION_TYPE}), "
+                     f"PushedModel {result.pushed_model_id}, {model}")
+    return "\n".join(lines)
