@@ -1,7 +1,10 @@
 """Runs driftline pipelines locally: TFX LocalDagRunner, Beam DirectRunner, SQLite ML Metadata."""
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
+from typing import List, Optional
 
 from tfx import v1 as tfx
 
@@ -18,3 +21,69 @@ def run_ingest(config: DriftlineConfig, with_statistics: bool = False) -> None:
     from pipelines.pipeline import create_ingest_pipeline
 
     run(create_ingest_pipeline(config, with_statistics=with_statistics), config)
+
+
+@dataclasses.dataclass
+class CycleReport:
+    """One cycle, as ML Metadata recorded it."""
+
+    run_id: str
+    wall_seconds: float
+    spans: List[int]
+    events: int
+    start: Optional[str] = None
+    start_reason: Optional[str] = None
+    model_id: Optional[int] = None
+    train_seconds: Optional[float] = None
+    candidate_auc: Optional[float] = None
+    baseline_auc: Optional[float] = None
+    blessed: Optional[bool] = None
+    reason: Optional[str] = None
+    pushed_version: Optional[str] = None
+    pushed_at_ms: Optional[int] = None
+    newest_event_ms: Optional[int] = None
+
+    @property
+    def trained(self) -> bool:
+        return self.model_id is not None
+
+
+def cycle_report(config: DriftlineConfig, wall_seconds: float) -> CycleReport:
+    from pipelines import pipeline as p
+    from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID, latest_run_context, open_store, prop, run_outputs
+
+    store = open_store(config.metadata_path)
+    run_ctx = latest_run_context(store)
+    outputs = run_outputs(store, config.pipeline_name, run_ctx)
+    examples = outputs.get(STREAMING_EXAMPLE_GEN_ID, {}).get("outputs", {}).get("examples", [])
+    report = CycleReport(run_id=run_ctx.name, wall_seconds=round(wall_seconds, 1),
+                         spans=sorted(prop(a, "span") for a in examples),
+                         events=sum(prop(a, "event_count", 0) for a in examples))
+    models = outputs.get(p.TRAINER_ID, {}).get("outputs", {}).get("model", [])
+    if models:
+        m = models[0]
+        report.model_id, report.start, report.start_reason = m.id, prop(m, "start"), prop(m, "start_reason")
+        report.train_seconds = prop(m, "train_wall_seconds")
+        report.newest_event_ms = prop(m, "max_event_time_ms")
+    blessings = outputs.get(p.EVALUATOR_ID, {}).get("outputs", {}).get("blessing", [])
+    if blessings:
+        b = blessings[0]
+        report.blessed = prop(b, "blessed") == 1
+        report.reason = prop(b, "reason")
+        report.candidate_auc = prop(b, "candidate_auc")
+        baseline = prop(b, "baseline_auc")
+        report.baseline_auc = None if baseline is None or baseline < 0 else baseline
+    pushed = outputs.get(p.PUSHER_ID, {}).get("outputs", {}).get("pushed_model", [])
+    if pushed and prop(pushed[0], "pushed") == 1:
+        report.pushed_version = prop(pushed[0], "pushed_version")
+        report.pushed_at_ms = prop(pushed[0], "pushed_at_ms")
+    return report
+
+
+def run_cycle(config: DriftlineConfig) -> CycleReport:
+    """One cycle: whatever spans have closed are ingested, trained on, gated and maybe pushed."""
+    from pipelines.pipeline import create_pipeline
+
+    started = time.monotonic()
+    run(create_pipeline(config), config)
+    return cycle_report(config, time.monotonic() - started)

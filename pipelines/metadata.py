@@ -91,3 +91,51 @@ def describe_position(position_json: Optional[str]) -> str:
         return "-"
     segment, offset = json.loads(position_json)
     return f"{segment}@{offset}"
+
+
+PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
+_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+
+
+def latest_run_context(store: metadata_store.MetadataStore) -> Optional[metadata_store_pb2.Context]:
+    runs = store.get_contexts_by_type(PIPELINE_RUN_CONTEXT_TYPE)
+    return max(runs, key=lambda c: c.id) if runs else None
+
+
+def node_of_execution(store: metadata_store.MetadataStore, execution_id: int, pipeline_name: str) -> Optional[str]:
+    prefix = pipeline_name + "."
+    for ctx in store.get_contexts_by_execution(execution_id):
+        if ctx.name.startswith(prefix) and store.get_context_types_by_id([ctx.type_id])[0].name == NODE_CONTEXT_TYPE:
+            return ctx.name[len(prefix):]
+    return None
+
+
+def run_outputs(store: metadata_store.MetadataStore, pipeline_name: str,
+                run_context: metadata_store_pb2.Context) -> dict:
+    """{node_id: {"state": execution state name, "outputs": {key: [Artifact]}}} for one pipeline run."""
+    result = {}
+    executions = store.get_executions_by_context(run_context.id)
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    artifact_ids = sorted({ev.artifact_id for ev in events if ev.type in _OUTPUT_EVENTS})
+    artifacts = {a.id: a for a in store.get_artifacts_by_id(artifact_ids)} if artifact_ids else {}
+    for execution in executions:
+        node = node_of_execution(store, execution.id, pipeline_name)
+        if node is None:
+            continue
+        outputs: dict = {}
+        for ev in events:
+            if ev.execution_id == execution.id and ev.type in _OUTPUT_EVENTS and ev.artifact_id in artifacts:
+                key = ev.path.steps[0].key if ev.path.steps else ""
+                outputs.setdefault(key, []).append(artifacts[ev.artifact_id])
+        result[node] = {"state": metadata_store_pb2.Execution.State.Name(execution.last_known_state),
+                        "outputs": outputs, "execution_id": execution.id}
+    return result
+
+
+def prop(artifact: metadata_store_pb2.Artifact, key: str, default=None):
+    """A custom (or, failing that, a typed) property's value."""
+    value = _prop(artifact, key)
+    if value is None and key in artifact.properties:
+        v = artifact.properties[key]
+        value = getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
+    return default if value is None else value

@@ -1,6 +1,18 @@
-"""Pipeline composition from one `DriftlineConfig`."""
+"""Pipeline composition from one `DriftlineConfig`.
+
+One cycle::
+
+    StreamingExampleGen ─► Transform (stock) ─► WarmStartTrainer ─► DriftlineEvaluator ─► BlessingPusher
+          │ Examples(span)       │ TransformGraph     ▲ base_model          ▲ baseline_model
+          │                      │                    │ replay_examples     │
+          └──── ImportSchemaGen ─┘      latest_blessed_model_resolver ──────┘   replay_resolver
+
+The base model and the baseline are the same thing, the latest blessed
+model, resolved from ML Metadata across runs; so is the replay window.
+"""
 from __future__ import annotations
 
+import os
 from typing import List
 
 from tfx import v1 as tfx
@@ -8,6 +20,25 @@ from tfx import v1 as tfx
 from components.streaming_example_gen import StreamingExampleGen
 from pipelines.config import DriftlineConfig
 from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID
+
+TRANSFORM_ID = "Transform"
+TRAINER_ID = "WarmStartTrainer"
+EVALUATOR_ID = "Evaluator"
+PUSHER_ID = "BlessingPusher"
+BASE_MODEL_RESOLVER_ID = "latest_blessed_model_resolver"
+REPLAY_RESOLVER_ID = "replay_resolver"
+PREPROCESSING_FN = "transforms.stream.preprocessing_fn"
+
+
+def _pipeline(config: DriftlineConfig, components: List) -> tfx.dsl.Pipeline:
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=components,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path),
+        beam_pipeline_args=config.beam.args(),
+    )
 
 
 def create_ingest_pipeline(config: DriftlineConfig, with_statistics: bool = False) -> tfx.dsl.Pipeline:
@@ -26,11 +57,61 @@ def create_ingest_pipeline(config: DriftlineConfig, with_statistics: bool = Fals
         statistics_gen = tfx.components.StatisticsGen(examples=newest_span)
         schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
         components += [statistics_gen, schema_gen]
-    return tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
-        components=components,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path),
-        beam_pipeline_args=config.beam.args(),
-    )
+    return _pipeline(config, components)
+
+
+def schema_file(config: DriftlineConfig) -> str:
+    return os.path.join(config.home, "schema", "schema.pbtxt")
+
+
+def create_pipeline(config: DriftlineConfig) -> tfx.dsl.Pipeline:
+    """The continuous-training cycle: ingest closed spans, train, evaluate, maybe push."""
+    from components.blessing_pusher import BlessingPusher
+    from components.evaluator import DriftlineEvaluator
+    from components.warm_start_trainer import WarmStartTrainer
+    from components.warm_start_trainer.resolvers import LatestSpansStrategy
+    from transforms import stream
+    from transforms.schema import write_tfmd_schema
+
+    config.validate()
+    schema = config.source.schema
+    example_gen = StreamingExampleGen.from_config(config.source, config.window).with_id(STREAMING_EXAMPLE_GEN_ID)
+    # Derived from the declared event schema, the same every cycle: spans are
+    # validated against it rather than each inferring its own.
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=write_tfmd_schema(schema, schema_file(config)))
+    transform_kwargs = {}
+    if config.transform.uses_analyzers:
+        analyzer_cache = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            cache=tfx.dsl.Channel(type=tfx.types.standard_artifacts.TransformCache),
+        ).with_id("analyzer_cache_resolver")
+        transform_kwargs["analyzer_cache"] = analyzer_cache.outputs["cache"]
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN, custom_config=stream.custom_config(schema, config.transform),
+        # The trainer applies the transform graph on the fly: no copy of the data per cycle.
+        materialize=False, **transform_kwargs).with_id(TRANSFORM_ID)
+    latest_blessed = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id(BASE_MODEL_RESOLVER_ID)
+    replay = tfx.dsl.Resolver(
+        strategy_class=LatestSpansStrategy,
+        # One more than the window: the resolver may see a span of this cycle.
+        config={"num_spans": config.trainer.replay_spans + 1},
+        examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+    ).with_id(REPLAY_RESOLVER_ID)
+    trainer = WarmStartTrainer(
+        examples=example_gen.outputs["examples"], transform_graph=transform.outputs["transform_graph"],
+        schema=schema, transform=config.transform, trainer=config.trainer,
+        replay_examples=replay.outputs["examples"], base_model=latest_blessed.outputs["model"]).with_id(TRAINER_ID)
+    evaluator = DriftlineEvaluator.from_config(
+        config, examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=latest_blessed.outputs["model"]).with_id(EVALUATOR_ID)
+    pusher = BlessingPusher.from_config(
+        config, model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"]).with_id(PUSHER_ID)
+    components = [example_gen, schema_gen, transform, latest_blessed, replay, trainer, evaluator, pusher]
+    if config.transform.uses_analyzers:
+        components.insert(2, analyzer_cache)
+    return _pipeline(config, components)

@@ -18,11 +18,14 @@ def tfmd_schema(schema: EventSchema) -> schema_pb2.Schema:
     result = schema_pb2.Schema()
     for field in schema.fields:
         feature = result.feature.add(name=field.name, type=_TYPES[field.type])
-        feature.value_count.min = 1
-        feature.value_count.max = 1
         if field.required:
+            # A fixed shape makes the field a dense FixedLenFeature([1]) downstream.
+            feature.shape.dim.add(size=1)
             feature.presence.min_fraction = 1.0
             feature.presence.min_count = 1
+        else:
+            feature.value_count.min = 1
+            feature.value_count.max = 1
     return result
 
 

@@ -37,8 +37,11 @@ def raw_dataset(inputs: Sequence[TrainingInput], raw_feature_spec: Dict[str, tf.
 
             def keep(record, threshold=threshold, spec=spec):
                 event_id = tf.io.parse_single_example(record, spec)[id_key]
-                key = tf.strings.as_string(event_id) if event_id.dtype != tf.string else event_id
-                return tf.strings.to_hash_bucket_fast(key + salt, _SAMPLE_BUCKETS) < threshold
+                if isinstance(event_id, tf.sparse.SparseTensor):
+                    event_id = event_id.values
+                key = tf.reshape(event_id, [-1])[:1]
+                key = tf.strings.as_string(key) if key.dtype != tf.string else key
+                return tf.reduce_all(tf.strings.to_hash_bucket_fast(key + salt, _SAMPLE_BUCKETS) < threshold)
 
             ds = ds.filter(keep)
         datasets.append(ds.map(lambda r, role=source.role: (r, role)))
