@@ -32,6 +32,8 @@ find_uv() {
 }
 
 # Reinstall only when the inputs changed: a re-run of make test costs nothing.
+# --compile-bytecode matters: with PYTHONDONTWRITEBYTECODE set (as in CI), every
+# process would otherwise recompile TF/TFX/TFMA sources, about 45 s per import.
 if [ -f "$STAMP" ] && [ "$STAMP" -nt setup.py ] && [ "$STAMP" -nt constraints.txt ] && [ -x "$VENV/bin/python" ]; then
   exit 0
 fi

@@ -148,3 +148,11 @@ def test_warm_start_reaches_the_cold_models_loss_in_far_fewer_steps(tmp_path, sp
     steps_warm = next((i for i, v in enumerate(warm) if v <= target * 1.001), 10 ** 6) + 1
     assert steps_warm * 4 <= steps_cold, (steps_warm, steps_cold, warm[:5], cold[-5:])
     assert min(warm) <= target
+
+
+def test_previous_eval_split_is_the_one_the_base_model_was_judged_on():
+    # Span 9's candidate was rejected; the base model was judged on span 8.
+    inputs = plan_training_inputs([(10, "/s10")], [(7, "/s7"), (8, "/s8"), (9, "/s9")], replay_spans=3,
+                                  replay_fraction=0.1, previous_eval_span=8)
+    assert [(i.span, i.split) for i in inputs if i.role == "previous_eval"] == [(8, "eval")]
+    assert {i.span for i in inputs if i.role == "replay"} == {7, 8, 9}

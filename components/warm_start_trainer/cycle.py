@@ -26,6 +26,8 @@ class BaseModel:
     artifact_id: int
     uri: str
     fingerprints: Dict[str, str]
+    # The span whose eval split judged the base model; None if unknown.
+    newest_span: Optional[int] = None
 
 
 def import_run_fn(dotted_path: str) -> Callable[[WarmStartFnArgs], Optional[TrainResult]]:
@@ -59,7 +61,8 @@ def train_cycle(*, config: TrainerConfig, schema: EventSchema, custom_config: Ma
         run_fn=config.run_fn, model_config=config.model, feature_buckets=custom_config.get("feature_buckets", {}))
     warm, reason = warm_start.decide_start(base.artifact_id if base else None,
                                            base.fingerprints if base else {}, current_fp)
-    inputs = plan.plan_training_inputs(current, earlier, config.replay_spans, config.replay_fraction, warm)
+    inputs = plan.plan_training_inputs(current, earlier, config.replay_spans, config.replay_fraction, warm,
+                                       previous_eval_span=base.newest_span if base else None)
     fn_args = WarmStartFnArgs(
         training_inputs=inputs, eval_files=plan.eval_files(current), transform_graph_path=transform_graph_path,
         serving_model_dir=os.path.join(model_uri, SERVING_DIR), model_dir=model_uri, model_run_dir=model_run_uri,

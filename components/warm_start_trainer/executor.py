@@ -26,8 +26,9 @@ class Executor(base_executor.BaseExecutor):
         base = None
         if base_artifacts:
             b = max(base_artifacts, key=lambda a: a.id)
+            newest = b.get_int_custom_property("newest_span") if b.has_custom_property("newest_span") else None
             base = cycle.BaseModel(b.id, b.uri, {k: b.get_string_custom_property(k)
-                                                 for k in warm_start.FINGERPRINT_KEYS})
+                                                 for k in warm_start.FINGERPRINT_KEYS}, newest)
         model = artifact_utils.get_single_instance(output_dict["model"])
         model_run = artifact_utils.get_single_instance(output_dict["model_run"])
         current = input_dict["examples"]

@@ -3,7 +3,9 @@
 * Every split of this cycle's spans except the newest span's `eval` split,
   which the gate evaluates on, so it must stay unseen.
 * The previous span's `eval` split in full: the previous cycle only evaluated
-  on it, and without it that data would never be trained on.
+  on it, and without it that data would never be trained on. "Previous" is
+  the span the base model was judged on: after a rejected candidate, that is
+  older than the span just before this cycle.
 * A replay window against forgetting: the train split of the newest
   `replay_spans` earlier spans, sampled at `replay_fraction`. A cold start
   has nothing to forget and everything to learn, so it takes those spans whole.
@@ -15,7 +17,7 @@ retrained in full either: data that produced a rejected model is suspect
 from __future__ import annotations
 
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from components.streaming_example_gen.windowing import EVAL, TRAIN
 from components.warm_start_trainer.fn_args import TrainingInput
@@ -28,7 +30,9 @@ def split_pattern(uri: str, split: str) -> str:
 
 
 def plan_training_inputs(current: Sequence[SpanUri], earlier: Sequence[SpanUri], replay_spans: int,
-                         replay_fraction: float, warm: bool = True) -> List[TrainingInput]:
+                         replay_fraction: float, warm: bool = True,
+                         previous_eval_span: Optional[int] = None) -> List[TrainingInput]:
+    """`previous_eval_span`: the base model's newest span (None: the newest earlier span)."""
     if not current:
         raise ValueError("a training cycle needs at least one new span")
     current = sorted(current)
@@ -38,8 +42,9 @@ def plan_training_inputs(current: Sequence[SpanUri], earlier: Sequence[SpanUri],
     earlier = sorted(s for s in earlier if s[0] < first_new)
     inputs = [TrainingInput(split_pattern(uri, TRAIN), span, TRAIN) for span, uri in current]
     inputs += [TrainingInput(split_pattern(uri, EVAL), span, EVAL) for span, uri in current if span != newest]
-    if earlier:
-        span, uri = earlier[-1]
+    previous = [s for s in earlier if previous_eval_span is None or s[0] == previous_eval_span]
+    if previous:
+        span, uri = previous[-1]
         inputs.append(TrainingInput(split_pattern(uri, EVAL), span, EVAL, role="previous_eval"))
     fraction = replay_fraction if warm else 1.0
     if replay_spans and fraction > 0:

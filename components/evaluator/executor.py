@@ -1,0 +1,119 @@
+"""DriftlineEvaluator executor: a thin `Do()` around `tfma_run.evaluate` and `gate.decide`."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+
+from components.evaluator import gate as gate_lib
+from components.evaluator import tfma_run
+from pipelines.config import GateConfig
+
+EXAMPLES_KEY = "examples"
+MODEL_KEY = "model"
+BASELINE_MODEL_KEY = "baseline_model"
+EVALUATION_KEY = "evaluation"
+BLESSING_KEY = "blessing"
+GATE_CONFIG_KEY = "gate_config"
+LABEL_KEY_KEY = "label_key"
+EVAL_SPLIT_KEY = "eval_split"
+DEFAULT_EVAL_SPLIT = "eval"
+
+# Custom properties. The first five are stock TFX Evaluator's (read by stock
+# LatestBlessedModelStrategy and Pusher); the rest are driftline's.
+BLESSED_PROPERTY = evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY  # "blessed": 1 / 0
+CURRENT_MODEL_PROPERTY = evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY  # "current_model"
+CURRENT_MODEL_ID_PROPERTY = evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY  # "current_model_id"
+BASELINE_MODEL_PROPERTY = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY  # "baseline_model"
+BASELINE_MODEL_ID_PROPERTY = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY  # "baseline_model_id"
+REASON_PROPERTY = "reason"
+VERDICT_JSON_PROPERTY = "verdict_json"
+EVAL_SPAN_PROPERTY = "eval_span"
+EVAL_EXAMPLES_PROPERTY = "eval_examples"
+EVAL_POSITIVES_PROPERTY = "eval_positives"
+CANDIDATE_AUC_PROPERTY = "candidate_auc"
+BASELINE_AUC_PROPERTY = "baseline_auc"
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        examples = newest_span(input_dict[EXAMPLES_KEY])
+        candidate = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
+        baseline = optional_single(input_dict.get(BASELINE_MODEL_KEY), BASELINE_MODEL_KEY)
+        gate = GateConfig.from_dict(json.loads(exec_properties[GATE_CONFIG_KEY]))
+        split = exec_properties.get(EVAL_SPLIT_KEY) or DEFAULT_EVAL_SPLIT
+        check_split(examples, split)
+        evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
+        blessing = artifact_utils.get_single_instance(output_dict[BLESSING_KEY])
+
+        metrics = tfma_run.evaluate(
+            self._make_beam_pipeline, examples, split, label_key=exec_properties[LABEL_KEY_KEY],
+            slice_feature=gate.slice_feature, candidate_path=tfma_run.serving_model_path(candidate),
+            baseline_path=tfma_run.serving_model_path(baseline) if baseline is not None else None,
+            output_path=evaluation.uri)
+        verdict = gate_lib.decide(metrics[tfma_run.CANDIDATE], metrics.get(tfma_run.BASELINE), gate)
+
+        evaluation.set_string_custom_property(VERDICT_JSON_PROPERTY, verdict.to_json())
+        record_blessing(blessing, verdict, candidate, baseline, examples,
+                        component_id=exec_properties.get("current_component_id"))
+        logging.info("DriftlineEvaluator on span %d (%s split): %s", examples.span, split, verdict.reason)
+
+
+def newest_span(examples: List[types.Artifact]) -> types.Artifact:
+    """The `Examples` artifact with the largest span (then version, then id): the newest data."""
+    if not examples:
+        raise ValueError(f"{EXAMPLES_KEY!r} is empty: the evaluator needs the newest span's Examples")
+    return max(examples, key=lambda a: (a.span, a.version, a.id))
+
+
+def optional_single(artifacts: Optional[List[types.Artifact]], key: str) -> Optional[types.Artifact]:
+    if not artifacts:
+        return None
+    if len(artifacts) > 1:
+        raise ValueError(f"there can be only one {key!r}, got {len(artifacts)}")
+    return artifacts[0]
+
+
+def check_split(examples: types.Artifact, split: str) -> None:
+    names = artifact_utils.decode_split_names(examples.split_names) if examples.split_names else []
+    if split not in names:
+        raise ValueError(f"eval split {split!r} is not a split of Examples {examples.uri} (splits: {names}); "
+                         f"set eval_split to one of them")
+
+
+def record_blessing(blessing: types.Artifact, verdict: gate_lib.Verdict, candidate: types.Artifact,
+                    baseline: Optional[types.Artifact], examples: types.Artifact,
+                    component_id: Optional[str] = None) -> None:
+    """The stock marker file and properties (as TFX Evaluator writes them), and ours."""
+    marker = evaluator_constants.BLESSED_FILE_NAME if verdict.blessed else evaluator_constants.NOT_BLESSED_FILE_NAME
+    io_utils.write_string_file(os.path.join(blessing.uri, marker), "")
+    blessing.set_int_custom_property(
+        BLESSED_PROPERTY,
+        evaluator_constants.BLESSED_VALUE if verdict.blessed else evaluator_constants.NOT_BLESSED_VALUE)
+    blessing.set_string_custom_property(CURRENT_MODEL_PROPERTY, candidate.uri)
+    blessing.set_int_custom_property(CURRENT_MODEL_ID_PROPERTY, candidate.id)
+    if baseline is not None:
+        blessing.set_string_custom_property(BASELINE_MODEL_PROPERTY, baseline.uri)
+        blessing.set_int_custom_property(BASELINE_MODEL_ID_PROPERTY, baseline.id)
+    if component_id:
+        blessing.set_string_custom_property("component_id", component_id)
+    blessing.set_string_custom_property(REASON_PROPERTY, verdict.reason)
+    blessing.set_string_custom_property(VERDICT_JSON_PROPERTY, verdict.to_json())
+    blessing.set_int_custom_property(EVAL_SPAN_PROPERTY, examples.span)
+    blessing.set_float_custom_property(EVAL_EXAMPLES_PROPERTY, _or_minus_one(verdict.eval_examples))
+    blessing.set_float_custom_property(EVAL_POSITIVES_PROPERTY, _or_minus_one(verdict.eval_positives))
+    blessing.set_float_custom_property(CANDIDATE_AUC_PROPERTY, _or_minus_one(verdict.candidate_auc))
+    blessing.set_float_custom_property(BASELINE_AUC_PROPERTY, _or_minus_one(verdict.baseline_auc))
+
+
+def _or_minus_one(value: Optional[float]) -> float:
+    return -1.0 if value is None or math.isnan(value) or math.isinf(value) else float(value)

@@ -1,0 +1,184 @@
+"""TFMA for the gate: the EvalConfig, one Beam run that scores the candidate and
+the baseline on the same examples, and the metrics read back as plain dicts.
+
+The output folder is standard TFMA output (what stock TFX Evaluator writes
+into a `ModelEvaluation`), so `tfma.load_eval_result(uri)` reads it. With a
+baseline the models are "candidate" and "baseline", as in stock TFX; a lone
+candidate is TFMA's unnamed model "" (TFMA renames a single model so).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Dict, Optional
+
+import apache_beam as beam
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from tfx import types
+from tfx.components.util import tfxio_utils
+from tfx.utils import io_utils, path_utils
+
+from components.evaluator.gate import SlicedMetrics
+
+CANDIDATE = "candidate"
+BASELINE = "baseline"
+# The trainer's contract: `serving_default(examples: tf.string[None]) -> {"probability": float32[None, 1]}`.
+SIGNATURE_NAME = "serving_default"
+PREDICTION_KEY = "probability"
+
+# TFMA metric class -> (the name TFMA writes, our name in gate.SlicedMetrics).
+_METRICS = (
+    ("ExampleCount", "example_count", "example_count"),
+    ("AUC", "auc", "auc"),
+    ("Calibration", "calibration", "calibration"),
+    ("BinaryCrossEntropy", "binary_crossentropy", "log_loss"),
+    ("MeanLabel", "mean_label", "mean_label"),
+    ("MeanPrediction", "mean_prediction", "mean_prediction"),
+)
+_TFMA_TO_OURS = {tfma_name: ours for _, tfma_name, ours in _METRICS}
+_TELEMETRY = ["DriftlineEvaluator"]
+
+
+def tfma_model_names(has_baseline: bool) -> Dict[str, str]:
+    """{our name: TFMA's name}. TFMA names a lone model "" whatever its spec says; two are named."""
+    return {CANDIDATE: CANDIDATE, BASELINE: BASELINE} if has_baseline else {CANDIDATE: ""}
+
+
+def build_eval_config(label_key: str, slice_feature: Optional[str], has_baseline: bool,
+                      prediction_key: str = PREDICTION_KEY) -> tfma.EvalConfig:
+    """Model specs for the candidate (and the baseline), our metrics, overall and per `slice_feature`.
+
+    No TFMA thresholds: the verdict is `gate.decide`'s, one rule set in one place.
+    """
+    names = tfma_model_names(has_baseline)
+    model_specs = [tfma.ModelSpec(name=names[CANDIDATE], signature_name=SIGNATURE_NAME, model_type=tfma.TF_GENERIC,
+                                  label_key=label_key, prediction_key=prediction_key)]
+    if has_baseline:
+        model_specs.append(tfma.ModelSpec(name=names[BASELINE], signature_name=SIGNATURE_NAME,
+                                          model_type=tfma.TF_GENERIC, label_key=label_key,
+                                          prediction_key=prediction_key, is_baseline=True))
+    metrics = [tfma.MetricConfig(class_name=class_name) for class_name, _, _ in _METRICS]
+    metrics_spec = tfma.MetricsSpec(metrics=metrics, model_names=[spec.name for spec in model_specs])
+    slicing_specs = [tfma.SlicingSpec()]
+    if slice_feature:
+        slicing_specs.append(tfma.SlicingSpec(feature_keys=[slice_feature]))
+    return tfma.EvalConfig(model_specs=model_specs, metrics_specs=[metrics_spec], slicing_specs=slicing_specs)
+
+
+def split_file_pattern(examples: types.Artifact, split: str) -> Optional[str]:
+    """The glob of `split`'s files in `examples`, or None when the split holds no file."""
+    split_uri = os.path.join(examples.uri, f"Split-{split}")
+    if not tf.io.gfile.exists(split_uri) or not tf.io.gfile.listdir(split_uri):
+        return None
+    return io_utils.all_files_pattern(split_uri)
+
+
+def run_tfma(make_beam_pipeline: Callable[[], beam.Pipeline], examples: types.Artifact, split: str,
+             eval_config: tfma.EvalConfig, model_paths: Dict[str, str], output_path: str) -> None:
+    """Scores every model of `model_paths` ({TFMA model name: SavedModel dir}) on `split` of `examples`.
+
+    One Beam pipeline, one read of the data: TFMA feeds the same record
+    batches to both models, so they are judged on identical examples.
+    """
+    pattern = split_file_pattern(examples, split)
+    models = [tfma.default_eval_shared_model(eval_saved_model_path=model_paths[spec.name], model_name=spec.name,
+                                             eval_config=eval_config)
+              for spec in eval_config.model_specs]
+    with make_beam_pipeline() as pipeline:
+        if pattern is None:
+            # No file: no examples, but still a standard (empty) TFMA output.
+            batches = pipeline | f"NoFiles[{split}]" >> beam.Create([])
+        else:
+            tfxio = tfxio_utils.get_tfxio_factory_from_artifact(
+                examples=[examples], telemetry_descriptors=_TELEMETRY,
+                raw_record_column_name=tfma.ARROW_INPUT_COLUMN)(pattern)
+            batches = pipeline | f"Read[{split}]" >> tfxio.BeamSource()
+        _ = batches | "ExtractEvaluateAndWriteResults" >> tfma.ExtractEvaluateAndWriteResults(
+            eval_shared_model=models[0] if len(models) == 1 else models,
+            eval_config=eval_config, output_path=output_path)
+
+
+def read_metrics(output_path: str, slice_feature: Optional[str]) -> Dict[str, SlicedMetrics]:
+    """{TFMA model name: SlicedMetrics} from TFMA's output ("" for a lone model)."""
+    result: Dict[str, SlicedMetrics] = {}
+    for metrics_for_slice in tfma.load_metrics(output_path):
+        slice_value = _slice_value(metrics_for_slice, slice_feature)
+        if slice_value is _OTHER_SLICE:
+            continue
+        for kv in metrics_for_slice.metric_keys_and_values:
+            ours = _TFMA_TO_OURS.get(kv.key.name)
+            if ours is None or kv.key.is_diff:
+                continue
+            model = result.setdefault(kv.key.model_name, {"overall": {}, "slices": {}})
+            target = model["overall"] if slice_value is None else model["slices"].setdefault(slice_value, {})
+            target[ours] = _value(kv.value)
+    for model in result.values():
+        for metrics in [model["overall"], *model["slices"].values()]:
+            _add_positive_count(metrics)
+    return result
+
+
+_OTHER_SLICE = object()
+
+
+def _slice_value(metrics_for_slice, slice_feature: Optional[str]):
+    """None for the overall slice, the value as str for a slice of `slice_feature`, else _OTHER_SLICE."""
+    if metrics_for_slice.HasField("cross_slice_key"):
+        return _OTHER_SLICE
+    keys = metrics_for_slice.slice_key.single_slice_keys
+    if not keys:
+        return None
+    if len(keys) != 1 or keys[0].column != slice_feature:
+        return _OTHER_SLICE
+    key = keys[0]
+    kind = key.WhichOneof("kind")
+    value = getattr(key, kind)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _value(metric_value) -> float:
+    kind = metric_value.WhichOneof("type")
+    if kind == "double_value":
+        return float(metric_value.double_value.value)
+    if kind == "bounded_value":
+        return float(metric_value.bounded_value.value.value)
+    return float("nan")
+
+
+def _add_positive_count(metrics: Dict[str, float]) -> None:
+    # Labels are 0/1 and unweighted: positives = mean label x examples.
+    count, mean_label = metrics.get("example_count"), metrics.get("mean_label")
+    if count is not None and mean_label is not None and not math.isnan(mean_label):
+        metrics["positive_count"] = float(round(mean_label * count))
+    elif count is not None:
+        metrics["positive_count"] = 0.0
+
+
+def evaluate(make_beam_pipeline: Callable[[], beam.Pipeline], examples: types.Artifact, split: str,
+             label_key: str, slice_feature: Optional[str], candidate_path: str, baseline_path: Optional[str],
+             output_path: str) -> Dict[str, SlicedMetrics]:
+    """Runs TFMA on `split` of `examples` and returns {"candidate": ..., "baseline": ...} metrics.
+
+    An empty split (no file, or files without records) is not an error but no
+    evidence: the models get `example_count` 0, and the gate refuses the candidate.
+    """
+    has_baseline = baseline_path is not None
+    names = tfma_model_names(has_baseline)
+    eval_config = build_eval_config(label_key, slice_feature, has_baseline)
+    paths = {names[CANDIDATE]: candidate_path, **({names[BASELINE]: baseline_path} if has_baseline else {})}
+    run_tfma(make_beam_pipeline, examples, split, eval_config, paths, output_path)
+    metrics = read_metrics(output_path, slice_feature)
+    missing = set(paths) - set(metrics)
+    if metrics and missing:
+        raise RuntimeError(f"TFMA wrote metrics for models {sorted(metrics)} but not for {sorted(missing)} "
+                           f"(output {output_path})")
+    # No metrics at all: the split holds no examples (no evidence; the gate refuses the candidate).
+    empty: SlicedMetrics = {"overall": {"example_count": 0.0, "positive_count": 0.0}, "slices": {}}
+    return {ours: metrics.get(theirs, empty) for ours, theirs in names.items()}
+
+
+def serving_model_path(model: types.Artifact) -> str:
+    """The SavedModel of a `Model` artifact (`<uri>/Format-Serving`, stock TFX layout)."""
+    return path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+
