@@ -44,7 +44,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV with $PY" >&2
   # --seed puts pip in the venv; TFX shells out to 'python -m pip' for module wheels.
   $UV venv --seed --python "$PY" "$VENV" >&2
+fi
+echo "bootstrap: installing the pinned stack into $VENV (a few minutes on a fresh machine)" >&2
 $UV pip install --python "$VENV/bin/python" --compile-bytecode -c constraints.txt -e '.[test]' >&2
-echo "bootstrap: installing the pinned stack into $VENV (about a minute on a fresh machine)" >&2
-$UV pip install --python "$VENV/bin/python" -c constraints.txt -e '.[test]' >&2
 touch "$STAMP"
