@@ -120,6 +120,9 @@ class SimulatorConfig:
     max_segment_bytes: int = 16 << 20
     # Live mode: how often a batch of events is appended.
     live_flush_seconds: float = 1.0
+    # A poisoned stretch of stream: every label inverted (a broken producer),
+    # for showing that the gate keeps such a model out of serving.
+    flip_labels: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -378,6 +381,8 @@ class _Stream:
         prices = np.maximum(np.round(w.ad_price[ads] * np.exp(rng.normal(0.0, _PRICE_JITTER_LOG_STD, n)), 2),
                             0.01)
         clicked = rng.random(n) < _sigmoid(w.logit(users, ads, devices, event_ms, prices, self.origin_ms))
+        if c.flip_labels:
+            clicked = ~clicked
         late = rng.random(n) < c.late_fraction
         delay = rng.integers(c.late_delay_min_ms, c.late_delay_max_ms + 1, n)
         bad = rng.random(n) < c.bad_fraction

@@ -5,6 +5,8 @@ the executor itself never needs one, so the Beam graph stays free of MLMD.
 """
 from __future__ import annotations
 
+import time
+
 from absl import logging
 from tfx.dsl.components.base import base_driver
 from tfx.orchestration import metadata
@@ -15,6 +17,9 @@ from tfx.proto.orchestration import driver_output_pb2
 from components.streaming_example_gen.committed_state import latest_committed_state
 
 COMMITTED_STATE_KEY = "committed_state"
+# The log is unbounded: the same committed state can precede new events, so
+# a run must never be answered from TFX's cache. A fresh value per run keys it.
+REQUESTED_AT_KEY = "requested_at_ms"
 
 
 class StreamingExampleGenDriver(base_driver.BaseDriver, portable_base_driver.BaseDriver):
@@ -33,4 +38,5 @@ class StreamingExampleGenDriver(base_driver.BaseDriver, portable_base_driver.Bas
                      node_id, state.to_json(), artifact_id)
         result = driver_output_pb2.DriverOutput()
         result.exec_properties[COMMITTED_STATE_KEY].string_value = state.to_json()
+        result.exec_properties[REQUESTED_AT_KEY].int_value = time.time_ns() // 1_000_000
         return result

@@ -38,7 +38,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             schema=EventSchema.from_json(exec_properties["event_schema"]),
             window=window, state=state, output_root=template.uri,
             work_dir=self._get_tmp_dir(), chunk_bytes=exec_properties["chunk_bytes"])
-        output_dict[EXAMPLES_KEY][:] = build_artifacts(template, run, window)
+        artifacts = build_artifacts(template, run, window)
+        for artifact in artifacts:
+            ingest.ensure_every_split_has_a_file(artifact.uri)
+        output_dict[EXAMPLES_KEY][:] = artifacts
         logging.info("StreamingExampleGen: read %d bytes from %s to %s; emitted spans %s; committed %s",
                      run.plan.total_bytes, run.plan.start, run.plan.end,
                      [a.span for a in output_dict[EXAMPLES_KEY]], run.committed.to_json())
