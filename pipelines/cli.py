@@ -250,26 +250,96 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- run ------------------------------------------------------------------------------------
+
+def add_run_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run", help="run continuous-training cycles on the event log",
+        description="Runs the continuous-training pipeline (StreamingExampleGen, Transform, WarmStartTrainer, "
+                    "TFMA gate, BlessingPusher) through TFX's LocalDagRunner with SQLite ML Metadata under "
+                    "--home. Each cycle processes whatever spans have closed since the last one.")
+    p.add_argument("--home", required=True, metavar="DIR", help="folder for ML Metadata, artifacts and serving/")
+    p.add_argument("--log", metavar="DIR", help="event log folder (default: HOME/events)")
+    p.add_argument("--cycles", type=_int_at_least(1), default=1, help="how many cycles to run (default 1)")
+    p.add_argument("--span-seconds", type=_int_at_least(1), help="span length (default 600)")
+    p.add_argument("--allowed-lateness-seconds", type=_int_at_least(0), help="watermark delay (default 60)")
+    p.set_defaults(handler=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from pipelines.report import quiet_tensorflow
+
+    quiet_tensorflow()
+    from pipelines.demo import DemoRow, cycle_table
+    from pipelines.local_runner import run_cycle
+
+    config = _config_from_args(args)
+    rows = []
+    for cycle in range(1, args.cycles + 1):
+        print(f"cycle {cycle}/{args.cycles} ...", file=sys.stderr, flush=True)
+        report = run_cycle(config)
+        rows.append(DemoRow(cycle, report, appended_at_ms=None, poisoned=False))
+    print(cycle_table(rows))
+    return 0
+
+
+# -- rollback ----------------------------------------------------------------------------------
+
+def add_rollback_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "rollback", help="serve an earlier pushed version again, atomically, recorded in ML Metadata",
+        description="Copies an earlier version in the serving folder into place as a new, highest version "
+                    "(TF Serving switches to it atomically) and records the rollback in ML Metadata. Without "
+                    "--to it rolls back to the version below the one serving now.")
+    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    p.add_argument("--to", type=_int_at_least(1), metavar="VERSION", help="version to serve again")
+    p.set_defaults(handler=run_rollback)
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from components.blessing_pusher.rollback import format_rollback, rollback_and_record
+    from components.blessing_pusher.serving import RollbackError
+    from pipelines.config import default_config
+
+    config = default_config(args.home)
+    try:
+        result = rollback_and_record(config.metadata_path, config.pipeline_name, config.serving_dir, args.to)
+    except RollbackError as e:
+        raise CommandError(str(e)) from None
+    print(format_rollback(result))
+    return 0
+
+
 # -- demo ---------------------------------------------------------------------------------
 
 def add_demo_command(subparsers: Any) -> None:
     p = subparsers.add_parser("demo", help="the main job on the built-in stream (what `make demo` runs)")
     p.add_argument("--home", default="demo_home", metavar="DIR", help="folder for the log, MLMD and artifacts")
-    p.add_argument("--minutes", type=_positive_float, default=120.0, help="minutes of stream to start with")
-    p.add_argument("--grow-minutes", type=_positive_float, default=40.0, help="minutes appended before run 2")
+    p.add_argument("--cycles", type=_int_at_least(1), default=8, help="cycles to run, one new span each")
     p.add_argument("--events-per-minute", type=_int_at_least(1), default=1000)
+    p.add_argument("--poison-cycle", type=_int_at_least(0), default=5,
+                   help="the cycle whose span has every label flipped (0: none)")
     p.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
     from pipelines.report import quiet_tensorflow
 
     quiet_tensorflow()
-    from pipelines.demo import run_demo as demo
+    from pipelines.demo import cycle_table, run_demo as demo
 
-    for table in demo(args.home, minutes=args.minutes, grow_minutes=args.grow_minutes,
-                      events_per_minute=args.events_per_minute):
-        print(table + "\n")
+    if os.path.exists(args.home):
+        # The demo replays a stream from its start: a previous run's state would skip it.
+        print(f"[demo] removing the previous demo in {args.home}", file=sys.stderr)
+        shutil.rmtree(args.home)
+    rows = demo(args.home, cycles=args.cycles, events_per_minute=args.events_per_minute,
+                poison_cycle=args.poison_cycle or None)
+    print("\n" + cycle_table(rows))
+    print(f"\nML Metadata: {os.path.join(args.home, 'metadata.sqlite')}   serving: "
+          f"{os.path.join(args.home, 'serving')}")
     return 0
 
 
@@ -281,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     add_simulate_command(subparsers)
     add_ingest_command(subparsers)
+    add_run_command(subparsers)
+    add_rollback_command(subparsers)
     add_demo_command(subparsers)
     return parser
 

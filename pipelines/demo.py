@@ -1,13 +1,20 @@
-"""What `make demo` runs: the built-in stream, ingested run after run on a growing log.
+"""What `make demo` runs: continuous training on the built-in drifting stream.
 
-Until the training cycle is composed, the demo shows the ingestion end to
-end: a drifting stream with late and malformed events is simulated, then
-StreamingExampleGen runs through TFX's LocalDagRunner with SQLite ML
-Metadata, the log grows, and it runs again. The table is read back from MLMD.
+The stream is replayed ten minutes at a time: each step appends one span's
+worth of events to the event log (the simulator continues the same drifting
+world) and runs one cycle through TFX's LocalDagRunner, Beam DirectRunner
+and SQLite ML Metadata. One span is poisoned (every label flipped) to show
+the gate keeping a bad model out of serving. The table is read from MLMD.
+
+Freshness here is measured on a replayed stream: from the moment the events
+that close a span land in the log to the moment its model serves. (On a
+live stream the allowed lateness comes on top: a span closes that much
+after its last event.)
 """
 from __future__ import annotations
 
-import os
+import dataclasses
+import logging
 import sys
 import time
 from typing import Callable, List, Optional
@@ -20,6 +27,24 @@ Progress = Callable[[str], None]
 
 def _stderr(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+class ComponentProgress(logging.Handler):
+    """Turns LocalDagRunner's "Component X is running" log lines into progress output."""
+
+    def __init__(self, progress: Progress, prefix: str):
+        super().__init__(logging.INFO)
+        self.progress, self.prefix, self.started = progress, prefix, {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Component ") and message.endswith(" is running."):
+            node = message[len("Component "):-len(" is running.")]
+            self.started[node] = time.monotonic()
+        elif message.startswith("Component ") and message.endswith(" is finished."):
+            node = message[len("Component "):-len(" is finished.")]
+            took = time.monotonic() - self.started.get(node, time.monotonic())
+            self.progress(f"{self.prefix}{node} done ({took:.1f} s)")
 
 
 def span_table(config: DriftlineConfig, since_artifact_id: int = 0) -> str:
@@ -37,33 +62,73 @@ def span_table(config: DriftlineConfig, since_artifact_id: int = 0) -> str:
                          "read to"), rows)
 
 
-def run_demo(home: str, minutes: float = 120.0, grow_minutes: float = 40.0, events_per_minute: int = 1000,
-             progress: Progress = _stderr) -> List[str]:
-    """Simulates, ingests, grows the log, ingests again; returns the printed tables."""
-    from pipelines.local_runner import run_ingest
-    from pipelines.metadata import ingested_spans, open_store
+@dataclasses.dataclass
+class DemoRow:
+    cycle: int
+    report: object  # local_runner.CycleReport
+    # When the span's closing events landed in the log (a replayed stream);
+    # None on a live stream, where freshness counts from the newest event time.
+    appended_at_ms: Optional[int]
+    poisoned: bool
+
+    @property
+    def freshness_s(self) -> Optional[float]:
+        start = self.appended_at_ms if self.appended_at_ms is not None else self.report.newest_event_ms
+        if self.report.pushed_at_ms is None or start is None:
+            return None
+        return (self.report.pushed_at_ms - start) / 1000.0
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def cycle_table(rows: List[DemoRow]) -> str:
+    from pipelines.report import format_table
+
+    body = []
+    for row in rows:
+        r = row.report
+        spans = ",".join(str(s)[-3:] for s in r.spans) or "-"
+        verdict = "-" if r.blessed is None else ("blessed" if r.blessed else "REJECTED")
+        why = (r.reason or r.start_reason or "no closed span").split(": ", 1)[-1]
+        body.append((row.cycle, spans + (" (poisoned)" if row.poisoned else ""), r.events, r.start or "-",
+                     _fmt(r.train_seconds, ".1f"), _fmt(r.candidate_auc, ".3f"), _fmt(r.baseline_auc, ".3f"),
+                     verdict, r.pushed_version or "-", _fmt(row.freshness_s, ".0f"), _fmt(r.wall_seconds, ".0f"),
+                     why[:70]))
+    return format_table(("cycle", "span", "events", "start", "train s", "cand AUC", "base AUC", "gate",
+                         "pushed", "fresh s", "cycle s", "why"), body)
+
+
+def run_demo(home: str, cycles: int = 8, events_per_minute: int = 1000, poison_cycle: Optional[int] = 5,
+             progress: Progress = _stderr) -> List[DemoRow]:
+    from pipelines.local_runner import run_cycle
 
     config = default_config(home)
     log_dir = config.source.log_dir
-    sim = SimulatorConfig(minutes=minutes, events_per_minute=events_per_minute, bad_fraction=0.001)
-    tables = []
-    if os.path.isdir(log_dir) and os.listdir(log_dir):
-        progress(f"reusing the event log in {log_dir} (delete {home} to start over)")
-    else:
-        summary = simulate(log_dir, sim)
-        progress(f"simulated {summary.events_written} events and {summary.bad_lines} malformed lines, "
-                 f"{format_ms(summary.first_event_ms)} .. {format_ms(summary.last_event_ms)}, into {log_dir}")
-    for run, grow in enumerate((0.0, grow_minutes), start=1):
-        if grow:
-            summary = simulate(log_dir, SimulatorConfig(minutes=grow, events_per_minute=events_per_minute,
-                                                        bad_fraction=0.001), append=True)
-            progress(f"the log grew by {summary.events_written} events to {format_ms(summary.last_event_ms)}")
-        before = max([r.artifact_id for r in ingested_spans(open_store(config.metadata_path),
-                                                            config.pipeline_name)], default=0)
-        progress(f"ingest run {run}: StreamingExampleGen on LocalDagRunner, DirectRunner, SQLite MLMD ...")
-        started = time.monotonic()
-        run_ingest(config)
-        progress(f"ingest run {run} took {time.monotonic() - started:.1f} s")
-        table = span_table(config, since_artifact_id=before)
-        tables.append(f"Ingest run {run}: spans published to ML Metadata ({config.metadata_path})\n{table}")
-    return tables
+    sim = SimulatorConfig(events_per_minute=events_per_minute, bad_fraction=0.0005)
+    rows: List[DemoRow] = []
+    absl_logger = logging.getLogger("absl")
+    for cycle in range(1, cycles + 1):
+        poisoned = cycle == poison_cycle
+        # The first cycle starts with three spans of history; later ones get one new span each.
+        minutes = 32.0 if cycle == 1 else 10.0
+        summary = simulate(log_dir, dataclasses.replace(sim, minutes=minutes, flip_labels=poisoned),
+                           append=cycle > 1)
+        appended_at_ms = time.time_ns() // 1_000_000
+        progress(f"cycle {cycle}/{cycles}: the log grew by {summary.events_written} events to "
+                 f"{format_ms(summary.last_event_ms)}{' (labels flipped: a poisoned span)' if poisoned else ''}")
+        handler = ComponentProgress(progress, f"cycle {cycle}/{cycles}:   ")
+        absl_logger.addHandler(handler)
+        previous_level = absl_logger.level
+        absl_logger.setLevel(logging.INFO)
+        try:
+            report = run_cycle(config)
+        finally:
+            absl_logger.removeHandler(handler)
+            absl_logger.setLevel(previous_level)
+        rows.append(DemoRow(cycle, report, appended_at_ms, poisoned))
+        progress(f"cycle {cycle}/{cycles}: {report.start or 'no training'}; "
+                 f"{(report.reason or report.start_reason or '')}; pushed {report.pushed_version or 'nothing'} "
+                 f"({report.wall_seconds:.0f} s)")
+    return rows

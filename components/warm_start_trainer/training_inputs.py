@@ -10,9 +10,9 @@
   `replay_spans` earlier spans, sampled at `replay_fraction`. A cold start
   has nothing to forget and everything to learn, so it takes those spans whole.
 
-A candidate that was not blessed is not a base, but its spans are not
-retrained in full either: data that produced a rejected model is suspect
-(a poisoned span stays out), and it still reaches later models via replay.
+A candidate that was not blessed is not a base, and its spans are not
+trained on again: data that produced a rejected model is suspect, so the
+replay resolver quarantines it (`resolvers.rejected_spans`).
 """
 from __future__ import annotations
 

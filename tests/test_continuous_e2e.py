@@ -1,0 +1,162 @@
+"""The continuous-training cycle end to end, through TFX LocalDagRunner on real parts.
+
+Five cycles on the built-in drifting stream, each after the log grows by one
+span, with a poisoned span (labels flipped) in the middle and a change of
+feature set at the end:
+
+1. three spans, no base model: cold, blessed on absolute bounds, pushed as version 1;
+2. one span: warm from model 1, blessed against it, version 2;
+3. poisoned span: warm candidate refused by the gate, not pushed, serving stays on 2;
+4. one span: warm from model 2 (the latest *blessed*, not the rejected one), version 3;
+   then `rollback` back to version 2's model, atomically and recorded in MLMD;
+5. the `device` field stops being a feature: cold start, with the reason recorded.
+"""
+import dataclasses
+import json
+import math
+import os
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from components.event_schema import EventSchema, FieldSpec
+    from pipelines.config import GateConfig, TrainerConfig, default_config
+    from pipelines.local_runner import run_cycle
+    from pipelines.simulator import SimulatorConfig, simulate
+
+    home = str(tmp_path_factory.mktemp("home"))
+    config = default_config(home).replace(
+        trainer=TrainerConfig(cold_epochs=2, warm_epochs=1),
+        # Mechanics, not model quality, are under test: bounds a sound model on
+        # 600 eval examples clears every time, and a flipped-label one never does.
+        gate=GateConfig(min_auc=0.6, min_calibration=0.5, max_calibration=1.6, max_log_loss=0.6,
+                        max_auc_drop=0.03, min_slice_auc=0.5, min_eval_examples=400, min_eval_positives=30))
+    sim = SimulatorConfig(minutes=32, events_per_minute=300, seed=11, hot_ad_minute=45)
+    log = config.source.log_dir
+    simulate(log, sim)
+    reports = [run_cycle(config)]
+    for poisoned in (False, True, False):
+        simulate(log, dataclasses.replace(sim, minutes=10, flip_labels=poisoned), append=True)
+        reports.append(run_cycle(config))
+
+    from components.blessing_pusher import rollback, serving
+    before_rollback = serving.versions(config.serving_dir)
+    rolled = rollback.rollback_and_record(config.metadata_path, config.pipeline_name, config.serving_dir)
+
+    # Cycle 5: a new schema where `device` is carried but no longer a feature.
+    fields = tuple(FieldSpec(f.name, f.type) if f.name == "device" else f for f in config.source.schema.fields)
+    schema = dataclasses.replace(config.source.schema, fields=fields)
+    changed = config.replace(source=dataclasses.replace(config.source, schema=schema))
+    simulate(log, dataclasses.replace(sim, minutes=10), append=True)
+    reports.append(run_cycle(changed))
+    return {"config": config, "reports": reports, "rolled": rolled, "before_rollback": before_rollback}
+
+
+def models_by_id(config):
+    from pipelines.metadata import open_store, prop
+
+    store = open_store(config.metadata_path)
+    return {m.id: {k: prop(m, k) for k in m.custom_properties} | {"uri": m.uri}
+            for m in store.get_artifacts_by_type("Model")}
+
+
+def test_first_model_is_cold_and_later_ones_warm(run):
+    r1, r2, r3, r4, _ = run["reports"]
+    assert len(r1.spans) == 3 and r1.start == "cold" and r1.start_reason == "cold start: no blessed base model yet"
+    assert r1.blessed and "first model, no baseline" in r1.reason and r1.pushed_version == "1"
+    assert r2.spans == [r1.spans[-1] + 1] and r2.start == "warm" and r2.start_reason == f"warm start from model {r1.model_id}"
+    assert r2.blessed and r2.baseline_auc is not None and r2.pushed_version == "2"
+    assert r4.start == "warm" and r4.blessed and r4.pushed_version == "3"
+
+
+def test_poisoned_span_is_not_blessed_and_serving_stays(run):
+    from components.blessing_pusher import serving
+
+    r1, r2, r3, r4, _ = run["reports"]
+    assert r3.trained and r3.start == "warm"
+    assert r3.blessed is False and "not blessed" in r3.reason and "AUC" in r3.reason
+    assert r3.candidate_auc < 0.5  # flipped labels: the eval split itself is poisoned
+    assert r3.pushed_version is None
+    # The rejected model is nobody's base: cycle 4 continues model 2.
+    assert r4.start_reason == f"warm start from model {r2.model_id}"
+    assert run["before_rollback"] == [1, 2, 3]
+
+
+def test_lineage_chain_in_mlmd(run):
+    r1, r2, r3, r4, _ = run["reports"]
+    models = models_by_id(run["config"])
+    chain, model_id = [], r4.model_id
+    while model_id != -1:
+        chain.append(model_id)
+        model_id = models[model_id]["base_model_id"]
+    assert chain == [r4.model_id, r2.model_id, r1.model_id]
+    assert models[r1.model_id]["start"] == "cold"
+    for m in (models[i] for i in chain):
+        assert m["trained_examples"] > 0 and m["train_wall_seconds"] > 0 and m["train_cpu_seconds"] > 0
+        assert math.isfinite(m["final_loss"]) and m["final_loss"] > 0
+        assert json.loads(m["trained_spans"])
+    roles = json.loads(models[r4.model_id]["trained_examples_by_role"])
+    assert roles["new"] > 0 and roles["previous_eval"] > 0 and roles["replay"] > 0
+    # Cycle 4's "previous eval" is the span model 2 was judged on, and the
+    # poisoned span is quarantined: neither trained on again nor replayed.
+    inputs = json.loads(models[r4.model_id]["training_inputs"])
+    assert [i["span"] for i in inputs if i["role"] == "previous_eval"] == [r2.spans[-1]]
+    assert r3.spans[0] not in {i["span"] for i in inputs}
+
+
+def test_serving_only_ever_holds_complete_loadable_versions(run):
+    import tensorflow as tf
+
+    from components.blessing_pusher import serving
+
+    serving_dir = run["config"].serving_dir
+    entries = sorted(os.listdir(serving_dir))
+    assert [e for e in entries if not e.startswith(".tmp-")] == [str(v) for v in serving.versions(serving_dir)]
+    for version in serving.versions(serving_dir):
+        path = os.path.join(serving_dir, str(version))
+        assert os.path.exists(os.path.join(path, "saved_model.pb"))
+        assert "serving_default" in tf.saved_model.load(path).signatures
+
+
+def test_rollback_is_atomic_and_recorded(run):
+    from components.blessing_pusher import serving
+    from pipelines.metadata import open_store, prop
+
+    config, rolled = run["config"], run["rolled"]
+    assert (rolled.from_version, rolled.to_version, rolled.new_version) == (3, 2, 4)
+    with open(os.path.join(config.serving_dir, "2", "saved_model.pb"), "rb") as a, \
+            open(os.path.join(config.serving_dir, "4", "saved_model.pb"), "rb") as b:
+        assert a.read() == b.read()
+    store = open_store(config.metadata_path)
+    [execution] = store.get_executions_by_type("driftline.Rollback")
+    assert execution.properties["to_version"].int_value == 2
+    pushed = [a for a in store.get_artifacts_by_type("PushedModel") if prop(a, "rollback_of") == 2]
+    assert len(pushed) == 1 and prop(pushed[0], "model_id") == run["reports"][1].model_id
+    with pytest.raises(serving.RollbackError, match="does not exist"):
+        serving.rollback(config.serving_dir, to_version=99)
+
+
+def test_changed_feature_set_cold_starts_with_the_reason(run):
+    r5 = run["reports"][4]
+    assert r5.start == "cold"
+    assert "the feature set changed" in r5.start_reason
+
+
+def test_served_model_scores_serialized_examples(run):
+    import glob
+
+    import tensorflow as tf
+
+    from components.blessing_pusher import serving
+
+    serving_dir = run["config"].serving_dir
+    model = tf.saved_model.load(os.path.join(serving_dir, str(serving.serving_version(serving_dir))))
+    pattern = os.path.join(run["config"].pipeline_root, "StreamingExampleGen", "examples", "*", "span-*", "Split-eval", "*")
+    records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(glob.glob(pattern))[:1], compression_type="GZIP").take(50)]
+    probabilities = model.signatures["serving_default"](examples=tf.constant(records))["probability"].numpy()
+    assert probabilities.shape == (len(records), 1)
+    assert ((probabilities > 0) & (probabilities < 1)).all()
