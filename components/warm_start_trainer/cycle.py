@@ -98,4 +98,14 @@ def train_cycle(*, config: TrainerConfig, schema: EventSchema, custom_config: Ma
         "run_fn": config.run_fn,
     }
     props.update(current_fp)
+    _write_run_record(model_run_uri, props)
     return props
+
+
+def _write_run_record(model_run_uri: str, props: Mapping[str, Any]) -> None:
+    """The ModelRun artifact holds the cycle's record as JSON, next to anything run_fn wrote there."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(model_run_uri)
+    with tf.io.gfile.GFile(os.path.join(model_run_uri, "train_record.json"), "w") as f:
+        json.dump(dict(props), f, sort_keys=True, indent=1, default=str)
