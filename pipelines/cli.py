@@ -95,8 +95,9 @@ def add_simulate_command(subparsers: Any) -> None:
     hot.add_argument("--no-hot-ad", action="store_true", help="no hot ad")
     p.add_argument("--max-segment-bytes", type=_int_at_least(1), metavar="B",
                    help="rotate to a new segment file past this size (default 16 MiB)")
-    p.add_argument("--flip-labels", action="store_true",
-                   help="invert every label: a poisoned stretch of stream, which the gate must refuse")
+    p.add_argument("--flip-labels-minutes", type=_non_negative_float, nargs=2, metavar=("FROM", "TO"),
+                   help="invert every label of events in [FROM, TO) minutes after the stream's start: a "
+                        "poisoned stretch of stream, which the gate must refuse")
     p.set_defaults(handler=run_simulate)
 
 
@@ -115,8 +116,8 @@ def run_simulate(args: argparse.Namespace) -> int:
             overrides[field] = value
     if args.no_hot_ad:
         overrides["hot_ad_minute"] = None
-    if args.flip_labels:
-        overrides["flip_labels"] = True
+    if args.flip_labels_minutes:
+        overrides["flip_labels_minutes"] = tuple(args.flip_labels_minutes)
     if args.live and args.minutes is None:
         overrides["minutes"] = None
     if args.live and args.append:

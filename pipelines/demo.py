@@ -106,18 +106,20 @@ def run_demo(home: str, cycles: int = 8, events_per_minute: int = 1000, poison_c
 
     config = default_config(home)
     log_dir = config.source.log_dir
-    sim = SimulatorConfig(events_per_minute=events_per_minute, bad_fraction=0.0005)
+    # Cycle 1 emits spans 0-2, cycle k >= 2 emits span k + 1: poison exactly that span's minutes.
+    poisoned_minutes = (10.0 * (poison_cycle + 1), 10.0 * (poison_cycle + 2)) if poison_cycle else None
+    sim = SimulatorConfig(events_per_minute=events_per_minute, bad_fraction=0.0005,
+                          flip_labels_minutes=poisoned_minutes)
     rows: List[DemoRow] = []
     absl_logger = logging.getLogger("absl")
     for cycle in range(1, cycles + 1):
         poisoned = cycle == poison_cycle
         # The first cycle starts with three spans of history; later ones get one new span each.
         minutes = 32.0 if cycle == 1 else 10.0
-        summary = simulate(log_dir, dataclasses.replace(sim, minutes=minutes, flip_labels=poisoned),
-                           append=cycle > 1)
+        summary = simulate(log_dir, dataclasses.replace(sim, minutes=minutes), append=cycle > 1)
         appended_at_ms = time.time_ns() // 1_000_000
         progress(f"cycle {cycle}/{cycles}: the log grew by {summary.events_written} events to "
-                 f"{format_ms(summary.last_event_ms)}{' (labels flipped: a poisoned span)' if poisoned else ''}")
+                 f"{format_ms(summary.last_event_ms)}{' (this span has every label flipped)' if poisoned else ''}")
         handler = ComponentProgress(progress, f"cycle {cycle}/{cycles}:   ")
         absl_logger.addHandler(handler)
         previous_level = absl_logger.level

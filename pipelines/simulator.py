@@ -120,14 +120,18 @@ class SimulatorConfig:
     max_segment_bytes: int = 16 << 20
     # Live mode: how often a batch of events is appended.
     live_flush_seconds: float = 1.0
-    # A poisoned stretch of stream: every label inverted (a broken producer),
-    # for showing that the gate keeps such a model out of serving.
-    flip_labels: bool = False
+    # A poisoned stretch of stream, [from, to) in minutes since the world's
+    # start: every label inverted there (a broken producer), for showing that
+    # the gate keeps such a model out of serving.
+    flip_labels_minutes: Optional[Tuple[float, float]] = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
+        if self.flip_labels_minutes is not None and not (
+                len(self.flip_labels_minutes) == 2 and self.flip_labels_minutes[0] < self.flip_labels_minutes[1]):
+            raise ValueError(f"flip_labels_minutes must be (from, to) with from < to, got {self.flip_labels_minutes}")
         def fail(name: str, rule: str) -> None:
             raise ValueError(f"simulator setting {name} {rule}, got {getattr(self, name)!r}")
 
@@ -381,8 +385,10 @@ class _Stream:
         prices = np.maximum(np.round(w.ad_price[ads] * np.exp(rng.normal(0.0, _PRICE_JITTER_LOG_STD, n)), 2),
                             0.01)
         clicked = rng.random(n) < _sigmoid(w.logit(users, ads, devices, event_ms, prices, self.origin_ms))
-        if c.flip_labels:
-            clicked = ~clicked
+        if c.flip_labels_minutes is not None:
+            minute = (event_ms - self.origin_ms) / 60_000.0
+            a, b = c.flip_labels_minutes
+            clicked = np.where((minute >= a) & (minute < b), ~clicked, clicked)
         late = rng.random(n) < c.late_fraction
         delay = rng.integers(c.late_delay_min_ms, c.late_delay_max_ms + 1, n)
         bad = rng.random(n) < c.bad_fraction

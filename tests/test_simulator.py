@@ -384,3 +384,23 @@ def test_config_names_the_bad_setting(setting, value):
 def test_a_batch_run_needs_minutes(tmp_path):
     with pytest.raises(ValueError, match="minutes"):
         simulate(str(tmp_path), SimulatorConfig(minutes=None))
+
+
+def test_flip_labels_minutes_poisons_exactly_that_window(tmp_path):
+    def events(path, config):
+        simulate(str(path), config)
+        rows = []
+        for name in sorted(os.listdir(path)):
+            rows += [json.loads(line) for line in open(path / name, "rb")]
+        return {e["event_id"]: e for e in rows}
+
+    base = SimulatorConfig(minutes=6, events_per_minute=200, seed=4)
+    clean = events(tmp_path / "clean", base)
+    poisoned = events(tmp_path / "poisoned", dataclasses.replace(base, flip_labels_minutes=(2.0, 4.0)))
+    assert clean.keys() == poisoned.keys()
+    for eid, e in clean.items():
+        minute = (e["event_time"] - base.start_ms) / MINUTE_MS
+        flipped = poisoned[eid]["clicked"] != e["clicked"]
+        assert flipped == (2.0 <= minute < 4.0), (eid, minute)
+    with pytest.raises(ValueError, match="flip_labels_minutes"):
+        SimulatorConfig(flip_labels_minutes=(5.0, 1.0))
