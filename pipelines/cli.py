@@ -200,13 +200,18 @@ def add_ingest_command(subparsers: Any) -> None:
         description="Runs the streaming ExampleGen once through TFX's LocalDagRunner with SQLite ML Metadata "
                     "under --home. It reads what arrived since the position committed in MLMD and publishes "
                     "one Examples artifact per closed event-time span.")
-    p.add_argument("--home", required=True, metavar="DIR", help="folder for ML Metadata and artifacts")
-    p.add_argument("--log", metavar="DIR", help="event log folder (default: HOME/events)")
-    p.add_argument("--span-seconds", type=_int_at_least(1), help="span length (default 600)")
-    p.add_argument("--allowed-lateness-seconds", type=_int_at_least(0), help="watermark delay (default 60)")
+    _add_pipeline_arguments(p)
     p.add_argument("--with-statistics", action="store_true",
                    help="also run stock StatisticsGen and SchemaGen on the newest span")
     p.set_defaults(handler=run_ingest)
+
+
+def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """The settings shared by commands that run the pipeline; the rest come from DriftlineConfig."""
+    p.add_argument("--home", required=True, metavar="DIR", help="folder for ML Metadata, artifacts and serving/")
+    p.add_argument("--log", metavar="DIR", help="event log folder (default: HOME/events)")
+    p.add_argument("--span-seconds", type=_int_at_least(1), help="span length (default 600)")
+    p.add_argument("--allowed-lateness-seconds", type=_int_at_least(0), help="watermark delay (default 60)")
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -259,11 +264,8 @@ def add_run_command(subparsers: Any) -> None:
         description="Runs the continuous-training pipeline (StreamingExampleGen, Transform, WarmStartTrainer, "
                     "TFMA gate, BlessingPusher) through TFX's LocalDagRunner with SQLite ML Metadata under "
                     "--home. Each cycle processes whatever spans have closed since the last one.")
-    p.add_argument("--home", required=True, metavar="DIR", help="folder for ML Metadata, artifacts and serving/")
-    p.add_argument("--log", metavar="DIR", help="event log folder (default: HOME/events)")
+    _add_pipeline_arguments(p)
     p.add_argument("--cycles", type=_int_at_least(1), default=1, help="how many cycles to run (default 1)")
-    p.add_argument("--span-seconds", type=_int_at_least(1), help="span length (default 600)")
-    p.add_argument("--allowed-lateness-seconds", type=_int_at_least(0), help="watermark delay (default 60)")
     p.set_defaults(handler=run_run)
 
 
@@ -276,9 +278,14 @@ def run_run(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     rows = []
+    from components.event_log import EventLogError
+
     for cycle in range(1, args.cycles + 1):
         print(f"cycle {cycle}/{args.cycles} ...", file=sys.stderr, flush=True)
-        report = run_cycle(config)
+        try:
+            report = run_cycle(config)
+        except EventLogError as e:
+            raise CommandError(str(e)) from None
         rows.append(DemoRow(cycle, report, appended_at_ms=None, poisoned=False))
     print(cycle_table(rows))
     return 0

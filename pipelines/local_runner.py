@@ -11,7 +11,18 @@ from tfx import v1 as tfx
 from pipelines.config import DriftlineConfig
 
 
+def preflight(config: DriftlineConfig) -> None:
+    """Fails fast, before TFX records a failed execution, on a log that cannot be read.
+
+    Raises EventLogError with what to fix.
+    """
+    from components.event_log import list_segments
+
+    list_segments(config.source.log_dir)
+
+
 def run(pipeline: tfx.dsl.Pipeline, config: DriftlineConfig) -> None:
+    preflight(config)
     os.makedirs(config.home, exist_ok=True)
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
