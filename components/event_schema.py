@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 FIELD_TYPES = ("int", "float", "string")
 FEATURE_KINDS = ("categorical", "numeric", "none")

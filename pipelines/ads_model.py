@@ -10,7 +10,6 @@ or installs a module wheel.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Mapping
 
 import numpy as np
@@ -64,10 +63,16 @@ def train(model: keras.Model, features: Mapping[str, np.ndarray], labels: np.nda
     cycle, this traces in well under a second and runs as fast.
     """
     optimizer = keras.optimizers.Adam(learning_rate)
+    # Slot variables are made here, eagerly, and every batch size shares one
+    # signature, so the step is traced once per cycle: creating variables in
+    # the first call traced it twice, and the last, smaller batch a third time.
+    optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.BinaryCrossentropy()
     names = list(model.input_names)
+    signature = [{k: tf.TensorSpec([None], tf.as_dtype(features[k].dtype), name=k) for k in names},
+                 tf.TensorSpec([None], tf.as_dtype(labels.dtype), name="label")]
 
-    @tf.function(autograph=False, reduce_retracing=True)
+    @tf.function(autograph=False, input_signature=signature)
     def step(x, y):
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True)[:, 0])

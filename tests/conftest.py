@@ -27,7 +27,7 @@ def continuous_run(tmp_path_factory):
     """
     import dataclasses
 
-    from components.event_schema import EventSchema, FieldSpec
+    from components.event_schema import FieldSpec
     from pipelines.config import GateConfig, TrainerConfig, default_config
     from pipelines.local_runner import run_cycle
     from pipelines.simulator import SimulatorConfig, simulate

@@ -3,7 +3,6 @@
 The five cycles are run once per session by the `continuous_run` fixture in
 conftest.py (shared with the lineage and status tests); see its docstring.
 """
-import dataclasses
 import json
 import math
 import os
@@ -36,7 +35,6 @@ def test_first_model_is_cold_and_later_ones_warm(run):
 
 
 def test_poisoned_span_is_not_blessed_and_serving_stays(run):
-    from components.blessing_pusher import serving
 
     r1, r2, r3, r4, _ = run["reports"]
     assert r3.trained and r3.start == "warm"

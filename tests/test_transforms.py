@@ -25,13 +25,15 @@ def run_with_analyzers(events, transform):
     import tempfile
 
     import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+    from tensorflow_transform.tf_metadata import dataset_metadata
 
     schema = ad_click_schema()
     config = stream.custom_config(schema, transform)
     metadata = dataset_metadata.DatasetMetadata(tfmd_schema(schema))
+    # Required fields have shape [1] in the TFMD schema: each value is a one-element list.
+    instances = [{k: [v.encode() if isinstance(v, str) else v] for k, v in e.items()} for e in events]
     with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
-        (out, _), _ = ((events, metadata)
+        (out, _), _ = ((instances, metadata)
                        | tft_beam.AnalyzeAndTransformDataset(lambda i: stream.preprocessing_fn(i, config)))
     return out
 

@@ -3,7 +3,6 @@
 These use the real default model and the real transforms (applied eagerly:
 they have no analyzers) on the built-in drifting stream, without TFX.
 """
-import json
 
 import numpy as np
 import pytest

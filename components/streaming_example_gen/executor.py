@@ -1,7 +1,6 @@
 """StreamingExampleGen executor: a thin `Do()` around `ingest.run_ingest`."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, List
 

@@ -10,7 +10,7 @@ import importlib
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from components.event_schema import EventSchema
 from components.warm_start_trainer import training_inputs as plan
