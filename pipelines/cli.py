@@ -318,6 +318,85 @@ def run_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- status ---------------------------------------------------------------------------------
+
+def add_status_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "status", help="what serves, how fresh it is, how the last cycle ended, whether a controller runs",
+        description="Reads ML Metadata under --home (never writes it): the serving version and its model, "
+                    "freshness (now minus the newest event time the serving model learned from), the last "
+                    "cycle's outcome and reason, totals of spans, late and dead-lettered events, and whether "
+                    "a controller holds HOME/controller.lock.")
+    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the summary")
+    p.set_defaults(handler=run_status)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from pipelines import lineage
+    from pipelines.config import default_config
+
+    try:
+        st = lineage.status(default_config(args.home))
+    except lineage.LineageError as e:
+        raise CommandError(str(e)) from None
+    print(lineage.to_json(st) if args.json else lineage.format_status(st))
+    return 0
+
+
+# -- lineage --------------------------------------------------------------------------------
+
+def add_lineage_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "lineage", help="a model's chain of base models back to the last cold start, with metrics and verdicts",
+        description="Reads ML Metadata under --home: the serving model (or --model) and its base models back "
+                    "to the last cold start; per model the spans and example counts it trained on, its eval "
+                    "metrics next to the baseline's on the same data, the gate's verdict and why, and the "
+                    "pushed version and when.")
+    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    p.add_argument("--model", type=_int_at_least(1), metavar="ID", help="start from this Model artifact id "
+                   "(default: the model serving now)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also write a picture of every model's AUC, verdicts, pushes and rollbacks over time")
+    p.set_defaults(handler=run_lineage)
+
+
+def run_lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines import lineage
+    from pipelines.config import default_config
+
+    config = default_config(args.home)
+    try:
+        store = lineage.connect(config.metadata_path)
+        records = lineage.models(store, config.pipeline_name)
+        serving = lineage.serving(store, config.serving_dir, config.pipeline_name)
+        model_id = args.model if args.model is not None else serving.model_id
+        if model_id is None:
+            model_id = lineage.latest_pushed_model_id(records)
+        chain = lineage.chain(store, config.pipeline_name, model_id=model_id, records=records) \
+            if model_id is not None else []
+    except lineage.LineageError as e:
+        raise CommandError(str(e)) from None
+    if args.plot:
+        from pipelines.lineage_plot import plot_lineage
+
+        try:
+            plot_lineage(records, args.plot, serving_model_id=serving.model_id)
+        except OSError as e:
+            raise CommandError(f"cannot write the plot {args.plot!r}: {e}") from None
+    if args.json:
+        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name), indent=2, sort_keys=True,
+                         allow_nan=False))
+    else:
+        print(lineage.format_lineage(chain, serving))
+        if args.plot:
+            print(f"\nplot: {args.plot}")
+    return 0
+
+
 # -- demo ---------------------------------------------------------------------------------
 
 def add_demo_command(subparsers: Any) -> None:
@@ -361,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_ingest_command(subparsers)
     add_run_command(subparsers)
     add_rollback_command(subparsers)
+    add_status_command(subparsers)
+    add_lineage_command(subparsers)
     add_demo_command(subparsers)
     return parser
 
