@@ -27,10 +27,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.results_md import marks, replace_section  # noqa: E402
 from pipelines.report import format_table, quiet_tensorflow  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MARK_START, MARK_END = "<!-- cycle:start -->", "<!-- cycle:end -->"
 
 
 def component_seconds(store, pipeline_name: str, run_context) -> dict:
@@ -53,17 +53,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def write_section(path: str, body: str) -> None:
-    text = open(path).read() if os.path.exists(path) else "# driftline benchmark results\n"
-    section = f"{MARK_START}\n{body.rstrip()}\n{MARK_END}"
-    if MARK_START in text:
-        text = text[:text.index(MARK_START)] + section + text[text.index(MARK_END) + len(MARK_END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def main(argv=None) -> int:
@@ -160,7 +149,8 @@ Where a steady cycle's time goes, per TFX component (execution start to publish,
 
 ![cycle time](results/cycle.png)
 """
-    write_section(args.out, body)
+    start, end = marks("cycle")
+    replace_section(args.out, "cycle", f"{start}\n{body.rstrip()}\n{end}")
     print(f"wrote {args.out} and benchmarks/results/cycle.json", file=sys.stderr)
     shutil.rmtree(home, ignore_errors=True)
     return 0
