@@ -236,22 +236,41 @@ class PusherConfig:
                               f"got {self.keep_versions}")
 
 
+_PACKAGING_FLAGS = ("--setup_file", "--extra_package", "--extra_packages", "--requirements_file",
+                    "--sdk_container_image", "--worker_harness_container_image")
+
+
+def driftline_setup_file() -> Optional[str]:
+    """This checkout's setup.py, when driftline runs from one (an editable install)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+    return path if os.path.exists(path) else None
+
+
 @dataclasses.dataclass(frozen=True)
 class BeamConfig:
     """Arguments for the Beam steps. Locally: DirectRunner on every core."""
 
     runner: str = "DirectRunner"
-    direct_num_workers: int = 0  # 0: one per core
+    direct_num_workers: int = 1
     extra_args: tuple = ()
 
     def args(self) -> List[str]:
         if self.runner == "DirectRunner":
             # in_memory keeps one process: on 2 cores the multi_processing
-            # start-up costs more than the parallelism gives back at span sizes.
+            # start-up costs more than the parallelism gives back at span sizes
+            # (benchmarks/ingest.py).
+            mode = "in_memory" if self.direct_num_workers == 1 else "multi_processing"
             base = ["--runner=DirectRunner", f"--direct_num_workers={self.direct_num_workers}",
-                    "--direct_running_mode=in_memory"]
+                    f"--direct_running_mode={mode}"]
         else:
             base = [f"--runner={self.runner}"]
+        packaging = [a for a in self.extra_args if a.split("=")[0] in _PACKAGING_FLAGS]
+        setup_file = driftline_setup_file()
+        if not packaging and setup_file:
+            # Names our package for remote workers, and stops TFX from building
+            # and staging an sdist of TFX itself in every Beam component of
+            # every cycle (seconds each), which a local runner never needs.
+            base.append(f"--setup_file={setup_file}")
         return base + list(self.extra_args)
 
 
