@@ -193,6 +193,11 @@ class GateConfig:
     # Against the baseline (the serving, latest blessed model): the candidate
     # may lose at most this much AUC.
     max_auc_drop: float = 0.005
+    # Data sanity: the eval span's label rate may be at most this many times
+    # above or below what the baseline predicts on it. Flipped or broken
+    # labels fool every relative metric (a candidate trained on them scores
+    # well on them), not the serving model's calibration.
+    max_label_shift: float = 2.5
     # Per-slice bound: every slice of this feature with enough examples must reach it.
     slice_feature: Optional[str] = "device"
     min_slice_auc: float = 0.55
@@ -206,6 +211,8 @@ class GateConfig:
             raise ConfigError("gate.min_auc and gate.min_slice_auc must be within [0, 1]")
         if not 0 < self.min_calibration <= 1.0 <= self.max_calibration:
             raise ConfigError("gate.min_calibration must be in (0, 1] and gate.max_calibration >= 1")
+        if self.max_label_shift < 1.0:
+            raise ConfigError(f"gate.max_label_shift is a fold change and must be >= 1, got {self.max_label_shift}")
         if self.max_log_loss <= 0 or self.max_auc_drop < 0:
             raise ConfigError("gate.max_log_loss must be > 0 and gate.max_auc_drop >= 0")
         if self.min_eval_examples < 1 or self.min_eval_positives < 1:

@@ -42,8 +42,8 @@ def test_good_candidate_with_baseline_is_blessed_with_a_reason_that_names_the_nu
     assert v.failed_checks == []
     names = set(by_name(v))
     assert {"min_eval_examples", "min_eval_positives", "min_auc", "min_calibration", "max_calibration",
-            "max_log_loss", "max_auc_drop", "min_slice_auc[device=mobile]", "min_slice_auc[device=desktop]",
-            "min_slice_auc[device=tablet]"} == names
+            "max_log_loss", "max_auc_drop", "max_label_shift", "min_slice_auc[device=mobile]",
+            "min_slice_auc[device=desktop]", "min_slice_auc[device=tablet]"} == names
 
 
 def test_first_model_without_baseline_is_judged_by_absolute_bounds_alone():
@@ -233,3 +233,18 @@ def test_decide_is_pure():
     before = json.dumps([cand, base], sort_keys=True)
     G.decide(cand, base, GATE)
     assert json.dumps([cand, base], sort_keys=True) == before
+
+
+def test_flipped_labels_fool_relative_metrics_but_not_the_label_shift_check():
+    """The poisoned-span case seen in the demo: a candidate trained on flipped labels, judged on
+    flipped labels, beats the serving model on every relative metric; the serving model's
+    calibration on the span (a label rate 8x what it predicts) gives it away."""
+    poisoned_candidate = metrics(auc=0.75, positives=1760, calibration=1.0, log_loss=0.32)
+    serving_on_poison = metrics(auc=0.28, positives=1760, calibration=0.125, log_loss=1.9)
+    v = G.decide(poisoned_candidate, serving_on_poison, GATE)
+    assert not v.blessed
+    assert [c.name for c in v.checks if not c.passed] == ["max_label_shift"]
+    assert "suspect data: the label rate 0.880 is 8.00x what the serving model predicts" in v.reason
+    # Ordinary drift in the base rate passes.
+    v = G.decide(metrics(), metrics(calibration=0.6), GATE)
+    assert by_name(v)["max_label_shift"].passed

@@ -132,7 +132,8 @@ def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: Ga
     overall = candidate.get("overall", {})
     evidence = evidence_checks(overall, gate)
     bounds = absolute_checks(overall, gate)
-    change = change_checks(overall, baseline.get("overall", {}), gate) if baseline is not None else []
+    change = (change_checks(overall, baseline.get("overall", {}), gate)
+              + label_shift_checks(baseline.get("overall", {}), gate)) if baseline is not None else []
     slices, ignored = slice_checks(candidate.get("slices", {}), gate)
     checks = evidence + bounds + change + slices
 
@@ -184,6 +185,23 @@ def change_checks(candidate: Metrics, baseline: Metrics, gate: GateConfig) -> Li
     else:
         message = f"AUC cannot be compared with the baseline ({_f3(auc)} vs {_f3(base_auc)})"
     return [_at_most("max_auc_drop", drop, gate.max_auc_drop, message)]
+
+
+def label_shift_checks(baseline: Metrics, gate: GateConfig) -> List[Check]:
+    """The eval data's label rate may differ at most `max_label_shift`-fold from what the baseline predicts.
+
+    Relative metrics cannot catch broken labels: a candidate trained on a span
+    whose labels were all flipped also scores well on that span's (flipped)
+    eval split. But the serving model's calibration on the span exposes it:
+    a label rate many times what it predicts is a broken producer far more
+    often than real drift within one span. value = the fold change.
+    """
+    calibration = _metric(baseline, "calibration")
+    fold = max(calibration, 1.0 / calibration) if _is_number(calibration) and calibration > 0 else float("nan")
+    mean_label, mean_prediction = _metric(baseline, "mean_label"), _metric(baseline, "mean_prediction")
+    message = (f"suspect data: the label rate {_f3(mean_label)} is {_f2(fold)}x what the serving model predicts "
+               f"({_f3(mean_prediction)}; allowed {_f2(gate.max_label_shift)}x)")
+    return [_at_most("max_label_shift", fold, gate.max_label_shift, message)]
 
 
 def slice_checks(slices: Mapping[str, Metrics], gate: GateConfig) -> Tuple[List[Check], Dict[str, float]]:
