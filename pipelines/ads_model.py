@@ -107,7 +107,11 @@ def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, exp
         transformed = model.tft_layer(raw)
         return {OUTPUT_KEY: model({k: transformed[k] for k in feature_names})}
 
-    model.save(export_dir, save_format="tf", signatures={"serving_default": serve})
+    # save_traces=False: everything that loads this model (TF Serving, TFMA as
+    # TF_GENERIC, tf.saved_model.load) uses the signature, and tracing every
+    # layer's call for Keras' own revival costs about a second per cycle.
+    # Warm starts read the weights checkpoint, not this SavedModel.
+    model.save(export_dir, save_format="tf", signatures={"serving_default": serve}, save_traces=False)
 
 
 def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
