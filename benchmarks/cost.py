@@ -50,7 +50,6 @@ import datetime
 import glob
 import json
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -61,13 +60,13 @@ from typing import Any, Dict, List, Optional, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from benchmarks.results_md import machine_info, marks, replace_section  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-START_MARK = "<!-- cost:start -->"
-END_MARK = "<!-- cost:end -->"
-TITLE = "# driftline benchmark results"
+START_MARK, END_MARK = marks("cost")
 WARM, STATELESS = "warm", "stateless"
 REGIME_LABELS = {WARM: "warm chain (driftline)", STATELESS: "stateless full retrain"}
 # The gate's default max_auc_drop: AUC differences below it are noise at these eval sizes.
@@ -519,30 +518,6 @@ def summarize_variant(rows: List[Dict[str, Any]], main_rows: List[Dict[str, Any]
 
 # -- outputs -----------------------------------------------------------------------
 
-def machine_info() -> Dict[str, Any]:
-    import apache_beam
-    import tensorflow as tf
-    import tfx
-
-    cpu_model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem_gib = round(int(f.readline().split()[1]) / (1 << 20), 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return {"nproc": os.cpu_count(), "cpu_model": cpu_model, "mem_gib": mem_gib, "python": platform.python_version(),
-            "tensorflow": tf.__version__, "apache_beam": apache_beam.__version__, "tfx": tfx.__version__}
-
-
 def plot(report: Dict[str, Any], path: str) -> None:
     import matplotlib
 
@@ -626,7 +601,7 @@ def render_section(report: Dict[str, Any], png_rel: str) -> str:
         f"TensorFlow {m['tensorflow']}, Beam {m['apache_beam']}, TFX {m['tfx']}; 1-min load average "
         f"{report['loadavg_1m_before']} before the cycles",
         f"* Command: `{report['command']}`",
-        f"* TrainerConfig: " + ("the default" if not report.get("trainer_overrides") else
+        "* TrainerConfig: " + ("the default" if not report.get("trainer_overrides") else
                                "the default but " + ", ".join(f"`{o}`" for o in report["trainer_overrides"])),
         "",
         "| cycle | regime | start | trained spans | examples | epochs | train CPU s | train wall s | "
@@ -716,28 +691,7 @@ def render_section(report: Dict[str, Any], png_rel: str) -> str:
 
 
 def write_results_md(path: str, section: str) -> None:
-    """Replaces only this benchmark's section; the file is re-read right before writing."""
-    try:
-        from benchmarks.results_md import replace_section
-    except ImportError:  # the shared writer is optional; the same rule inline
-        replace_section = None
-    if replace_section is not None:
-        replace_section(path, "cost", section)
-        return
-    text = open(path).read() if os.path.exists(path) else TITLE + "\n"
-    if START_MARK in text and END_MARK in text:
-        head, rest = text.split(START_MARK, 1)
-        _, tail = rest.split(END_MARK, 1)
-        text = head + section + tail
-    else:
-        if not text.lstrip().startswith(TITLE):
-            text = TITLE + "\n\n" + text
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path + ".tmp-cost"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
+    replace_section(path, "cost", section)
 
 def auto_notes(report: Dict[str, Any]) -> str:
     """Why a target was missed, from the measurements themselves."""

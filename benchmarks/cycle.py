@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -27,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.results_md import marks, replace_section  # noqa: E402
+from benchmarks.results_md import machine_info, marks, replace_section  # noqa: E402
 from pipelines.report import format_table, quiet_tensorflow  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,16 +42,6 @@ def component_seconds(store, pipeline_name: str, run_context) -> dict:
         if node:
             out[node] = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000.0
     return out
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv=None) -> int:
@@ -103,7 +92,7 @@ def main(argv=None) -> int:
         "max_freshness_s": max(fresh) if fresh else None,
         "median_overhead_share": statistics.median(c["overhead_share"] for c in steady),
         "total_s": round(total, 1), "per_cycle": per_cycle,
-        "machine": {"cpus": os.cpu_count(), "cpu": cpu_model()},
+        "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d"),
     }
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
@@ -126,7 +115,7 @@ def main(argv=None) -> int:
     body = f"""## Continuous cycle: wall time, freshness, overhead
 
 `{' '.join(['.venv/bin/python', 'benchmarks/cycle.py'] + (argv or sys.argv[1:]))}` on {summary['date']},
-{summary['machine']['cpus']} cores ({summary['machine']['cpu']}). What `make demo` runs: the built-in stream
+{summary['machine']['nproc']} cores ({summary['machine']['cpu_model']}). What `make demo` runs: the built-in stream
 replayed one 10-minute span per cycle ({args.events_per_minute * 10:,} events a span; cycle 1 starts with three
 spans), TFX LocalDagRunner, Beam DirectRunner, SQLite MLMD, a fresh process (imports counted in cycle 1 only as
 part of the run, not in these cycle times). Cycle 5's span has every label flipped.

@@ -45,7 +45,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -60,9 +59,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-START_MARK = "<!-- ingest:start -->"
-END_MARK = "<!-- ingest:end -->"
-TITLE = "# driftline benchmark results"
+from benchmarks.results_md import machine_info, marks, replace_section  # noqa: E402
+
+START_MARK, END_MARK = marks("ingest")
 
 # Simulated minutes of event time for every size (so every size has the same
 # number of spans); events per minute is scaled to the size.
@@ -528,35 +527,6 @@ def verify(method: str, result: Dict[str, Any], facts: Dict[str, Any], reference
         assert result["per_split"] == reference, f"{method}: per span/split counts differ from the ceiling's"
 
 
-def machine_info() -> Dict[str, Any]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem_gib = round(int(f.readline().split()[1]) / 2 ** 20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    def v(dist: str) -> str:
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return "?"
-
-    return {"nproc": os.cpu_count(), "cpu_model": model, "mem_gib": mem_gib, "python": platform.python_version(),
-            "platform": platform.platform(), "tensorflow": v("tensorflow"), "apache_beam": v("apache-beam"),
-            "tfx": v("tfx"), "protobuf": v("protobuf")}
-
-
 def summarize(results: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Best (fastest) repeat per (size, method), plus ratios."""
     best: Dict[Tuple[int, str], Dict[str, Any]] = {}
@@ -725,18 +695,7 @@ def render_section(report: Dict[str, Any], png_rel: str) -> str:
 
 
 def write_results_md(path: str, section: str) -> None:
-    text = open(path).read() if os.path.exists(path) else TITLE + "\n"
-    if START_MARK in text and END_MARK in text:
-        head, rest = text.split(START_MARK, 1)
-        _, tail = rest.split(END_MARK, 1)
-        text = head + section + tail
-    else:
-        if not text.lstrip().startswith(TITLE):
-            text = TITLE + "\n\n" + text
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(path, "w") as f:
-        f.write(text)
-
+    replace_section(path, "ingest", section)
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -32,3 +32,33 @@ def replace_section(path: str, name: str, section: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def machine_info() -> dict:
+    """What every benchmark records about the machine and the stack it ran on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu_model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                             cpu_model)
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gib = round(int(f.readline().split()[1]) / 2 ** 20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "?"
+
+    return {"nproc": os.cpu_count(), "cpu_model": cpu_model, "mem_gib": mem_gib, "python": platform.python_version(),
+            "platform": platform.platform(), "tensorflow": v("tensorflow"), "apache_beam": v("apache-beam"),
+            "tfx": v("tfx"), "protobuf": v("protobuf")}
