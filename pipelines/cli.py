@@ -266,6 +266,13 @@ def add_run_command(subparsers: Any) -> None:
                     "--home. Each cycle processes whatever spans have closed since the last one.")
     _add_pipeline_arguments(p)
     p.add_argument("--cycles", type=_int_at_least(1), default=1, help="how many cycles to run (default 1)")
+    p.add_argument("--continuous", action="store_true",
+                   help="keep running: a cycle whenever a span has closed, until SIGTERM or Ctrl-C "
+                        "(one controller per home; one JSON line per cycle on stdout)")
+    p.add_argument("--poll-seconds", type=_positive_float, default=5.0,
+                   help="with --continuous: how often to look for a closed span (default 5)")
+    p.add_argument("--min-new-events", type=_int_at_least(1),
+                   help="with --continuous: also run a cycle once this many new events wait")
     p.set_defaults(handler=run_run)
 
 
@@ -279,6 +286,17 @@ def run_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     rows = []
     from components.event_log import EventLogError
+
+    if args.continuous:
+        from pipelines.controller import ControllerRunning, run_continuous
+        from pipelines.local_runner import preflight
+
+        try:
+            preflight(config)
+            run_continuous(config, poll_seconds=args.poll_seconds, min_new_events=args.min_new_events)
+        except (ControllerRunning, EventLogError) as e:
+            raise CommandError(str(e)) from None
+        return 0
 
     for cycle in range(1, args.cycles + 1):
         print(f"cycle {cycle}/{args.cycles} ...", file=sys.stderr, flush=True)

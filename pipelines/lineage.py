@@ -595,6 +595,8 @@ def controller_state(home: str) -> ControllerState:
         return ControllerState(state="not running", lock_path=path)
     except OSError as e:
         return ControllerState(state="unknown", lock_path=path, detail=str(e))
+    if not text.strip():  # a controller that stopped cleanly leaves the lock file empty
+        return ControllerState(state="not running", lock_path=path)
     try:
         lock = json.loads(text)
         pid = lock["pid"]
