@@ -120,15 +120,23 @@ def run_demo(home: str, cycles: int = 8, events_per_minute: int = 1000, poison_c
         appended_at_ms = time.time_ns() // 1_000_000
         progress(f"cycle {cycle}/{cycles}: the log grew by {summary.events_written} events to "
                  f"{format_ms(summary.last_event_ms)}{' (this span has every label flipped)' if poisoned else ''}")
-        handler = ComponentProgress(progress, f"cycle {cycle}/{cycles}:   ")
-        absl_logger.addHandler(handler)
-        previous_level = absl_logger.level
+        # TFX reports component progress at INFO, among hundreds of other INFO
+        # lines: for the cycle, absl's records go only to the progress handler
+        # and, from ERROR up, to stderr.
+        handlers = [ComponentProgress(progress, f"cycle {cycle}/{cycles}:   "), logging.StreamHandler(sys.stderr)]
+        handlers[1].setLevel(logging.ERROR)
+        saved = absl_logger.level, absl_logger.propagate
+        for handler in handlers:
+            absl_logger.addHandler(handler)
         absl_logger.setLevel(logging.INFO)
+        absl_logger.propagate = False
         try:
             report = run_cycle(config)
         finally:
-            absl_logger.removeHandler(handler)
-            absl_logger.setLevel(previous_level)
+            for handler in handlers:
+                absl_logger.removeHandler(handler)
+            absl_logger.setLevel(saved[0])
+            absl_logger.propagate = saved[1]
         rows.append(DemoRow(cycle, report, appended_at_ms, poisoned))
         progress(f"cycle {cycle}/{cycles}: {report.start or 'no training'}; "
                  f"{(report.reason or report.start_reason or '')}; pushed {report.pushed_version or 'nothing'} "
