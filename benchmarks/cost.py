@@ -693,6 +693,7 @@ def render_section(report: Dict[str, Any], png_rel: str) -> str:
 def write_results_md(path: str, section: str) -> None:
     replace_section(path, "cost", section)
 
+
 def auto_notes(report: Dict[str, Any]) -> str:
     """Why a target was missed, from the measurements themselves."""
     s = report["summary"]
