@@ -11,6 +11,13 @@ _INPUT = metadata_store_pb2.Event.INPUT
 _OUTPUT = metadata_store_pb2.Event.OUTPUT
 
 
+def _has_key(event, key: str) -> bool:
+    """Whether an event's path names `key`. An artifact that was input under two keys of one
+    execution (a span that was both new and, via the replay resolver, replayed) has one event
+    whose path holds both keys."""
+    return any(step.HasField("key") and step.key == key for step in event.path.steps)
+
+
 def rejected_spans(store, examples_ids: Iterable[int]) -> Set[int]:
     """Ids of the `Examples` whose own cycle's candidate the gate refused.
 
@@ -23,14 +30,14 @@ def rejected_spans(store, examples_ids: Iterable[int]) -> Set[int]:
     if not examples_ids:
         return set()
     consumed = [e for e in store.get_events_by_artifact_ids(examples_ids)
-                if e.type == _INPUT and e.path.steps and e.path.steps[0].key == "examples"]
+                if e.type == _INPUT and _has_key(e, "examples")]
     if not consumed:
         return set()
     by_execution: Dict[int, Set[int]] = {}
     for e in consumed:
         by_execution.setdefault(e.execution_id, set()).add(e.artifact_id)
     outputs = [e for e in store.get_events_by_execution_ids(list(by_execution))
-               if e.type == _OUTPUT and e.path.steps and e.path.steps[0].key == "model"]
+               if e.type == _OUTPUT and _has_key(e, "model")]
     model_to_examples = {e.artifact_id: by_execution[e.execution_id] for e in outputs}
     if not model_to_examples:
         return set()
