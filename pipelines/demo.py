@@ -130,11 +130,15 @@ def run_demo(home: str, cycles: int = 8, events_per_minute: int = 1000, poison_c
             absl_logger.addHandler(handler)
         absl_logger.setLevel(logging.INFO)
         absl_logger.propagate = False
+        # Transform's executor re-applies absl's verbosity flag (WARNING) to this
+        # logger mid-cycle, which would silence the rest of the progress.
+        absl_logger.setLevel = lambda level: None
         try:
             report = run_cycle(config)
         finally:
             for handler in handlers:
                 absl_logger.removeHandler(handler)
+            del absl_logger.setLevel
             absl_logger.setLevel(saved[0])
             absl_logger.propagate = saved[1]
         rows.append(DemoRow(cycle, report, appended_at_ms, poisoned))
