@@ -319,5 +319,12 @@ def run_ingest(make_pipeline, *, log_dir: str, schema: EventSchema, window: wind
         build_ingest(pipeline, log_dir=log_dir, chunks=plan.chunks, schema=schema, window=window,
                      state=state, output_root=output_root, summary_path=summary_path)
     result = read_summary(summary_path)
+    if result.chunks != len(plan.chunks):
+        # Every chunk yields exactly one result, so a shortfall means the runner
+        # dropped elements. Committing `plan.end` would skip those events forever.
+        raise RuntimeError(
+            f"ingest got results for {result.chunks} of {len(plan.chunks)} chunks of {log_dir!r}: the Beam runner "
+            "lost elements, so nothing is committed and the next run reads the same events again. Seen with "
+            "DirectRunner direct_running_mode=multi_processing and several workers; use the default in_memory mode.")
     committed = windowing.next_state(state, result.decision, plan.end, result.first_pending)
     return IngestRun(plan, state, committed, result, time.monotonic() - started)
