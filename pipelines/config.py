@@ -258,6 +258,9 @@ class BeamConfig:
     """Arguments for the Beam steps. Locally: DirectRunner on every core."""
 
     runner: str = "DirectRunner"
+    # More than one worker switches DirectRunner to multi_processing, which
+    # was seen to drop elements here (benchmarks/ingest.py); ingestion then
+    # refuses to commit rather than skip events. One in-memory worker is the default.
     direct_num_workers: int = 1
     extra_args: tuple = ()
 
