@@ -448,38 +448,49 @@ def worker_main(args: argparse.Namespace) -> None:
     if method == TFX:
         import tfx.v1  # noqa: F401
     log(f"  {method}: start")
+    error = None
     with CpuMeter(label=method) as meter:
-        if method == PLAIN_TF:
-            facts = _plain_loop(log_dir, out_dir, use_encoder=False)
-        elif method == PLAIN_ENCODER:
-            facts = _plain_loop(log_dir, out_dir, use_encoder=True)
-        elif method == DOFNS:
-            facts = _dofns(log_dir, out_dir, args.chunk_bytes)
-        elif method == DRIFTLINE_INMEMORY:
-            from pipelines.config import BeamConfig
-
-            facts = _driftline(log_dir, out_dir, BeamConfig().args(), args.chunk_bytes)
-        elif method == DRIFTLINE_MP2:
-            facts = _driftline(log_dir, out_dir, ["--runner=DirectRunner", "--direct_num_workers=2",
-                                                  "--direct_running_mode=multi_processing"], args.chunk_bytes)
-        elif method == TFX:
-            facts = _tfx(log_dir, out_dir, args.chunk_bytes)
-        else:
-            raise SystemExit(f"unknown method {method}")
-    if method == TFX:
+        try:
+            facts = _measured(method, log_dir, out_dir, args)
+        except Exception as e:  # recorded: the parent reports the run as failed
+            error = f"{type(e).__name__}: {e}"
+            facts = {"examples_reported": None, "dead_letters": None}
+    if method == TFX and error is None:
         facts = _tfx_facts(facts["_config"])
-    log(f"  {method}: {meter.wall:.2f}s wall, {meter.cpu:.2f}s CPU; counting the records written ...")
+    log(f"  {method}: {meter.wall:.2f}s wall, {meter.cpu:.2f}s CPU{'' if error is None else ', FAILED: ' + error}; "
+        "counting the records written ...")
     counts = count_outputs(out_dir)
-    if method == DOFNS and args.breakdown:
+    if method == DOFNS and args.breakdown and error is None:
         log(f"  {method}: timing each step of ParseChunk on its own ...")
         facts["stages"] = stage_breakdown(log_dir, args.chunk_bytes)
     result = {"method": method, "wall_s": meter.wall, "cpu_s": meter.cpu, "cpu_self_s": meter.cpu_self,
               "cpu_children_s": meter.cpu_children, "others_cpu_s": meter.others_cpu,
               "others_cpu_share": meter.others_cpu / (meter.wall * (os.cpu_count() or 1)),
-              "examples_written": sum(counts.values()),
-              "per_split": counts, **facts}
+              "examples_written": sum(counts.values()), "per_split": counts, "error": error, **facts}
     with open(args.result_file, "w") as f:
         json.dump(result, f, indent=1, sort_keys=True)
+
+
+def _measured(method: str, log_dir: str, out_dir: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """Runs one method over the log into out_dir; returns what it reported."""
+    if method == PLAIN_TF:
+        facts = _plain_loop(log_dir, out_dir, use_encoder=False)
+    elif method == PLAIN_ENCODER:
+        facts = _plain_loop(log_dir, out_dir, use_encoder=True)
+    elif method == DOFNS:
+        facts = _dofns(log_dir, out_dir, args.chunk_bytes)
+    elif method == DRIFTLINE_INMEMORY:
+        from pipelines.config import BeamConfig
+
+        facts = _driftline(log_dir, out_dir, BeamConfig().args(), args.chunk_bytes)
+    elif method == DRIFTLINE_MP2:
+        facts = _driftline(log_dir, out_dir, ["--runner=DirectRunner", "--direct_num_workers=2",
+                                              "--direct_running_mode=multi_processing"], args.chunk_bytes)
+    elif method == TFX:
+        facts = _tfx(log_dir, out_dir, args.chunk_bytes)
+    else:
+        raise SystemExit(f"unknown method {method}")
+    return facts
 
 
 # -- orchestration (in the parent process) -------------------------------------------
@@ -517,6 +528,7 @@ def run_method(method: str, facts: Dict[str, Any], work_dir: str, chunk_bytes: i
 
 def verify(method: str, result: Dict[str, Any], facts: Dict[str, Any], reference: Optional[Dict[str, int]]) -> None:
     valid = facts["valid_events"]
+    assert not result.get("error"), f"{method}: the run failed: {result['error']}"
     assert result["examples_written"] == valid, (
         f"{method}: wrote {result['examples_written']} examples, the log holds {valid} valid events")
     assert result["examples_reported"] == valid, (
