@@ -614,7 +614,7 @@ def plot(summary: Dict[str, Any], path: str) -> None:
 
     sizes = sorted({r["size"] for r in summary["rows"]})
     methods = [m for m in METHODS if any(r["method"] == m for r in summary["rows"])]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
     width = 0.8 / len(methods)
     for ax, key, title in ((axes[0], "events_per_s", "events per wall-clock second (best run)"),
                            (axes[1], "events_per_cpu_s", "events per CPU-second (all processes)")):
@@ -630,9 +630,10 @@ def plot(summary: Dict[str, Any], path: str) -> None:
         ax.set_xticks(range(len(sizes)), [f"{s:,} events" for s in sizes])
         ax.set_title(title, fontsize=10)
     axes[0].set_ylabel("events / second (higher is better)")
-    axes[0].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
     fig.suptitle("driftline ingest: event log -> gzipped TFRecords of tf.Example")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -705,11 +706,13 @@ def render_section(report: Dict[str, Any], png_rel: str) -> str:
         for size, e in s["where_the_time_goes"].items():
             parts = [f"* {int(size):,} events:"]
             if "dofns_no_beam_s" in e:
+                share = (f"so Beam adds {e['beam_inmemory_overhead_s']:.2f}s wall / "
+                         f"{e['beam_inmemory_overhead_cpu_s']:.2f} CPU-s."
+                         if e["beam_inmemory_overhead_cpu_s"] >= 0 else
+                         "so Beam's share is below the run-to-run noise.")
                 parts.append(f"driftline's DoFns without Beam {e['dofns_no_beam_s']:.2f}s wall / "
                              f"{e['dofns_no_beam_cpu_s']:.2f} CPU-s, the same under DirectRunner in_memory "
-                             f"{e['beam_inmemory_s']:.2f}s / {e['beam_inmemory_cpu_s']:.2f} CPU-s, so Beam adds "
-                             f"{e['beam_inmemory_overhead_s']:.2f}s wall / {e['beam_inmemory_overhead_cpu_s']:.2f} "
-                             "CPU-s.")
+                             f"{e['beam_inmemory_s']:.2f}s / {e['beam_inmemory_cpu_s']:.2f} CPU-s, {share}")
             st = e.get("ParseChunk steps, each timed alone over the whole log (s)")
             if st:
                 pairs = st.items() if isinstance(st, dict) else st
