@@ -29,9 +29,6 @@ from typing import Callable, Iterator, Optional
 
 from pipelines.config import DriftlineConfig
 
-LOCK_FILE = "controller.lock"  # the name pipelines.lineage.controller_state reads
-
-
 class ControllerRunning(RuntimeError):
     """Another controller holds this home."""
 
@@ -39,8 +36,10 @@ class ControllerRunning(RuntimeError):
 @contextlib.contextmanager
 def single_instance(home: str) -> Iterator[str]:
     """Holds the home's controller lock for the duration of the block; yields the lock path."""
+    from pipelines.lineage import controller_lock_path  # the file `driftline status` reads
+
     os.makedirs(home, exist_ok=True)
-    path = os.path.join(home, LOCK_FILE)
+    path = controller_lock_path(home)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -51,7 +51,8 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipelines.metadata import ingested_spans, open_store, prop, run_outputs
+from pipelines.metadata import (EVALUATOR_ID, PUSHER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, ingested_spans,
+                                open_store, prop, run_outputs)
 
 PIPELINE_CONTEXT_TYPE = "pipeline"
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
@@ -62,11 +63,6 @@ ROLLBACK_EXECUTION_TYPE = "driftline.Rollback"
 # The file a running controller holds: JSON {"pid": int, "started_at": ...}.
 CONTROLLER_LOCK_FILE = "controller.lock"
 
-# Node ids of pipelines.pipeline (repeated here so that this module stays light).
-TRAINER_ID = "WarmStartTrainer"
-EVALUATOR_ID = "Evaluator"
-PUSHER_ID = "BlessingPusher"
-EXAMPLE_GEN_ID = "StreamingExampleGen"
 
 # Artifacts that were published: PENDING / ABANDONED ones belong to runs that failed.
 _PUBLISHED = (metadata_store_pb2.Artifact.LIVE, metadata_store_pb2.Artifact.MARKED_FOR_DELETION,
@@ -514,7 +510,7 @@ def cycle_outcome(run_id: str, started_ms: int, nodes: Mapping[str, Mapping[str,
     def outputs(node: str, key: str) -> list:
         return list(nodes.get(node, {}).get("outputs", {}).get(key, []))
 
-    examples = outputs(EXAMPLE_GEN_ID, "examples")
+    examples = outputs(STREAMING_EXAMPLE_GEN_ID, "examples")
     base = dict(run_id=run_id, started_ms=started_ms, spans=sorted(int(prop(a, "span")) for a in examples),
                 events=sum(int(prop(a, "event_count", 0)) for a in examples))
     failed = sorted(n for n, v in nodes.items() if v.get("state") == "FAILED")

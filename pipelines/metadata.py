@@ -15,7 +15,15 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.streaming_example_gen.committed_state import NODE_CONTEXT_TYPE, node_context_name
 
+# The node ids of pipelines.pipeline, here so that light readers of MLMD
+# (lineage, status, the controller) need not import TFX to know them.
 STREAMING_EXAMPLE_GEN_ID = "StreamingExampleGen"
+TRANSFORM_ID = "Transform"
+TRAINER_ID = "WarmStartTrainer"
+EVALUATOR_ID = "Evaluator"
+PUSHER_ID = "BlessingPusher"
+BASE_MODEL_RESOLVER_ID = "latest_blessed_model_resolver"
+REPLAY_RESOLVER_ID = "replay_resolver"
 
 
 def sqlite_connection_config(path: str) -> metadata_store_pb2.ConnectionConfig:

@@ -19,14 +19,9 @@ from tfx import v1 as tfx
 
 from components.streaming_example_gen import StreamingExampleGen
 from pipelines.config import DriftlineConfig
-from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID
-
-TRANSFORM_ID = "Transform"
-TRAINER_ID = "WarmStartTrainer"
-EVALUATOR_ID = "Evaluator"
-PUSHER_ID = "BlessingPusher"
-BASE_MODEL_RESOLVER_ID = "latest_blessed_model_resolver"
-REPLAY_RESOLVER_ID = "replay_resolver"
+from pipelines.metadata import (  # noqa: F401 (re-exported: the node ids of this pipeline)
+    BASE_MODEL_RESOLVER_ID, EVALUATOR_ID, PUSHER_ID, REPLAY_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID,
+    TRANSFORM_ID)
 PREPROCESSING_FN = "transforms.stream.preprocessing_fn"
 
 
