@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import glob
 import json
 import os
 import shlex
@@ -168,26 +167,6 @@ def prepare_data(work_dir: str, spans: int, events_per_minute: int, seed: int, f
 
 # -- scoring -----------------------------------------------------------------------
 
-def exact_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney AUC with tied scores given their average rank."""
-    labels = np.asarray(labels) > 0
-    scores = np.asarray(scores, dtype=np.float64)
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based
-    ranks = average_rank[inverse]
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def log_loss(labels: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    y = np.asarray(labels, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
 @dataclasses.dataclass
 class EvalSet:
     span: int
@@ -198,45 +177,21 @@ class EvalSet:
 
 def load_eval_set(span: int, uri: str, label_key: str, sim_config: Dict[str, Any]) -> EvalSet:
     """A span's eval split as serialized tf.Examples, with labels and the simulator's ceiling AUC."""
-    import tensorflow as tf
-
     from pipelines.simulator import SimulatorConfig, click_probability
+    from pipelines.scoring import decode, exact_auc, read_span
 
-    files = sorted(glob.glob(os.path.join(uri, "Split-eval", "*")))
-    serialized = [bytes(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    labels, events = [], []
-    for s in serialized:
-        feats = tf.train.Example.FromString(s).features.feature
-
-        def one(name):
-            f = feats[name]
-            if f.bytes_list.value:
-                return f.bytes_list.value[0].decode()
-            if f.int64_list.value:
-                return int(f.int64_list.value[0])
-            return float(f.float_list.value[0])
-
-        labels.append(one(label_key))
-        events.append({k: one(k) for k in ("user_id", "ad_id", "device", "event_time", "price")})
-    labels_arr = np.array(labels, dtype=np.int64)
+    serialized = read_span(uri, ("eval",))
+    events = decode(serialized, ("user_id", "ad_id", "device", "event_time", "price", label_key))
+    labels_arr = np.array([e.pop(label_key) for e in events], dtype=np.int64)
     known = {k: v for k, v in sim_config.items() if k in SimulatorConfig.__dataclass_fields__}
     oracle = exact_auc(labels_arr, click_probability(SimulatorConfig(**known), events))
     return EvalSet(span, serialized, labels_arr, oracle)
 
 
-def score(model_uri: str, eval_set: EvalSet, batch: int = 4096) -> Dict[str, float]:
-    import tensorflow as tf
+def score(model_uri: str, eval_set: EvalSet) -> Dict[str, float]:
+    from pipelines.scoring import score as score_examples
 
-    from components.warm_start_trainer.cycle import SERVING_DIR
-
-    loaded = tf.saved_model.load(os.path.join(model_uri, SERVING_DIR))
-    fn = loaded.signatures["serving_default"]
-    preds = np.concatenate([fn(examples=tf.constant(eval_set.serialized[i:i + batch]))["probability"].numpy()[:, 0]
-                            for i in range(0, len(eval_set.serialized), batch)])
-    del fn, loaded
-    return {"auc": exact_auc(eval_set.labels, preds), "log_loss": log_loss(eval_set.labels, preds),
-            "mean_prediction": float(preds.mean()), "mean_label": float(eval_set.labels.mean()),
-            "examples": int(len(preds))}
+    return score_examples(model_uri, eval_set.serialized, eval_set.labels)
 
 
 # -- the cycles ----------------------------------------------------------------------
@@ -294,14 +249,13 @@ class Setup:
 
 def make_setup(facts: Dict[str, Any], work_dir: str) -> Setup:
     from components.event_schema import ad_click_schema
+    from components.warm_start_trainer.component import run_fn_custom_config
     from pipelines.config import TransformConfig
     from transforms import stream
 
     schema, transform = ad_click_schema(), TransformConfig()
-    # What WarmStartTrainer's component hands its executor (component.py), through the same JSON round trip.
-    custom_config = json.loads(json.dumps({"feature_buckets": stream.hash_buckets(schema, transform),
-                                           "numeric_features": stream.numeric_features(schema, transform)},
-                                          sort_keys=True))
+    # What WarmStartTrainer's component hands its executor.
+    custom_config = run_fn_custom_config(schema, transform)
     span_uris: List[Tuple[int, str]] = [(s["span"], s["uri"]) for s in facts["spans"]]
     models_dir = os.path.join(work_dir, "models")
     shutil.rmtree(models_dir, ignore_errors=True)
