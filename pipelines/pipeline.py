@@ -85,7 +85,10 @@ def create_pipeline(config: DriftlineConfig) -> tfx.dsl.Pipeline:
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config=stream.custom_config(schema, config.transform),
         # The trainer applies the transform graph on the fly: no copy of the data per cycle.
-        materialize=False, **transform_kwargs).with_id(TRANSFORM_ID)
+        materialize=False,
+        # TFDV statistics of every span would be computed here each cycle; ingestion already
+        # validated every event against the event schema (the rest went to the dead-letter output).
+        disable_statistics=True, **transform_kwargs).with_id(TRANSFORM_ID)
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
