@@ -42,14 +42,16 @@ their ingest and evaluation are not counted).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipelines.config import ConfigError, DriftlineConfig, TrainerConfig, default_config
+from pipelines.config import ConfigError, DriftlineConfig, default_config
 from pipelines.simulator import MINUTE_MS, SimulatorConfig, hot_ad_id, hot_ad_start_ms, simulate
 
 CONTINUOUS, BATCH, STATIC = "continuous", "batch", "static"
@@ -261,8 +263,27 @@ def _minutes(ms: int) -> float:
     return round(ms / MINUTE_MS, 2)
 
 
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """TensorFlow, Beam and absl log hundreds of INFO/WARNING lines per cycle: inside, only errors show."""
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "apache_beam", "absl")]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved):
+            lg.setLevel(level)
+
+
 def compare(home: str, cfg: CompareConfig = CompareConfig(), progress: Progress = print) -> Comparison:
     """Runs the three regimes on one simulated stream under `home` (a new folder) and scores them."""
+    with quiet_logs():
+        return _compare(home, cfg, progress)
+
+
+def _compare(home: str, cfg: CompareConfig, progress: Progress) -> Comparison:
     from pipelines.metadata import ingested_spans, open_store
     from pipelines.scoring import ServingModel, decode, exact_auc, read_span
 
