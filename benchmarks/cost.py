@@ -20,9 +20,13 @@ function the WarmStartTrainer executor calls) with the default
 * **stateless** (a stock Trainer retraining on everything): ``current=[spans
   1..k]``, no base model: a cold start on all spans so far, ``cold_epochs``.
 
-The two are interleaved (warm k, then stateless k) in one long-lived process,
-as driftline's controller runs cycles, after one untimed warm-up cycle that
-pays TensorFlow's first-call costs. Train CPU and wall seconds are the ones
+Both run in one long-lived process, as driftline's controller runs cycles,
+after one untimed warm-up cycle that pays TensorFlow's first-call costs: first
+the whole warm chain, then the stateless retrains. Not interleaved: the
+controller keeps the default model's traced Trainer from one warm cycle to the
+next (``pipelines/ads_model.py``), and a cold retrain in between would reset
+it, which no controller does. Each stateless retrain builds and traces afresh,
+as a stock Trainer does. Train CPU and wall seconds are the ones
 ``train_cycle`` records on the Model (``time.process_time`` around run_fn: data
 loading, the transform, training and the SavedModel export). CPU seconds are
 the headline: they hardly move when other work shares the machine, wall
@@ -306,7 +310,7 @@ def _log_row(row: Dict[str, Any], spans: int) -> None:
 
 
 def run_cycles(setup: Setup, trainer, spans: int) -> Dict[str, Any]:
-    """The warm chain and stateless retraining, interleaved, after one untimed warm-up cycle."""
+    """The warm chain, then stateless retraining, after one untimed warm-up cycle."""
     log("warm-up: one untimed cold cycle on span 1 (TensorFlow's first-call costs) ...")
     props, _ = setup.train(trainer, "warmup", 1, None)
     warmup = {"train_cpu_seconds": props["train_cpu_seconds"], "train_wall_seconds": props["train_wall_seconds"]}
@@ -315,13 +319,14 @@ def run_cycles(setup: Setup, trainer, spans: int) -> Dict[str, Any]:
     rows: List[Dict[str, Any]] = []
     previous: Optional[Tuple[int, Dict[str, Any], str]] = None  # (cycle, props, model_uri) of the warm chain
     load_before = os.getloadavg()[0]
-    for k in range(1, spans + 1):
-        for regime in (WARM, STATELESS):
+    for regime in (WARM, STATELESS):
+        for k in range(1, spans + 1):
             props, uri = setup.train(trainer, regime, k, _base_of(previous) if regime == WARM else None)
             if regime == WARM:
                 previous = (k, props, uri)
             rows.append(_row(setup, regime, k, props, uri))
             _log_row(rows[-1], spans)
+    rows.sort(key=lambda r: (r["cycle"], r["regime"] != WARM))
     return {"rows": rows, "warmup": warmup, "loadavg_1m_before": round(load_before, 2)}
 
 
@@ -545,7 +550,8 @@ def render_section(report: Dict[str, Any], png_rel: str) -> str:
         "",
         "Train seconds are what `train_cycle` records on the Model (`time.process_time` / monotonic around run_fn: "
         "reading and transforming the examples, training, exporting the serving SavedModel and the warm-start "
-        "checkpoint); one untimed warm-up cycle runs first, and the regimes are interleaved in one process. "
+        "checkpoint); one untimed warm-up cycle runs first, then the warm chain, then the stateless retrains, in one "
+        "process (the warm chain keeps its traced Trainer from cycle to cycle, as the controller does). "
         "**CPU seconds are the headline**: other jobs shared this machine, which stretches wall time "
         "but hardly CPU time. Next-span AUC: each model scored on span k+1's eval split (later in event time than "
         "all its training data; the same examples for both regimes), exact rank AUC.",
