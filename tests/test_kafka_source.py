@@ -259,3 +259,55 @@ def test_splittable_read_in_beam_ingests_every_record_once(tansu, tmp_path):
             first_pending[p] = o
     assert run.committed.resume == KafkaOffsets.of(topic, first_pending)
     assert run.committed.end == run.plan.end
+
+
+def test_the_controller_sees_a_cycle_due_on_a_topic(tansu, tmp_path):
+    """`driftline run --continuous` asks `due()` before each cycle; over Kafka it plans and reads the topic too."""
+    from pipelines.config import DriftlineConfig, WindowConfig
+    from pipelines.controller import due
+
+    topic = _topic(tansu, 2)
+    rng = random.Random(3)
+
+    def produce(start_ms: int, n: int) -> None:
+        records = []
+        for i in range(n):
+            event = H.ad_click_event(f"ev-{start_ms}-{i}", 0, rng)
+            del event["event_time"]  # the record timestamp is the event time
+            records.append((i % 2, json.dumps(event).encode(), start_ms + i * 1000))
+        tansu.produce(topic, records)
+
+    config = DriftlineConfig(
+        home=str(tmp_path / "home"),
+        source=SourceConfig(kind="kafka", kafka=KafkaConfig(tansu.bootstrap, topic, event_time="record_timestamp",
+                                                             poll_timeout_s=0.5)),
+        window=WindowConfig(span_seconds=60, allowed_lateness_seconds=5))
+    config.validate()
+    produce(H.BASE_MS, 40)  # 40 s of a 60 s span: nothing closed
+    check = due(config)
+    assert not check.run and "40 new events" in check.why, check.why
+    assert due(config, min_new_events=40).run
+    produce(H.BASE_MS + 40_000, 30)  # event time reaches 69 s: the watermark (64 s) closes span 0
+    check = due(config)
+    assert check.run and f"span {H.BASE_MS // 60_000} closed" in check.why, check.why
+
+
+def test_cli_flags_build_a_kafka_source_or_name_what_is_missing(tmp_path):
+    from pipelines import cli
+
+    parser = cli.build_parser()
+
+    def config_of(*flags):
+        return cli._config_from_args(parser.parse_args(["ingest", "--home", str(tmp_path), *flags]))
+
+    config = config_of("--kafka-bootstrap", "b1:9092,b2:9092", "--kafka-topic", "clicks",
+                       "--kafka-event-time", "record_timestamp")
+    assert config.source.kind == "kafka" and config.source.log_dir == ""
+    assert config.source.kafka == KafkaConfig("b1:9092,b2:9092", "clicks", event_time="record_timestamp")
+    assert config_of().source.kind == "event_log"
+    for flags, message in ((["--kafka-topic", "clicks"], "both --kafka-bootstrap and --kafka-topic"),
+                           (["--kafka-event-time", "payload"], "needs --kafka-bootstrap"),
+                           (["--kafka-bootstrap", "b", "--kafka-topic", "t", "--log", "x"], "two sources")):
+        with pytest.raises(cli.CommandError, match=message) as e:
+            config_of(*flags)
+        assert e.value.exit_code == 2
