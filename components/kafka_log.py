@@ -197,7 +197,7 @@ def list_partitions(settings: Mapping[str, Any], topic: str, timeout_s: float = 
         consumer.close()
 
 
-def _select_partitions(available: Sequence[int], configured: Optional[Sequence[int]], topic: str) -> List[int]:
+def select_partitions(available: Sequence[int], configured: Optional[Sequence[int]], topic: str) -> List[int]:
     if configured is None:
         return list(available)
     missing = sorted(set(configured) - set(available))
@@ -232,7 +232,7 @@ def plan_read(settings: Mapping[str, Any], topic: str, *, resume: Optional[Kafka
 
     _check_topic(resume, topic, "committed resume")
     _check_topic(end, topic, "committed end")
-    parts = _select_partitions(list_partitions(settings, topic, metadata_timeout_s), partitions, topic)
+    parts = select_partitions(list_partitions(settings, topic, metadata_timeout_s), partitions, topic)
     resume_at = resume.as_dict() if resume is not None else {}
     end_at = end.as_dict() if end is not None else {}
     first: Dict[int, int] = {}

@@ -124,7 +124,7 @@ class KafkaSource:
         return f"Kafka topic {self.config.topic!r} at {self.config.bootstrap_servers}"
 
     def preflight(self) -> None:
-        kafka_log._select_partitions(kafka_log.list_partitions(self.settings, self.config.topic),
+        kafka_log.select_partitions(kafka_log.list_partitions(self.settings, self.config.topic),
                                      self.config.partitions, self.config.topic)
 
     def plan(self, state: windowing.CommittedState) -> kafka_log.KafkaReadPlan:
