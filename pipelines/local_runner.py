@@ -12,13 +12,13 @@ from pipelines.config import DriftlineConfig
 
 
 def preflight(config: DriftlineConfig) -> None:
-    """Fails fast, before TFX records a failed execution, on a log that cannot be read.
+    """Fails fast, before TFX records a failed execution, on a source that cannot be read.
 
-    Raises EventLogError with what to fix.
+    Raises EventLogError (KafkaSourceError for a topic) with what to fix.
     """
-    from components.event_log import list_segments
+    from components.streaming_example_gen import sources
 
-    list_segments(config.source.log_dir)
+    sources.from_config(config.source).preflight()
 
 
 def run(pipeline: tfx.dsl.Pipeline, config: DriftlineConfig) -> None:
