@@ -300,3 +300,94 @@ def test_slow_model_is_refused_and_not_pushed_while_the_default_model_passes(art
     assert prop(skipped, "blessed") == 0 and prop(skipped, "load_tested") == 0
     assert prop(skipped, "reason") == "not load-tested: the evaluator did not bless it (not blessed: AUC 0.51)"
     assert prop(skipped, "p99_ms") is None
+
+
+# -- lineage and status show the latency next to the accuracy -----------------------------------
+
+
+def test_lineage_reads_the_latency_validators_infra_blessings(tmp_path):
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    from pipelines import lineage
+    from pipelines.metadata import open_store
+
+    path = str(tmp_path / "metadata.sqlite")
+    store = open_store(path)
+    types = {name: store.put_artifact_type(pb.ArtifactType(name=name)) for name in ("Model", "InfraBlessing")}
+    [ctx] = store.put_contexts([pb.Context(type_id=store.put_context_type(pb.ContextType(name="pipeline")),
+                                           name="p")])
+
+    def put(type_name, **props):
+        a = pb.Artifact(type_id=types[type_name], uri=f"/{type_name}", state=pb.Artifact.LIVE)
+        for key, value in props.items():
+            field = {str: "string_value", float: "double_value", int: "int_value"}[type(value)]
+            setattr(a.custom_properties[key], field, value)
+        [aid] = store.put_artifacts([a])
+        store.put_attributions_and_associations([pb.Attribution(artifact_id=aid, context_id=ctx)], [])
+        return aid
+
+    fast = put("Model", start="cold", base_model_id=-1)
+    refused = put("Model", start="warm", base_model_id=fast)
+    skipped = put("Model", start="warm", base_model_id=fast)
+    put("InfraBlessing", blessed=1)  # a stock InfraValidator's: no model_id, not ours
+    put("InfraBlessing", blessed=1, model_id=fast, load_tested=1, reason="blessed: p99 6.0 ms within ...",
+        slo_p99_ms=100.0, candidates_per_request=1000, batch_size=1000, p50_ms=2.1, p95_ms=4.0, p99_ms=6.0,
+        requests_per_second=800.0, candidates_per_second=800000.0, parse_share=0.7, transform_share=0.1,
+        model_share=0.2)
+    put("InfraBlessing", blessed=0, model_id=refused, load_tested=1, reason="not blessed: p99 950.0 ms above ...",
+        slo_p99_ms=100.0, candidates_per_request=1000, batch_size=1000, p50_ms=700.0, p95_ms=900.0, p99_ms=950.0,
+        requests_per_second=2.5, candidates_per_second=2500.0)
+    put("InfraBlessing", blessed=0, model_id=skipped, load_tested=0,
+        reason="not load-tested: the evaluator did not bless it (not blessed: AUC 0.4)", slo_p99_ms=100.0,
+        candidates_per_request=1000)
+
+    by_id = {m.model_id: m for m in lineage.models(path, "p")}
+    assert by_id[fast].latency == lineage.LatencyRecord(
+        blessed=True, reason="blessed: p99 6.0 ms within ...", load_tested=True, slo_p99_ms=100.0,
+        candidates_per_request=1000, batch_size=1000, p50_ms=2.1, p95_ms=4.0, p99_ms=6.0, requests_per_second=800.0,
+        candidates_per_second=800000.0, parse_share=0.7, transform_share=0.1, model_share=0.2)
+    assert by_id[skipped].latency.p99_ms is None and not by_id[skipped].latency.load_tested
+    assert by_id[fast].latency.describe() == ("p50 2.1 / p99 6.0 ms for 1000 candidates, 800 requests/s (SLO 100 ms); "
+                                              "parsing 70%, transform 10%, model 20%")
+
+    text = lineage.format_lineage([by_id[skipped], by_id[refused], by_id[fast]])
+    rows = {int(line.split()[0]): line for line in text.splitlines() if line.split() and line.split()[0].isdigit()}
+    assert "2.1/6.0" in rows[fast] and "800,000" in rows[fast] and " ok " in rows[fast]
+    assert "700.0/950.0" in rows[refused] and "SLOW" in rows[refused]
+    assert "skipped" in rows[skipped]
+    assert "  latency: not load-tested: the evaluator did not bless it (not blessed: AUC 0.4)" in text
+    data = json.loads(lineage.to_json(lineage.lineage_to_dict([by_id[fast]])))
+    assert data["chain"][0]["latency"]["p99_ms"] == 6.0 and data["chain"][0]["latency"]["candidates_per_second"] == 8e5
+
+
+@pytest.mark.e2e
+def test_every_cycle_of_the_continuous_run_is_load_tested_and_shown(continuous_run, capsys):
+    """The five cycles of tests/conftest.py ran the LatencyValidator with the default LatencyConfig."""
+    from pipelines import lineage
+    from pipelines.cli import main
+
+    config, reports = continuous_run["config"], continuous_run["reports"]
+    by_id = {m.model_id: m for m in lineage.models(config.metadata_path, config.pipeline_name)}
+    for r in reports:
+        lat = by_id[r.model_id].latency
+        assert lat is not None and lat.blessed == r.latency_blessed and lat.reason == r.latency_reason
+        if r.blessed:
+            # The default model, 1000 candidates, default SLO: it passes, with every figure recorded.
+            assert lat.blessed and lat.load_tested, lat.reason
+            assert 0 < lat.p50_ms <= lat.p95_ms <= lat.p99_ms <= LatencyConfig().slo_p99_ms
+            assert lat.p99_ms == pytest.approx(r.latency_p99_ms)
+            assert lat.candidates_per_request == 1000 and lat.candidates_per_second > 0
+            assert lat.parse_share is not None and lat.transform_share is not None
+        else:  # the poisoned span's candidate: the evaluator refused it, so it was not load-tested
+            assert not lat.blessed and not lat.load_tested and lat.p99_ms is None
+            assert lat.reason.startswith("not load-tested: the evaluator did not bless it (not blessed")
+    assert reports[2].blessed is False and reports[2].latency_blessed is False
+
+    assert main(["lineage", "--home", config.home, "--json"]) == 0
+    chain = json.loads(capsys.readouterr().out)["chain"]
+    assert chain and all(m["latency"]["p99_ms"] > 0 and m["latency"]["blessed"] for m in chain)
+    assert main(["lineage", "--home", config.home]) == 0
+    out = capsys.readouterr().out
+    assert "p50/p99 ms" in out and "cand/s" in out and "  latency: blessed: p99 " in out
+    assert main(["status", "--home", config.home]) == 0
+    assert "  latency:     p50 " in capsys.readouterr().out
