@@ -164,9 +164,9 @@ def test_profile_of_the_default_model_has_every_batch_size_and_the_stage_shares(
     assert p.eval_examples == 400 and p.best in p.by_batch_size
     st = p.stages
     assert st.repeats == 5 and 0 < st.parse_ms and 0 < st.serving_ms
-    assert 0.0 <= st.parse_share <= 1.0 and 0.0 <= st.transform_share <= 1.0
-    assert st.parse_share + st.transform_share + st.model_share == pytest.approx(1.0, abs=0.05) \
-        or st.parse_transform_ms > st.serving_ms  # noise can put the parts above the whole
+    assert all(0.0 <= share <= 1.0 for share in (st.parse_share, st.transform_share, st.model_share))
+    if st.parse_ms <= st.parse_transform_ms <= st.serving_ms:  # timing noise on a busy machine can reorder them
+        assert st.parse_share + st.transform_share + st.model_share == pytest.approx(1.0)
     assert verdict.blessed, verdict.reason  # a few ms, far within the default SLO of 100 ms
     data = json.loads(loadtest.profile_json(p, verdict))
     assert data["blessed"] and data["profile"]["best_batch_size"] == verdict.result.batch_size

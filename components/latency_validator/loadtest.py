@@ -23,9 +23,12 @@ What is measured, and how:
   So the stages are timed separately, single-threaded, on one request in
   one call: parsing alone, parsing plus the cycle's transform graph (the
   `TransformGraph` artifact's `transform_features_layer()`, which is what
-  the trainer embeds in the serving model), and the whole signature. The
-  share is the ratio of the medians; it is an estimate, as the whole
-  signature can overlap or fuse what the stages time apart.
+  the trainer embeds in the serving model), and the whole signature, each
+  as the fastest of several interleaved calls (load elsewhere on the
+  machine only ever adds time, so the fastest call is the steadiest
+  measure of a stage's own cost). The shares are differences and ratios of
+  those times: estimates, as the whole signature can overlap or fuse what
+  the stages time apart.
 * **Verdict**: the p99 at the batch size with the lowest p99, against the
   SLO. Any failed call refuses the model.
 """
@@ -76,11 +79,11 @@ class BatchSizeResult:
 
 @dataclasses.dataclass(frozen=True)
 class StageTimes:
-    """Medians of single-threaded calls on one request: parsing, parsing + transform graph, the whole signature.
+    """Fastest single-threaded calls on one request: parsing, parsing + transform graph, the whole signature.
 
     The shares split the whole signature's time three ways: parsing the
     tf.Examples, the transform graph, and the model's own layers (each the
-    difference of two medians, floored at 0).
+    difference of two such times, floored at 0).
     """
 
     parse_ms: float
@@ -359,7 +362,7 @@ def replay(score: ScoreFn, chunked_requests: Sequence[Sequence[Any]], *, candida
 
 def time_stages(score: ScoreFn, stage_fns: Dict[str, ScoreFn], request: Sequence[bytes], repeats: int,
                 max_seconds: Optional[float] = None) -> StageTimes:
-    """Median single-threaded time of parse, parse + transform, and the whole signature on one request.
+    """The fastest single-threaded call of parse, parse + transform, and the whole signature on one request.
 
     Stops after `repeats` rounds, or earlier once `max_seconds` have passed
     (at least three rounds), so a slow model does not multiply the cost.
@@ -382,9 +385,9 @@ def time_stages(score: ScoreFn, stage_fns: Dict[str, ScoreFn], request: Sequence
             fn(batch)
             times[name].append((time.perf_counter() - t0) * 1000.0)
         rounds += 1
-    med = {name: float(np.median(values)) for name, values in times.items()}
-    return StageTimes(parse_ms=med["parse"], parse_transform_ms=med["transform"], serving_ms=med["serving"],
-                      repeats=rounds)
+    fastest = {name: float(min(values)) for name, values in times.items()}
+    return StageTimes(parse_ms=fastest["parse"], parse_transform_ms=fastest["transform"],
+                      serving_ms=fastest["serving"], repeats=rounds)
 
 
 def run_profile(score: ScoreFn, examples: Sequence[bytes], config: LatencyConfig,
