@@ -39,7 +39,7 @@ import json
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -457,7 +457,7 @@ def eval_examples(file_pattern: str, label_key: Optional[str], limit: int) -> Li
 
 def validate_model(saved_model_dir: str, eval_file_pattern: str, config: LatencyConfig,
                    label_key: Optional[str] = None,
-                   transform_graph_dir: Optional[str] = None) -> tuple:
+                   transform_graph_dir: Optional[str] = None) -> Tuple[Optional[LatencyProfile], LatencyVerdict]:
     """Loads the model, replays eval requests, decides: (LatencyProfile or None, LatencyVerdict).
 
     A model that cannot be loaded as the serving contract says is refused
@@ -493,8 +493,3 @@ def profile_json(profile: Optional[LatencyProfile], verdict: LatencyVerdict, ind
                        "batch_size": verdict.result.batch_size if verdict.result else None,
                        "profile": profile.to_dict() if profile else None}, indent=indent, sort_keys=True)
 
-
-__all__ = ["BatchSizeResult", "LatencyProfile", "LatencyTestError", "LatencyVerdict", "StageTimes",
-           "build_requests", "chunk_request", "decide", "drop_features", "eval_examples", "load_serving_fn",
-           "percentiles_ms", "read_serialized_examples", "replay", "run_profile", "time_stages",
-           "transform_stage_fns", "validate_model", "write_profile"]
