@@ -260,10 +260,10 @@ class LatencyConfig:
     candidates_per_request: int = 1000
     # Caliper's story: the whole search request has 250 ms, and most of it goes
     # to fetching candidates and features before the model is called; the
-    # model gets a share of it. 100 ms leaves the default model (p99 of a few
-    # ms to tens of ms on a 2-core machine, benchmarks/RESULTS.md) a wide
-    # margin for a busy CPU, and still refuses a model that would eat half the
-    # request's budget.
+    # model gets a share of it. 100 ms leaves the default model (a p99 of about
+    # 5-10 ms for 1000 candidates on this 2-core machine while other work
+    # shared it; benchmarks/RESULTS.md) a wide margin for a busy CPU, and still
+    # refuses a model that would take almost half the request's budget.
     slo_p99_ms: float = 100.0
     batch_sizes: Tuple[int, ...] = (100, 1000)
     concurrency: int = 2
