@@ -122,11 +122,13 @@ def cycle_table(rows: List[DemoRow]) -> str:
         spans = ",".join(str(s)[-3:] for s in r.spans) or "-"
         verdict = "-" if r.blessed is None else ("blessed" if r.blessed else "REJECTED")
         why = (r.reason or r.start_reason or "no closed span").split(": ", 1)[-1]
+        if r.blessed and r.latency_blessed is False:  # the gate passed it, the load test did not
+            verdict, why = "too slow", (r.latency_reason or "").split(": ", 1)[-1]
         body.append((row.cycle, spans + (" (poisoned)" if row.poisoned else ""), r.events, r.start or "-",
                      _fmt(r.train_seconds, ".1f"), _fmt(r.candidate_auc, ".3f"), _fmt(r.baseline_auc, ".3f"),
-                     verdict, r.pushed_version or "-", _fmt(row.freshness_s, ".0f"), _fmt(r.wall_seconds, ".0f"),
-                     why[:70]))
-    return format_table(("cycle", "span", "events", "start", "train s", "cand AUC", "base AUC", "gate",
+                     _fmt(r.latency_p99_ms, ".1f"), verdict, r.pushed_version or "-", _fmt(row.freshness_s, ".0f"),
+                     _fmt(r.wall_seconds, ".0f"), why[:70]))
+    return format_table(("cycle", "span", "events", "start", "train s", "cand AUC", "base AUC", "p99 ms", "gate",
                          "pushed", "fresh s", "cycle s", "why"), body)
 
 
