@@ -25,6 +25,8 @@ setup(
     install_requires=STACK,
     extras_require={
         "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+        # benchmarks/freshness.py's per-event baseline; 0.19 is the newest River that installs with pandas 1.5.
+        "bench": ["river==0.19.0"],
     },
     entry_points={"console_scripts": ["driftline=pipelines.cli:main"]},
 )
