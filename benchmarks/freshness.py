@@ -634,6 +634,8 @@ def headline(sizes: Mapping[str, Mapping[str, Any]], primary: int) -> Dict[str, 
         "driftline_cycle_s": g(DRIFTLINE, "cycle_s"),
         "driftline_controller_cycle_s": g(DRIFTLINE, "controller_cycle_s"),
         "driftline_freshness_s": g(DRIFTLINE, "freshness_s"),
+        "stock_stateless_freshness_s": g(STOCK_STATELESS, "freshness_s"),
+        "stock_stateful_freshness_s": g(STOCK_STATEFUL, "freshness_s"),
         "driftline_freshness_worst_s": g(DRIFTLINE, "freshness_worst_s"),
         "driftline_nontraining_share": g(DRIFTLINE, "nontraining_share"),
         "driftline_nontraining_share_strict": g(DRIFTLINE, "nontraining_share_strict"),
@@ -773,7 +775,8 @@ def render_section(report: Mapping[str, Any], png_rel: str) -> str:
         "the stream replayed one span per cycle), **stock TFX 1.16** (`benchmarks/stock_tfx.py`: CsvExampleGen → "
         "StatisticsGen → SchemaGen → Transform → Trainer → Evaluator with a baseline and an AUC threshold → Pusher, "
         "public components and a user module file, a fresh process per cycle as cron runs it; *stateless* retrains "
-        "on all spans so far, *stateful* trains the newest span from the latest blessed model), and **River** "
+        "on all spans so far, *stateful* trains the newest span from the latest blessed model, whose embedding "
+        "rows now stand for other ids wherever the span's frequency vocabulary reordered them), and **River** "
         "online logistic regression learning every event once, in log order (its wall and CPU seconds: learning "
         "the span's events). driftline and stock TFX train the same model shape with driftline's default "
         "training settings.",
