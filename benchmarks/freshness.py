@@ -584,10 +584,9 @@ def summarize_size(result: Mapping[str, Any]) -> Dict[str, Any]:
             fresh = _values(rows, "freshness_s", lo, n)
             s["freshness_worst_s"] = _r(max(fresh), 2) if fresh else None
             s["pushed_cycles"] = sum(1 for r in rows if r.get("pushed"))
-            comps = sorted({c for r in rows for c in r.get("components_s", {})})
-            s["components_s"] = {c: _r(statistics.median([r["components_s"].get(c, 0.0) for r in rows
-                                                          if lo <= r["span"] <= n and "components_s" in r]), 2)
-                                 for c in comps if any(lo <= r["span"] <= n for r in rows)}
+            steady = [r["components_s"] for r in rows if lo <= r["span"] <= n and "components_s" in r]
+            s["components_s"] = {c: _r(statistics.median([x.get(c, 0.0) for x in steady]), 2)
+                                 for c in sorted({c for x in steady for c in x})}
         if regime == DRIFTLINE:
             s["controller_cycle_s"] = _r(median_over(rows, "controller_wall_s", lo, n), 2)
             s["nontraining_share"] = _r(median_over(rows, "nontraining_share", lo, n))
