@@ -46,5 +46,5 @@ if [ ! -x "$VENV/bin/python" ]; then
   $UV venv --seed --python "$PY" "$VENV" >&2
 fi
 echo "bootstrap: installing the pinned stack into $VENV (a few minutes on a fresh machine)" >&2
-$UV pip install --python "$VENV/bin/python" --compile-bytecode -c constraints.txt -e '.[test]' >&2
+$UV pip install --python "$VENV/bin/python" --compile-bytecode -c constraints.txt -e '.[test,bench]' >&2
 touch "$STAMP"
