@@ -187,3 +187,32 @@ def test_tfx_input_resolution_never_offers_a_deleted_artifact(tmp_path):
     live = {a.id for a in h.store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE}
     deleted = {a.id for a in h.store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.DELETED}
     assert deleted and resolved == live and not resolved & deleted
+
+
+def test_gc_command(tmp_path, capsys):
+    import json
+
+    from pipelines import cli
+    from pipelines.controller import single_instance
+
+    assert cli.main(["gc", "--home", str(tmp_path / "empty")]) == 1
+    assert "nothing has run in this home yet" in capsys.readouterr().err
+    h = six_cycles(tmp_path)
+    assert cli.main(["gc", "--home", h.home, "--keep-cycles", "2", "--dry-run"]) == 0
+    assert "would delete the payload of" in capsys.readouterr().out
+    assert all(a.state == pb.Artifact.LIVE for a in h.store.get_artifacts())
+    with single_instance(h.home):  # a controller holds the home: gc must not touch it
+        assert cli.main(["gc", "--home", h.home]) == 1
+        assert "already running" in capsys.readouterr().err
+    assert cli.main(["gc", "--home", h.home, "--keep-cycles", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["deleted"]["Model"] == 3 and report["recovery"] == "nothing was interrupted"
+    assert sorted(report["deleted_ids"]) == sorted(a.id for a in h.store.get_artifacts()
+                                                   if a.state == pb.Artifact.DELETED)
+
+
+def test_retention_flags_belong_to_the_controller(tmp_path, capsys):
+    from pipelines import cli
+
+    assert cli.main(["run", "--home", str(tmp_path), "--keep-cycles", "2"]) == 2
+    assert "--keep-cycles is for --continuous" in capsys.readouterr().err
