@@ -88,6 +88,20 @@ def window_median(rows, key: str, lo: float, hi: float) -> float:
     return statistics.median(r[key] for r in rows[a:b])
 
 
+def slope(xs, ys) -> float:
+    """Least-squares slope of ys over xs (0 for fewer than two points)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+
+
+def payload(row) -> int:
+    return row["bytes"]["pipeline_root"] + row["bytes"]["serving"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cycles", type=int, default=100)
@@ -156,8 +170,15 @@ def main(argv=None) -> int:
         "controller_s_late": window_median(rows, "controller_s", 0.8, 1.0),
         "home_bytes_half": half["bytes"]["home"], "home_bytes_end": last["bytes"]["home"],
         "home_bytes_max": max(r["bytes"]["home"] for r in rows),
+        "payload_bytes_half": payload(half), "payload_bytes_end": payload(last),
+        "payload_bytes_max": max(payload(r) for r in rows),
+        # Over the second half: what a cycle adds once retention is in its steady state.
+        "payload_bytes_per_cycle": slope([r["cycle"] for r in rows[n // 2:]], [payload(r) for r in rows[n // 2:]]),
+        "home_bytes_per_cycle": slope([r["cycle"] for r in rows[n // 2:]], [r["bytes"]["home"] for r in rows[n // 2:]]),
+        # Past the first tenth (the cold start, the first pushes): seconds a cycle gains per cycle of history.
+        "cycle_s_trend": slope([r["cycle"] for r in rows[n // 10:]], [r["cycle_s"] for r in rows[n // 10:]]),
         "mlmd_bytes_half": half["bytes"]["mlmd"], "mlmd_bytes_end": last["bytes"]["mlmd"],
-        "mlmd_bytes_per_cycle": (last["bytes"]["mlmd"] - half["bytes"]["mlmd"]) / max(1, n - n // 2),
+        "mlmd_bytes_per_cycle": slope([r["cycle"] for r in rows[n // 2:]], [r["bytes"]["mlmd"] for r in rows[n // 2:]]),
         "artifacts_per_cycle": (last["mlmd_rows"]["Artifact"] - half["mlmd_rows"]["Artifact"]) / max(1, n - n // 2),
         "rss_mb_half": half["rss_mb"], "rss_mb_end": last["rss_mb"],
         "freed_bytes_total": freed_total,
@@ -194,14 +215,35 @@ def write_section(s: dict, out: str) -> None:
           r["mlmd_rows"]["Artifact"], r["mlmd_rows"]["Execution"], r["mlmd_rows"]["Event"], f"{r['rss_mb']:.0f}")
          for r in rows if r["cycle"] in pick])
     ratio = s["cycle_s_late"] / s["cycle_s_early"] if s["cycle_s_early"] else float("nan")
-    disk_ratio = s["home_bytes_end"] / s["home_bytes_half"] if s["home_bytes_half"] else float("nan")
     m = s["machine"]
     st = s["status"]
-    early = f"{max(1, int(round(0.1 * n)))}-{max(1, int(round(0.3 * n)))}"
-    late = f"{max(1, int(round(0.8 * n)))}-{n}"
+    early = f"cycles {max(1, int(round(0.1 * n)))}-{max(1, int(round(0.3 * n)))}"
+    late = f"cycles {max(1, int(round(0.8 * n)))}-{n}"
+    at_half, at_end = f"cycle {n // 2}", f"cycle {n}"
+    per_cycle = lambda b: f"{b / 1e3:+.1f} KB a cycle over the second half"  # noqa: E731
+    checks = [
+        ("cycle wall time, median (the TFX run)", f"{s['cycle_s_early']:.1f} s ({early})",
+         f"{s['cycle_s_late']:.1f} s ({late})", f"ratio {ratio:.2f}"),
+        ("controller time a cycle, median (run, retention, due check)", f"{s['controller_s_early']:.1f} s",
+         f"{s['controller_s_late']:.1f} s", ""),
+        (f"cycle time trend (least squares from cycle {n // 10 + 1})", "", "",
+         f"{100 * s['cycle_s_trend']:+.1f} s per 100 cycles"),
+        ("payload on disk (pipeline_root + serving)", f"{mb(s['payload_bytes_half'])} MB ({at_half})",
+         f"{mb(s['payload_bytes_end'])} MB ({at_end})",
+         f"{per_cycle(s['payload_bytes_per_cycle'])}; max {mb(s['payload_bytes_max'])} MB"),
+        ("home on disk (payload + ML Metadata)", f"{mb(s['home_bytes_half'])} MB ({at_half})",
+         f"{mb(s['home_bytes_end'])} MB ({at_end})",
+         f"{per_cycle(s['home_bytes_per_cycle'])}; max {mb(s['home_bytes_max'])} MB"),
+        ("ML Metadata SQLite", f"{s['mlmd_bytes_half'] / 1e6:.2f} MB ({at_half})",
+         f"{s['mlmd_bytes_end'] / 1e6:.2f} MB ({at_end})",
+         f"{per_cycle(s['mlmd_bytes_per_cycle'])}, {s['artifacts_per_cycle']:.1f} artifact records a cycle"),
+        ("resident memory", f"{s['rss_mb_half']:.0f} MB ({at_half})", f"{s['rss_mb_end']:.0f} MB ({at_end})", ""),
+    ]
+    check_rows = "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in checks)
     body = f"""## Soak: {n} controller cycles with retention
 
-* Date: {s['date']}; machine: {m['nproc']} CPU ({m['cpu_model']}), {m['mem_gib']} GiB; TFX {m['tfx']}, Beam {m['apache_beam']}
+* Date: {s['date']}; machine: {m['nproc']} CPU ({m['cpu_model']}), {m['mem_gib']} GiB;
+  TFX {m['tfx']}, Beam {m['apache_beam']}
 * Command: `{s['command']}`
 * The controller (`run_continuous`, one process, TFX imported once) on the built-in stream cut into
   {s['span_seconds']} s spans of {s['events_per_span']:,} events, one span per cycle; retention keeps
@@ -210,17 +252,13 @@ def write_section(s: dict, out: str) -> None:
 
 | check | early | late | |
 |---|---:|---:|---|
-| cycle wall time, median (TFX run) | {s['cycle_s_early']:.1f} s (cycles {early}) | {s['cycle_s_late']:.1f} s (cycles {late}) | ratio {ratio:.2f} |
-| controller time per cycle, median (run + retention + due check) | {s['controller_s_early']:.1f} s | {s['controller_s_late']:.1f} s | |
-| home on disk | {mb(s['home_bytes_half'])} MB (cycle {n // 2}) | {mb(s['home_bytes_end'])} MB (cycle {n}) | ratio {disk_ratio:.2f}; max {mb(s['home_bytes_max'])} MB |
-| ML Metadata SQLite | {s['mlmd_bytes_half'] / 1e6:.2f} MB (cycle {n // 2}) | {s['mlmd_bytes_end'] / 1e6:.2f} MB (cycle {n}) | +{s['mlmd_bytes_per_cycle'] / 1e3:.1f} KB and +{s['artifacts_per_cycle']:.1f} artifact records a cycle |
-| resident memory | {s['rss_mb_half']:.0f} MB (cycle {n // 2}) | {s['rss_mb_end']:.0f} MB (cycle {n}) | |
+{check_rows}
 
 * Payload deleted by retention over the run: {mb(s['freed_bytes_total'])} MB; without retention the home
   would hold about {mb(s['without_retention_bytes_estimate'])} MB now.
-* ML Metadata keeps every record (marked DELETED), by design, so lineage and status survive: it grows
-  by a constant amount per cycle, it does not level off. At the rate above, a cycle every 5 minutes
-  adds about {s['mlmd_bytes_per_cycle'] * 288 * 365 / 1e9:.1f} GB a year.
+* ML Metadata keeps every record (marked DELETED) by design, so that lineage and status survive; so it
+  does not level off. At the rate above, a cycle every 5 minutes adds about
+  {s['mlmd_bytes_per_cycle'] * 288 * 365 / 1e9:.1f} GB a year.
 * At the end, `driftline status` read: serving version {st['serving_version']} (model {st['serving_model_id']}),
   {st['spans_ingested']} spans ({st['spans_payload_deleted']} with payload deleted), {st['models_trained']}
   models ({st['models_payload_deleted']} with payload deleted); the serving model's lineage chain has

@@ -35,6 +35,10 @@ Where each fact comes from:
   dead-lettered events.
 * The latest `pipeline_run` context: the last cycle's outcome.
 
+Retention (pipelines/retention.py) deletes old payloads but keeps every
+record, marked DELETED: such artifacts are read like any other, and
+`payload_deleted` on a model or span says that only the record is left.
+
 Nothing here imports TensorFlow or TFX; ML Metadata is the only heavy import.
 """
 from __future__ import annotations
