@@ -11,11 +11,10 @@ folder at the artifact's URI) of every artifact older than the newest
   (the newest `trainer.replay_spans + 1` spans that are not quarantined, as
   the replay resolver counts them), spans not trained yet
   (`recovery.untrained_spans`), and the newest artifact of every type;
-* **serving**: the models behind the versions in the serving folder (the
-  serving one and those a rollback can return to), or with
-  `keep_all_pushed_models` every model ever pushed;
-* **the record of pushes**: `PushedModel` artifacts, whose payload is the
-  serving folder, which the pusher's own `keep_versions` bounds.
+* **serving**: for each version in the serving folder (the serving one and
+  those a rollback can return to), the `PushedModel` that put it there (its
+  payload is that version, which the pusher's own `keep_versions` bounds) and
+  the model behind it; with `keep_all_pushed_models`, every model ever pushed.
 
 Everything else (old spans with their dead letters, transform graphs and
 statistics, models, model runs, evaluations, blessings, schemas) loses its
@@ -55,8 +54,6 @@ _MARKED = metadata_store_pb2.Artifact.MARKED_FOR_DELETION
 _DELETED = metadata_store_pb2.Artifact.DELETED
 _PUBLISHED = (_LIVE, _MARKED, _DELETED)
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
-# Never deleted: the record of a push; its payload is the serving folder.
-_ALWAYS_KEPT_TYPES = ("PushedModel",)
 # Folders under <pipeline_root>/<node>/.system/ that hold one entry per execution.
 _SCRATCH = ("executor_execution", "driver_execution", "stateful_working_dir")
 
@@ -151,8 +148,6 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
         for i in ids:
             keep.setdefault(int(i), reason)
 
-    for name in _ALWAYS_KEPT_TYPES:
-        protect((a.id for a in by_type.get(name, [])), "the record of a push (its payload is the serving folder)")
     runs = recent_runs(store, context, keep_cycles)
     protect(_outputs_of_runs(store, runs) & {a.id for a in live}, f"made by one of the newest {keep_cycles} cycles")
 
@@ -168,19 +163,22 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
         if judged_on is not None:
             protect([judged_on], "the span the base model was judged on: the next cycle trains on its eval split")
 
-    # Models serving or ready for a rollback (the versions in the serving folder).
+    # The versions in the serving folder (serving, or ready for a rollback): their push records and models.
     pushes = [a for a in artifacts if type_names.get(a.type_id) == "PushedModel" and a.state in _PUBLISHED
-              and _custom(a, serving.PUSHED_PROPERTY) == 1 and _custom(a, serving.MODEL_ID_PROPERTY) is not None]
+              and _custom(a, serving.PUSHED_PROPERTY) == 1]
     serving_dir = os.path.abspath(config.serving_dir)
     in_folder = set(serving.versions(serving_dir))
     for p in pushes:
         version = _custom(p, serving.PUSHED_VERSION_PROPERTY)
         destination = _custom(p, serving.PUSHED_DESTINATION_PROPERTY) or p.uri
+        model_id = _custom(p, serving.MODEL_ID_PROPERTY)
         if version is not None and int(version) in in_folder and os.path.normpath(destination) == \
                 os.path.normpath(serving.version_dir(serving_dir, int(version))):
-            protect([_custom(p, serving.MODEL_ID_PROPERTY)], f"behind serving version {version}")
-        elif config.retention.keep_all_pushed_models:
-            protect([_custom(p, serving.MODEL_ID_PROPERTY)], "was pushed (keep_all_pushed_models)")
+            protect([p.id], f"the record of serving version {version}")
+            if model_id is not None:
+                protect([model_id], f"behind serving version {version}")
+        elif config.retention.keep_all_pushed_models and model_id is not None:
+            protect([model_id], "was pushed (keep_all_pushed_models)")
 
     # The replay window, counted the way the replay resolver counts it.
     spans = [a for a in by_type.get("Examples", []) if COMMITTED_STATE_PROPERTY in a.custom_properties]
@@ -201,7 +199,7 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
 
     delete = [a for a in artifacts
               if a.state == _MARKED  # a deletion a kill interrupted: always finished
-              or (a.state == _LIVE and a.id not in keep and type_names.get(a.type_id) not in _ALWAYS_KEPT_TYPES)]
+              or (a.state == _LIVE and a.id not in keep)]
     return RetentionPlan(keep=keep, delete=sorted(delete, key=lambda a: a.id), type_names=type_names,
                          recent_runs=[r.name for r in runs])
 
@@ -225,7 +223,7 @@ def apply(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore]
         for a in p.delete:
             freed += _tree_bytes(a.uri)
             if not dry_run:
-                _delete_payload(a.uri)
+                _delete_payload(a.uri, config.serving_dir)
             name = p.type_names.get(a.type_id, "?")
             deleted[name] = deleted.get(name, 0) + 1
         if not dry_run:
@@ -271,7 +269,10 @@ def _tree_bytes(uri: str) -> int:
     return total
 
 
-def _delete_payload(uri: str) -> None:
+def _delete_payload(uri: str, serving_dir: str) -> None:
+    if _is_local(uri) and _is_local(serving_dir) and _inside(_local(uri), _local(serving_dir)):
+        # A rollback's PushedModel names its serving version: that folder is the pusher's to keep or drop.
+        return
     if not _is_local(uri):
         import tensorflow as tf  # remote payloads (gs://...) only
 
@@ -281,6 +282,11 @@ def _delete_payload(uri: str) -> None:
     # The execution's folder around it (<root>/<node>/<key>/<execution id>) goes with
     # `remove_unused_folders` once no artifact that keeps its payload is in it.
     shutil.rmtree(_local(uri), ignore_errors=True)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def _parts(path: str, root: str) -> Tuple[str, ...]:

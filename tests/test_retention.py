@@ -49,13 +49,13 @@ def test_plan_keeps_what_the_next_cycle_and_serving_need(tmp_path):
     assert kept[c[3]["model"]] == "behind serving version 3"
     # The replay window: the newest 3 spans that are not quarantined are cycles 4-6's.
     assert kept[c[3]["examples"][0]] == "in the replay window"
-    # Every push record stays.
-    assert all(kept[x["pushed"]].startswith("the record of a push") for x in c if x["pushed"])
-    # The rest of cycles 1-4 goes: the rejected model and its quarantined span included.
+    assert kept[c[3]["pushed"]] == "the record of serving version 3"
+    # The rest of cycles 1-4 goes: the rejected model and its quarantined span, and the records
+    # of versions 1 and 2, which the pusher has deleted from serving, included.
     expected = set()
     for x in c[:4]:
-        expected |= cycle_ids(x) - {x["pushed"]}
-    expected -= {c[3]["model"], c[3]["examples"][0]}
+        expected |= cycle_ids(x)
+    expected -= {c[3]["model"], c[3]["examples"][0], c[3]["pushed"]}
     assert deleted == expected
     assert c[2]["model"] in deleted and c[2]["examples"][0] in deleted
 
@@ -88,7 +88,7 @@ def test_apply_deletes_payloads_keeps_records_and_lineage(tmp_path):
     before = {m.model_id: m for m in lineage.models(h.store, h.pipeline)}
     properties = {a.id: (dict(a.properties), dict(a.custom_properties)) for a in h.store.get_artifacts()}
     report = retention.apply(config, h.store)
-    assert report.deleted["Model"] == 3 and report.deleted["Examples"] == 3 and "PushedModel" not in report.deleted
+    assert report.deleted["Model"] == 3 and report.deleted["Examples"] == 3 and report.deleted["PushedModel"] == 2
     for aid in report.deleted_ids:
         a = h.artifact(aid)
         assert a.state == pb.Artifact.DELETED
