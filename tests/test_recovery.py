@@ -168,3 +168,27 @@ def test_a_resumed_cycle_reads_its_spans_from_the_resume_resolver():
         last_cycle=outcome, spans_ingested=2, events_ingested=15, late_events=0, dead_lettered_events=0,
         newest_span=8, models_trained=1, models_blessed=1, models_rejected=0, pushes=1, rollbacks=0,
         controller=lineage.ControllerState(state="not running", lock_path="x")))
+
+
+def test_the_controller_recovers_and_applies_retention_before_its_first_cycle(tmp_path):
+    import dataclasses
+
+    from pipelines.controller import due, run_continuous
+
+    h = History(str(tmp_path))
+    for _ in range(5):
+        h.cycle()
+    run = h.new_run()
+    spans = h.ingest(run)
+    trainer, _ = h.execute(run, "WarmStartTrainer", {"examples": spans}, {"model": [("Model", {})]},
+                           state=pb.Execution.RUNNING)
+    config = config_for(h)
+    config = config.replace(retention=dataclasses.replace(config.retention, keep_cycles=1))
+    said, emitted = [], []
+    assert run_continuous(config, max_cycles=0, say=said.append, emit=emitted.append) == 0
+    assert h.store.get_executions_by_id([trainer])[0].last_known_state == pb.Execution.CANCELED
+    assert any(m.startswith("recovery: marked interrupted executions CANCELED: WarmStartTrainer") for m in said)
+    assert any(m.startswith("retention (keep 1 cycles): deleted the payload of") for m in said)
+    assert h.artifact(spans[0]).state == pb.Artifact.LIVE  # untrained: kept for the resumed cycle
+    check = due(config)
+    assert check.run and check.resume and "never trained: resuming" in check.why
