@@ -67,8 +67,7 @@ def rss_mb() -> float:
 
 
 def soak_config(home: str, log_dir: str, keep_cycles: int):
-    from pipelines.config import GateConfig, RetentionConfig, SourceConfig, TrainerConfig, WindowConfig, \
-        default_config
+    from pipelines.config import GateConfig, RetentionConfig, TrainerConfig, WindowConfig, default_config
 
     return default_config(home, log_dir).replace(
         window=WindowConfig(span_seconds=SPAN_SECONDS, allowed_lateness_seconds=5),
