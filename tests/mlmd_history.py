@@ -22,7 +22,7 @@ LIVE = pb.Artifact.LIVE
 TYPES = {
     "Examples": {"span": pb.INT, "version": pb.INT, "split_names": pb.STRING},
     "Schema": {}, "TransformGraph": {}, "Model": {}, "ModelRun": {}, "ModelEvaluation": {},
-    "ModelBlessing": {}, "PushedModel": {},
+    "ModelBlessing": {}, "InfraBlessing": {}, "PushedModel": {},
 }
 NODES = ("StreamingExampleGen", "ImportSchemaGen", "Transform", "WarmStartTrainer", "Evaluator", "BlessingPusher")
 

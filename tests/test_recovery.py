@@ -46,8 +46,11 @@ def test_untrained_spans_are_those_no_judged_model_trained_on(tmp_path):
     assert untrained(h) == []
 
 
-def interrupted_push(h: History, blessed: bool = True, renamed: bool = True):
-    """A cycle whose evaluator finished and whose pusher was killed, before or after its rename."""
+def interrupted_push(h: History, blessed: bool = True, renamed: bool = True, infra_blessed=None):
+    """A cycle whose evaluator finished and whose pusher was killed, before or after its rename.
+
+    `infra_blessed` (0 or 1): the pusher also took the LatencyValidator's InfraBlessing.
+    """
     h.cycle()  # version 1
     run = h.new_run()
     examples = h.ingest(run)
@@ -56,7 +59,12 @@ def interrupted_push(h: History, blessed: bool = True, renamed: bool = True):
     h.put_model_files(os.path.join(h.artifact(model).uri, "Format-Serving"), content=b"the new model")
     _, ev = h.execute(run, "Evaluator", {"examples": examples, "model": [model]}, {"blessing": [(
         "ModelBlessing", {"blessed": int(blessed), "current_model_id": model, "reason": "verdict"})]})
-    pusher, _ = h.execute(run, "BlessingPusher", {"model": [model], "model_blessing": ev["blessing"]},
+    inputs = {"model": [model], "model_blessing": ev["blessing"]}
+    if infra_blessed is not None:
+        _, lv = h.execute(run, "Evaluator", {"model": [model]}, {"infra": [(
+            "InfraBlessing", {"blessed": infra_blessed, "reason": "p99 over the SLO"})]})
+        inputs["infra_blessing"] = lv["infra"]
+    pusher, _ = h.execute(run, "BlessingPusher", inputs,
                           {"pushed_model": [("PushedModel", {})]}, state=pb.Execution.RUNNING,
                           exec_props={"serving_dir": h.serving_dir, "keep_versions": h.keep_versions})
     if renamed:
@@ -110,6 +118,14 @@ def test_a_rejected_models_interrupted_push_is_not_completed(tmp_path):
     [execution] = h.store.get_executions_by_id([pusher])
     assert execution.last_known_state == pb.Execution.CANCELED
     assert lineage.serving(h.store, h.serving_dir, h.pipeline).version == 1
+
+
+def test_an_interrupted_push_the_latency_gate_refused_is_not_completed(tmp_path):
+    h = History(str(tmp_path))
+    interrupted_push(h, renamed=False, infra_blessed=0)
+    report = recover_interrupted(config_for(h), h.store)
+    assert report.push.how == "not pushed" and "not blessed" in report.push.reason
+    assert versions(h) == [1]
 
 
 def test_an_interrupted_push_overtaken_by_a_newer_one_is_not_completed(tmp_path):
