@@ -8,6 +8,7 @@ handlers only, so ``driftline --help`` and ``driftline simulate`` start fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -270,7 +271,8 @@ def run_ingest(args: argparse.Namespace) -> int:
     before = max([r.artifact_id for r in ingested_spans(open_store(config.metadata_path), config.pipeline_name)],
                  default=0)
     try:
-        local_runner.run_ingest(config, with_statistics=args.with_statistics)
+        with _home_lock(config):
+            local_runner.run_ingest(config, with_statistics=args.with_statistics)
     except EventLogError as e:
         raise CommandError(str(e)) from None
     except RuntimeError as e:
@@ -281,6 +283,19 @@ def run_ingest(args: argparse.Namespace) -> int:
         raise
     print(demo.span_table(config, since_artifact_id=before))
     return 0
+
+
+@contextlib.contextmanager
+def _home_lock(config):
+    """The home's controller lock: pipeline runs, gc and the controller never overlap on one home."""
+    from pipelines.controller import ControllerRunning, single_instance
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(single_instance(config.home))
+        except ControllerRunning as e:
+            raise CommandError(str(e)) from None
+        yield
 
 
 # -- run ------------------------------------------------------------------------------------
@@ -300,7 +315,31 @@ def add_run_command(subparsers: Any) -> None:
                    help="with --continuous: how often to look for a closed span (default 5)")
     p.add_argument("--min-new-events", type=_int_at_least(1),
                    help="with --continuous: also run a cycle once this many new events wait")
+    p.add_argument("--max-cycles", type=_int_at_least(1),
+                   help="with --continuous: stop after this many cycles")
+    p.add_argument("--until-idle", action="store_true",
+                   help="with --continuous: stop as soon as no cycle is due (after resuming what a crash left)")
+    _add_retention_arguments(p, "with --continuous: ")
     p.set_defaults(handler=run_run)
+
+
+def _add_retention_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument("--keep-cycles", type=_int_at_least(1), metavar="K",
+                   help=f"{prefix}keep the payload of everything the newest K cycles made (default 3); older "
+                        "payloads go unless the next cycle or serving needs them; records stay in ML Metadata")
+    p.add_argument("--no-retention", action="store_true",
+                   help=f"{prefix}delete nothing (disk then grows with every cycle)")
+
+
+def _with_retention(config, args: argparse.Namespace):
+    import dataclasses
+
+    changes = {}
+    if getattr(args, "keep_cycles", None) is not None:
+        changes["keep_cycles"] = args.keep_cycles
+    if getattr(args, "no_retention", False):
+        changes["enabled"] = False
+    return config.replace(retention=dataclasses.replace(config.retention, **changes)) if changes else config
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -320,19 +359,68 @@ def run_run(args: argparse.Namespace) -> int:
 
         try:
             preflight(config)
-            run_continuous(config, poll_seconds=args.poll_seconds, min_new_events=args.min_new_events)
+            run_continuous(_with_retention(config, args), poll_seconds=args.poll_seconds,
+                           min_new_events=args.min_new_events, max_cycles=args.max_cycles,
+                           until_idle=args.until_idle)
         except (ControllerRunning, EventLogError) as e:
             raise CommandError(str(e)) from None
         return 0
+    for flag in ("max_cycles", "keep_cycles"):
+        if getattr(args, flag) is not None:
+            raise CommandError(f"--{flag.replace('_', '-')} is for --continuous", exit_code=2)
+    if args.until_idle or args.no_retention:
+        raise CommandError("--until-idle and --no-retention are for --continuous", exit_code=2)
 
-    for cycle in range(1, args.cycles + 1):
-        print(f"cycle {cycle}/{args.cycles} ...", file=sys.stderr, flush=True)
-        try:
-            report = run_cycle(config)
-        except EventLogError as e:
-            raise CommandError(str(e)) from None
-        rows.append(DemoRow(cycle, report, appended_at_ms=None, poisoned=False))
+    with _home_lock(config):
+        for cycle in range(1, args.cycles + 1):
+            print(f"cycle {cycle}/{args.cycles} ...", file=sys.stderr, flush=True)
+            try:
+                report = run_cycle(config)
+            except EventLogError as e:
+                raise CommandError(str(e)) from None
+            rows.append(DemoRow(cycle, report, appended_at_ms=None, poisoned=False))
     print(cycle_table(rows))
+    return 0
+
+
+# -- gc ---------------------------------------------------------------------------------------
+
+def add_gc_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "gc", help="apply retention now: delete old payloads nothing needs, and what killed runs left",
+        description="What the controller does after every cycle, by hand. First it finishes what an interrupted "
+                    "cycle left in ML Metadata (an interrupted push is recorded or completed, dead executions are "
+                    "marked CANCELED); then it deletes the payload of artifacts older than the newest K cycles "
+                    "unless the next cycle or serving needs them, keeping their records (marked DELETED), and "
+                    "the output folders of killed runs. Refused while a controller runs on the home.")
+    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    p.add_argument("--keep-cycles", type=_int_at_least(1), metavar="K",
+                   help="keep the payload of everything the newest K cycles made (default 3)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted; change nothing")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the summary")
+    p.set_defaults(handler=run_gc)
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from pipelines import recovery, retention
+    from pipelines.config import default_config
+
+    config = default_config(args.home)
+    if not os.path.isfile(config.metadata_path):
+        raise CommandError(f"no ML Metadata at {config.metadata_path}: nothing has run in this home yet")
+    with _home_lock(config):
+        recovered = None if args.dry_run else recovery.recover_interrupted(config)
+        report = retention.apply(config, keep_cycles=args.keep_cycles, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"recovery": recovered.describe() if recovered else None, **report.to_dict()},
+                         indent=2, sort_keys=True))
+    else:
+        if recovered is not None and recovered.anything:
+            print(f"recovery: {recovered.describe()}")
+        print(report.describe())
     return 0
 
 
@@ -485,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ingest_command(subparsers)
     add_run_command(subparsers)
     add_rollback_command(subparsers)
+    add_gc_command(subparsers)
     add_status_command(subparsers)
     add_lineage_command(subparsers)
     add_demo_command(subparsers)

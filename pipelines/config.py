@@ -338,6 +338,29 @@ class PusherConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetentionConfig:
+    """What the controller deletes after each cycle (pipelines/retention.py), so disk stays bounded.
+
+    The payload of an artifact older than the newest `keep_cycles` cycles is
+    deleted unless the next cycle needs it (the replay window's spans, the
+    base model, untrained spans) or serving does (the models behind the
+    versions in the serving folder). Its ML Metadata record stays, marked
+    DELETED, so lineage and status still read it.
+    """
+
+    enabled: bool = True
+    keep_cycles: int = 3
+    # Also keep every model that was ever pushed, not only those still in the
+    # serving folder: disk then grows by one model per push.
+    keep_all_pushed_models: bool = False
+
+    def validate(self) -> None:
+        if self.keep_cycles < 1:
+            raise ConfigError(f"retention.keep_cycles must be >= 1 (the cycle just run is always kept), "
+                              f"got {self.keep_cycles}")
+
+
+@dataclasses.dataclass(frozen=True)
 class LatencyConfig:
     """The LatencyValidator's load test: what a request is, how it is replayed, and the SLO.
 
@@ -458,6 +481,7 @@ class DriftlineConfig:
     pusher: PusherConfig = dataclasses.field(default_factory=PusherConfig)
     latency: LatencyConfig = dataclasses.field(default_factory=LatencyConfig)
     beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
+    retention: RetentionConfig = dataclasses.field(default_factory=RetentionConfig)
 
     @property
     def pipeline_root(self) -> str:
@@ -482,6 +506,7 @@ class DriftlineConfig:
         self.trainer.validate()
         self.gate.validate(self.source.schema)
         self.pusher.validate()
+        self.retention.validate()
         self.latency.validate()
         return self
 

@@ -10,6 +10,15 @@
   when it has a closed span to emit; optionally also once N new events wait.
 * SIGTERM or Ctrl-C: the cycle in progress finishes (a TFX run publishes
   everything or nothing), then the controller exits 0.
+* SIGKILL, at any moment: the next controller continues from what ML
+  Metadata says was committed (`pipelines/recovery.py`). On start it
+  finishes an interrupted push or records that there was none to finish,
+  marks the dead run's executions CANCELED, and then runs a resumed cycle
+  over any span that was published but never trained, before new ones.
+* Retention (`pipelines/retention.py`), after each cycle and on start:
+  the payload of artifacts older than `retention.keep_cycles` cycles that
+  nothing needs any more is deleted, their records stay; so are the folders
+  killed runs left. Disk stays bounded however long the controller runs.
 
 Whatever the controller caches is only an optimisation: ML Metadata and the
 saved models are the truth, and each cycle starts from what MLMD says.
@@ -75,16 +84,27 @@ def _read_holder(fd: int) -> dict:
 class Due:
     run: bool
     why: str
+    # A resumed cycle: spans an interrupted cycle published are still untrained.
+    resume: bool = False
 
 
 def due(config: DriftlineConfig, min_new_events: Optional[int] = None) -> Due:
-    """Whether a cycle would have a closed span to emit now (or enough new events are waiting)."""
+    """Whether a cycle would have a closed span to emit now (or enough new events are waiting).
+
+    Spans that an interrupted cycle published but no judged model trained on
+    come first: then a resumed cycle is due.
+    """
     from components.event_schema import InvalidEvent
     from components.streaming_example_gen import ingest, sources, windowing
     from components.streaming_example_gen.committed_state import latest_committed_state
     from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID, open_store
+    from pipelines.recovery import spans_text, untrained_spans
 
     store = open_store(config.metadata_path)
+    untrained = untrained_spans(store, config.pipeline_name)
+    if untrained:
+        return Due(True, f"span{'s' if len(untrained) > 1 else ''} {spans_text(untrained)} published by an "
+                         f"interrupted cycle, never trained: resuming", resume=True)
     state, _ = latest_committed_state(store, config.pipeline_name, STREAMING_EXAMPLE_GEN_ID)
     window = windowing.Window(config.window.span_ms, config.window.allowed_lateness_ms, config.window.eval_fraction)
     schema = config.source.schema
@@ -114,15 +134,19 @@ def due(config: DriftlineConfig, min_new_events: Optional[int] = None) -> Due:
 
 
 def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_new_events: Optional[int] = None,
-                   max_cycles: Optional[int] = None, stop: Optional[threading.Event] = None,
-                   emit: Callable[[str], None] = print, say: Callable[[str], None] = None) -> int:
+                   max_cycles: Optional[int] = None, until_idle: bool = False,
+                   stop: Optional[threading.Event] = None, emit: Optional[Callable[[str], None]] = None,
+                   say: Optional[Callable[[str], None]] = None) -> int:
     """Runs cycles as spans close until stopped (SIGTERM, Ctrl-C, `stop`) or `max_cycles`; returns cycles run.
 
-    Prints one JSON line per cycle through `emit` and a human line through `say`.
+    With `until_idle` it also returns as soon as no cycle is due. Prints one
+    JSON line per cycle through `emit` and a human line through `say`.
     """
+    from pipelines import recovery, retention
     from pipelines.local_runner import run_cycle
 
     say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    emit = emit or (lambda line: print(line, flush=True))
     stop = stop or threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -132,19 +156,31 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
     try:
         with single_instance(config.home):
             say(f"controller {os.getpid()} on {config.home}: watching {config.source.describe()}")
+            recovered = recovery.recover_interrupted(config)
+            if recovered.anything:
+                say(f"recovery: {recovered.describe()}")
+            if config.retention.enabled:
+                say(retention.apply(config).describe())
             while not stop.is_set() and (max_cycles is None or cycles < max_cycles):
                 check = due(config, min_new_events)
                 if not check.run:
+                    if until_idle:
+                        say(f"idle: {check.why}")
+                        break
                     stop.wait(poll_seconds)
                     continue
                 say(f"cycle {cycles + 1}: {check.why}")
-                report = run_cycle(config)
+                report = run_cycle(config, resume=check.resume)
                 cycles += 1
-                emit(json.dumps({"cycle": cycles, "trigger": check.why, **dataclasses.asdict(report)},
-                                sort_keys=True))
-                say(f"cycle {cycles}: spans {report.spans}, {report.start or 'no training'}, "
-                    f"{report.reason or report.start_reason or 'nothing to train'}, pushed "
-                    f"{report.pushed_version or 'nothing'} ({report.wall_seconds:.0f} s)")
+                line = {"cycle": cycles, "trigger": check.why, **dataclasses.asdict(report)}
+                if config.retention.enabled:
+                    kept = retention.apply(config)
+                    line["retention"] = {"deleted": kept.deleted, "unused_folders": len(kept.unused_folders),
+                                         "freed_bytes": kept.freed_bytes, "seconds": kept.seconds}
+                emit(json.dumps(line, sort_keys=True))
+                say(f"cycle {cycles}: spans {report.spans}{' (resumed)' if report.resumed else ''}, "
+                    f"{report.start or 'no training'}, {report.reason or report.start_reason or 'nothing to train'}, "
+                    f"pushed {report.pushed_version or 'nothing'} ({report.wall_seconds:.0f} s)")
             say(f"controller {os.getpid()}: stopping after {cycles} cycle(s)")
     finally:
         for sig, handler in previous.items():

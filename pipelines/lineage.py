@@ -38,6 +38,10 @@ Where each fact comes from:
   dead-lettered events.
 * The latest `pipeline_run` context: the last cycle's outcome.
 
+Retention (pipelines/retention.py) deletes old payloads but keeps every
+record, marked DELETED: such artifacts are read like any other, and
+`payload_deleted` on a model or span says that only the record is left.
+
 Nothing here imports TensorFlow or TFX; ML Metadata is the only heavy import.
 """
 from __future__ import annotations
@@ -54,8 +58,8 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipelines.metadata import (EVALUATOR_ID, PUSHER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, ingested_spans,
-                                open_store, prop, run_outputs)
+from pipelines.metadata import (EVALUATOR_ID, PUSHER_ID, RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID,
+                                ingested_spans, open_store, prop, run_outputs)
 
 PIPELINE_CONTEXT_TYPE = "pipeline"
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
@@ -186,6 +190,8 @@ class ModelRecord:
     rollbacks: List[RollbackRecord] = dataclasses.field(default_factory=list)
     # The LatencyValidator (the newest InfraBlessing whose model_id is this model); None: not load-tested.
     latency: Optional[LatencyRecord] = None
+    # Retention deleted the model's files (pipelines/retention.py); this record stays.
+    payload_deleted: bool = False
 
     @property
     def warm(self) -> bool:
@@ -225,7 +231,9 @@ class CycleOutcome:
 
     `outcome` is one of: "no new span", "pushed", "rejected", "not pushed"
     (blessed, but a later gate or the pusher said no), "failed", "running",
-    "ingested" (an ingest-only run).
+    "interrupted" (its process died; the next controller resumes it),
+    "ingested" (an ingest-only run). `resumed`: a resumed cycle, which trained
+    on spans an interrupted one had published.
     """
 
     run_id: str
@@ -238,6 +246,7 @@ class CycleOutcome:
     start: Optional[str] = None
     blessed: Optional[bool] = None
     pushed_version: Optional[str] = None
+    resumed: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -300,6 +309,9 @@ class Status:
     controller: ControllerState
     # The serving model's load test, when the LatencyValidator ran on it.
     serving_latency: Optional[LatencyRecord] = None
+    # Records whose payload retention deleted (pipelines/retention.py).
+    spans_payload_deleted: int = 0
+    models_payload_deleted: int = 0
 
     @property
     def serving_version(self) -> Optional[int]:
@@ -429,7 +441,8 @@ def _model_record(m: metadata_store_pb2.Artifact, blessing: Optional[metadata_st
         train_wall_seconds=prop(m, "train_wall_seconds"), train_cpu_seconds=prop(m, "train_cpu_seconds"),
         # The executor stores a non-finite loss as -1.0.
         final_loss=_non_negative(prop(m, "final_loss")),
-        rollbacks=sorted(rollbacks, key=lambda r: r.new_version), latency=latency)
+        rollbacks=sorted(rollbacks, key=lambda r: r.new_version), latency=latency,
+        payload_deleted=m.state != metadata_store_pb2.Artifact.LIVE)
     if blessing is not None:
         verdict = _json(prop(blessing, "verdict_json"), {})
         baseline_id = prop(blessing, "baseline_model_id")
@@ -563,14 +576,19 @@ def cycle_outcome(run_id: str, started_ms: int, nodes: Mapping[str, Mapping[str,
     def outputs(node: str, key: str) -> list:
         return list(nodes.get(node, {}).get("outputs", {}).get(key, []))
 
-    examples = outputs(STREAMING_EXAMPLE_GEN_ID, "examples")
+    resumed = RESUME_RESOLVER_ID in nodes
+    examples = outputs(RESUME_RESOLVER_ID if resumed else STREAMING_EXAMPLE_GEN_ID, "examples")
     base = dict(run_id=run_id, started_ms=started_ms, spans=sorted(int(prop(a, "span")) for a in examples),
-                events=sum(int(prop(a, "event_count", 0)) for a in examples))
+                events=sum(int(prop(a, "event_count", 0)) for a in examples), resumed=resumed)
     failed = sorted(n for n, v in nodes.items() if v.get("state") == "FAILED")
     if failed:
         detail = _failure_detail(store, nodes[failed[0]].get("execution_id")) if store is not None else ""
         return CycleOutcome(outcome="failed", reason=f"{', '.join(failed)} failed" + (f": {detail}" if detail else ""),
                             **base)
+    cancelled = sorted(n for n, v in nodes.items() if v.get("state") == "CANCELED")
+    if cancelled:
+        return CycleOutcome(outcome="interrupted", reason=f"{', '.join(cancelled)} interrupted: the process running "
+                            "the cycle died; the controller resumed from what ML Metadata had committed", **base)
     models_out = outputs(TRAINER_ID, "model")
     model = models_out[0] if models_out else None
     model_fields = dict(model_id=model.id, start=prop(model, "start")) if model is not None else {}
@@ -688,11 +706,17 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
     serving_model = by_id.get(served.model_id) if served.model_id is not None else None
     newest_event_ms = serving_model.max_event_time_ms if serving_model is not None else None
     spans = ingested_spans(store, config.pipeline_name)
+    cycle = last_cycle(store, config.pipeline_name)
+    if cycle is not None and cycle.outcome == "running" and not controller.running:
+        # Nothing holds the home's lock, so no process is running that cycle any more.
+        cycle = dataclasses.replace(cycle, outcome="interrupted", reason=(
+            "the run stopped before it finished (its process is gone); the next controller start resumes "
+            "from what ML Metadata committed"))
     return Status(
         home=config.home, pipeline_name=config.pipeline_name, now_ms=now_ms, metadata_exists=True,
         serving=served, newest_event_ms=newest_event_ms,
         freshness_seconds=(now_ms - newest_event_ms) / 1000.0 if newest_event_ms is not None else None,
-        last_cycle=last_cycle(store, config.pipeline_name),
+        last_cycle=cycle,
         spans_ingested=len(spans), events_ingested=sum(s.event_count for s in spans),
         late_events=sum(s.late_count for s in spans), dead_lettered_events=sum(s.dead_letter_count for s in spans),
         newest_span=max((s.span for s in spans), default=None),
@@ -700,7 +724,9 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
         models_rejected=sum(1 for m in records if m.blessed is False),
         pushes=sum(1 for m in records if m.pushed_version is not None),
         rollbacks=sum(len(m.rollbacks) for m in records), controller=controller,
-        serving_latency=serving_model.latency if serving_model is not None else None)
+        serving_latency=serving_model.latency if serving_model is not None else None,
+        spans_payload_deleted=sum(1 for s in spans if s.payload_deleted),
+        models_payload_deleted=sum(1 for m in records if m.payload_deleted))
 
 
 # -- JSON ------------------------------------------------------------------------------------
@@ -836,14 +862,21 @@ def format_status(st: Status) -> str:
     if c is None:
         lines.append("  last cycle:  none")
     else:
-        lines.append(f"  last cycle:  {c.outcome} (run {c.run_id}, started {format_ms(c.started_ms)} UTC)")
+        resumed = ", resumed after an interrupted cycle" if c.resumed else ""
+        lines.append(f"  last cycle:  {c.outcome} (run {c.run_id}{resumed}, started {format_ms(c.started_ms)} UTC)")
         lines.append(f"               {c.reason}")
     newest = f", newest span {st.newest_span}" if st.newest_span is not None else ""
     lines.append(f"  ingested:    {st.spans_ingested} spans, {st.events_ingested:,} events, {st.late_events:,} late, "
                  f"{st.dead_lettered_events:,} dead-lettered{newest}")
+    if st.spans_payload_deleted:
+        lines.append(f"               payload deleted by retention for {st.spans_payload_deleted} of the spans "
+                     "(records kept)")
     lines.append(f"  models:      {st.models_trained} trained, {st.models_blessed} blessed, "
                  f"{st.models_rejected} rejected; {st.pushes} pushed, {st.rollbacks} rollback"
                  f"{'' if st.rollbacks == 1 else 's'}")
+    if st.models_payload_deleted:
+        lines.append(f"               payload deleted by retention for {st.models_payload_deleted} of the models "
+                     "(records kept)")
     lines.append(f"  controller:  {st.controller.describe()}")
     return "\n".join(lines)
 
@@ -912,7 +945,8 @@ def format_lineage(chain_records: Sequence[ModelRecord], serving_info: Optional[
                                "pushed", "pushed at"), rows))
     lines.append("")
     for m in chain_records:
-        lines.append(f"model {m.model_id}: {m.start_reason or m.start or 'start unknown'}")
+        deleted = " (payload deleted by retention; record kept)" if m.payload_deleted else ""
+        lines.append(f"model {m.model_id}{deleted}: {m.start_reason or m.start or 'start unknown'}")
         if m.blessing_reason:
             lines.append(f"  gate:  {m.blessing_reason}")
         if m.latency is not None:

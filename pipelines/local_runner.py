@@ -57,6 +57,8 @@ class CycleReport:
     latency_blessed: Optional[bool] = None
     latency_reason: Optional[str] = None
     latency_p99_ms: Optional[float] = None
+    # A resumed cycle: its spans were published by an interrupted one.
+    resumed: bool = False
 
     @property
     def trained(self) -> bool:
@@ -65,15 +67,19 @@ class CycleReport:
 
 def cycle_report(config: DriftlineConfig, wall_seconds: float) -> CycleReport:
     from pipelines import pipeline as p
-    from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID, latest_run_context, open_store, prop, run_outputs
+    from pipelines.metadata import (RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID, latest_run_context, open_store,
+                                    prop, run_outputs)
 
     store = open_store(config.metadata_path)
     run_ctx = latest_run_context(store)
     outputs = run_outputs(store, config.pipeline_name, run_ctx)
     examples = outputs.get(STREAMING_EXAMPLE_GEN_ID, {}).get("outputs", {}).get("examples", [])
+    resumed = RESUME_RESOLVER_ID in outputs
+    if resumed:
+        examples = outputs[RESUME_RESOLVER_ID].get("outputs", {}).get("examples", [])
     report = CycleReport(run_id=run_ctx.name, wall_seconds=round(wall_seconds, 1),
                          spans=sorted(prop(a, "span") for a in examples),
-                         events=sum(prop(a, "event_count", 0) for a in examples))
+                         events=sum(prop(a, "event_count", 0) for a in examples), resumed=resumed)
     models = outputs.get(p.TRAINER_ID, {}).get("outputs", {}).get("model", [])
     if models:
         m = models[0]
@@ -101,10 +107,13 @@ def cycle_report(config: DriftlineConfig, wall_seconds: float) -> CycleReport:
     return report
 
 
-def run_cycle(config: DriftlineConfig) -> CycleReport:
-    """One cycle: whatever spans have closed are ingested, trained on, gated and maybe pushed."""
+def run_cycle(config: DriftlineConfig, resume: bool = False) -> CycleReport:
+    """One cycle: whatever spans have closed are ingested, trained on, gated and maybe pushed.
+
+    `resume=True`: a resumed cycle over the spans an interrupted one left untrained (pipelines/recovery.py).
+    """
     from pipelines.pipeline import create_pipeline
 
     started = time.monotonic()
-    run(create_pipeline(config), config)
+    run(create_pipeline(config, resume=resume), config)
     return cycle_report(config, time.monotonic() - started)

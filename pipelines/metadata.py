@@ -25,6 +25,8 @@ LATENCY_VALIDATOR_ID = "LatencyValidator"
 PUSHER_ID = "BlessingPusher"
 BASE_MODEL_RESOLVER_ID = "latest_blessed_model_resolver"
 REPLAY_RESOLVER_ID = "replay_resolver"
+# In a resumed cycle (pipelines.recovery), this resolver takes StreamingExampleGen's place.
+RESUME_RESOLVER_ID = "untrained_spans_resolver"
 
 
 def sqlite_connection_config(path: str) -> metadata_store_pb2.ConnectionConfig:
@@ -38,6 +40,12 @@ def open_store(metadata_path: str) -> metadata_store.MetadataStore:
     parent = os.path.dirname(os.path.abspath(metadata_path))
     os.makedirs(parent, exist_ok=True)
     return metadata_store.MetadataStore(sqlite_connection_config(metadata_path))
+
+
+# Published artifacts: PENDING / ABANDONED ones belong to runs that failed; retention moves
+# LIVE ones through MARKED_FOR_DELETION to DELETED, keeping the record.
+_PUBLISHED_STATES = (metadata_store_pb2.Artifact.LIVE, metadata_store_pb2.Artifact.MARKED_FOR_DELETION,
+                     metadata_store_pb2.Artifact.DELETED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +69,8 @@ class SpanRecord:
     ingest_wall_seconds: float
     dead_letter_uri: str
     create_time_ms: int
+    # Retention deleted the TFRecords; the record and its counts stay.
+    payload_deleted: bool = False
 
 
 def _prop(artifact: metadata_store_pb2.Artifact, key: str):
@@ -78,7 +88,7 @@ def ingested_spans(store: metadata_store.MetadataStore, pipeline_name: str,
         return []
     rows = []
     for a in store.get_artifacts_by_context(context.id):
-        if a.state != metadata_store_pb2.Artifact.LIVE and a.state != metadata_store_pb2.Artifact.DELETED:
+        if a.state not in _PUBLISHED_STATES:
             continue
         if "committed_state" not in a.custom_properties:
             continue
@@ -91,7 +101,8 @@ def ingested_spans(store: metadata_store.MetadataStore, pipeline_name: str,
             span_start_ms=_prop(a, "span_start_ms"), span_end_ms=_prop(a, "span_end_ms"),
             start_position=_prop(a, "start_position") or "", end_position=_prop(a, "end_position") or "",
             ingest_wall_seconds=float(_prop(a, "ingest_wall_seconds") or 0.0),
-            dead_letter_uri=_prop(a, "dead_letter_uri") or "", create_time_ms=a.create_time_since_epoch))
+            dead_letter_uri=_prop(a, "dead_letter_uri") or "", create_time_ms=a.create_time_since_epoch,
+            payload_deleted=a.state != metadata_store_pb2.Artifact.LIVE))
     return sorted(rows, key=lambda r: (r.span, r.artifact_id))
 
 
@@ -105,7 +116,9 @@ def describe_position(position_json: Optional[str]) -> str:
 
 
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
-_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+# INTERNAL_OUTPUT: what a resolver node resolved (the resumed spans of a resumed cycle).
+_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT,
+                  metadata_store_pb2.Event.INTERNAL_OUTPUT)
 
 
 def latest_run_context(store: metadata_store.MetadataStore) -> Optional[metadata_store_pb2.Context]:

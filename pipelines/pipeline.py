@@ -25,7 +25,7 @@ from tfx import v1 as tfx
 from components.streaming_example_gen import StreamingExampleGen
 from pipelines.config import DriftlineConfig
 from pipelines.metadata import (  # noqa: F401 (re-exported: the node ids of this pipeline)
-    BASE_MODEL_RESOLVER_ID, EVALUATOR_ID, LATENCY_VALIDATOR_ID, PUSHER_ID, REPLAY_RESOLVER_ID,
+    BASE_MODEL_RESOLVER_ID, EVALUATOR_ID, LATENCY_VALIDATOR_ID, PUSHER_ID, REPLAY_RESOLVER_ID, RESUME_RESOLVER_ID,
     STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, TRANSFORM_ID)
 PREPROCESSING_FN = "transforms.stream.preprocessing_fn"
 
@@ -64,18 +64,29 @@ def schema_file(config: DriftlineConfig) -> str:
     return os.path.join(config.home, "schema", "schema.pbtxt")
 
 
-def create_pipeline(config: DriftlineConfig) -> tfx.dsl.Pipeline:
-    """The continuous-training cycle: ingest closed spans, train, evaluate, maybe push."""
+def create_pipeline(config: DriftlineConfig, resume: bool = False) -> tfx.dsl.Pipeline:
+    """The continuous-training cycle: ingest closed spans, train, evaluate, maybe push.
+
+    `resume=True` builds a resumed cycle (see pipelines/recovery.py): instead
+    of ingesting, it trains on the spans an interrupted cycle published but
+    no judged model trained on (`untrained_spans_resolver`); the rest of the
+    graph is the same.
+    """
     from components.blessing_pusher import BlessingPusher
     from components.evaluator import DriftlineEvaluator
     from components.warm_start_trainer import WarmStartTrainer
-    from components.warm_start_trainer.resolvers import LatestSpansStrategy
+    from components.warm_start_trainer.resolvers import LatestSpansStrategy, UntrainedSpansStrategy
     from transforms import stream
     from transforms.schema import write_tfmd_schema
 
     config.validate()
     schema = config.source.schema
-    example_gen = StreamingExampleGen.from_config(config.source, config.window).with_id(STREAMING_EXAMPLE_GEN_ID)
+    if resume:
+        example_gen = tfx.dsl.Resolver(
+            strategy_class=UntrainedSpansStrategy, config={"pipeline_name": config.pipeline_name},
+            examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples)).with_id(RESUME_RESOLVER_ID)
+    else:
+        example_gen = StreamingExampleGen.from_config(config.source, config.window).with_id(STREAMING_EXAMPLE_GEN_ID)
     # Derived from the declared event schema, the same every cycle: spans are
     # validated against it rather than each inferring its own.
     schema_gen = tfx.components.ImportSchemaGen(schema_file=write_tfmd_schema(schema, schema_file(config)))

@@ -1,55 +1,19 @@
-"""A resolver strategy for the replay window: the newest spans in ML Metadata, minus quarantined ones."""
+"""Resolver strategies over spans in ML Metadata.
+
+* `LatestSpansStrategy`, the replay window: the newest spans, minus quarantined ones.
+* `UntrainedSpansStrategy`, a resumed cycle's new spans: the spans an
+  interrupted cycle published but no judged model trained on.
+"""
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, List, Optional
 
-from ml_metadata.proto import metadata_store_pb2
 from tfx import types
 from tfx.dsl.components.common import resolver
 
-_INPUT = metadata_store_pb2.Event.INPUT
-_OUTPUT = metadata_store_pb2.Event.OUTPUT
-
-
-def _has_key(event, key: str) -> bool:
-    """Whether an event's path names `key`. An artifact that was input under two keys of one
-    execution (a span that was both new and, via the replay resolver, replayed) has one event
-    whose path holds both keys."""
-    return any(step.HasField("key") and step.key == key for step in event.path.steps)
-
-
-def rejected_spans(store, examples_ids: Iterable[int]) -> Set[int]:
-    """Ids of the `Examples` whose own cycle's candidate the gate refused.
-
-    Lineage in MLMD: the Examples were the `examples` input of a trainer
-    execution, whose output `Model` has a `ModelBlessing` with blessed == 0.
-    Such data is quarantined: a poisoned span replayed at 10 % still poisons
-    the next candidate.
-    """
-    examples_ids = list(examples_ids)
-    if not examples_ids:
-        return set()
-    consumed = [e for e in store.get_events_by_artifact_ids(examples_ids)
-                if e.type == _INPUT and _has_key(e, "examples")]
-    if not consumed:
-        return set()
-    by_execution: Dict[int, Set[int]] = {}
-    for e in consumed:
-        by_execution.setdefault(e.execution_id, set()).add(e.artifact_id)
-    outputs = [e for e in store.get_events_by_execution_ids(list(by_execution))
-               if e.type == _OUTPUT and _has_key(e, "model")]
-    model_to_examples = {e.artifact_id: by_execution[e.execution_id] for e in outputs}
-    if not model_to_examples:
-        return set()
-    rejected: Set[int] = set()
-    for blessing in store.get_artifacts_by_type("ModelBlessing"):
-        props = blessing.custom_properties
-        if "current_model_id" not in props or "blessed" not in props:
-            continue
-        model_id = props["current_model_id"].int_value
-        if model_id in model_to_examples and props["blessed"].int_value != 1:
-            rejected |= model_to_examples[model_id]
-    return rejected
+# The quarantine rule lives in a module without TFX, so retention applies the same one.
+from components.warm_start_trainer.quarantine import has_key as _has_key  # noqa: F401  (re-exported)
+from components.warm_start_trainer.quarantine import rejected_spans
 
 
 class LatestSpansStrategy(resolver.ResolverStrategy):
@@ -87,3 +51,28 @@ class LatestSpansStrategy(resolver.ResolverStrategy):
             spans = sorted(newest_per_span)[-self._num_spans:] if self._num_spans else []
             result[key] = [newest_per_span[s] for s in spans]
         return result
+
+
+class UntrainedSpansStrategy(resolver.ResolverStrategy):
+    """Resolves the `Examples` that were published but that no judged model trained on as new spans.
+
+    A cycle killed after StreamingExampleGen published its spans (their
+    position is committed) but before the gate judged a model trained on
+    them leaves such spans; a resumed cycle (`create_pipeline(config,
+    resume=True)`) trains on exactly these. The rule is
+    `pipelines.recovery.untrained_spans`::
+
+        Resolver(strategy_class=UntrainedSpansStrategy, config={"pipeline_name": "driftline"},
+                 examples=Channel(type=Examples)).with_id("untrained_spans_resolver")
+    """
+
+    def __init__(self, pipeline_name: str):
+        self._pipeline_name = pipeline_name
+
+    def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]
+                          ) -> Optional[Dict[str, List[types.Artifact]]]:
+        from pipelines.recovery import untrained_spans
+
+        wanted = {a.id for a in untrained_spans(store, self._pipeline_name)}
+        return {key: sorted((a for a in artifacts if a.id in wanted), key=lambda a: (a.span, a.id))
+                for key, artifacts in input_dict.items()}

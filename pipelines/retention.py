@@ -1,0 +1,354 @@
+"""Retention: delete the payload of old artifacts nothing needs, keep every record.
+
+Stock TFX keeps every artifact of every run forever; run every few minutes,
+a continuous pipeline fills its disk. After each cycle the controller calls
+`apply`, and `driftline gc` calls it by hand. It deletes the payload (the
+folder at the artifact's URI) of every artifact older than the newest
+`RetentionConfig.keep_cycles` cycles unless something still needs it:
+
+* **the next cycle**: the latest blessed model and its blessing (the next
+  base model and baseline), the span it was judged on, the replay window
+  (the newest `trainer.replay_spans + 1` spans that are not quarantined, as
+  the replay resolver counts them), spans not trained yet
+  (`recovery.untrained_spans`), and the newest artifact of every type;
+* **serving**: for each version in the serving folder (the serving one and
+  those a rollback can return to), the `PushedModel` that put it there (its
+  payload is that version, which the pusher's own `keep_versions` bounds) and
+  the model behind it; with `keep_all_pushed_models`, every model ever pushed.
+
+Everything else (old spans with their dead letters, transform graphs and
+statistics, models, model runs, evaluations, blessings, schemas) loses its
+payload. Its ML Metadata record stays with every property, so lineage,
+status and the quarantine of rejected spans read it as before; its state
+goes LIVE -> MARKED_FOR_DELETION -> (folder deleted) -> DELETED, so a kill
+midway is finished by the next call. TFX's input resolution considers LIVE
+artifacts only, so no resolver ever hands a deleted payload to a component.
+
+`remove_unused_folders` deletes what killed runs leave under the pipeline
+root (output folders no artifact names), execution folders whose artifacts
+all lost their payload, and the per-execution scratch folders of
+`.system/`. Call both only while holding the home's controller lock, so
+that no cycle is running. No TFX import here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
+from components.warm_start_trainer.quarantine import rejected_spans
+from pipelines.config import DriftlineConfig
+from pipelines.metadata import open_store
+from pipelines.recovery import interrupted_executions, untrained_spans
+
+PIPELINE_CONTEXT_TYPE = "pipeline"
+PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
+_LIVE = metadata_store_pb2.Artifact.LIVE
+_MARKED = metadata_store_pb2.Artifact.MARKED_FOR_DELETION
+_DELETED = metadata_store_pb2.Artifact.DELETED
+_PUBLISHED = (_LIVE, _MARKED, _DELETED)
+_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+# Folders under <pipeline_root>/<node>/.system/ that hold one entry per execution.
+_SCRATCH = ("executor_execution", "driver_execution", "stateful_working_dir")
+
+
+@dataclasses.dataclass
+class RetentionPlan:
+    """What `apply` would do: artifact id -> why it is kept, and the artifacts whose payload goes."""
+
+    keep: Dict[int, str]
+    delete: List[metadata_store_pb2.Artifact]
+    type_names: Dict[int, str]
+    recent_runs: List[str]
+
+
+@dataclasses.dataclass
+class RetentionReport:
+    """What one `apply` did (or, with dry_run, would do)."""
+
+    dry_run: bool
+    keep_cycles: int
+    deleted: Dict[str, int]  # artifact type -> payloads deleted
+    deleted_ids: List[int]
+    kept: Dict[str, int]  # reason -> artifacts kept for it (LIVE ones only)
+    # Removed (killed runs' output, emptied execution folders, scratch), relative to the pipeline root.
+    unused_folders: List[str]
+    freed_bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        what = ", ".join(f"{n} {t}" for t, n in sorted(self.deleted.items())) or "nothing"
+        text = f"retention (keep {self.keep_cycles} cycles): {verb} the payload of {what}"
+        if self.unused_folders:
+            text += f"; {'would remove' if self.dry_run else 'removed'} {len(self.unused_folders)} unused folders"
+        return text + f"; {self.freed_bytes / 1e6:.1f} MB {'to free' if self.dry_run else 'freed'}"
+
+
+def _pipeline_context(store: metadata_store.MetadataStore, pipeline_name: str):
+    return store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
+
+
+def _custom(artifact, key: str, default=None):
+    if key not in artifact.custom_properties:
+        return default
+    value = artifact.custom_properties[key]
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else default
+
+
+def recent_runs(store: metadata_store.MetadataStore, pipeline_context, n: int) -> List[metadata_store_pb2.Context]:
+    """The newest `n` pipeline runs (TFX makes each run's context a child of the pipeline's)."""
+    runs = [c for c in store.get_children_contexts_by_context(pipeline_context.id)
+            if c.type == PIPELINE_RUN_CONTEXT_TYPE or _context_type(store, c) == PIPELINE_RUN_CONTEXT_TYPE]
+    return sorted(runs, key=lambda c: c.id)[-n:]
+
+
+def _context_type(store: metadata_store.MetadataStore, context) -> str:
+    return store.get_context_types_by_id([context.type_id])[0].name
+
+
+def _outputs_of_runs(store: metadata_store.MetadataStore, runs: Iterable) -> Set[int]:
+    execution_ids = sorted({e.id for run in runs for e in store.get_executions_by_context(run.id)})
+    if not execution_ids:
+        return set()
+    return {e.artifact_id for e in store.get_events_by_execution_ids(execution_ids) if e.type in _OUTPUT_EVENTS}
+
+
+def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] = None,
+         keep_cycles: Optional[int] = None) -> RetentionPlan:
+    """Decides, from ML Metadata and the serving folder alone, which payloads to keep and which to delete."""
+    from components.blessing_pusher import serving
+
+    keep_cycles = config.retention.keep_cycles if keep_cycles is None else keep_cycles
+    if keep_cycles < 1:
+        raise ValueError(f"keep_cycles must be >= 1, got {keep_cycles}")
+    store = store or open_store(config.metadata_path)
+    type_names = {t.id: t.name for t in store.get_artifact_types()}
+    context = _pipeline_context(store, config.pipeline_name)
+    if context is None:
+        return RetentionPlan({}, [], type_names, [])
+    artifacts = store.get_artifacts_by_context(context.id)
+    live = [a for a in artifacts if a.state == _LIVE]
+    by_type: Dict[str, List[metadata_store_pb2.Artifact]] = {}
+    for a in live:
+        by_type.setdefault(type_names.get(a.type_id, "?"), []).append(a)
+    keep: Dict[int, str] = {}
+
+    def protect(ids: Iterable[int], reason: str) -> None:
+        for i in ids:
+            keep.setdefault(int(i), reason)
+
+    runs = recent_runs(store, context, keep_cycles)
+    protect(_outputs_of_runs(store, runs) & {a.id for a in live}, f"made by one of the newest {keep_cycles} cycles")
+
+    # The next cycle's base model and baseline, as LatestBlessedModelStrategy picks it.
+    blessed = {}
+    for b in by_type.get("ModelBlessing", []):
+        if _custom(b, "blessed") == 1 and _custom(b, "current_model_id") is not None:
+            blessed[int(_custom(b, "current_model_id"))] = b.id
+    base = max((m for m in by_type.get("Model", []) if m.id in blessed), key=lambda m: m.id, default=None)
+    if base is not None:
+        protect([base.id, blessed[base.id]], "the latest blessed model: the next cycle's base model and baseline")
+        judged_on = _custom(base, "newest_examples_id")
+        if judged_on is not None:
+            protect([judged_on], "the span the base model was judged on: the next cycle trains on its eval split")
+
+    # The versions in the serving folder (serving, or ready for a rollback): their push records and models.
+    pushes = [a for a in artifacts if type_names.get(a.type_id) == "PushedModel" and a.state in _PUBLISHED
+              and _custom(a, serving.PUSHED_PROPERTY) == 1]
+    serving_dir = os.path.abspath(config.serving_dir)
+    in_folder = set(serving.versions(serving_dir))
+    for p in pushes:
+        version = _custom(p, serving.PUSHED_VERSION_PROPERTY)
+        destination = _custom(p, serving.PUSHED_DESTINATION_PROPERTY) or p.uri
+        model_id = _custom(p, serving.MODEL_ID_PROPERTY)
+        if version is not None and int(version) in in_folder and os.path.normpath(destination) == \
+                os.path.normpath(serving.version_dir(serving_dir, int(version))):
+            protect([p.id], f"the record of serving version {version}")
+            if model_id is not None:
+                protect([model_id], f"behind serving version {version}")
+        elif config.retention.keep_all_pushed_models and model_id is not None:
+            protect([model_id], "was pushed (keep_all_pushed_models)")
+
+    # The replay window, counted the way the replay resolver counts it.
+    spans = [a for a in by_type.get("Examples", []) if COMMITTED_STATE_PROPERTY in a.custom_properties]
+    quarantined = rejected_spans(store, [a.id for a in spans])
+    newest_per_span: Dict[int, metadata_store_pb2.Artifact] = {}
+    for a in spans:
+        if a.id in quarantined:
+            continue
+        span = a.properties["span"].int_value
+        if span not in newest_per_span or a.id > newest_per_span[span].id:
+            newest_per_span[span] = a
+    window = sorted(newest_per_span)[-(config.trainer.replay_spans + 1):]
+    protect((newest_per_span[s].id for s in window), "in the replay window")
+    protect((a.id for a in untrained_spans(store, config.pipeline_name)),
+            "published but not trained yet: the next cycle resumes on it")
+    for name, rows in by_type.items():
+        protect([max(a.id for a in rows)], f"the newest {name}")
+
+    delete = [a for a in artifacts
+              if a.state == _MARKED  # a deletion a kill interrupted: always finished
+              or (a.state == _LIVE and a.id not in keep)]
+    return RetentionPlan(keep=keep, delete=sorted(delete, key=lambda a: a.id), type_names=type_names,
+                         recent_runs=[r.name for r in runs])
+
+
+def apply(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] = None, *,
+          keep_cycles: Optional[int] = None, dry_run: bool = False) -> RetentionReport:
+    """Deletes the payloads `plan` picks and the folders of killed runs; marks the artifacts DELETED."""
+    started = time.monotonic()
+    keep_cycles = config.retention.keep_cycles if keep_cycles is None else keep_cycles
+    if not os.path.isfile(config.metadata_path):
+        return RetentionReport(dry_run, keep_cycles, {}, [], {}, [], 0, 0.0)
+    store = store or open_store(config.metadata_path)
+    p = plan(config, store, keep_cycles)
+    deleted: Dict[str, int] = {}
+    freed = 0
+    if p.delete:
+        if not dry_run:
+            # Marked first: a kill during the deletions leaves them MARKED_FOR_DELETION, never LIVE
+            # without a payload, and the next call finishes them.
+            _set_state(store, [a for a in p.delete if a.state == _LIVE], _MARKED)
+        for a in p.delete:
+            freed += _tree_bytes(a.uri)
+            if not dry_run:
+                _delete_payload(a.uri, config.serving_dir)
+            name = p.type_names.get(a.type_id, "?")
+            deleted[name] = deleted.get(name, 0) + 1
+        if not dry_run:
+            _set_state(store, p.delete, _DELETED)
+    unused, unused_bytes = remove_unused_folders(config, store, dry_run=dry_run)
+    kept: Dict[str, int] = {}
+    for reason in p.keep.values():
+        kept[reason] = kept.get(reason, 0) + 1
+    return RetentionReport(dry_run=dry_run, keep_cycles=keep_cycles, deleted=deleted,
+                           deleted_ids=[a.id for a in p.delete], kept=kept, unused_folders=unused,
+                           freed_bytes=freed + unused_bytes, seconds=round(time.monotonic() - started, 3))
+
+
+def _set_state(store: metadata_store.MetadataStore, artifacts: List[metadata_store_pb2.Artifact], state: int) -> None:
+    if not artifacts:
+        return
+    updates = []
+    for a in artifacts:
+        update = metadata_store_pb2.Artifact(id=a.id, type_id=a.type_id, state=state)
+        updates.append(update)
+    # Only the state changes: every property, and so the lineage, stays as it was.
+    store.put_artifacts(updates, field_mask_paths=["state"])
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _local(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def _tree_bytes(uri: str) -> int:
+    if not _is_local(uri):
+        return 0
+    total = 0
+    for dirpath, _, names in os.walk(_local(uri)):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _delete_payload(uri: str, serving_dir: str) -> None:
+    if _is_local(uri) and _is_local(serving_dir) and _inside(_local(uri), _local(serving_dir)):
+        # A rollback's PushedModel names its serving version: that folder is the pusher's to keep or drop.
+        return
+    if not _is_local(uri):
+        import tensorflow as tf  # remote payloads (gs://...) only
+
+        if tf.io.gfile.exists(uri):
+            tf.io.gfile.rmtree(uri)
+        return
+    # The execution's folder around it (<root>/<node>/<key>/<execution id>) goes with
+    # `remove_unused_folders` once no artifact that keeps its payload is in it.
+    shutil.rmtree(_local(uri), ignore_errors=True)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _parts(path: str, root: str) -> Tuple[str, ...]:
+    rel = os.path.relpath(path, root)
+    if rel == "." or rel.startswith(".."):
+        return ()
+    return tuple(rel.split(os.sep))
+
+
+def remove_unused_folders(config: DriftlineConfig, store: metadata_store.MetadataStore,
+                   dry_run: bool = False) -> Tuple[List[str], int]:
+    """Deletes folders under the pipeline root that nothing uses; returns (relative paths, bytes).
+
+    An output folder `<root>/<node>/<key>/<execution id>` goes when no
+    artifact in ML Metadata whose payload is kept has its URI in it: its
+    execution never published (a killed run), or retention deleted all it
+    held. `<root>/<node>/.system/*/<entry>` are per-execution scratch folders.
+    Folders of executions still NEW or RUNNING are left alone; call
+    `recovery.recover_interrupted` first, under the controller lock.
+    """
+    root = os.path.abspath(config.pipeline_root)
+    if not _is_local(root) or not os.path.isdir(root):
+        return [], 0
+    active = {e.id for e in interrupted_executions(store, config.pipeline_name)}
+    referenced: Set[Tuple[str, ...]] = set()
+    for a in store.get_artifacts():
+        if a.uri and _is_local(a.uri) and a.state != _DELETED:
+            parts = _parts(os.path.abspath(_local(a.uri)), root)
+            if parts:
+                referenced.add(parts[:3])
+    removed: List[str] = []
+    freed = 0
+
+    def drop(path: str) -> None:
+        nonlocal freed
+        freed += _tree_bytes(path)
+        removed.append(os.path.relpath(path, root))
+        if not dry_run:
+            shutil.rmtree(path, ignore_errors=True)
+
+    for node in sorted(os.listdir(root)):
+        node_dir = os.path.join(root, node)
+        if node.startswith(".") or not os.path.isdir(node_dir) or (node,) in referenced:
+            continue
+        for key in sorted(os.listdir(node_dir)):
+            key_dir = os.path.join(node_dir, key)
+            if not os.path.isdir(key_dir) or (node, key) in referenced:
+                continue
+            if key == ".system":
+                for scratch in _SCRATCH:
+                    scratch_dir = os.path.join(key_dir, scratch)
+                    if not os.path.isdir(scratch_dir):
+                        continue
+                    for entry in sorted(os.listdir(scratch_dir)):
+                        # executor_execution/<execution id>; the others are named by no execution id.
+                        busy = (int(entry) in active) if (scratch == "executor_execution" and entry.isdigit()) \
+                            else bool(active)
+                        if not busy:
+                            drop(os.path.join(scratch_dir, entry))
+                continue
+            for entry in sorted(os.listdir(key_dir)):
+                if not entry.isdigit() or int(entry) in active or (node, key, entry) in referenced:
+                    continue
+                drop(os.path.join(key_dir, entry))
+    return removed, freed

@@ -1,0 +1,218 @@
+"""Retention on a real SQLite ML Metadata store and real folders, written the way TFX writes them.
+
+What is kept and why, what is deleted (payload gone, record kept and marked
+DELETED), that a deletion cut short by a kill is finished, that folders of
+killed runs go but not those of a running execution, and that TFX's own
+input resolution never offers a DELETED artifact. The soak benchmark
+(benchmarks/soak.py) and the controller crash test run it on real cycles.
+"""
+import os
+
+import pytest
+from ml_metadata.proto import metadata_store_pb2 as pb
+
+from mlmd_history import History
+from pipelines import lineage, retention
+from pipelines.config import PusherConfig, RetentionConfig, TrainerConfig, default_config
+
+
+def config_for(h: History, keep_cycles=2, replay_spans=2, **retention_kw):
+    return default_config(h.home).replace(
+        pipeline_name=h.pipeline, trainer=TrainerConfig(replay_spans=replay_spans),
+        pusher=PusherConfig(keep_versions=h.keep_versions),
+        retention=RetentionConfig(keep_cycles=keep_cycles, **retention_kw))
+
+
+def six_cycles(tmp_path) -> History:
+    """Cycles 1-6; cycle 3's model is rejected (its span quarantined); 5 pushes, the newest 3 in serving."""
+    h = History(str(tmp_path), keep_versions=3)
+    for i in range(1, 7):
+        h.cycle(blessed=(i != 3))
+    return h
+
+
+def cycle_ids(c) -> set:
+    ids = {c[k] for k in ("model", "blessing", "evaluation", "transform_graph", "schema", "model_run")}
+    return ids | set(c["examples"]) | ({c["pushed"]} if c["pushed"] else set())
+
+
+def test_plan_keeps_what_the_next_cycle_and_serving_need(tmp_path):
+    h = six_cycles(tmp_path)
+    c = h.cycles
+    plan = retention.plan(config_for(h, keep_cycles=2, replay_spans=2), h.store)
+    kept, deleted = plan.keep, {a.id for a in plan.delete}
+    for i in (4, 5):  # cycles 5 and 6: everything they made
+        assert cycle_ids(c[i]) <= set(kept)
+        assert kept[c[i]["transform_graph"]].startswith("made by one of the newest 2 cycles")
+    # Serving holds versions 3-5 (cycles 4-6): cycle 4's model stays for a rollback.
+    assert sorted(int(v) for v in os.listdir(h.serving_dir)) == [3, 4, 5]
+    assert kept[c[3]["model"]] == "behind serving version 3"
+    # The replay window: the newest 3 spans that are not quarantined are cycles 4-6's.
+    assert kept[c[3]["examples"][0]] == "in the replay window"
+    assert kept[c[3]["pushed"]] == "the record of serving version 3"
+    # The rest of cycles 1-4 goes: the rejected model and its quarantined span, and the records
+    # of versions 1 and 2, which the pusher has deleted from serving, included.
+    expected = set()
+    for x in c[:4]:
+        expected |= cycle_ids(x)
+    expected -= {c[3]["model"], c[3]["examples"][0], c[3]["pushed"]}
+    assert deleted == expected
+    assert c[2]["model"] in deleted and c[2]["examples"][0] in deleted
+
+
+def test_base_model_and_its_span_are_kept_however_old(tmp_path):
+    h = History(str(tmp_path), keep_versions=1)
+    base = h.cycle()
+    h.cycle(blessed=False)
+    h.cycle(blessed=False)
+    plan = retention.plan(config_for(h, keep_cycles=1, replay_spans=0), h.store)
+    assert plan.keep[base["model"]].startswith("the latest blessed model")
+    assert plan.keep[base["blessing"]].startswith("the latest blessed model")
+    assert plan.keep[base["examples"][0]].startswith("the span the base model was judged on")
+    assert {a.id for a in plan.delete} >= {h.cycles[1]["model"], base["transform_graph"], base["evaluation"]}
+
+
+def test_keep_all_pushed_models(tmp_path):
+    h = six_cycles(tmp_path)
+    plan = retention.plan(config_for(h, keep_all_pushed_models=True), h.store)
+    for x in h.cycles:
+        if x["pushed"]:
+            assert x["model"] in plan.keep
+
+
+def test_apply_deletes_payloads_keeps_records_and_lineage(tmp_path):
+    from components.warm_start_trainer.quarantine import rejected_spans
+
+    h = six_cycles(tmp_path)
+    config = config_for(h)
+    before = {m.model_id: m for m in lineage.models(h.store, h.pipeline)}
+    properties = {a.id: (dict(a.properties), dict(a.custom_properties)) for a in h.store.get_artifacts()}
+    report = retention.apply(config, h.store)
+    assert report.deleted["Model"] == 3 and report.deleted["Examples"] == 3 and report.deleted["PushedModel"] == 2
+    for aid in report.deleted_ids:
+        a = h.artifact(aid)
+        assert a.state == pb.Artifact.DELETED
+        assert not os.path.exists(a.uri)
+        assert (dict(a.properties), dict(a.custom_properties)) == properties[aid]  # the record is whole
+    for aid in retention.plan(config, h.store).keep:
+        a = h.artifact(aid)
+        assert a.state == pb.Artifact.LIVE and os.path.exists(a.uri)
+    # Emptied execution folders go too (a span's folder sits in one), so nothing is left per cycle.
+    for x in h.cycles[:3]:
+        assert not os.path.exists(os.path.dirname(h.artifact(x["examples"][0]).uri))
+    after = {m.model_id: m for m in lineage.models(h.store, h.pipeline)}
+    assert after.keys() == before.keys()
+    assert [m.model_id for m in after.values() if m.payload_deleted] == [x["model"] for x in h.cycles[:3]]
+    for model_id, m in after.items():
+        assert (m.blessed, m.base_model_id, m.pushed_version) == (before[model_id].blessed,
+                                                                   before[model_id].base_model_id,
+                                                                   before[model_id].pushed_version)
+    # The quarantine of the rejected span survives its deletion.
+    assert rejected_spans(h.store, h.cycles[2]["examples"]) == set(h.cycles[2]["examples"])
+    st = lineage.status(config)
+    assert (st.spans_payload_deleted, st.models_payload_deleted) == (3, 3)
+    assert "payload deleted by retention for 3 of the spans" in lineage.format_status(st)
+    chain = lineage.chain(h.store, h.pipeline, serving_dir=h.serving_dir)
+    assert "payload deleted by retention" in lineage.format_lineage(chain)
+    # Nothing left to do: a second pass deletes nothing.
+    again = retention.apply(config, h.store)
+    assert again.deleted == {} and again.unused_folders == []
+
+
+def test_a_deletion_cut_short_is_finished(tmp_path):
+    h = six_cycles(tmp_path)
+    victim = h.cycles[0]["transform_graph"]
+    # A kill between marking and deleting: MARKED_FOR_DELETION, payload still on disk.
+    h.store.put_artifacts([pb.Artifact(id=victim, type_id=h.type_ids["TransformGraph"],
+                                       state=pb.Artifact.MARKED_FOR_DELETION)], field_mask_paths=["state"])
+    assert os.path.exists(h.artifact(victim).uri)
+    report = retention.apply(config_for(h, keep_cycles=10), h.store)  # keeps every cycle
+    assert report.deleted_ids == [victim]
+    assert h.artifact(victim).state == pb.Artifact.DELETED and not os.path.exists(h.artifact(victim).uri)
+
+
+def test_dry_run_changes_nothing(tmp_path):
+    h = six_cycles(tmp_path)
+    config = config_for(h)
+    report = retention.apply(config, h.store, dry_run=True)
+    assert report.deleted_ids and report.freed_bytes > 0
+    assert all(h.artifact(a).state == pb.Artifact.LIVE and os.path.exists(h.artifact(a).uri)
+               for a in report.deleted_ids)
+
+
+def test_unused_folders_of_killed_runs_go_but_not_a_running_executions(tmp_path):
+    h = six_cycles(tmp_path)
+    run = h.new_run()
+    # A killed run: its execution stays RUNNING and its output folder has no artifact.
+    running, _ = h.execute(run, "Transform", {}, {"transform_graph": [("TransformGraph", {})]},
+                           state=pb.Execution.RUNNING)
+    dead, _ = h.execute(run, "WarmStartTrainer", {}, {"model": [("Model", {})]}, state=pb.Execution.CANCELED)
+    stray = os.path.join(h.root, "Evaluator", "evaluation", "999")
+    os.makedirs(stray)
+    config = config_for(h, keep_cycles=10)
+    removed, freed = retention.remove_unused_folders(config, h.store)
+    assert os.path.join("WarmStartTrainer", "model", str(dead)) in removed
+    assert os.path.join("Evaluator", "evaluation", "999") in removed and not os.path.exists(stray)
+    assert os.path.isdir(os.path.join(h.root, "Transform", "transform_graph", str(running)))
+    assert os.path.isdir(os.path.join(h.root, "Transform", ".system", "executor_execution", str(running)))
+    assert not os.listdir(os.path.join(h.root, "Evaluator", ".system", "executor_execution"))
+    assert freed > 0
+    # Every artifact that keeps its payload still has it.
+    assert all(os.path.exists(a.uri) for a in h.store.get_artifacts() if a.state == pb.Artifact.LIVE)
+
+
+def test_retention_config_is_validated():
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError, match="keep_cycles must be >= 1"):
+        default_config("h", "l").replace(retention=RetentionConfig(keep_cycles=0)).validate()
+
+
+def test_tfx_input_resolution_never_offers_a_deleted_artifact(tmp_path):
+    """Resolvers (latest blessed model, replay window, resumed spans) only see what TFX resolves: LIVE ones."""
+    from tfx.orchestration import metadata
+    from tfx.orchestration.portable.input_resolution import channel_resolver
+    from tfx.proto.orchestration import pipeline_pb2
+
+    h = six_cycles(tmp_path)
+    retention.apply(config_for(h), h.store)
+    channel = pipeline_pb2.InputSpec.Channel()
+    query = channel.context_queries.add()
+    query.type.name = "pipeline"
+    query.name.field_value.string_value = h.pipeline
+    channel.artifact_query.type.name = "Examples"
+    connection = metadata.sqlite_metadata_connection_config(os.path.join(h.home, "metadata.sqlite"))
+    with metadata.Metadata(connection) as m:
+        resolved = {a.id for a in channel_resolver.resolve_single_channel(m, channel)}
+    live = {a.id for a in h.store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE}
+    deleted = {a.id for a in h.store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.DELETED}
+    assert deleted and resolved == live and not resolved & deleted
+
+
+def test_gc_command(tmp_path, capsys):
+    import json
+
+    from pipelines import cli
+    from pipelines.controller import single_instance
+
+    assert cli.main(["gc", "--home", str(tmp_path / "empty")]) == 1
+    assert "nothing has run in this home yet" in capsys.readouterr().err
+    h = six_cycles(tmp_path)
+    assert cli.main(["gc", "--home", h.home, "--keep-cycles", "2", "--dry-run"]) == 0
+    assert "would delete the payload of" in capsys.readouterr().out
+    assert all(a.state == pb.Artifact.LIVE for a in h.store.get_artifacts())
+    with single_instance(h.home):  # a controller holds the home: gc must not touch it
+        assert cli.main(["gc", "--home", h.home]) == 1
+        assert "already running" in capsys.readouterr().err
+    assert cli.main(["gc", "--home", h.home, "--keep-cycles", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["deleted"]["Model"] == 3 and report["recovery"] == "nothing was interrupted"
+    assert sorted(report["deleted_ids"]) == sorted(a.id for a in h.store.get_artifacts()
+                                                   if a.state == pb.Artifact.DELETED)
+
+
+def test_retention_flags_belong_to_the_controller(tmp_path, capsys):
+    from pipelines import cli
+
+    assert cli.main(["run", "--home", str(tmp_path), "--keep-cycles", "2"]) == 2
+    assert "--keep-cycles is for --continuous" in capsys.readouterr().err
