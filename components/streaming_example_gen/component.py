@@ -10,6 +10,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.event_schema import EventSchema
 from components.streaming_example_gen.driver import StreamingExampleGenDriver
+from components.streaming_example_gen import executor as executor_module
 from components.streaming_example_gen.executor import Executor
 from pipelines.config import SourceConfig, WindowConfig
 
@@ -22,8 +23,12 @@ class StreamingExampleGenSpec(types.ComponentSpec):
         "allowed_lateness_seconds": ExecutionParameter(type=int),
         "eval_fraction": ExecutionParameter(type=float),
         "chunk_bytes": ExecutionParameter(type=int),
+        executor_module.DRIVERLESS_KEY: ExecutionParameter(type=int, optional=True),  # 0 / 1
     }
-    INPUTS = {}
+    INPUTS = {
+        # Driverless runs only: the newest Examples this node published, which carry the committed position.
+        executor_module.PREVIOUS_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
+    }
     OUTPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
 
 
@@ -34,6 +39,14 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
     and emits one `Examples` artifact (with TFX's `span` property and `train`
     / `eval` splits) for every span the watermark has closed. Malformed
     events go to a dead-letter folder inside the first emitted span.
+
+    Orchestrators that run no custom drivers and take one artifact per output
+    (Vertex AI Pipelines) need `driverless=True` and `previous_examples`: a
+    resolver of the newest `Examples` of this node (LatestArtifactStrategy).
+    The position is then read from that artifact, and each run publishes
+    exactly one span (the oldest closed one; later ones wait for the next
+    run), or fails with NoClosedSpanError, publishing nothing, when none has
+    closed.
 
     Example::
 
@@ -46,12 +59,16 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
     DRIVER_CLASS = StreamingExampleGenDriver
 
     def __init__(self, log_dir: str, schema: Optional[EventSchema] = None,
-                 window: Optional[WindowConfig] = None, chunk_bytes: Optional[int] = None):
+                 window: Optional[WindowConfig] = None, chunk_bytes: Optional[int] = None,
+                 driverless: bool = False, previous_examples: Optional[types.BaseChannel] = None):
         source = SourceConfig(log_dir=log_dir, **({"schema": schema} if schema else {}),
                               **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}))
         window = window or WindowConfig()
         source.validate()
         window.validate()
+        if previous_examples is not None and not driverless:
+            raise ValueError("previous_examples is read only by a driverless StreamingExampleGen (driverless=True); "
+                             "with a driver the position comes from ML Metadata")
         spec = StreamingExampleGenSpec(
             log_dir=source.log_dir,
             event_schema=source.schema.to_json(),
@@ -59,10 +76,14 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
             allowed_lateness_seconds=window.allowed_lateness_seconds,
             eval_fraction=window.eval_fraction,
             chunk_bytes=source.chunk_bytes,
+            driverless=1 if driverless else None,
+            previous_examples=previous_examples,
             examples=types.Channel(type=standard_artifacts.Examples),
         )
         super().__init__(spec=spec)
 
     @classmethod
-    def from_config(cls, source: SourceConfig, window: WindowConfig) -> "StreamingExampleGen":
-        return cls(log_dir=source.log_dir, schema=source.schema, window=window, chunk_bytes=source.chunk_bytes)
+    def from_config(cls, source: SourceConfig, window: WindowConfig, driverless: bool = False,
+                    previous_examples: Optional[types.BaseChannel] = None) -> "StreamingExampleGen":
+        return cls(log_dir=source.log_dir, schema=source.schema, window=window, chunk_bytes=source.chunk_bytes,
+                   driverless=driverless, previous_examples=previous_examples)

@@ -34,17 +34,19 @@ DEAD_LETTER_DIR = "dead_letter"
 SUMMARY_FILE = "ingest_summary.json"
 
 
-def span_dir(output_root: str, span: int) -> str:
-    return os.path.join(output_root, f"span-{span}")
+def span_dir(output_root: str, span: int, flat: bool = False) -> str:
+    """Where one span's files go: `<root>/span-<n>`, or `<root>` itself when a run emits one span
+    into the one artifact URI its orchestrator chose (`flat`, as on Vertex AI Pipelines)."""
+    return output_root if flat else os.path.join(output_root, f"span-{span}")
 
 
-def example_file(output_root: str, span: int, split: str, chunk_index: int) -> str:
+def example_file(output_root: str, span: int, split: str, chunk_index: int, flat: bool = False) -> str:
     # Split-<name> is the layout every stock TFX component reads.
-    return os.path.join(span_dir(output_root, span), f"Split-{split}", f"data-{chunk_index:06d}.tfrecord.gz")
+    return os.path.join(span_dir(output_root, span, flat), f"Split-{split}", f"data-{chunk_index:06d}.tfrecord.gz")
 
 
-def dead_letter_file(output_root: str, span: int, chunk_index: int) -> str:
-    return os.path.join(span_dir(output_root, span), DEAD_LETTER_DIR, f"dead_letter-{chunk_index:06d}.jsonl")
+def dead_letter_file(output_root: str, span: int, chunk_index: int, flat: bool = False) -> str:
+    return os.path.join(span_dir(output_root, span, flat), DEAD_LETTER_DIR, f"dead_letter-{chunk_index:06d}.jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +144,10 @@ def dead_letter_row(segment: str, offset: int, line: bytes, reason: str) -> Dict
 
 
 class WriteChunk(beam.DoFn):
-    def __init__(self, output_root: str, state_json: str):
+    def __init__(self, output_root: str, state_json: str, flat: bool = False):
         self._output_root = output_root
         self._state_json = state_json
+        self._flat = flat
 
     def setup(self):
         self._state = windowing.CommittedState.from_json(self._state_json)
@@ -174,13 +177,13 @@ class WriteChunk(beam.DoFn):
             stats.setdefault(dest_span, windowing.SpanStats()).add(t, dest_split, late)
         tmp_root = os.path.join(self._output_root, "_tmp")
         for (span, split), examples in sorted(records.items()):
-            _write_atomically(example_file(self._output_root, span, split, chunk.index),
+            _write_atomically(example_file(self._output_root, span, split, chunk.index, self._flat),
                               _write_tfrecords(examples), tmp_root)
         dead = [dead_letter_row(chunk.segment, offset, line, reason)
                 for offset, line, reason in parsed.invalid
                 if windowing.is_new_line(state, Position(chunk.segment, offset))]
         if dead:
-            _write_atomically(dead_letter_file(self._output_root, first_span, chunk.index),
+            _write_atomically(dead_letter_file(self._output_root, first_span, chunk.index, self._flat),
                               _write_dead_letters(dead), tmp_root)
         result["spans"] = {str(s): st.to_dict() for s, st in stats.items()}
         result["dead_letters"] = len(dead)
@@ -242,8 +245,14 @@ def _write_summary(result: IngestResult, path: str) -> None:
 
 def build_ingest(pipeline: beam.Pipeline, *, log_dir: str, chunks: Sequence[Chunk], schema: EventSchema,
                  window: windowing.Window, state: windowing.CommittedState, output_root: str,
-                 summary_path: str) -> None:
-    """Adds the ingest graph to `pipeline`; running it writes the spans and `summary_path`."""
+                 summary_path: str, max_spans: Optional[int] = None, flat: bool = False) -> None:
+    """Adds the ingest graph to `pipeline`; running it writes the spans and `summary_path`.
+
+    `max_spans` caps the spans one run emits (see `windowing.decide`); `flat`
+    writes the one emitted span at `output_root` itself (needs `max_spans=1`).
+    """
+    if flat and max_spans != 1:
+        raise ValueError("flat output holds exactly one span: it needs max_spans=1")
     last_span = state.last_span
     parsed = (pipeline
               | "Chunks" >> beam.Create(list(chunks))
@@ -253,9 +262,10 @@ def build_ingest(pipeline: beam.Pipeline, *, log_dir: str, chunks: Sequence[Chun
     decision = (parsed
                 | "Facts" >> beam.Map(_chunk_facts, last_span)
                 | "MergeFacts" >> beam.CombineGlobally(_merge_facts)
-                | "Decide" >> beam.Map(lambda f: windowing.decide(window, state, f[0], f[1])))
+                | "Decide" >> beam.Map(lambda f: windowing.decide(window, state, f[0], f[1], max_spans)))
     results = (parsed
-               | "Write" >> beam.ParDo(WriteChunk(output_root, state.to_json()), beam.pvalue.AsSingleton(decision))
+               | "Write" >> beam.ParDo(WriteChunk(output_root, state.to_json(), flat),
+                                     beam.pvalue.AsSingleton(decision))
                | "Collect" >> beam.combiners.ToList())
     _ = (results
          | "Summarize" >> beam.Map(_summarize, beam.pvalue.AsSingleton(decision))
@@ -269,21 +279,30 @@ def read_summary(path: str) -> IngestResult:
         return IngestResult.from_json(f.read())
 
 
-def ensure_every_split_has_a_file(span_uri: str) -> None:
+def ensure_every_split_has_a_file(span_uri: str, tmp_root: Optional[str] = None) -> None:
     """Writes an empty TFRecord file into a split that got no examples.
 
     A span whose events all fell in its first part has no eval examples;
     stock components glob `Split-<name>/*` and fail on no match, while an
     empty file reads as zero examples (and the gate calls that too little
-    evidence).
+    evidence). `tmp_root` defaults to `_tmp` beside the span folder.
     """
     import tensorflow as tf
 
+    tmp_root = tmp_root or os.path.join(os.path.dirname(span_uri), "_tmp")
     for split in windowing.SPLITS:
         folder = os.path.join(span_uri, f"Split-{split}")
         if not tf.io.gfile.glob(os.path.join(folder, "*")):
-            _write_atomically(os.path.join(folder, "data-empty.tfrecord.gz"), _write_tfrecords([]),
-                              os.path.join(os.path.dirname(span_uri), "_tmp"))
+            _write_atomically(os.path.join(folder, "data-empty.tfrecord.gz"), _write_tfrecords([]), tmp_root)
+
+
+def remove_tmp(output_root: str) -> None:
+    """Deletes `<output_root>/_tmp`, where files are written before their rename into place."""
+    import tensorflow as tf
+
+    tmp_root = os.path.join(output_root, "_tmp")
+    if tf.io.gfile.exists(tmp_root):
+        tf.io.gfile.rmtree(tmp_root)
 
 
 @dataclasses.dataclass
@@ -299,12 +318,13 @@ class IngestRun:
 
 def run_ingest(make_pipeline, *, log_dir: str, schema: EventSchema, window: windowing.Window,
                state: windowing.CommittedState, output_root: str, work_dir: str,
-               chunk_bytes: int) -> IngestRun:
+               chunk_bytes: int, max_spans: Optional[int] = None, flat: bool = False) -> IngestRun:
     """Plans the read, runs the Beam graph, and returns what to publish.
 
     `make_pipeline` returns a fresh `beam.Pipeline` (the executor's, with the
     component's Beam arguments). Nothing is committed here: the caller
     publishes the returned state with the artifacts, or nothing at all.
+    `max_spans` and `flat` are `build_ingest`'s.
     """
     import time
 
@@ -317,7 +337,8 @@ def run_ingest(make_pipeline, *, log_dir: str, schema: EventSchema, window: wind
     summary_path = os.path.join(work_dir, SUMMARY_FILE)
     with make_pipeline() as pipeline:
         build_ingest(pipeline, log_dir=log_dir, chunks=plan.chunks, schema=schema, window=window,
-                     state=state, output_root=output_root, summary_path=summary_path)
+                     state=state, output_root=output_root, summary_path=summary_path,
+                     max_spans=max_spans, flat=flat)
     result = read_summary(summary_path)
     if result.chunks != len(plan.chunks):
         # Every chunk yields exactly one result, so a shortfall means the runner
