@@ -29,8 +29,8 @@ is carried by a commit marker instead, and no folder is ever renamed:
    versions; a new version number is higher than every numeric folder, complete
    or not, so a crashed copy is never reused or overwritten);
 2. a loader that needs `saved_model.pb` cannot see a partial model: before the
-   marker it finds no SavedModel (TF Serving logs the failed load and retries;
-   it keeps serving the previous version meanwhile), after it every file is there;
+   marker it finds no SavedModel and fails to load the version (a watcher such
+   as TF Serving has to retry it), after it every file is there;
 3. retention deletes a version's marker first, then the rest; leftovers of
    crashed copies below the newest complete version are deleted with it.
 
