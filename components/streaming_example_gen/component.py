@@ -9,8 +9,8 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.event_schema import EventSchema
-from components.streaming_example_gen.driver import StreamingExampleGenDriver
 from components.streaming_example_gen import executor as executor_module
+from components.streaming_example_gen.driver import StreamingExampleGenDriver
 from components.streaming_example_gen.executor import Executor
 from pipelines.config import SourceConfig, WindowConfig
 
