@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 DEMO_HOME ?= demo_home
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean notebook
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -18,3 +18,7 @@ bench: venv
 
 clean:
 	rm -rf $(DEMO_HOME) .pytest_cache
+
+# Re-executes the notebook in place, refreshing its committed outputs (a few minutes).
+notebook: venv
+	cd notebooks && ../.venv/bin/jupyter-execute --inplace --timeout=1800 continuous_vs_batch.ipynb

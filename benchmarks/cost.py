@@ -20,9 +20,13 @@ function the WarmStartTrainer executor calls) with the default
 * **stateless** (a stock Trainer retraining on everything): ``current=[spans
   1..k]``, no base model: a cold start on all spans so far, ``cold_epochs``.
 
-The two are interleaved (warm k, then stateless k) in one long-lived process,
-as driftline's controller runs cycles, after one untimed warm-up cycle that
-pays TensorFlow's first-call costs. Train CPU and wall seconds are the ones
+Both run in one long-lived process, as driftline's controller runs cycles,
+after one untimed warm-up cycle that pays TensorFlow's first-call costs: first
+the whole warm chain, then the stateless retrains. Not interleaved: the
+controller keeps the default model's traced Trainer from one warm cycle to the
+next (``pipelines/ads_model.py``), and a cold retrain in between would reset
+it, which no controller does. Each stateless retrain builds and traces afresh,
+as a stock Trainer does. Train CPU and wall seconds are the ones
 ``train_cycle`` records on the Model (``time.process_time`` around run_fn: data
 loading, the transform, training and the SavedModel export). CPU seconds are
 the headline: they hardly move when other work shares the machine, wall
@@ -47,7 +51,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import glob
 import json
 import os
 import shlex
@@ -168,26 +171,6 @@ def prepare_data(work_dir: str, spans: int, events_per_minute: int, seed: int, f
 
 # -- scoring -----------------------------------------------------------------------
 
-def exact_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney AUC with tied scores given their average rank."""
-    labels = np.asarray(labels) > 0
-    scores = np.asarray(scores, dtype=np.float64)
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based
-    ranks = average_rank[inverse]
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def log_loss(labels: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    y = np.asarray(labels, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
 @dataclasses.dataclass
 class EvalSet:
     span: int
@@ -198,45 +181,21 @@ class EvalSet:
 
 def load_eval_set(span: int, uri: str, label_key: str, sim_config: Dict[str, Any]) -> EvalSet:
     """A span's eval split as serialized tf.Examples, with labels and the simulator's ceiling AUC."""
-    import tensorflow as tf
-
     from pipelines.simulator import SimulatorConfig, click_probability
+    from pipelines.scoring import decode, exact_auc, read_span
 
-    files = sorted(glob.glob(os.path.join(uri, "Split-eval", "*")))
-    serialized = [bytes(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    labels, events = [], []
-    for s in serialized:
-        feats = tf.train.Example.FromString(s).features.feature
-
-        def one(name):
-            f = feats[name]
-            if f.bytes_list.value:
-                return f.bytes_list.value[0].decode()
-            if f.int64_list.value:
-                return int(f.int64_list.value[0])
-            return float(f.float_list.value[0])
-
-        labels.append(one(label_key))
-        events.append({k: one(k) for k in ("user_id", "ad_id", "device", "event_time", "price")})
-    labels_arr = np.array(labels, dtype=np.int64)
+    serialized = read_span(uri, ("eval",))
+    events = decode(serialized, ("user_id", "ad_id", "device", "event_time", "price", label_key))
+    labels_arr = np.array([e.pop(label_key) for e in events], dtype=np.int64)
     known = {k: v for k, v in sim_config.items() if k in SimulatorConfig.__dataclass_fields__}
     oracle = exact_auc(labels_arr, click_probability(SimulatorConfig(**known), events))
     return EvalSet(span, serialized, labels_arr, oracle)
 
 
-def score(model_uri: str, eval_set: EvalSet, batch: int = 4096) -> Dict[str, float]:
-    import tensorflow as tf
+def score(model_uri: str, eval_set: EvalSet) -> Dict[str, float]:
+    from pipelines.scoring import score as score_examples
 
-    from components.warm_start_trainer.cycle import SERVING_DIR
-
-    loaded = tf.saved_model.load(os.path.join(model_uri, SERVING_DIR))
-    fn = loaded.signatures["serving_default"]
-    preds = np.concatenate([fn(examples=tf.constant(eval_set.serialized[i:i + batch]))["probability"].numpy()[:, 0]
-                            for i in range(0, len(eval_set.serialized), batch)])
-    del fn, loaded
-    return {"auc": exact_auc(eval_set.labels, preds), "log_loss": log_loss(eval_set.labels, preds),
-            "mean_prediction": float(preds.mean()), "mean_label": float(eval_set.labels.mean()),
-            "examples": int(len(preds))}
+    return score_examples(model_uri, eval_set.serialized, eval_set.labels)
 
 
 # -- the cycles ----------------------------------------------------------------------
@@ -294,14 +253,13 @@ class Setup:
 
 def make_setup(facts: Dict[str, Any], work_dir: str) -> Setup:
     from components.event_schema import ad_click_schema
+    from components.warm_start_trainer.component import run_fn_custom_config
     from pipelines.config import TransformConfig
     from transforms import stream
 
     schema, transform = ad_click_schema(), TransformConfig()
-    # What WarmStartTrainer's component hands its executor (component.py), through the same JSON round trip.
-    custom_config = json.loads(json.dumps({"feature_buckets": stream.hash_buckets(schema, transform),
-                                           "numeric_features": stream.numeric_features(schema, transform)},
-                                          sort_keys=True))
+    # What WarmStartTrainer's component hands its executor.
+    custom_config = run_fn_custom_config(schema, transform)
     span_uris: List[Tuple[int, str]] = [(s["span"], s["uri"]) for s in facts["spans"]]
     models_dir = os.path.join(work_dir, "models")
     shutil.rmtree(models_dir, ignore_errors=True)
@@ -352,7 +310,7 @@ def _log_row(row: Dict[str, Any], spans: int) -> None:
 
 
 def run_cycles(setup: Setup, trainer, spans: int) -> Dict[str, Any]:
-    """The warm chain and stateless retraining, interleaved, after one untimed warm-up cycle."""
+    """The warm chain, then stateless retraining, after one untimed warm-up cycle."""
     log("warm-up: one untimed cold cycle on span 1 (TensorFlow's first-call costs) ...")
     props, _ = setup.train(trainer, "warmup", 1, None)
     warmup = {"train_cpu_seconds": props["train_cpu_seconds"], "train_wall_seconds": props["train_wall_seconds"]}
@@ -361,13 +319,14 @@ def run_cycles(setup: Setup, trainer, spans: int) -> Dict[str, Any]:
     rows: List[Dict[str, Any]] = []
     previous: Optional[Tuple[int, Dict[str, Any], str]] = None  # (cycle, props, model_uri) of the warm chain
     load_before = os.getloadavg()[0]
-    for k in range(1, spans + 1):
-        for regime in (WARM, STATELESS):
+    for regime in (WARM, STATELESS):
+        for k in range(1, spans + 1):
             props, uri = setup.train(trainer, regime, k, _base_of(previous) if regime == WARM else None)
             if regime == WARM:
                 previous = (k, props, uri)
             rows.append(_row(setup, regime, k, props, uri))
             _log_row(rows[-1], spans)
+    rows.sort(key=lambda r: (r["cycle"], r["regime"] != WARM))
     return {"rows": rows, "warmup": warmup, "loadavg_1m_before": round(load_before, 2)}
 
 
@@ -591,7 +550,8 @@ def render_section(report: Dict[str, Any], png_rel: str) -> str:
         "",
         "Train seconds are what `train_cycle` records on the Model (`time.process_time` / monotonic around run_fn: "
         "reading and transforming the examples, training, exporting the serving SavedModel and the warm-start "
-        "checkpoint); one untimed warm-up cycle runs first, and the regimes are interleaved in one process. "
+        "checkpoint); one untimed warm-up cycle runs first, then the warm chain, then the stateless retrains, in one "
+        "process (the warm chain keeps its traced Trainer from cycle to cycle, as the controller does). "
         "**CPU seconds are the headline**: other jobs shared this machine, which stretches wall time "
         "but hardly CPU time. Next-span AUC: each model scored on span k+1's eval split (later in event time than "
         "all its training data; the same examples for both regimes), exact rank AUC.",

@@ -325,13 +325,14 @@ def _driftline(log_dir: str, out_dir: str, beam_args: List[str], chunk_bytes: in
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from components.event_schema import ad_click_schema
-    from components.streaming_example_gen import ingest, windowing
+    from components.streaming_example_gen import ingest, sources, windowing
 
     work = os.path.join(out_dir, "_work")
     os.makedirs(work, exist_ok=True)
-    run = ingest.run_ingest(lambda: beam.Pipeline(options=PipelineOptions(beam_args)), log_dir=log_dir,
+    run = ingest.run_ingest(lambda: beam.Pipeline(options=PipelineOptions(beam_args)),
+                            source=sources.EventLogSource(log_dir, chunk_bytes),
                             schema=ad_click_schema(), window=_window(), state=windowing.CommittedState(),
-                            output_root=out_dir, work_dir=work, chunk_bytes=chunk_bytes)
+                            output_root=out_dir, work_dir=work)
     assert run.result is not None
     return {"examples_reported": sum(s.events for s in run.result.spans.values()),
             "dead_letters": run.result.dead_letters, "chunks": run.result.chunks,
@@ -342,19 +343,20 @@ def _dofns(log_dir: str, out_dir: str, chunk_bytes: int) -> Dict[str, Any]:
     """driftline's own code (plan, ParseChunk, facts, decide, WriteChunk) without Beam: Beam's share is the rest."""
     from components.event_log import plan_read
     from components.event_schema import ad_click_schema
-    from components.streaming_example_gen import ingest, windowing
+    from components.streaming_example_gen import ingest, sources, windowing
 
     schema, window, state = ad_click_schema(), _window(), windowing.CommittedState()
+    source = sources.EventLogSource(log_dir, chunk_bytes)
     plan = plan_read(log_dir, None, chunk_bytes=chunk_bytes)
-    parse = ingest.ParseChunk(log_dir, schema.to_json(), window)
+    parse = ingest.ParseChunk(source, schema.to_json(), window)
     parse.setup()
     parsed = [p for c in plan.chunks for p in parse.process(c)]
     facts = ingest._merge_facts([ingest._chunk_facts(p, state.last_span) for p in parsed])
     decision = windowing.decide(window, state, facts[0], facts[1])
-    write = ingest.WriteChunk(out_dir, state.to_json())
+    write = ingest.WriteChunk(source, out_dir, state.to_json())
     write.setup()
     results = [r for p in parsed for r in write.process(p, decision)]
-    summary = ingest._summarize(results, decision)
+    summary = ingest._summarize(results, decision, source)
     return {"examples_reported": sum(s.events for s in summary.spans.values()),
             "dead_letters": summary.dead_letters, "chunks": len(plan.chunks)}
 

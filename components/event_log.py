@@ -34,7 +34,18 @@ class Position:
     offset: int
 
     def to_json(self) -> str:
-        return json.dumps([self.segment, self.offset])
+        return json.dumps(self.to_json_value())
+
+    def to_json_value(self) -> list:
+        return [self.segment, self.offset]
+
+    def covers(self, position: "Position") -> bool:
+        """True when the line at `position` lies before this position (was read)."""
+        return position < self
+
+    def with_pending(self, pending: Optional["Position"]) -> "Position":
+        """Where to resume: the first pending line if there is one, else here."""
+        return self if pending is None else pending
 
     @classmethod
     def from_json(cls, text: str) -> "Position":
@@ -57,6 +68,10 @@ class Chunk:
     # starting before `end` is read up to here at most.
     segment_limit: int
 
+    @property
+    def name(self) -> str:
+        return f"{self.index:06d}"
+
 
 @dataclasses.dataclass(frozen=True)
 class ReadPlan:
@@ -67,6 +82,13 @@ class ReadPlan:
     @property
     def total_bytes(self) -> int:
         return sum(c.end - c.start for c in self.chunks)
+
+    @property
+    def units(self) -> Tuple[Chunk, ...]:
+        return self.chunks
+
+    def describe(self) -> str:
+        return f"{self.total_bytes} bytes in {len(self.chunks)} chunk(s)"
 
 
 def _gfile():

@@ -164,11 +164,13 @@ class EventSchema:
             return cls.from_json(f.read())
 
     # -- parsing ----------------------------------------------------------------
-    def parse(self, line: bytes) -> Dict[str, Any]:
+    def parse(self, line: bytes, event_time_ms: Optional[int] = None) -> Dict[str, Any]:
         """Parses one JSON Lines record into a dict of typed values.
 
         Raises InvalidEvent with a reason a person can act on. Unknown extra
         keys are ignored, so producers can add fields before the schema does.
+        `event_time_ms`, when given, is the event time (a Kafka record's
+        timestamp) and replaces whatever the payload holds in the event-time field.
         """
         try:
             raw = json.loads(line)
@@ -176,6 +178,8 @@ class EventSchema:
             raise InvalidEvent(f"not JSON: {e.__class__.__name__}: {str(e)[:120]}") from None
         if not isinstance(raw, dict):
             raise InvalidEvent(f"not a JSON object but {type(raw).__name__}")
+        if event_time_ms is not None:
+            raw[self.event_time_field] = event_time_ms
         event: Dict[str, Any] = {}
         for field in self.fields:
             value = raw.get(field.name)

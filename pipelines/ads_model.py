@@ -10,7 +10,10 @@ or installs a module wheel.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping
+import hashlib
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -54,58 +57,127 @@ def _learning_rate(fn_args: WarmStartFnArgs, steps: int):
     return fn_args.learning_rate
 
 
+class Trainer:
+    """A model, its optimizer and its traced train step.
+
+    One cycle builds and traces these once; the controller's long-lived
+    process keeps the last one (see `run_fn`) so the next warm cycle of the
+    same architecture only loads the base weights into it, resets the
+    optimizer, and runs the already traced step: tracing costs more CPU than
+    training a span. It is an optimisation, never state: the weights always
+    come from the base model's checkpoint, the optimizer starts from zero
+    every cycle, and a fresh process computes the same model.
+    """
+
+    def __init__(self, model: keras.Model, features: Mapping[str, np.ndarray], labels: np.ndarray,
+                 learning_rate=0.001):
+        self.model = model
+        self.optimizer = keras.optimizers.Adam(learning_rate)
+        # Slot variables are made here, eagerly, and every batch size shares one
+        # signature, so the step is traced once: creating variables in the
+        # first call traced it twice, and the last, smaller batch a third time.
+        self.optimizer.build(model.trainable_variables)
+        self.names = list(model.input_names)
+        self.dtypes = {k: tf.as_dtype(features[k].dtype) for k in self.names}
+        self.label_dtype = tf.as_dtype(labels.dtype)
+        loss_fn = keras.losses.BinaryCrossentropy()
+        signature = [{k: tf.TensorSpec([None], self.dtypes[k], name=k) for k in self.names},
+                     tf.TensorSpec([None], self.label_dtype, name="label")]
+        optimizer = self.optimizer
+
+        @tf.function(autograph=False, input_signature=signature)
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True)[:, 0])
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        self.step = step
+        # The serving function, traced for one transform graph (see export_serving_model).
+        self.serve = None
+        self.serve_transform: Optional[str] = None
+
+    def accepts(self, features: Mapping[str, np.ndarray], labels: np.ndarray) -> bool:
+        return (sorted(features) == sorted(self.names) and tf.as_dtype(labels.dtype) == self.label_dtype
+                and all(tf.as_dtype(features[k].dtype) == self.dtypes[k] for k in self.names))
+
+    def reset_optimizer(self, learning_rate: float) -> None:
+        """A fresh Adam: zero moments, step 0, this cycle's learning rate."""
+        for variable in self.optimizer.variables:
+            variable.assign(tf.zeros_like(variable))
+        self.optimizer.learning_rate = learning_rate
+
+    def fit(self, features: Mapping[str, np.ndarray], labels: np.ndarray, *, epochs: int, batch_size: int,
+            seed: int) -> float:
+        """Minibatch Adam on in-memory arrays; returns the last epoch's mean loss.
+
+        The step is a tf.function traced without AutoGraph: Keras' fit() spends
+        tens of seconds converting its training loop on the first epoch of
+        every cycle, this traces in well under a second and runs as fast.
+        """
+        rng = np.random.default_rng(seed)
+        n = len(labels)
+        epoch_loss = float("nan")
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            total, batches = 0.0, 0
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                total += float(self.step({k: tf.constant(features[k][idx]) for k in self.names},
+                                         tf.constant(labels[idx])))
+                batches += 1
+            epoch_loss = total / max(batches, 1)
+        return epoch_loss
+
+
 def train(model: keras.Model, features: Mapping[str, np.ndarray], labels: np.ndarray, *, epochs: int,
           batch_size: int, learning_rate, seed: int) -> float:
-    """Minibatch Adam on in-memory arrays; returns the last epoch's mean loss.
+    """Trains `model` with a new Trainer (a fresh trace); returns the last epoch's mean loss."""
+    return Trainer(model, features, labels, learning_rate).fit(features, labels, epochs=epochs,
+                                                               batch_size=batch_size, seed=seed)
 
-    The step is a tf.function traced without AutoGraph: Keras' fit() spends
-    tens of seconds converting its training loop on the first epoch of every
-    cycle, this traces in well under a second and runs as fast.
+
+def transform_graph_key(transform_graph_path: str) -> Optional[str]:
+    """A digest of the transform graph, or None when it has asset files.
+
+    Two cycles' TransformGraph artifacts with the same digest compute the same
+    transform (hashing has no analyzers, so every cycle's graph is the same), so a
+    serving function traced for one serves the other. With assets (a vocabulary)
+    the export copies them from the traced graph's folder, which retention may
+    since have deleted: such a graph is never reused.
     """
-    optimizer = keras.optimizers.Adam(learning_rate)
-    # Slot variables are made here, eagerly, and every batch size shares one
-    # signature, so the step is traced once per cycle: creating variables in
-    # the first call traced it twice, and the last, smaller batch a third time.
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.BinaryCrossentropy()
-    names = list(model.input_names)
-    signature = [{k: tf.TensorSpec([None], tf.as_dtype(features[k].dtype), name=k) for k in names},
-                 tf.TensorSpec([None], tf.as_dtype(labels.dtype), name="label")]
-
-    @tf.function(autograph=False, input_signature=signature)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True)[:, 0])
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    epoch_loss = float("nan")
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        total, batches = 0.0, 0
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            total += float(step({k: tf.constant(features[k][idx]) for k in names}, tf.constant(labels[idx])))
-            batches += 1
-        epoch_loss = total / max(batches, 1)
-    return epoch_loss
+    root = os.path.join(transform_graph_path, "transform_fn")
+    assets = os.path.join(root, "assets")
+    if tf.io.gfile.exists(assets) and tf.io.gfile.listdir(assets):
+        return None
+    with tf.io.gfile.GFile(os.path.join(root, "saved_model.pb"), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
-def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, export_dir: str) -> None:
-    """Signature `serving_default(examples: string[None]) -> {probability: float[None, 1]}`."""
-    raw_spec = dict(tft_output.raw_feature_spec())
-    raw_spec.pop(raw_label_key, None)  # serving requests carry no label
-    model.tft_layer = tft_output.transform_features_layer()
-    feature_names = list(model.input_names)
+def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, export_dir: str,
+                         trainer: Optional[Trainer] = None, transform_key: Optional[str] = None) -> None:
+    """Signature `serving_default(examples: string[None]) -> {probability: float[None, 1]}`.
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve(serialized):
-        raw = tf.io.parse_example(serialized, raw_spec)
-        transformed = model.tft_layer(raw)
-        return {OUTPUT_KEY: model({k: transformed[k] for k in feature_names})}
+    With a `trainer` whose serving function was traced for the same
+    `transform_key`, that trace is reused.
+    """
+    if trainer is not None and transform_key is not None and trainer.serve_transform == transform_key:
+        serve = trainer.serve
+    else:
+        raw_spec = dict(tft_output.raw_feature_spec())
+        raw_spec.pop(raw_label_key, None)  # serving requests carry no label
+        model.tft_layer = tft_output.transform_features_layer()
+        feature_names = list(model.input_names)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve(serialized):
+            raw = tf.io.parse_example(serialized, raw_spec)
+            transformed = model.tft_layer(raw)
+            return {OUTPUT_KEY: model({k: transformed[k] for k in feature_names})}
+
+        if trainer is not None and transform_key is not None:
+            trainer.serve, trainer.serve_transform = serve, transform_key
 
     # save_traces=False: everything that loads this model (TF Serving, TFMA as
     # TF_GENERIC, tf.saved_model.load) uses the signature, and tracing every
@@ -114,28 +186,63 @@ def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, exp
     model.save(export_dir, save_format="tf", signatures={"serving_default": serve}, save_traces=False)
 
 
+# The last Trainer of this process, for the next warm cycle of the same
+# architecture: one entry, replaced by every cold start, so it never grows.
+_reusable: Dict[str, Trainer] = {}
+
+
+def clear_reusable_trainer() -> None:
+    """Forgets the kept Trainer: the next cycle builds and traces from scratch, as a fresh process would."""
+    _reusable.clear()
+
+
+def _reusable_key(config: Mapping[str, Any], seed: int) -> str:
+    return json.dumps({"architecture": config.get(warm_start.ARCHITECTURE, ""), "model": config.get("model", {}),
+                       "buckets": config["feature_buckets"], "numeric": config["numeric_features"], "seed": seed},
+                      sort_keys=True)
+
+
 def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
     import tensorflow_transform as tft
 
     config = fn_args.custom_config
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-    model = build_model(config["feature_buckets"], config["numeric_features"], config.get("model", {}),
-                        fn_args.seed)
-    warm, reason = fn_args.warm_start, fn_args.start_reason
-    if warm:
-        report = warm_start.load_base_weights(model, fn_args.base_model)
-        if not report.loaded:
-            warm, reason = False, report.reason
-
     salt = str(max(i.span for i in fn_args.training_inputs))
     features, labels, counts = data.load_transformed(fn_args.training_inputs, tft_output, LABEL_KEY,
                                                      fn_args.id_key, salt)
     steps = -(-len(labels) // fn_args.batch_size) * fn_args.epochs
-    final_loss = train(model, features, labels, epochs=fn_args.epochs, batch_size=fn_args.batch_size,
-                       learning_rate=_learning_rate(fn_args, steps), seed=fn_args.seed)
+    learning_rate = _learning_rate(fn_args, steps)
+    # A schedule is part of the traced step: only a constant rate lets the next cycle reuse it.
+    reusable = not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+    key = _reusable_key(config, fn_args.seed)
 
-    export_serving_model(model, tft_output, fn_args.label_key, fn_args.serving_model_dir)
-    warm_start.save_warm_start_state(model, fn_args.model_dir,
+    warm, reason = fn_args.warm_start, fn_args.start_reason
+    trainer = _reusable.get(key) if (warm and reusable) else None
+    if trainer is not None and trainer.accepts(features, labels):
+        report = warm_start.load_base_weights(trainer.model, fn_args.base_model)
+        if report.loaded:
+            trainer.reset_optimizer(learning_rate)
+        else:
+            trainer = None
+    else:
+        trainer = None
+    if trainer is None:
+        _reusable.clear()
+        model = build_model(config["feature_buckets"], config["numeric_features"], config.get("model", {}),
+                            fn_args.seed)
+        if warm:
+            report = warm_start.load_base_weights(model, fn_args.base_model)
+            if not report.loaded:
+                warm, reason = False, report.reason
+        trainer = Trainer(model, features, labels, learning_rate)
+        if reusable:
+            _reusable[key] = trainer
+    final_loss = trainer.fit(features, labels, epochs=fn_args.epochs, batch_size=fn_args.batch_size,
+                             seed=fn_args.seed)
+
+    export_serving_model(trainer.model, tft_output, fn_args.label_key, fn_args.serving_model_dir, trainer=trainer,
+                         transform_key=transform_graph_key(fn_args.transform_graph_path) if reusable else None)
+    warm_start.save_warm_start_state(trainer.model, fn_args.model_dir,
                                      architecture=config.get(warm_start.ARCHITECTURE, ""))
     return TrainResult(warm_start=warm, start_reason=reason, final_loss=final_loss, steps=steps,
                        examples=len(labels), examples_by_role=counts)

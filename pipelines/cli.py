@@ -210,6 +210,12 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     """The settings shared by commands that run the pipeline; the rest come from DriftlineConfig."""
     p.add_argument("--home", required=True, metavar="DIR", help="folder for ML Metadata, artifacts and serving/")
     p.add_argument("--log", metavar="DIR", help="event log folder (default: HOME/events)")
+    p.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,...]",
+                   help="read a Kafka topic instead of an event log: the brokers (needs --kafka-topic); offsets "
+                        "are committed in ML Metadata, never to Kafka")
+    p.add_argument("--kafka-topic", metavar="TOPIC", help="the Kafka topic to read (needs --kafka-bootstrap)")
+    p.add_argument("--kafka-event-time", choices=("payload", "record_timestamp"),
+                   help="event time from the payload's event-time field (default) or the record's timestamp")
     p.add_argument("--span-seconds", type=_int_at_least(1), help="span length (default 600)")
     p.add_argument("--allowed-lateness-seconds", type=_int_at_least(0), help="watermark delay (default 60)")
 
@@ -220,6 +226,7 @@ def _config_from_args(args: argparse.Namespace):
     from pipelines.config import ConfigError, default_config
 
     config = default_config(args.home, getattr(args, "log", None))
+    config = _with_kafka_source(config, args)
     window = {k: v for k, v in (("span_seconds", getattr(args, "span_seconds", None)),
                                 ("allowed_lateness_seconds", getattr(args, "allowed_lateness_seconds", None)))
               if v is not None}
@@ -229,6 +236,26 @@ def _config_from_args(args: argparse.Namespace):
         return config.validate()
     except ConfigError as e:
         raise CommandError(str(e), exit_code=2) from None
+
+
+def _with_kafka_source(config, args: argparse.Namespace):
+    """The config with a Kafka source when the --kafka-* flags ask for one."""
+    import dataclasses
+
+    from pipelines.config import KafkaConfig
+
+    bootstrap, topic = getattr(args, "kafka_bootstrap", None), getattr(args, "kafka_topic", None)
+    event_time = getattr(args, "kafka_event_time", None)
+    if bootstrap is None and topic is None:
+        if event_time is not None:
+            raise CommandError("--kafka-event-time needs --kafka-bootstrap and --kafka-topic", exit_code=2)
+        return config
+    if bootstrap is None or topic is None:
+        raise CommandError("a Kafka source needs both --kafka-bootstrap and --kafka-topic", exit_code=2)
+    if getattr(args, "log", None):
+        raise CommandError("--log and --kafka-* name two sources; a pipeline reads one", exit_code=2)
+    kafka = KafkaConfig(bootstrap_servers=bootstrap, topic=topic, **({"event_time": event_time} if event_time else {}))
+    return config.replace(source=dataclasses.replace(config.source, log_dir="", kind="kafka", kafka=kafka))
 
 
 def run_ingest(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ This module imports nothing heavy, so it is cheap to load anywhere.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -48,6 +49,77 @@ class WindowConfig:
         return self.allowed_lateness_seconds * 1000
 
 
+SOURCE_KINDS = ("event_log", "kafka")
+KAFKA_EVENT_TIMES = ("payload", "record_timestamp")
+# librdkafka settings driftline sets itself (components/kafka_log.py): offsets
+# live in ML Metadata, so nothing may commit to Kafka or silently reset.
+KAFKA_RESERVED_SETTINGS = ("bootstrap.servers", "enable.auto.commit", "enable.auto.offset.store",
+                           "auto.offset.reset", "enable.partition.eof")
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaConfig:
+    """A Kafka topic as the source. Offsets are committed in ML Metadata, never to Kafka."""
+
+    bootstrap_servers: str = ""
+    topic: str = ""
+    # None: every partition of the topic, including ones added later.
+    partitions: Optional[Tuple[int, ...]] = None
+    # Where an event's time comes from: the payload's event-time field, or
+    # the record's timestamp (which then replaces that field).
+    event_time: str = "payload"
+    # Planning reads until the client reports the end of every partition or
+    # nothing arrives for this long; broker-reported end offsets are not used.
+    poll_timeout_s: float = 2.0
+    # Per cycle, at most this many records past the committed offset are read
+    # from one partition; the rest waits for the next cycle.
+    max_records_per_partition: int = 1_000_000
+    # Offsets per initial split of the splittable read: the unit of parallel reading.
+    records_per_split: int = 100_000
+    # Read timeout of the range reads: records the plan saw must arrive within it.
+    read_timeout_s: float = 30.0
+    # Extra librdkafka consumer settings (security.protocol, sasl.*, ssl.*, ...).
+    # Recorded in ML Metadata as an execution property: keep secrets out (use
+    # files, e.g. ssl.key.location, readable by the workers).
+    client_config: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.bootstrap_servers:
+            raise ConfigError("source.kafka.bootstrap_servers is empty: set it to the brokers, e.g. 'host1:9092,host2:9092'")
+        if not self.topic:
+            raise ConfigError("source.kafka.topic is empty: set it to the topic the producers write events to")
+        if self.partitions is not None and (not self.partitions or any(
+                isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in self.partitions)):
+            raise ConfigError(f"source.kafka.partitions must be None (all partitions) or a non-empty tuple of "
+                              f"partition numbers >= 0, got {self.partitions!r}")
+        if self.event_time not in KAFKA_EVENT_TIMES:
+            raise ConfigError(f"source.kafka.event_time must be one of {KAFKA_EVENT_TIMES}, got {self.event_time!r}")
+        if not self.poll_timeout_s > 0 or not self.read_timeout_s > 0:
+            raise ConfigError("source.kafka.poll_timeout_s and source.kafka.read_timeout_s must be > 0")
+        if self.read_timeout_s < self.poll_timeout_s:
+            raise ConfigError(f"source.kafka.read_timeout_s ({self.read_timeout_s:g}) must be >= poll_timeout_s "
+                              f"({self.poll_timeout_s:g}): a range read waits for records the plan already saw")
+        if self.max_records_per_partition < 1 or self.records_per_split < 1:
+            raise ConfigError("source.kafka.max_records_per_partition and source.kafka.records_per_split must be >= 1")
+        reserved = sorted(set(self.client_config) & set(KAFKA_RESERVED_SETTINGS))
+        if reserved:
+            raise ConfigError(f"source.kafka.client_config sets {reserved}, which driftline owns: offsets are "
+                              "committed in ML Metadata, so consumers never commit to Kafka nor reset offsets. "
+                              "Remove them (bootstrap.servers goes in source.kafka.bootstrap_servers).")
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["partitions"] = None if self.partitions is None else list(self.partitions)
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "KafkaConfig":
+        d = json.loads(text)
+        if d.get("partitions") is not None:
+            d["partitions"] = tuple(d["partitions"])
+        return cls(**d)
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
     """Where events come from and what they look like."""
@@ -56,14 +128,36 @@ class SourceConfig:
     schema: EventSchema = dataclasses.field(default_factory=ad_click_schema)
     # Unit of parallel reading; also bounds the memory one Beam worker needs.
     chunk_bytes: int = 8 << 20
+    # "event_log" reads log_dir; "kafka" reads the topic in `kafka`.
+    kind: str = "event_log"
+    kafka: Optional[KafkaConfig] = None
 
     def validate(self) -> None:
-        if not self.log_dir:
-            raise ConfigError("source.log_dir is empty: set it to the event log folder "
-                              "(for the built-in stream, the folder given to 'driftline simulate --log')")
+        if self.kind not in SOURCE_KINDS:
+            raise ConfigError(f"source.kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.kind == "kafka":
+            if self.kafka is None:
+                raise ConfigError("source.kind is 'kafka' but source.kafka is not set: set "
+                                  "source.kafka=KafkaConfig(bootstrap_servers=..., topic=...)")
+            if self.log_dir:
+                raise ConfigError("source.kind is 'kafka' but source.log_dir is set too: a pipeline reads one "
+                                  "source; drop log_dir (or set kind='event_log' and drop kafka)")
+            self.kafka.validate()
+        else:
+            if self.kafka is not None:
+                raise ConfigError("source.kafka is set but source.kind is 'event_log': set source.kind='kafka' to "
+                                  "read the topic, or drop source.kafka")
+            if not self.log_dir:
+                raise ConfigError("source.log_dir is empty: set it to the event log folder "
+                                  "(for the built-in stream, the folder given to 'driftline simulate --log')")
         if self.chunk_bytes < 4096:
             raise ConfigError(f"source.chunk_bytes must be >= 4096, got {self.chunk_bytes}")
         self.schema.validate()
+
+    def describe(self) -> str:
+        if self.kind == "kafka" and self.kafka is not None:
+            return f"Kafka topic {self.kafka.topic!r} at {self.kafka.bootstrap_servers}"
+        return f"event log {self.log_dir}"
 
 
 NUMERIC_MODES = ("log_standardize", "standardize", "bucketize", "tft_z_score")
@@ -243,6 +337,72 @@ class PusherConfig:
                               f"got {self.keep_versions}")
 
 
+@dataclasses.dataclass(frozen=True)
+class LatencyConfig:
+    """The LatencyValidator's load test: what a request is, how it is replayed, and the SLO.
+
+    A request is `candidates_per_request` candidates (tf.Examples of the
+    newest span's eval split), as in a ranking service that scores every
+    candidate of one search. Each request is scored in calls of `batch_size`
+    candidates, for every size in `batch_sizes`, by `concurrency` client
+    threads for `seconds_per_batch_size` each. The verdict is the p99 request
+    latency at the best batch size against `slo_p99_ms`.
+    """
+
+    enabled: bool = True
+    # Etsy's search ranking scores ~1000 candidates a request (Caliper).
+    candidates_per_request: int = 1000
+    # Caliper's story: the whole search request has 250 ms, and most of it goes
+    # to fetching candidates and features before the model is called; the
+    # model gets a share of it. 100 ms leaves the default model (a p99 of about
+    # 5-10 ms for 1000 candidates on this 2-core machine while other work
+    # shared it; benchmarks/RESULTS.md) a wide margin for a busy CPU, and still
+    # refuses a model that would take almost half the request's budget.
+    slo_p99_ms: float = 100.0
+    batch_sizes: Tuple[int, ...] = (100, 1000)
+    concurrency: int = 2
+    # Short by default: this runs in every cycle. benchmarks/latency.py runs
+    # longer for the figures in benchmarks/RESULTS.md.
+    seconds_per_batch_size: float = 1.0
+    # Distinct requests cut from the eval split (reused round-robin).
+    distinct_requests: int = 8
+    # Single-threaded repetitions of each stage (parse, transform, whole
+    # model) for the transform share.
+    stage_repeats: int = 10
+    # A candidate the evaluator refused is not pushed anyway; skipping its
+    # load test saves the time and records why.
+    skip_unblessed: bool = True
+
+    def validate(self) -> None:
+        if self.candidates_per_request < 1:
+            raise ConfigError(f"latency.candidates_per_request must be >= 1, got {self.candidates_per_request}")
+        if not self.slo_p99_ms > 0:
+            raise ConfigError(f"latency.slo_p99_ms must be > 0 (milliseconds), got {self.slo_p99_ms}")
+        if not self.batch_sizes:
+            raise ConfigError("latency.batch_sizes is empty: give at least one, e.g. "
+                              f"({self.candidates_per_request},) for one call per request")
+        for size in self.batch_sizes:
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= self.candidates_per_request:
+                raise ConfigError(f"latency.batch_sizes holds {size!r}: each must be an int from 1 to "
+                                  f"latency.candidates_per_request ({self.candidates_per_request}); a batch "
+                                  "is a part of one request")
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise ConfigError(f"latency.batch_sizes repeats a size: {self.batch_sizes}")
+        if self.concurrency < 1:
+            raise ConfigError(f"latency.concurrency must be >= 1 client, got {self.concurrency}")
+        if not self.seconds_per_batch_size > 0:
+            raise ConfigError(f"latency.seconds_per_batch_size must be > 0, got {self.seconds_per_batch_size}")
+        if self.distinct_requests < 1 or self.stage_repeats < 1:
+            raise ConfigError("latency.distinct_requests and latency.stage_repeats must be >= 1")
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "batch_sizes": list(self.batch_sizes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatencyConfig":
+        return cls(**{**d, "batch_sizes": tuple(d.get("batch_sizes", cls.batch_sizes))})
+
+
 _PACKAGING_FLAGS = ("--setup_file", "--extra_package", "--extra_packages", "--requirements_file",
                     "--sdk_container_image", "--worker_harness_container_image")
 
@@ -364,6 +524,7 @@ class DriftlineConfig:
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     gate: GateConfig = dataclasses.field(default_factory=GateConfig)
     pusher: PusherConfig = dataclasses.field(default_factory=PusherConfig)
+    latency: LatencyConfig = dataclasses.field(default_factory=LatencyConfig)
     beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
     cloud: CloudConfig = dataclasses.field(default_factory=CloudConfig)
 
@@ -390,6 +551,7 @@ class DriftlineConfig:
         self.trainer.validate()
         self.gate.validate(self.source.schema)
         self.pusher.validate()
+        self.latency.validate()
         return self
 
     @property

@@ -79,9 +79,8 @@ class Due:
 
 def due(config: DriftlineConfig, min_new_events: Optional[int] = None) -> Due:
     """Whether a cycle would have a closed span to emit now (or enough new events are waiting)."""
-    from components.event_log import Position, plan_read, read_chunk
     from components.event_schema import InvalidEvent
-    from components.streaming_example_gen import windowing
+    from components.streaming_example_gen import ingest, sources, windowing
     from components.streaming_example_gen.committed_state import latest_committed_state
     from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID, open_store
 
@@ -89,15 +88,18 @@ def due(config: DriftlineConfig, min_new_events: Optional[int] = None) -> Due:
     state, _ = latest_committed_state(store, config.pipeline_name, STREAMING_EXAMPLE_GEN_ID)
     window = windowing.Window(config.window.span_ms, config.window.allowed_lateness_ms, config.window.eval_fraction)
     schema = config.source.schema
-    plan = plan_read(config.source.log_dir, state.resume, chunk_bytes=config.source.chunk_bytes)
+    source = sources.from_config(config.source)
+    parser = ingest.RecordParser(schema, window, source.event_time_from_record)
+    plan = source.plan(state)
     newest, spans, new_events = None, set(), 0
-    for chunk in plan.chunks:
-        for offset, line in read_chunk(config.source.log_dir, chunk):
+    for unit in plan.units:
+        lane = source.lane(unit)
+        for offset, payload, record_time_ms in source.read(unit):
             try:
-                t = schema.parse(line)[schema.event_time_field]
+                t = parser.event(payload, record_time_ms)[schema.event_time_field]
             except InvalidEvent:
                 continue
-            if state.end is None or Position(chunk.segment, offset) >= state.end:
+            if windowing.is_new_line(state, source.position(lane, offset)):
                 new_events += 1
             newest = t if newest is None or t > newest else newest
             if state.last_span is None or window.span_of(t) > state.last_span:
@@ -129,7 +131,7 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
     cycles = 0
     try:
         with single_instance(config.home):
-            say(f"controller {os.getpid()} on {config.home}: watching {config.source.log_dir}")
+            say(f"controller {os.getpid()} on {config.home}: watching {config.source.describe()}")
             while not stop.is_set() and (max_cycles is None or cycles < max_cycles):
                 check = due(config, min_new_events)
                 if not check.run:

@@ -13,11 +13,12 @@ after its last event.)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from pipelines.config import DriftlineConfig, default_config
 from pipelines.simulator import SimulatorConfig, format_ms, simulate
@@ -45,6 +46,35 @@ class ComponentProgress(logging.Handler):
             node = message[len("Component "):-len(" is finished.")]
             took = time.monotonic() - self.started.get(node, time.monotonic())
             self.progress(f"{self.prefix}{node} done ({took:.1f} s)")
+
+
+@contextlib.contextmanager
+def component_progress(progress: Progress, prefix: str) -> Iterator[None]:
+    """For one cycle, TFX's log shows only as "<component> done (s)" progress lines, plus errors.
+
+    TFX reports component progress at INFO, among hundreds of other INFO
+    lines: inside the block absl's records go only to the progress handler
+    and, from ERROR up, to stderr.
+    """
+    absl_logger = logging.getLogger("absl")
+    handlers = [ComponentProgress(progress, prefix), logging.StreamHandler(sys.stderr)]
+    handlers[1].setLevel(logging.ERROR)
+    saved = absl_logger.level, absl_logger.propagate
+    for handler in handlers:
+        absl_logger.addHandler(handler)
+    absl_logger.setLevel(logging.INFO)
+    absl_logger.propagate = False
+    # Transform's executor re-applies absl's verbosity flag (WARNING) to this
+    # logger mid-cycle, which would silence the rest of the progress.
+    absl_logger.setLevel = lambda level: None
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            absl_logger.removeHandler(handler)
+        del absl_logger.setLevel
+        absl_logger.setLevel(saved[0])
+        absl_logger.propagate = saved[1]
 
 
 def span_table(config: DriftlineConfig, since_artifact_id: int = 0) -> str:
@@ -92,11 +122,13 @@ def cycle_table(rows: List[DemoRow]) -> str:
         spans = ",".join(str(s)[-3:] for s in r.spans) or "-"
         verdict = "-" if r.blessed is None else ("blessed" if r.blessed else "REJECTED")
         why = (r.reason or r.start_reason or "no closed span").split(": ", 1)[-1]
+        if r.blessed and r.latency_blessed is False:  # the gate passed it, the load test did not
+            verdict, why = "too slow", (r.latency_reason or "").split(": ", 1)[-1]
         body.append((row.cycle, spans + (" (poisoned)" if row.poisoned else ""), r.events, r.start or "-",
                      _fmt(r.train_seconds, ".1f"), _fmt(r.candidate_auc, ".3f"), _fmt(r.baseline_auc, ".3f"),
-                     verdict, r.pushed_version or "-", _fmt(row.freshness_s, ".0f"), _fmt(r.wall_seconds, ".0f"),
-                     why[:70]))
-    return format_table(("cycle", "span", "events", "start", "train s", "cand AUC", "base AUC", "gate",
+                     _fmt(r.latency_p99_ms, ".1f"), verdict, r.pushed_version or "-", _fmt(row.freshness_s, ".0f"),
+                     _fmt(r.wall_seconds, ".0f"), why[:70]))
+    return format_table(("cycle", "span", "events", "start", "train s", "cand AUC", "base AUC", "p99 ms", "gate",
                          "pushed", "fresh s", "cycle s", "why"), body)
 
 
@@ -111,7 +143,6 @@ def run_demo(home: str, cycles: int = 8, events_per_minute: int = 1000, poison_c
     sim = SimulatorConfig(events_per_minute=events_per_minute, bad_fraction=0.0005,
                           flip_labels_minutes=poisoned_minutes)
     rows: List[DemoRow] = []
-    absl_logger = logging.getLogger("absl")
     for cycle in range(1, cycles + 1):
         poisoned = cycle == poison_cycle
         # The first cycle starts with three spans of history; later ones get one new span each.
@@ -120,27 +151,8 @@ def run_demo(home: str, cycles: int = 8, events_per_minute: int = 1000, poison_c
         appended_at_ms = time.time_ns() // 1_000_000
         progress(f"cycle {cycle}/{cycles}: the log grew by {summary.events_written} events to "
                  f"{format_ms(summary.last_event_ms)}{' (this span has every label flipped)' if poisoned else ''}")
-        # TFX reports component progress at INFO, among hundreds of other INFO
-        # lines: for the cycle, absl's records go only to the progress handler
-        # and, from ERROR up, to stderr.
-        handlers = [ComponentProgress(progress, f"cycle {cycle}/{cycles}:   "), logging.StreamHandler(sys.stderr)]
-        handlers[1].setLevel(logging.ERROR)
-        saved = absl_logger.level, absl_logger.propagate
-        for handler in handlers:
-            absl_logger.addHandler(handler)
-        absl_logger.setLevel(logging.INFO)
-        absl_logger.propagate = False
-        # Transform's executor re-applies absl's verbosity flag (WARNING) to this
-        # logger mid-cycle, which would silence the rest of the progress.
-        absl_logger.setLevel = lambda level: None
-        try:
+        with component_progress(progress, f"cycle {cycle}/{cycles}:   "):
             report = run_cycle(config)
-        finally:
-            for handler in handlers:
-                absl_logger.removeHandler(handler)
-            del absl_logger.setLevel
-            absl_logger.setLevel(saved[0])
-            absl_logger.propagate = saved[1]
         rows.append(DemoRow(cycle, report, appended_at_ms, poisoned))
         progress(f"cycle {cycle}/{cycles}: {report.start or 'no training'}; "
                  f"{(report.reason or report.start_reason or '')}; pushed {report.pushed_version or 'nothing'} "

@@ -28,6 +28,9 @@ Where each fact comes from:
 * `ModelBlessing` artifacts (DriftlineEvaluator), matched on
   `current_model_id`: blessed and the reason, and `verdict_json`, which holds
   every metric of the candidate and of the baseline on identical eval data.
+* `InfraBlessing` artifacts (LatencyValidator), matched on `model_id`: the
+  load test's verdict, p50/p95/p99 latency, throughput, and the shares of
+  parsing, transform graph and model.
 * `PushedModel` artifacts (BlessingPusher, and `driftline.Rollback`
   executions), matched on `model_id`: the pushed version and when, and the
   rollbacks that served a model again (those carry `rollback_of`).
@@ -58,6 +61,7 @@ PIPELINE_CONTEXT_TYPE = "pipeline"
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
 MODEL_TYPE = "Model"
 BLESSING_TYPE = "ModelBlessing"
+INFRA_BLESSING_TYPE = "InfraBlessing"
 PUSHED_MODEL_TYPE = "PushedModel"
 ROLLBACK_EXECUTION_TYPE = "driftline.Rollback"
 # The file a running controller holds: JSON {"pid": int, "started_at": ...}.
@@ -96,6 +100,44 @@ class EvalMetrics:
         if overall is None:
             return None
         return cls(**{f.name: _number(overall.get(f.name)) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyRecord:
+    """The LatencyValidator's verdict on one model: its `InfraBlessing` (figures None when not load-tested)."""
+
+    blessed: bool
+    reason: Optional[str]
+    load_tested: bool
+    slo_p99_ms: Optional[float] = None
+    candidates_per_request: Optional[int] = None
+    batch_size: Optional[int] = None  # the batch size the figures are for (the one with the lowest p99)
+    p50_ms: Optional[float] = None
+    p95_ms: Optional[float] = None
+    p99_ms: Optional[float] = None
+    requests_per_second: Optional[float] = None
+    candidates_per_second: Optional[float] = None
+    parse_share: Optional[float] = None
+    transform_share: Optional[float] = None
+    model_share: Optional[float] = None
+
+    @classmethod
+    def from_artifact(cls, a: metadata_store_pb2.Artifact) -> "LatencyRecord":
+        return cls(blessed=prop(a, "blessed") == 1, reason=prop(a, "reason"), load_tested=prop(a, "load_tested") == 1,
+                   **{f.name: prop(a, f.name) for f in dataclasses.fields(cls)
+                      if f.name not in ("blessed", "reason", "load_tested")})
+
+    def describe(self) -> str:
+        """"p50 2.1 / p99 6.0 ms for 1000 candidates, 840 requests/s (SLO 100 ms)"; the reason when not tested."""
+        if self.p99_ms is None:
+            return self.reason or "not load-tested"
+        text = (f"p50 {_f(self.p50_ms, '.1f')} / p99 {_f(self.p99_ms, '.1f')} ms for "
+                f"{self.candidates_per_request} candidates, {_f(self.requests_per_second, '.0f')} requests/s "
+                f"(SLO {_f(self.slo_p99_ms, 'g')} ms)")
+        if self.parse_share is not None:
+            text += (f"; parsing {self.parse_share:.0%}, transform {_f(self.transform_share, '.0%')}, "
+                     f"model {_f(self.model_share, '.0%')}")
+        return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +184,8 @@ class ModelRecord:
     pushed_at_ms: Optional[int] = None
     push_reason: Optional[str] = None
     rollbacks: List[RollbackRecord] = dataclasses.field(default_factory=list)
+    # The LatencyValidator (the newest InfraBlessing whose model_id is this model); None: not load-tested.
+    latency: Optional[LatencyRecord] = None
 
     @property
     def warm(self) -> bool:
@@ -254,6 +298,8 @@ class Status:
     pushes: int
     rollbacks: int
     controller: ControllerState
+    # The serving model's load test, when the LatencyValidator ran on it.
+    serving_latency: Optional[LatencyRecord] = None
 
     @property
     def serving_version(self) -> Optional[int]:
@@ -328,12 +374,18 @@ def _rollback_versions(store: metadata_store.MetadataStore,
 def models(store_or_path: StoreOrPath, pipeline_name: str = "driftline") -> List[ModelRecord]:
     """Every model the pipeline trained, oldest first, with its verdict, push and rollbacks."""
     store = connect(store_or_path)
-    found = _pipeline_artifacts(store, pipeline_name, (MODEL_TYPE, BLESSING_TYPE, PUSHED_MODEL_TYPE))
+    found = _pipeline_artifacts(store, pipeline_name,
+                                (MODEL_TYPE, BLESSING_TYPE, PUSHED_MODEL_TYPE, INFRA_BLESSING_TYPE))
     blessings: Dict[int, metadata_store_pb2.Artifact] = {}
     for b in found[BLESSING_TYPE]:  # oldest first: the newest blessing of a model wins
         model_id = prop(b, "current_model_id")
         if model_id is not None:
             blessings[int(model_id)] = b
+    latencies: Dict[int, LatencyRecord] = {}
+    for b in found[INFRA_BLESSING_TYPE]:  # a stock InfraValidator's carry no model_id and are left out
+        model_id = prop(b, "model_id")
+        if model_id is not None:
+            latencies[int(model_id)] = LatencyRecord.from_artifact(b)
     pushes: Dict[int, metadata_store_pb2.Artifact] = {}
     pushed = found[PUSHED_MODEL_TYPE]
     version_model = {}  # pushed version -> model id, for rollbacks recorded without a model id
@@ -358,12 +410,13 @@ def models(store_or_path: StoreOrPath, pipeline_name: str = "driftline") -> List
                                 model_id=model_id, pushed_model_id=p.id)
         if model_id is not None:
             rollbacks.setdefault(model_id, []).append(record)
-    return [_model_record(m, blessings.get(m.id), pushes.get(m.id), rollbacks.get(m.id, []))
+    return [_model_record(m, blessings.get(m.id), pushes.get(m.id), rollbacks.get(m.id, []), latencies.get(m.id))
             for m in found[MODEL_TYPE]]
 
 
 def _model_record(m: metadata_store_pb2.Artifact, blessing: Optional[metadata_store_pb2.Artifact],
-                  push: Optional[metadata_store_pb2.Artifact], rollbacks: List[RollbackRecord]) -> ModelRecord:
+                  push: Optional[metadata_store_pb2.Artifact], rollbacks: List[RollbackRecord],
+                  latency: Optional[LatencyRecord] = None) -> ModelRecord:
     base = prop(m, "base_model_id")
     fields: Dict[str, Any] = dict(
         model_id=m.id, uri=m.uri, created_ms=m.create_time_since_epoch,
@@ -376,7 +429,7 @@ def _model_record(m: metadata_store_pb2.Artifact, blessing: Optional[metadata_st
         train_wall_seconds=prop(m, "train_wall_seconds"), train_cpu_seconds=prop(m, "train_cpu_seconds"),
         # The executor stores a non-finite loss as -1.0.
         final_loss=_non_negative(prop(m, "final_loss")),
-        rollbacks=sorted(rollbacks, key=lambda r: r.new_version))
+        rollbacks=sorted(rollbacks, key=lambda r: r.new_version), latency=latency)
     if blessing is not None:
         verdict = _json(prop(blessing, "verdict_json"), {})
         baseline_id = prop(blessing, "baseline_model_id")
@@ -646,7 +699,8 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
         models_trained=len(records), models_blessed=sum(1 for m in records if m.blessed is True),
         models_rejected=sum(1 for m in records if m.blessed is False),
         pushes=sum(1 for m in records if m.pushed_version is not None),
-        rollbacks=sum(len(m.rollbacks) for m in records), controller=controller)
+        rollbacks=sum(len(m.rollbacks) for m in records), controller=controller,
+        serving_latency=serving_model.latency if serving_model is not None else None)
 
 
 # -- JSON ------------------------------------------------------------------------------------
@@ -776,6 +830,8 @@ def format_status(st: Status) -> str:
                      f"to {format_ms(st.newest_event_ms)} UTC)")
     else:
         lines.append("  freshness:   -")
+    if st.serving_latency is not None:
+        lines.append(f"  latency:     {st.serving_latency.describe()}")
     c = st.last_cycle
     if c is None:
         lines.append("  last cycle:  none")
@@ -808,6 +864,20 @@ def _pair(m: ModelRecord, name: str, spec: str) -> str:
     return f"{_f(cand, spec)} / {_f(base, spec)}" if m.baseline else _f(cand, spec)
 
 
+def _latency_cells(m: ModelRecord) -> tuple:
+    """(p50/p99 ms, candidates/s, verdict) of the LatencyValidator; "-" where it did not run or test."""
+    lat = m.latency
+    if lat is None:
+        return "-", "-", "-"
+    verdict = "ok" if lat.blessed else ("SLOW" if lat.p99_ms is not None and lat.slo_p99_ms is not None
+                                        and lat.p99_ms > lat.slo_p99_ms else "refused")
+    if not lat.load_tested:
+        verdict = "skipped" if (lat.reason or "").startswith("not load-tested") else verdict
+    if lat.p99_ms is None:
+        return "-", "-", verdict
+    return (f"{_f(lat.p50_ms, '.1f')}/{_f(lat.p99_ms, '.1f')}", _f(lat.candidates_per_second, ",.0f"), verdict)
+
+
 def format_lineage(chain_records: Sequence[ModelRecord], serving_info: Optional[ServingInfo] = None) -> str:
     """The table and reasons `driftline lineage` prints, for a chain (newest first)."""
     from pipelines.report import format_table
@@ -823,7 +893,8 @@ def format_lineage(chain_records: Sequence[ModelRecord], serving_info: Optional[
     back_to = ("back to its last cold start" if tail.start == "cold"
                else f"back to model {tail.model_id} (its base model {tail.base_model_id} is not in this pipeline)")
     lines = [f"Lineage of model {head.model_id}{where}, {back_to}: {n} model{'s' if n != 1 else ''} (newest first)",
-             "AUC, calibration and log loss: candidate / baseline, on the same eval span", ""]
+             "AUC, calibration and log loss: candidate / baseline, on the same eval span; "
+             "p50/p99 ms and cand/s: the LatencyValidator's load test", ""]
     rows = []
     for m in chain_records:
         gate = "-" if m.blessed is None else ("blessed" if m.blessed else "REJECTED")
@@ -834,15 +905,18 @@ def format_lineage(chain_records: Sequence[ModelRecord], serving_info: Optional[
                      m.base_model_id if m.base_model_id is not None else "-", _spans(m.trained_spans),
                      _examples(m), m.eval_span if m.eval_span is not None else "-",
                      _pair(m, "auc", ".3f"), _pair(m, "calibration", ".2f"), _pair(m, "log_loss", ".3f"),
-                     _f(m.candidate.example_count if m.candidate else None, ".0f"), gate, pushed,
-                     format_ms(m.pushed_at_ms)[5:16] if m.pushed_at_ms else "-"))
+                     _f(m.candidate.example_count if m.candidate else None, ".0f"), gate, *_latency_cells(m),
+                     pushed, format_ms(m.pushed_at_ms)[5:16] if m.pushed_at_ms else "-"))
     lines.append(format_table(("model", "created", "start", "base", "spans", "examples", "eval span", "AUC",
-                               "calibration", "log loss", "eval n", "gate", "pushed", "pushed at"), rows))
+                               "calibration", "log loss", "eval n", "gate", "p50/p99 ms", "cand/s", "latency",
+                               "pushed", "pushed at"), rows))
     lines.append("")
     for m in chain_records:
         lines.append(f"model {m.model_id}: {m.start_reason or m.start or 'start unknown'}")
         if m.blessing_reason:
             lines.append(f"  gate:  {m.blessing_reason}")
+        if m.latency is not None:
+            lines.append(f"  latency: {m.latency.reason or m.latency.describe()}")
         if m.pushed_version is not None:
             lines.append(f"  push:  version {m.pushed_version} at {format_ms(m.pushed_at_ms)} UTC")
         elif m.push_reason:

@@ -12,13 +12,13 @@ from pipelines.config import DriftlineConfig
 
 
 def preflight(config: DriftlineConfig) -> None:
-    """Fails fast, before TFX records a failed execution, on a log that cannot be read.
+    """Fails fast, before TFX records a failed execution, on a source that cannot be read.
 
-    Raises EventLogError with what to fix.
+    Raises EventLogError (KafkaSourceError for a topic) with what to fix.
     """
-    from components.event_log import list_segments
+    from components.streaming_example_gen import sources
 
-    list_segments(config.source.log_dir)
+    sources.from_config(config.source).preflight()
 
 
 def run(pipeline: tfx.dsl.Pipeline, config: DriftlineConfig) -> None:
@@ -53,6 +53,10 @@ class CycleReport:
     pushed_version: Optional[str] = None
     pushed_at_ms: Optional[int] = None
     newest_event_ms: Optional[int] = None
+    # The LatencyValidator's verdict and request latency (None: it did not run or did not test).
+    latency_blessed: Optional[bool] = None
+    latency_reason: Optional[str] = None
+    latency_p99_ms: Optional[float] = None
 
     @property
     def trained(self) -> bool:
@@ -84,6 +88,12 @@ def cycle_report(config: DriftlineConfig, wall_seconds: float) -> CycleReport:
         report.candidate_auc = prop(b, "candidate_auc")
         baseline = prop(b, "baseline_auc")
         report.baseline_auc = None if baseline is None or baseline < 0 else baseline
+    latency = outputs.get(p.LATENCY_VALIDATOR_ID, {}).get("outputs", {}).get("blessing", [])
+    if latency:
+        b = latency[0]
+        report.latency_blessed = prop(b, "blessed") == 1
+        report.latency_reason = prop(b, "reason")
+        report.latency_p99_ms = prop(b, "p99_ms")
     pushed = outputs.get(p.PUSHER_ID, {}).get("outputs", {}).get("pushed_model", [])
     if pushed and prop(pushed[0], "pushed") == 1:
         report.pushed_version = prop(pushed[0], "pushed_version")

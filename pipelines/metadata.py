@@ -21,6 +21,7 @@ STREAMING_EXAMPLE_GEN_ID = "StreamingExampleGen"
 TRANSFORM_ID = "Transform"
 TRAINER_ID = "WarmStartTrainer"
 EVALUATOR_ID = "Evaluator"
+LATENCY_VALIDATOR_ID = "LatencyValidator"
 PUSHER_ID = "BlessingPusher"
 BASE_MODEL_RESOLVER_ID = "latest_blessed_model_resolver"
 REPLAY_RESOLVER_ID = "replay_resolver"
@@ -95,10 +96,12 @@ def ingested_spans(store: metadata_store.MetadataStore, pipeline_name: str,
 
 
 def describe_position(position_json: Optional[str]) -> str:
+    """segment@offset for the event log, topic[partition:offset ...] for Kafka."""
+    from components.streaming_example_gen.windowing import frontier_from_json_value
+
     if not position_json:
         return "-"
-    segment, offset = json.loads(position_json)
-    return f"{segment}@{offset}"
+    return str(frontier_from_json_value(json.loads(position_json)))
 
 
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"

@@ -7,6 +7,11 @@ One cycle::
           │                      │                    │ replay_examples     │
           └──── ImportSchemaGen ─┘      latest_blessed_model_resolver ──────┘   replay_resolver
 
+Between the evaluator and the pusher sits the LatencyValidator (when
+`config.latency.enabled`): it load-tests the candidate on the newest span's
+eval split, and the pusher needs its `InfraBlessing` as well as the
+evaluator's `ModelBlessing`.
+
 The base model and the baseline are the same thing, the latest blessed
 model, resolved from ML Metadata across runs; so is the replay window.
 
@@ -33,8 +38,8 @@ from tfx import v1 as tfx
 from components.streaming_example_gen import StreamingExampleGen
 from pipelines.config import DriftlineConfig
 from pipelines.metadata import (  # noqa: F401 (re-exported: the node ids of this pipeline)
-    BASE_MODEL_RESOLVER_ID, EVALUATOR_ID, PUSHER_ID, REPLAY_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID,
-    TRANSFORM_ID)
+    BASE_MODEL_RESOLVER_ID, EVALUATOR_ID, LATENCY_VALIDATOR_ID, PUSHER_ID, REPLAY_RESOLVER_ID,
+    STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, TRANSFORM_ID)
 PREPROCESSING_FN = "transforms.stream.preprocessing_fn"
 LOCAL = "local"
 VERTEX = "vertex"
@@ -131,7 +136,10 @@ def create_pipeline(config: DriftlineConfig, target: str = LOCAL) -> tfx.dsl.Pip
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config=stream.custom_config(schema, config.transform),
         # The trainer applies the transform graph on the fly: no copy of the data per cycle.
-        materialize=False, **transform_kwargs).with_id(TRANSFORM_ID)
+        materialize=False,
+        # TFDV statistics of every span would be computed here each cycle; ingestion already
+        # validated every event against the event schema (the rest went to the dead-letter output).
+        disable_statistics=True, **transform_kwargs).with_id(TRANSFORM_ID)
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -156,13 +164,22 @@ def create_pipeline(config: DriftlineConfig, target: str = LOCAL) -> tfx.dsl.Pip
     evaluator = DriftlineEvaluator.from_config(
         config, examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"]).with_id(EVALUATOR_ID)
+    latency = None
+    if config.latency.enabled:
+        from components.latency_validator import LatencyValidator
+
+        latency = LatencyValidator.from_config(
+            config, model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            model_blessing=evaluator.outputs["blessing"]).with_id(LATENCY_VALIDATOR_ID)
     pusher = BlessingPusher.from_config(
-        config, model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"]).with_id(PUSHER_ID)
+        config, model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=latency.outputs["blessing"] if latency is not None else None).with_id(PUSHER_ID)
     if vertex:
-        components = [latest_examples, example_gen, schema_gen, transform, latest_blessed, trainer, evaluator,
-                      pusher]
+        components = [latest_examples, example_gen, schema_gen, transform, latest_blessed, trainer, evaluator]
     else:
-        components = [example_gen, schema_gen, transform, latest_blessed, replay, trainer, evaluator, pusher]
+        components = [example_gen, schema_gen, transform, latest_blessed, replay, trainer, evaluator]
+    components += [latency, pusher] if latency is not None else [pusher]
     if config.transform.uses_analyzers:
         components.insert(components.index(transform), analyzer_cache)
     return _pipeline(config, components, target)

@@ -391,14 +391,18 @@ def forkserver_main(config_json: str) -> None:
     # Importing is all this process does before forking: no MLMD, no Beam, no threads of our own.
     from absl import logging as absl_logging
 
-    from pipelines.config import BeamConfig, DriftlineConfig, SourceConfig, WindowConfig
+    from pipelines.config import BeamConfig, DriftlineConfig, KafkaConfig, SourceConfig, WindowConfig
     from pipelines import local_runner, pipeline as _pipeline  # noqa: F401  (the import is the point)
     import tfx.v1  # noqa: F401
 
     cfg = json.loads(config_json)
+    if "kafka" in cfg:  # a KafkaConfig's fields, for the Kafka source's kill test
+        source = SourceConfig(kind="kafka", kafka=KafkaConfig.from_json(json.dumps(cfg["kafka"])))
+    else:
+        source = SourceConfig(log_dir=cfg["log_dir"], chunk_bytes=cfg["chunk_bytes"])
     config = DriftlineConfig(
         pipeline_name=cfg["pipeline_name"], home=cfg["home"],
-        source=SourceConfig(log_dir=cfg["log_dir"], chunk_bytes=cfg["chunk_bytes"]),
+        source=source,
         window=WindowConfig(span_seconds=cfg["span_seconds"], allowed_lateness_seconds=cfg["allowed_lateness_seconds"],
                             eval_fraction=cfg.get("eval_fraction", 0.2)),
         beam=BeamConfig(direct_num_workers=cfg.get("direct_num_workers", 1)))

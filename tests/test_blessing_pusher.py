@@ -32,14 +32,17 @@ def make_artifacts(tmp_path, model_uri, blessing_props, latency_props=None):
     model.uri = model_uri
     model.id = 41
     input_dict = {"model": [model]}
-    for key, props, artifact_id in (("model_blessing", blessing_props, 42), ("latency_blessing", latency_props, 43)):
+    for key, props, artifact_id, kind, markers in (
+            ("model_blessing", blessing_props, 42, standard_artifacts.ModelBlessing, ("BLESSED", "NOT_BLESSED")),
+            ("infra_blessing", latency_props, 43, standard_artifacts.InfraBlessing,
+             ("INFRA_BLESSED", "INFRA_NOT_BLESSED"))):
         if props is None:
             continue
-        blessing = standard_artifacts.ModelBlessing()
+        blessing = kind()
         blessing.uri = str(tmp_path / key)
         blessing.id = artifact_id
         os.makedirs(blessing.uri, exist_ok=True)
-        with open(os.path.join(blessing.uri, "BLESSED" if props.get("blessed") == 1 else "NOT_BLESSED"), "w"):
+        with open(os.path.join(blessing.uri, markers[0] if props.get("blessed") == 1 else markers[1]), "w"):
             pass
         for k, v in props.items():
             if isinstance(v, int):
@@ -108,7 +111,7 @@ def test_latency_blessing_not_blessed_blocks_the_push(model_roots, tmp_path):
     assert serving.versions(sd) == [] and not os.path.exists(os.path.join(sd, "1"))
     assert pushed.get_int_custom_property("pushed") == 0
     reason = pushed.get_string_custom_property("reason")
-    assert "latency_blessing" in reason and "p99 latency 31 ms > 20 ms" in reason
+    assert "infra_blessing" in reason and "p99 latency 31 ms > 20 ms" in reason
 
     # Both blessed: pushed, and the reason carries both gates' reasons.
     d = tmp_path / "both"

@@ -170,6 +170,7 @@ def test_ingestion_reads_and_writes_a_remote_log_exactly_once(remote, tmp_path, 
     from components.event_log import plan_read
     from components.event_schema import ad_click_schema
     from components.streaming_example_gen import ingest, windowing
+    from components.streaming_example_gen.sources import EventLogSource
     from ingest_helpers import BASE_MS, SyntheticLog
 
     local_log = str(tmp_path / "events")
@@ -183,9 +184,9 @@ def test_ingestion_reads_and_writes_a_remote_log_exactly_once(remote, tmp_path, 
             log.append(BASE_MS + (15 + 10 * runs) * 60_000, minutes=10, per_minute=40)
             upload(local_log, f"{remote}/events")
         out = f"{remote}/run{runs}/examples"
-        run = ingest.run_ingest(direct_pipeline, log_dir=f"{remote}/events", schema=ad_click_schema(),
-                                window=window, state=state, output_root=out, work_dir=f"{remote}/run{runs}/work",
-                                chunk_bytes=16_384, max_spans=1 if flat else None, flat=flat)
+        run = ingest.run_ingest(direct_pipeline, source=EventLogSource(f"{remote}/events", chunk_bytes=16_384),
+                                schema=ad_click_schema(), window=window, state=state, output_root=out,
+                                work_dir=f"{remote}/run{runs}/work", max_spans=1 if flat else None, flat=flat)
         runs += 1
         assert run.result is not None and run.result.decision.emits
         for span in sorted(run.result.decision.emitted_spans):
@@ -230,6 +231,7 @@ def test_training_reads_examples_and_writes_records_and_weights_remotely(remote,
 
     from components.event_schema import ad_click_schema
     from components.streaming_example_gen import ingest, windowing
+    from components.streaming_example_gen.sources import EventLogSource
     from components.warm_start_trainer import cycle, data, warm_start
     from components.warm_start_trainer.fn_args import TrainingInput
     from components.warm_start_trainer.training_inputs import split_pattern
@@ -238,9 +240,10 @@ def test_training_reads_examples_and_writes_records_and_weights_remotely(remote,
 
     SyntheticLog(str(tmp_path / "events"), seed=4).append(BASE_MS, minutes=15, per_minute=30)
     upload(str(tmp_path / "events"), f"{remote}/events")
-    run = ingest.run_ingest(direct_pipeline, log_dir=f"{remote}/events", schema=ad_click_schema(),
-                            window=windowing.Window(600_000, 60_000, 0.2), state=windowing.CommittedState(),
-                            output_root=f"{remote}/examples", work_dir=f"{remote}/work", chunk_bytes=1 << 20)
+    run = ingest.run_ingest(direct_pipeline, source=EventLogSource(f"{remote}/events", chunk_bytes=1 << 20),
+                            schema=ad_click_schema(), window=windowing.Window(600_000, 60_000, 0.2),
+                            state=windowing.CommittedState(), output_root=f"{remote}/examples",
+                            work_dir=f"{remote}/work")
     [span] = run.result.decision.emitted_spans
     uri = ingest.span_dir(f"{remote}/examples", span)
     spec = schema_utils.schema_as_feature_spec(tfmd_schema(ad_click_schema())).feature_spec

@@ -20,9 +20,11 @@ class BlessingPusherSpec(types.ComponentSpec):
     INPUTS = {
         executor_module.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
         executor_module.MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
-        # A second gate (the latency validator); when given it must also be blessed.
-        executor_module.LATENCY_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing,
-                                                               optional=True),
+        # A second gate (the LatencyValidator); when given it must also be blessed. An InfraBlessing,
+        # not a ModelBlessing: LatestBlessedModelStrategy takes any ModelBlessing with blessed=1 for
+        # the evaluator's, so a latency pass must never look like one.
+        executor_module.INFRA_BLESSING_KEY: ChannelParameter(type=standard_artifacts.InfraBlessing,
+                                                             optional=True),
     }
     OUTPUTS = {executor_module.PUSHED_MODEL_KEY: ChannelParameter(type=standard_artifacts.PushedModel)}
 
@@ -31,9 +33,9 @@ class BlessingPusher(base_component.BaseComponent):
     """Pushes a `Model` into TF Serving's `<serving_dir>/<version>/` folder, only when blessed.
 
     The model is pushed as a new highest version by copy-then-atomic-rename
-    (see `serving.push`) when `model_blessing` (and `latency_blessing`, if
-    given) carry `blessed == 1`; then only the newest `keep_versions`
-    versions are kept. Otherwise serving is untouched and the run still
+    (see `serving.push`) when `model_blessing` (and `infra_blessing`, if
+    given: the LatencyValidator's `InfraBlessing`) carry `blessed == 1`;
+    then only the newest `keep_versions` versions are kept. Otherwise serving is untouched and the run still
     succeeds: the `PushedModel` output says `pushed=0` with the blessing's
     reason.
 
@@ -53,14 +55,14 @@ class BlessingPusher(base_component.BaseComponent):
 
     def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel, serving_dir: str,
                  keep_versions: int = PusherConfig.keep_versions,
-                 latency_blessing: Optional[types.BaseChannel] = None):
+                 infra_blessing: Optional[types.BaseChannel] = None):
         if not serving_dir:
             raise ConfigError("BlessingPusher needs a serving_dir")
         PusherConfig(serving_dir=serving_dir, keep_versions=keep_versions).validate()
         spec = BlessingPusherSpec(
             model=model,
             model_blessing=model_blessing,
-            latency_blessing=latency_blessing,
+            infra_blessing=infra_blessing,
             serving_dir=serving_dir,
             keep_versions=int(keep_versions),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel),
@@ -69,6 +71,6 @@ class BlessingPusher(base_component.BaseComponent):
 
     @classmethod
     def from_config(cls, config: DriftlineConfig, model: types.BaseChannel, model_blessing: types.BaseChannel,
-                    latency_blessing: Optional[types.BaseChannel] = None) -> "BlessingPusher":
+                    infra_blessing: Optional[types.BaseChannel] = None) -> "BlessingPusher":
         return cls(model=model, model_blessing=model_blessing, serving_dir=config.serving_dir,
-                   keep_versions=config.pusher.keep_versions, latency_blessing=latency_blessing)
+                   keep_versions=config.pusher.keep_versions, infra_blessing=infra_blessing)

@@ -19,13 +19,14 @@ from components.blessing_pusher.serving import (  # noqa: F401  (re-exported)
 
 MODEL_KEY = "model"
 MODEL_BLESSING_KEY = "model_blessing"
-LATENCY_BLESSING_KEY = "latency_blessing"
+# A stock InfraBlessing, as stock Pusher takes it: the LatencyValidator's (or stock InfraValidator's).
+INFRA_BLESSING_KEY = "infra_blessing"
 PUSHED_MODEL_KEY = "pushed_model"
 SERVING_DIR_KEY = "serving_dir"
 KEEP_VERSIONS_KEY = "keep_versions"
 
 # The blessings checked, in order; a missing optional one is skipped.
-BLESSING_KEYS = (MODEL_BLESSING_KEY, LATENCY_BLESSING_KEY)
+BLESSING_KEYS = (MODEL_BLESSING_KEY, INFRA_BLESSING_KEY)
 
 
 def absolute_serving_dir(serving_dir: str) -> str:

@@ -374,7 +374,7 @@ def push_blessed(model_dir: str, blessing_properties: Mapping[str, object], serv
     """Pushes `model_dir` only if every blessing says blessed; otherwise NotBlessedError and nothing changes.
 
     `blessing_properties` are the ModelBlessing's custom properties (`blessed`,
-    `reason`, ...); `more_blessings` maps a name (e.g. "latency_blessing") to
+    `reason`, ...); `more_blessings` maps a name (e.g. "infra_blessing") to
     the properties of further gates, each of which must also be blessed.
     """
     gates = {"model_blessing": blessing_properties, **dict(more_blessings or {})}

@@ -12,7 +12,7 @@ from components.event_schema import EventSchema
 from components.streaming_example_gen import executor as executor_module
 from components.streaming_example_gen.driver import StreamingExampleGenDriver
 from components.streaming_example_gen.executor import Executor
-from pipelines.config import SourceConfig, WindowConfig
+from pipelines.config import KafkaConfig, SourceConfig, WindowConfig
 
 
 class StreamingExampleGenSpec(types.ComponentSpec):
@@ -23,6 +23,8 @@ class StreamingExampleGenSpec(types.ComponentSpec):
         "allowed_lateness_seconds": ExecutionParameter(type=int),
         "eval_fraction": ExecutionParameter(type=float),
         "chunk_bytes": ExecutionParameter(type=int),
+        # KafkaConfig JSON when the source is a Kafka topic (log_dir is then empty).
+        "kafka_source": ExecutionParameter(type=str, optional=True),
         executor_module.DRIVERLESS_KEY: ExecutionParameter(type=int, optional=True),  # 0 / 1
     }
     INPUTS = {
@@ -33,9 +35,10 @@ class StreamingExampleGenSpec(types.ComponentSpec):
 
 
 class StreamingExampleGen(base_beam_component.BaseBeamComponent):
-    """Cuts an append-only event log into event-time spans of `Examples`.
+    """Cuts an append-only event log, or a Kafka topic, into event-time spans of `Examples`.
 
     Each run reads what arrived since the position committed in ML Metadata
+    (a segment and byte offset, or per-partition Kafka offsets)
     and emits one `Examples` artifact (with TFX's `span` property and `train`
     / `eval` splits) for every span the watermark has closed. Malformed
     events go to a dead-letter folder inside the first emitted span.
@@ -52,17 +55,20 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
 
         example_gen = StreamingExampleGen(log_dir="events/", window=WindowConfig(span_seconds=600))
         statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+        # or: StreamingExampleGen(kafka=KafkaConfig(bootstrap_servers="broker:9092", topic="clicks"))
     """
 
     SPEC_CLASS = StreamingExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
     DRIVER_CLASS = StreamingExampleGenDriver
 
-    def __init__(self, log_dir: str, schema: Optional[EventSchema] = None,
+    def __init__(self, log_dir: str = "", schema: Optional[EventSchema] = None,
                  window: Optional[WindowConfig] = None, chunk_bytes: Optional[int] = None,
-                 driverless: bool = False, previous_examples: Optional[types.BaseChannel] = None):
+                 kafka: Optional[KafkaConfig] = None, driverless: bool = False,
+                 previous_examples: Optional[types.BaseChannel] = None):
         source = SourceConfig(log_dir=log_dir, **({"schema": schema} if schema else {}),
-                              **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}))
+                              **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}),
+                              **({"kind": "kafka", "kafka": kafka} if kafka is not None else {}))
         window = window or WindowConfig()
         source.validate()
         window.validate()
@@ -76,6 +82,7 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
             allowed_lateness_seconds=window.allowed_lateness_seconds,
             eval_fraction=window.eval_fraction,
             chunk_bytes=source.chunk_bytes,
+            kafka_source=source.kafka.to_json() if source.kafka is not None else None,
             driverless=1 if driverless else None,
             previous_examples=previous_examples,
             examples=types.Channel(type=standard_artifacts.Examples),
@@ -86,4 +93,5 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
     def from_config(cls, source: SourceConfig, window: WindowConfig, driverless: bool = False,
                     previous_examples: Optional[types.BaseChannel] = None) -> "StreamingExampleGen":
         return cls(log_dir=source.log_dir, schema=source.schema, window=window, chunk_bytes=source.chunk_bytes,
+                   kafka=source.kafka if source.kind == "kafka" else None,
                    driverless=driverless, previous_examples=previous_examples)

@@ -20,7 +20,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from components.event_schema import EventSchema
-from components.streaming_example_gen import ingest, windowing
+from components.streaming_example_gen import ingest, sources, windowing
 from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
 from components.streaming_example_gen.driver import COMMITTED_STATE_KEY
 
@@ -75,17 +75,16 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                                   allowed_lateness_ms=exec_properties["allowed_lateness_seconds"] * 1000,
                                   eval_fraction=exec_properties["eval_fraction"])
         template = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
+        source = sources.from_exec_properties(exec_properties)
         run = ingest.run_ingest(
-            self._make_beam_pipeline,
-            log_dir=exec_properties["log_dir"],
+            self._make_beam_pipeline, source=source,
             schema=EventSchema.from_json(exec_properties["event_schema"]),
-            window=window, state=state, output_root=template.uri,
-            work_dir=self._get_tmp_dir(), chunk_bytes=exec_properties["chunk_bytes"],
+            window=window, state=state, output_root=template.uri, work_dir=self._get_tmp_dir(),
             max_spans=1 if driverless else None, flat=driverless)
         artifacts = build_artifacts(template, run, window, flat=driverless)
         if driverless and not artifacts:
             raise NoClosedSpanError(
-                f"no span of {exec_properties['log_dir']} has closed since the committed position "
+                f"no span of {source.describe()} has closed since the committed position "
                 f"{state.to_json()}: nothing is published and this run stops here. An orchestrator that takes one "
                 "artifact per output (Vertex AI Pipelines) needs a closed span every run: schedule runs at most "
                 "once per window.span_seconds, after the span's end plus the allowed lateness.")
@@ -96,8 +95,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             # Every file was renamed out of it: the artifact holds its splits and dead letters only.
             ingest.remove_tmp(template.uri)
         output_dict[EXAMPLES_KEY][:] = artifacts
-        logging.info("StreamingExampleGen: read %d bytes from %s to %s; emitted spans %s; committed %s",
-                     run.plan.total_bytes, run.plan.start, run.plan.end,
+        logging.info("StreamingExampleGen: read %s of %s from %s to %s; emitted spans %s; committed %s",
+                     run.plan.describe(), source.describe(), run.plan.start, run.plan.end,
                      [a.span for a in output_dict[EXAMPLES_KEY]], run.committed.to_json())
 
 

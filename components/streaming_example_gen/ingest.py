@@ -1,10 +1,14 @@
-"""The Beam graph of one ingest run: event log → span-numbered TFRecords.
+"""The Beam graph of one ingest run: event log or Kafka topic → span-numbered TFRecords.
 
-Two stages, so that nothing is written before the run knows what it emits:
+The source (``sources.py``) plans a read as units (chunks of log segments,
+offset ranges of Kafka partitions) and reads each unit into records; all
+that follows is the same code for every source. Two stages, so that nothing
+is written before the run knows what it emits:
 
-1. ``ParseChunk`` reads each chunk of the log, validates lines against the
-   event schema and encodes valid events as tf.Example bytes (the split of an
-   event depends only on its own event time, so it is known here).
+1. Each unit is read (``ParseChunk`` for the log, a splittable DoFn for
+   Kafka), its records validated against the event schema by one
+   ``RecordParser`` and valid events encoded as tf.Example bytes (the split
+   of an event depends only on its own event time, so it is known here).
 2. A global combine finds the newest event time and the candidate spans, and
    ``windowing.decide`` turns them into the run's decision, a side input to
 3. ``WriteChunk``, which writes each chunk's share of every emitted span and
@@ -21,11 +25,10 @@ import dataclasses
 import json
 import os
 import uuid
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
-from components.event_log import Chunk, Position, ReadPlan, read_chunk
 from components.event_schema import EventSchema, InvalidEvent
 from components.streaming_example_gen import windowing
 from components.streaming_example_gen.example_codec import ExampleEncoder
@@ -40,49 +43,77 @@ def span_dir(output_root: str, span: int, flat: bool = False) -> str:
     return output_root if flat else os.path.join(output_root, f"span-{span}")
 
 
-def example_file(output_root: str, span: int, split: str, chunk_index: int, flat: bool = False) -> str:
+def example_file(output_root: str, span: int, split: str, unit_name: str, flat: bool = False) -> str:
     # Split-<name> is the layout every stock TFX component reads.
-    return os.path.join(span_dir(output_root, span, flat), f"Split-{split}", f"data-{chunk_index:06d}.tfrecord.gz")
+    return os.path.join(span_dir(output_root, span, flat), f"Split-{split}", f"data-{unit_name}.tfrecord.gz")
 
 
-def dead_letter_file(output_root: str, span: int, chunk_index: int, flat: bool = False) -> str:
-    return os.path.join(span_dir(output_root, span, flat), DEAD_LETTER_DIR, f"dead_letter-{chunk_index:06d}.jsonl")
+def dead_letter_file(output_root: str, span: int, unit_name: str, flat: bool = False) -> str:
+    return os.path.join(span_dir(output_root, span, flat), DEAD_LETTER_DIR, f"dead_letter-{unit_name}.jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
 class ParsedChunk:
-    """One chunk, parsed. Lists of tuples keep the element cheap to encode."""
+    """One unit of a source (a log chunk, a Kafka offset range), parsed. Lists of tuples keep it cheap to encode."""
 
-    chunk: Chunk
+    chunk: Any  # event_log.Chunk or kafka_log.KafkaRange: what was actually read
     # (offset, event_time_ms, span, split, serialized tf.Example)
     valid: List[Tuple[int, int, int, str, bytes]]
-    # (offset, raw line, reason)
+    # (offset, raw payload, reason)
     invalid: List[Tuple[int, bytes, str]]
 
 
+NO_RECORD_TIMESTAMP = "the record has no timestamp, and the source takes event time from record timestamps"
+
+
+class RecordParser:
+    """Validates raw records against the event schema and encodes the valid ones; the same for every source."""
+
+    def __init__(self, schema: EventSchema, window: windowing.Window, event_time_from_record: bool = False):
+        self._schema = schema
+        self._encoder = ExampleEncoder(schema)
+        self._window = window
+        self._from_record = event_time_from_record
+
+    def event(self, payload: bytes, record_time_ms: Optional[int]) -> Dict[str, Any]:
+        """The typed event of one record, its event time from the payload or the record; raises InvalidEvent."""
+        if not self._from_record:
+            return self._schema.parse(payload)
+        if record_time_ms is None:
+            raise InvalidEvent(NO_RECORD_TIMESTAMP)
+        return self._schema.parse(payload, record_time_ms)
+
+    def parse(self, records: Iterable[Tuple[int, bytes, Optional[int]]]):
+        """(offset, payload, record timestamp ms or None) records → (valid, invalid) lists of ParsedChunk."""
+        valid, invalid = [], []
+        event_of, encode, time_field = self.event, self._encoder.encode, self._schema.event_time_field
+        span_of, split_of = self._window.span_of, self._window.split_of
+        for offset, payload, record_time_ms in records:
+            try:
+                event = event_of(payload, record_time_ms)
+            except InvalidEvent as e:
+                invalid.append((offset, payload, str(e)))
+                continue
+            t = event[time_field]
+            span = span_of(t)
+            valid.append((offset, t, span, split_of(span, t), encode(event)))
+        return valid, invalid
+
+
 class ParseChunk(beam.DoFn):
-    def __init__(self, log_dir: str, schema_json: str, window: windowing.Window):
-        self._log_dir = log_dir
+    """Reads and parses one unit of a source whose units need no splitting (the event log's chunks)."""
+
+    def __init__(self, source, schema_json: str, window: windowing.Window):
+        self._source = source
         self._schema_json = schema_json
         self._window = window
 
     def setup(self):
-        self._schema = EventSchema.from_json(self._schema_json)
-        self._encoder = ExampleEncoder(self._schema)
-        self._time_field = self._schema.event_time_field
+        self._parser = RecordParser(EventSchema.from_json(self._schema_json), self._window,
+                                    self._source.event_time_from_record)
 
-    def process(self, chunk: Chunk) -> Iterator[ParsedChunk]:
-        valid, invalid = [], []
-        span_of, split_of = self._window.span_of, self._window.split_of
-        for offset, line in read_chunk(self._log_dir, chunk):
-            try:
-                event = self._schema.parse(line)
-            except InvalidEvent as e:
-                invalid.append((offset, line, str(e)))
-                continue
-            t = event[self._time_field]
-            span = span_of(t)
-            valid.append((offset, t, span, split_of(span, t), self._encoder.encode(event)))
+    def process(self, chunk) -> Iterator[ParsedChunk]:
+        valid, invalid = self._parser.parse(self._source.read(chunk))
         yield ParsedChunk(chunk, valid, invalid)
 
 
@@ -133,8 +164,9 @@ def _write_dead_letters(rows: Sequence[Dict[str, Any]]):
     return write
 
 
-def dead_letter_row(segment: str, offset: int, line: bytes, reason: str) -> Dict[str, Any]:
-    row: Dict[str, Any] = {"segment": segment, "offset": offset, "reason": reason}
+def dead_letter_row(where: Dict[str, Any], line: bytes, reason: str) -> Dict[str, Any]:
+    """`where` locates the record in its source: segment and offset, or topic, partition and offset."""
+    row: Dict[str, Any] = dict(where, reason=reason)
     try:
         row["line"] = line.decode("utf-8")
     except UnicodeDecodeError:
@@ -144,7 +176,8 @@ def dead_letter_row(segment: str, offset: int, line: bytes, reason: str) -> Dict
 
 
 class WriteChunk(beam.DoFn):
-    def __init__(self, output_root: str, state_json: str, flat: bool = False):
+    def __init__(self, source, output_root: str, state_json: str, flat: bool = False):
+        self._source = source
         self._output_root = output_root
         self._state_json = state_json
         self._flat = flat
@@ -153,8 +186,10 @@ class WriteChunk(beam.DoFn):
         self._state = windowing.CommittedState.from_json(self._state_json)
 
     def process(self, parsed: ParsedChunk, decision: windowing.RunDecision) -> Iterator[Dict[str, Any]]:
-        chunk, state = parsed.chunk, self._state
-        result: Dict[str, Any] = {"chunk": chunk.index, "spans": {}, "dead_letters": 0, "first_pending": None}
+        chunk, state, source = parsed.chunk, self._state, self._source
+        lane, position, name = source.lane(chunk), source.position, source.unit_name(chunk)
+        result: Dict[str, Any] = {"chunk": source.unit_key(chunk), "spans": {}, "dead_letters": 0,
+                                  "first_pending": None}
         if not decision.emits:
             # Nothing is published by this run: write nothing, the next run re-reads.
             yield result
@@ -164,7 +199,7 @@ class WriteChunk(beam.DoFn):
         stats: Dict[int, windowing.SpanStats] = {}
         first_pending: Optional[int] = None
         for offset, t, span, split, example in parsed.valid:
-            fate = windowing.classify(state, Position(chunk.segment, offset), span, decision.closed_through)
+            fate = windowing.classify(state, position(lane, offset), span, decision.closed_through)
             if fate == windowing.SKIP:
                 continue
             if fate == windowing.PENDING:
@@ -177,18 +212,18 @@ class WriteChunk(beam.DoFn):
             stats.setdefault(dest_span, windowing.SpanStats()).add(t, dest_split, late)
         tmp_root = os.path.join(self._output_root, "_tmp")
         for (span, split), examples in sorted(records.items()):
-            _write_atomically(example_file(self._output_root, span, split, chunk.index, self._flat),
+            _write_atomically(example_file(self._output_root, span, split, name, self._flat),
                               _write_tfrecords(examples), tmp_root)
-        dead = [dead_letter_row(chunk.segment, offset, line, reason)
+        dead = [dead_letter_row(source.dead_letter_where(chunk, offset), line, reason)
                 for offset, line, reason in parsed.invalid
-                if windowing.is_new_line(state, Position(chunk.segment, offset))]
+                if windowing.is_new_line(state, position(lane, offset))]
         if dead:
-            _write_atomically(dead_letter_file(self._output_root, first_span, chunk.index, self._flat),
+            _write_atomically(dead_letter_file(self._output_root, first_span, name, self._flat),
                               _write_dead_letters(dead), tmp_root)
         result["spans"] = {str(s): st.to_dict() for s, st in stats.items()}
         result["dead_letters"] = len(dead)
         if first_pending is not None:
-            result["first_pending"] = [chunk.segment, first_pending]
+            result["first_pending"] = [lane, first_pending]
         yield result
 
 
@@ -197,17 +232,20 @@ class IngestResult:
     decision: windowing.RunDecision
     spans: Dict[int, windowing.SpanStats]
     dead_letters: int
-    first_pending: Optional[Position]
+    # A frontier at the earliest pending record(s), or None.
+    first_pending: Optional[windowing.Frontier]
     chunks: int
+    # The source's key of every unit that reported a result (chunk indices, Kafka ranges).
+    units: List[Any] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps({
             "decision": json.loads(self.decision.to_json()),
             "spans": {str(s): st.to_dict() for s, st in self.spans.items()},
             "dead_letters": self.dead_letters,
-            "first_pending": None if self.first_pending is None else [self.first_pending.segment,
-                                                                       self.first_pending.offset],
+            "first_pending": None if self.first_pending is None else self.first_pending.to_json_value(),
             "chunks": self.chunks,
+            "units": self.units,
         }, sort_keys=True)
 
     @classmethod
@@ -219,21 +257,23 @@ class IngestResult:
                                            dec["max_event_time_ms"]),
             spans={int(s): windowing.SpanStats(**st) for s, st in d["spans"].items()},
             dead_letters=d["dead_letters"],
-            first_pending=None if d["first_pending"] is None else Position(*d["first_pending"]),
+            first_pending=windowing.frontier_from_json_value(d["first_pending"]),
             chunks=d["chunks"],
+            units=d.get("units", []),
         )
 
 
-def _summarize(chunk_results: List[Dict[str, Any]], decision: windowing.RunDecision) -> IngestResult:
+def _summarize(chunk_results: List[Dict[str, Any]], decision: windowing.RunDecision, source) -> IngestResult:
     spans: Dict[int, windowing.SpanStats] = {}
-    pending: List[Position] = []
+    pending: List[Tuple[Any, int]] = []
     for r in chunk_results:
         for s, st in r["spans"].items():
             spans[int(s)] = spans.get(int(s), windowing.SpanStats()).merge(windowing.SpanStats(**st))
         if r["first_pending"] is not None:
-            pending.append(Position(*r["first_pending"]))
+            pending.append(tuple(r["first_pending"]))
     return IngestResult(decision=decision, spans=spans, dead_letters=sum(r["dead_letters"] for r in chunk_results),
-                        first_pending=min(pending) if pending else None, chunks=len(chunk_results))
+                        first_pending=source.pending_frontier(pending), chunks=len(chunk_results),
+                        units=[r["chunk"] for r in chunk_results])
 
 
 def _write_summary(result: IngestResult, path: str) -> None:
@@ -243,7 +283,7 @@ def _write_summary(result: IngestResult, path: str) -> None:
         f.write(result.to_json())
 
 
-def build_ingest(pipeline: beam.Pipeline, *, log_dir: str, chunks: Sequence[Chunk], schema: EventSchema,
+def build_ingest(pipeline: beam.Pipeline, *, source, units: Sequence[Any], schema: EventSchema,
                  window: windowing.Window, state: windowing.CommittedState, output_root: str,
                  summary_path: str, max_spans: Optional[int] = None, flat: bool = False) -> None:
     """Adds the ingest graph to `pipeline`; running it writes the spans and `summary_path`.
@@ -254,21 +294,17 @@ def build_ingest(pipeline: beam.Pipeline, *, log_dir: str, chunks: Sequence[Chun
     if flat and max_spans != 1:
         raise ValueError("flat output holds exactly one span: it needs max_spans=1")
     last_span = state.last_span
-    parsed = (pipeline
-              | "Chunks" >> beam.Create(list(chunks))
-              # Spread chunks over workers before the expensive parse.
-              | "Reshuffle" >> beam.Reshuffle()
-              | "Parse" >> beam.ParDo(ParseChunk(log_dir, schema.to_json(), window)))
+    parsed = source.expand_read(pipeline, list(units), schema.to_json(), window)
     decision = (parsed
                 | "Facts" >> beam.Map(_chunk_facts, last_span)
                 | "MergeFacts" >> beam.CombineGlobally(_merge_facts)
                 | "Decide" >> beam.Map(lambda f: windowing.decide(window, state, f[0], f[1], max_spans)))
     results = (parsed
-               | "Write" >> beam.ParDo(WriteChunk(output_root, state.to_json(), flat),
-                                     beam.pvalue.AsSingleton(decision))
+               | "Write" >> beam.ParDo(WriteChunk(source, output_root, state.to_json(), flat),
+                                       beam.pvalue.AsSingleton(decision))
                | "Collect" >> beam.combiners.ToList())
     _ = (results
-         | "Summarize" >> beam.Map(_summarize, beam.pvalue.AsSingleton(decision))
+         | "Summarize" >> beam.Map(_summarize, beam.pvalue.AsSingleton(decision), source)
          | "WriteSummary" >> beam.Map(_write_summary, summary_path))
 
 
@@ -309,43 +345,36 @@ def remove_tmp(output_root: str) -> None:
 class IngestRun:
     """Everything one run decided and wrote, ready to become artifacts."""
 
-    plan: ReadPlan
+    plan: Any  # event_log.ReadPlan or kafka_log.KafkaReadPlan: start, end, units, describe()
     previous: windowing.CommittedState
     committed: windowing.CommittedState
     result: Optional[IngestResult]
     wall_seconds: float
 
 
-def run_ingest(make_pipeline, *, log_dir: str, schema: EventSchema, window: windowing.Window,
+def run_ingest(make_pipeline, *, source, schema: EventSchema, window: windowing.Window,
                state: windowing.CommittedState, output_root: str, work_dir: str,
-               chunk_bytes: int, max_spans: Optional[int] = None, flat: bool = False) -> IngestRun:
+               max_spans: Optional[int] = None, flat: bool = False) -> IngestRun:
     """Plans the read, runs the Beam graph, and returns what to publish.
 
-    `make_pipeline` returns a fresh `beam.Pipeline` (the executor's, with the
-    component's Beam arguments). Nothing is committed here: the caller
-    publishes the returned state with the artifacts, or nothing at all.
-    `max_spans` and `flat` are `build_ingest`'s.
+    `source` is one of `sources.py`'s sources. `make_pipeline` returns a fresh
+    `beam.Pipeline` (the executor's, with the component's Beam arguments).
+    Nothing is committed here: the caller publishes the returned state with
+    the artifacts, or nothing at all. `max_spans` and `flat` are `build_ingest`'s.
     """
     import time
 
-    from components.event_log import plan_read
-
     started = time.monotonic()
-    plan = plan_read(log_dir, state.resume, chunk_bytes=chunk_bytes)
-    if not plan.chunks:
+    plan = source.plan(state)
+    if not plan.units:
         return IngestRun(plan, state, state, None, time.monotonic() - started)
     summary_path = os.path.join(work_dir, SUMMARY_FILE)
     with make_pipeline() as pipeline:
-        build_ingest(pipeline, log_dir=log_dir, chunks=plan.chunks, schema=schema, window=window,
+        build_ingest(pipeline, source=source, units=plan.units, schema=schema, window=window,
                      state=state, output_root=output_root, summary_path=summary_path,
                      max_spans=max_spans, flat=flat)
     result = read_summary(summary_path)
-    if result.chunks != len(plan.chunks):
-        # Every chunk yields exactly one result, so a shortfall means the runner
-        # dropped elements. Committing `plan.end` would skip those events forever.
-        raise RuntimeError(
-            f"ingest got results for {result.chunks} of {len(plan.chunks)} chunks of {log_dir!r}: the Beam runner "
-            "lost elements, so nothing is committed and the next run reads the same events again. Seen with "
-            "DirectRunner direct_running_mode=multi_processing and several workers; use the default in_memory mode.")
+    # Committing `plan.end` after a unit was lost would skip its events forever.
+    source.check_complete(plan, result.units)
     committed = windowing.next_state(state, result.decision, plan.end, result.first_pending)
     return IngestRun(plan, state, committed, result, time.monotonic() - started)

@@ -25,14 +25,35 @@ and its own position alone, which is why a crashed run can simply be redone:
 
 Invalid lines are dead-lettered by the first published run that reads them,
 that is, only at positions at or after ``end``.
+
+A position is whatever the source uses: a (segment, byte offset) of the
+event log, or per-partition offsets of a Kafka topic. ``end`` and ``resume``
+are frontiers (:class:`components.event_log.Position`,
+:class:`components.kafka_log.KafkaOffsets`) that answer two questions, all
+these rules need: does a frontier cover a record's position, and where to
+resume given the first pending record(s).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Dict, FrozenSet, Iterable, Optional
+from typing import Any, Dict, FrozenSet, Iterable, Optional, Union
 
 from components.event_log import Position
+from components.kafka_log import KafkaOffsets, PartitionOffset
+
+# What a committed state records (`end`, `resume`), and where one record sits.
+Frontier = Union[Position, KafkaOffsets]
+RecordPosition = Union[Position, PartitionOffset]
+
+
+def frontier_from_json_value(value: Any) -> Optional[Frontier]:
+    """Decodes a frontier: a [segment, offset] pair of the event log, or {"topic", "offsets"} of Kafka."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return KafkaOffsets.from_json_value(value)
+    return Position(str(value[0]), int(value[1]))
 
 TRAIN = "train"
 EVAL = "eval"
@@ -77,8 +98,8 @@ class Window:
 
 @dataclasses.dataclass(frozen=True)
 class CommittedState:
-    end: Optional[Position] = None
-    resume: Optional[Position] = None
+    end: Optional[Frontier] = None
+    resume: Optional[Frontier] = None
     last_span: Optional[int] = None
     max_event_time_ms: Optional[int] = None
 
@@ -88,8 +109,8 @@ class CommittedState:
 
     def to_json(self) -> str:
         return json.dumps({
-            "end": None if self.end is None else [self.end.segment, self.end.offset],
-            "resume": None if self.resume is None else [self.resume.segment, self.resume.offset],
+            "end": None if self.end is None else self.end.to_json_value(),
+            "resume": None if self.resume is None else self.resume.to_json_value(),
             "last_span": self.last_span,
             "max_event_time_ms": self.max_event_time_ms,
         }, sort_keys=True)
@@ -99,15 +120,15 @@ class CommittedState:
         if not text:
             return cls()
         d = json.loads(text)
-        pos = lambda v: None if v is None else Position(str(v[0]), int(v[1]))  # noqa: E731
+        pos = frontier_from_json_value
         return cls(end=pos(d.get("end")), resume=pos(d.get("resume")),
                    last_span=d.get("last_span"), max_event_time_ms=d.get("max_event_time_ms"))
 
 
-def classify(state: CommittedState, position: Position, span: int, closed_through: Optional[int]) -> str:
+def classify(state: CommittedState, position: RecordPosition, span: int, closed_through: Optional[int]) -> str:
     """The fate of a valid event read at `position` with event-time `span`."""
     if state.last_span is not None and span <= state.last_span:
-        if state.end is not None and position < state.end:
+        if state.end is not None and state.end.covers(position):
             return SKIP
         return LATE
     if closed_through is not None and span <= closed_through:
@@ -115,9 +136,9 @@ def classify(state: CommittedState, position: Position, span: int, closed_throug
     return PENDING
 
 
-def is_new_line(state: CommittedState, position: Position) -> bool:
+def is_new_line(state: CommittedState, position: RecordPosition) -> bool:
     """True when no published run has read this line yet (it may be dead-lettered now)."""
-    return state.end is None or position >= state.end
+    return state.end is None or not state.end.covers(position)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,14 +190,18 @@ def decide(window: Window, state: CommittedState, run_max_event_time_ms: Optiona
     return RunDecision(closed_through=closed, emitted_spans=frozenset(emitted), max_event_time_ms=max_time)
 
 
-def next_state(state: CommittedState, decision: RunDecision, read_end: Position,
-               first_pending: Optional[Position]) -> CommittedState:
-    """The state a run commits when it publishes its spans."""
+def next_state(state: CommittedState, decision: RunDecision, read_end: Frontier,
+               first_pending: Optional[Frontier]) -> CommittedState:
+    """The state a run commits when it publishes its spans.
+
+    `first_pending` is a frontier at the earliest record left pending (per
+    partition, for Kafka), or None when nothing is.
+    """
     if not decision.emits:
         return state
     return CommittedState(
         end=read_end,
-        resume=first_pending if first_pending is not None else read_end,
+        resume=read_end.with_pending(first_pending),
         last_span=max(decision.emitted_spans),
         max_event_time_ms=decision.max_event_time_ms,
     )

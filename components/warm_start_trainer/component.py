@@ -36,6 +36,20 @@ class WarmStartTrainerSpec(types.ComponentSpec):
     }
 
 
+def run_fn_custom_config(schema: EventSchema, transform: TransformConfig) -> Dict[str, Any]:
+    """What run_fn finds in fn_args.custom_config besides "model": the hashed features and numeric ones.
+
+    Code that calls `cycle.train_cycle` outside the pipeline (benchmarks, the
+    notebook) uses this too, so both train exactly what the component trains.
+    """
+    from transforms import stream
+
+    # The JSON round trip is the one the component's exec property makes.
+    return json.loads(json.dumps({"feature_buckets": stream.hash_buckets(schema, transform),
+                                  "numeric_features": stream.numeric_features(schema, transform)},
+                                 sort_keys=True))
+
+
 class WarmStartTrainer(base_component.BaseComponent):
     """Trains this cycle's spans, continuing `base_model` when that is safe.
 
@@ -60,14 +74,10 @@ class WarmStartTrainer(base_component.BaseComponent):
         trainer = trainer or TrainerConfig()
         trainer.validate()
         transform.validate(schema)
-        custom_config: Dict[str, Any] = {
-            "feature_buckets": stream.hash_buckets(schema, transform),
-            "numeric_features": stream.numeric_features(schema, transform),
-        }
         spec = WarmStartTrainerSpec(
             trainer_config=json.dumps(trainer.to_dict(), sort_keys=True),
             event_schema=schema.to_json(),
-            custom_config=json.dumps(custom_config, sort_keys=True),
+            custom_config=json.dumps(run_fn_custom_config(schema, transform), sort_keys=True),
             transform_fingerprint=stream.transform_fingerprint(schema, transform),
             examples=examples, replay_examples=replay_examples, transform_graph=transform_graph,
             base_model=base_model, replay_judged_only=1 if replay_judged_only else None,

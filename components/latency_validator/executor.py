@@ -1,0 +1,123 @@
+"""LatencyValidator executor: a thin `Do()` around `loadtest.validate_model`, recording an `InfraBlessing`."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+
+from components.blessing_pusher.executor import serving_model_path
+from components.blessing_pusher.serving import PushError
+from components.evaluator.executor import check_split, newest_span, optional_single
+from components.latency_validator import loadtest
+from components.warm_start_trainer.training_inputs import split_pattern
+from pipelines.config import LatencyConfig
+
+MODEL_KEY = "model"
+EXAMPLES_KEY = "examples"
+TRANSFORM_GRAPH_KEY = "transform_graph"
+MODEL_BLESSING_KEY = "model_blessing"
+BLESSING_KEY = "blessing"
+LATENCY_CONFIG_KEY = "latency_config"
+LABEL_KEY_KEY = "label_key"
+EVAL_SPLIT_KEY = "eval_split"
+DEFAULT_EVAL_SPLIT = "eval"
+
+# As stock InfraValidator marks its InfraBlessing (and stock Pusher reads `blessed`).
+BLESSED_FILE_NAME = "INFRA_BLESSED"
+NOT_BLESSED_FILE_NAME = "INFRA_NOT_BLESSED"
+BLESSED_PROPERTY = "blessed"  # int 1 / 0
+# driftline's.
+REASON_PROPERTY = "reason"
+MODEL_ID_PROPERTY = "model_id"  # the Model load-tested (lineage matches on it)
+LOAD_TESTED_PROPERTY = "load_tested"  # int 1 / 0: 0 when skipped or the model could not be loaded
+PROFILE_JSON_PROPERTY = "profile_json"
+PROFILE_URI_PROPERTY = "profile_uri"
+# Figures of the batch size the verdict is about (the one with the lowest p99).
+FIGURE_PROPERTIES = ("p50_ms", "p95_ms", "p99_ms", "requests_per_second", "candidates_per_second")
+SHARE_PROPERTIES = ("parse_share", "transform_share", "model_share")
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
+        examples = newest_span(input_dict[EXAMPLES_KEY])
+        blessing = artifact_utils.get_single_instance(output_dict[BLESSING_KEY])
+        config = LatencyConfig.from_dict(json.loads(exec_properties[LATENCY_CONFIG_KEY]))
+        config.validate()
+        label_key = exec_properties.get(LABEL_KEY_KEY) or None
+        split = exec_properties.get(EVAL_SPLIT_KEY) or DEFAULT_EVAL_SPLIT
+
+        model_blessing = optional_single(input_dict.get(MODEL_BLESSING_KEY), MODEL_BLESSING_KEY)
+        skip = skip_reason(model_blessing, model, config)
+        if skip is not None:
+            verdict = loadtest.LatencyVerdict(False, skip, config.slo_p99_ms)
+            record_blessing(blessing, model, examples, None, verdict, config)
+            logging.info("LatencyValidator: model %s %s", model.id, skip)
+            return
+
+        check_split(examples, split)
+        try:
+            model_dir = serving_model_path(model)
+        except PushError as e:
+            raise loadtest.LatencyTestError(str(e)) from e
+        transform_graph = optional_single(input_dict.get(TRANSFORM_GRAPH_KEY), TRANSFORM_GRAPH_KEY)
+        profile, verdict = loadtest.validate_model(
+            model_dir, split_pattern(examples.uri, split), config, label_key=label_key,
+            transform_graph_dir=transform_graph.uri if transform_graph is not None else None)
+        record_blessing(blessing, model, examples, profile, verdict, config)
+        logging.info("LatencyValidator: model %s on span %d's %s split: %s", model.id, examples.span, split,
+                     verdict.reason)
+
+
+def skip_reason(model_blessing: Optional[types.Artifact], model: types.Artifact,
+                config: LatencyConfig) -> Optional[str]:
+    """Why the load test is skipped (the evaluator refused this candidate), or None to run it.
+
+    A blessing of another model means a mis-wired pipeline: an error, not a verdict.
+    """
+    if model_blessing is None:
+        return None
+    blessed_model = model_blessing.get_int_custom_property("current_model_id") \
+        if model_blessing.has_custom_property("current_model_id") else None
+    if blessed_model is not None and blessed_model != model.id:
+        raise ValueError(f"{MODEL_BLESSING_KEY} (artifact {model_blessing.id}) is about model {blessed_model}, "
+                         f"not the candidate {model.id}: wire the evaluator's blessing of this same model")
+    if not config.skip_unblessed or model_blessing.get_int_custom_property("blessed") == 1:
+        return None
+    why = model_blessing.get_string_custom_property("reason") if model_blessing.has_custom_property("reason") \
+        else "no reason recorded"
+    return f"not load-tested: the evaluator did not bless it ({why})"
+
+
+def record_blessing(blessing: types.Artifact, model: types.Artifact, examples: types.Artifact,
+                    profile: Optional[loadtest.LatencyProfile], verdict: loadtest.LatencyVerdict,
+                    config: LatencyConfig) -> None:
+    """The stock marker file and `blessed` property, the figures as properties, the profile as a file."""
+    marker = BLESSED_FILE_NAME if verdict.blessed else NOT_BLESSED_FILE_NAME
+    io_utils.write_string_file(os.path.join(blessing.uri, marker), "")
+    blessing.set_int_custom_property(BLESSED_PROPERTY, 1 if verdict.blessed else 0)
+    blessing.set_string_custom_property(REASON_PROPERTY, verdict.reason)
+    blessing.set_int_custom_property(MODEL_ID_PROPERTY, model.id)
+    blessing.set_int_custom_property("eval_span", examples.span)
+    blessing.set_int_custom_property(LOAD_TESTED_PROPERTY, 1 if profile is not None else 0)
+    blessing.set_float_custom_property("slo_p99_ms", float(config.slo_p99_ms))
+    blessing.set_int_custom_property("candidates_per_request", config.candidates_per_request)
+    blessing.set_int_custom_property("concurrency", config.concurrency)
+    if verdict.result is not None:
+        blessing.set_int_custom_property("batch_size", verdict.result.batch_size)
+        for key in FIGURE_PROPERTIES:
+            value = getattr(verdict.result, key)
+            if value is not None:
+                blessing.set_float_custom_property(key, float(value))
+    if profile is not None and profile.stages is not None:
+        for key in SHARE_PROPERTIES:
+            blessing.set_float_custom_property(key, float(getattr(profile.stages, key)))
+    blessing.set_string_custom_property(PROFILE_JSON_PROPERTY, loadtest.profile_json(profile, verdict))
+    blessing.set_string_custom_property(PROFILE_URI_PROPERTY, loadtest.write_profile(blessing.uri, profile, verdict))

@@ -1,0 +1,99 @@
+"""The Trainer kept between cycles is an optimisation, not state.
+
+A warm cycle that reuses the kept model, optimizer and traced step must give
+the model a fresh process gives: same weights, same loss, same predictions.
+Runs on real spans, a real transform graph and a real blessed base model from
+the shared five-cycle run.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _cycle_args(config):
+    from components.warm_start_trainer import cycle, warm_start
+    from components.warm_start_trainer.component import run_fn_custom_config
+    from pipelines import lineage
+    from pipelines.metadata import ingested_spans, open_store
+    from transforms import stream
+
+    store = open_store(config.metadata_path)
+    models = lineage.models(config.metadata_path, config.pipeline_name)
+    base_record = next(m for m in models if m.start == "warm" and m.blessed)
+    base_artifact = store.get_artifacts_by_id([base_record.model_id])[0]
+    fingerprints = {k: base_artifact.custom_properties[k].string_value for k in warm_start.FINGERPRINT_KEYS}
+    spans = [(r.span, r.uri) for r in ingested_spans(store, config.pipeline_name)]
+    newest = base_record.newest_span
+    later = [s for s in spans if s[0] > newest]
+    # The transform graph the base model was trained with (the last cycle of the run changed the features).
+    (made_by,) = [e.execution_id for e in store.get_events_by_artifact_ids([base_record.model_id])
+                  if e.type == e.OUTPUT]
+    inputs = [e.artifact_id for e in store.get_events_by_execution_ids([made_by]) if e.type == e.INPUT]
+    graph_type = store.get_artifact_type("TransformGraph").id
+    (graph,) = [a.uri for a in store.get_artifacts_by_id(inputs) if a.type_id == graph_type]
+    schema = config.source.schema
+    return dict(config=config.trainer, schema=schema, custom_config=run_fn_custom_config(schema, config.transform),
+                transform_fingerprint=stream.transform_fingerprint(schema, config.transform),
+                transform_graph_path=graph, current=later[:1], earlier=[s for s in spans if s[0] <= newest],
+                base=cycle.BaseModel(base_record.model_id, base_record.uri, fingerprints, newest))
+
+
+def _weights(model_uri):
+    import tensorflow as tf
+
+    from components.warm_start_trainer.warm_start import CHECKPOINT_PREFIX, WARM_START_DIR
+
+    reader = tf.train.load_checkpoint(os.path.join(model_uri, WARM_START_DIR, CHECKPOINT_PREFIX))
+    names = [n for n in reader.get_variable_to_shape_map() if "layer_with_weights" in n and "OPTIMIZER" not in n]
+    assert names, "the warm-start checkpoint holds no layer weights"
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def test_a_kept_trainer_computes_what_a_fresh_process_computes(continuous_run, tmp_path):
+    from components.warm_start_trainer import cycle
+    from pipelines import ads_model
+    from pipelines.scoring import ServingModel, read_span
+
+    args = _cycle_args(continuous_run["config"])
+
+    def run(name):
+        return cycle.train_cycle(**args, model_uri=str(tmp_path / name / "model"),
+                                 model_run_uri=str(tmp_path / name / "run")), str(tmp_path / name / "model")
+
+    ads_model.clear_reusable_trainer()
+    fresh, fresh_uri = run("fresh")  # builds, traces, and keeps its Trainer
+    assert fresh["start"] == "warm"
+    (kept,) = ads_model._reusable.values()
+    traces = kept.step.experimental_get_tracing_count()
+    again, again_uri = run("reused")
+    assert ads_model._reusable and next(iter(ads_model._reusable.values())) is kept
+    assert kept.step.experimental_get_tracing_count() == traces, "the kept train step was traced again"
+
+    assert again["start"] == "warm" and again["trained_examples"] == fresh["trained_examples"]
+    assert again["final_loss"] == pytest.approx(fresh["final_loss"], rel=1e-5)
+    a, b = _weights(fresh_uri), _weights(again_uri)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    examples = read_span(args["current"][0][1], ("eval",))
+    np.testing.assert_allclose(ServingModel(fresh_uri).predict(examples), ServingModel(again_uri).predict(examples),
+                               rtol=1e-5, atol=1e-6)
+    # The record says what happened, whichever path ran.
+    assert json.loads(again["trained_spans"]) == json.loads(fresh["trained_spans"])
+
+
+def test_a_cold_start_replaces_the_kept_trainer(continuous_run, tmp_path):
+    from components.warm_start_trainer import cycle
+    from pipelines import ads_model
+
+    args = _cycle_args(continuous_run["config"])
+    cycle.train_cycle(**args, model_uri=str(tmp_path / "w" / "model"), model_run_uri=str(tmp_path / "w" / "run"))
+    (kept,) = ads_model._reusable.values()
+    cold = cycle.train_cycle(**{**args, "base": None}, model_uri=str(tmp_path / "c" / "model"),
+                             model_run_uri=str(tmp_path / "c" / "run"))
+    assert cold["start"] == "cold"
+    assert len(ads_model._reusable) == 1 and next(iter(ads_model._reusable.values())) is not kept
