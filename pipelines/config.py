@@ -452,6 +452,10 @@ DATAFLOW_PACKAGING = ("image", "setup_file")
 CLOUD_BEAM_RUNNERS = ("DataflowRunner", "DirectRunner")
 
 
+# Bootstrap hosts that can only mean "this machine".
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "0.0.0.0")
+
+
 def is_gcs(path: str) -> bool:
     return path.startswith("gs://")
 
@@ -619,8 +623,17 @@ class DriftlineConfig:
                             "from the Dockerfile; push it and name it here")
         if self.cloud.beam_runner == "DataflowRunner":
             problems += self.cloud.missing_for_dataflow(image=False)
-        for name, path in (("home (--home)", self.home), ("source.log_dir (--log)", self.source.log_dir),
-                           ("pusher.serving_dir", self.serving_dir)):
+        paths = [("home (--home)", self.home), ("pusher.serving_dir", self.serving_dir)]
+        if self.source.kind == "kafka":
+            local = [h.strip() for h in self.source.kafka.bootstrap_servers.split(",")
+                     if h.strip().rsplit(":", 1)[0] in LOOPBACK_HOSTS or h.strip() in LOOPBACK_HOSTS]
+            if local:
+                problems.append(f"source.kafka.bootstrap_servers names {', '.join(local)}: a loopback address is the "
+                                "Vertex task's (or Dataflow worker's) own machine, not the broker; name brokers "
+                                "reachable from the project's VPC")
+        else:
+            paths.insert(1, ("source.log_dir (--log)", self.source.log_dir))
+        for name, path in paths:
             if not is_gcs(path):
                 problems.append(f"{name} is {path!r}: Vertex tasks see only gs:// paths, set a gs://bucket/... path")
         if problems:
