@@ -15,6 +15,7 @@ import os
 import pytest
 
 import components  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from kafka_broker import tansu  # noqa: F401  (the session fixture)
 from pipelines.config import IMAGE_SETUP_FILE, CloudConfig, ConfigError, GateConfig, default_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +28,7 @@ EXECUTORS = {
     "Transform": "tfx.components.transform.executor.Executor",
     "WarmStartTrainer": "components.warm_start_trainer.executor.Executor",
     "Evaluator": "components.evaluator.executor.Executor",
+    "LatencyValidator": "components.latency_validator.executor.Executor",
     "BlessingPusher": "components.blessing_pusher.executor.Executor",
 }
 BEAM_COMPONENTS = ("StreamingExampleGen", "Transform", "Evaluator")
@@ -128,6 +130,29 @@ def test_resolvers_wire_the_latest_blessed_model_into_base_model_and_baseline(sp
     assert len([e for e in executors.values() if "resolver" in e]) == 3
 
 
+def test_the_latency_validator_sits_between_the_evaluator_and_the_pusher(spec):
+    assert producer(spec, "LatencyValidator", "model") == ("WarmStartTrainer", "model")
+    assert producer(spec, "LatencyValidator", "examples") == ("StreamingExampleGen", "examples")
+    assert producer(spec, "LatencyValidator", "transform_graph") == ("Transform", "transform_graph")
+    assert producer(spec, "LatencyValidator", "model_blessing") == ("Evaluator", "blessing")
+    assert producer(spec, "BlessingPusher", "infra_blessing") == ("LatencyValidator", "blessing")
+    component = spec["pipelineSpec"]["components"][tasks(spec)["LatencyValidator"]["componentRef"]["name"]]
+    # An InfraBlessing: the latest-blessed-model resolver's query takes only ModelBlessings.
+    assert component["outputDefinitions"]["artifacts"]["blessing"]["artifactType"]["instanceSchema"].startswith(
+        "title: tfx.InfraBlessing\n")
+    assert json.loads(param(spec, "LatencyValidator", "latency_config")) == cloud_config().latency.to_dict()
+    assert param(spec, "LatencyValidator", "label_key") == "clicked"
+
+
+def test_without_the_latency_validator_the_pusher_takes_the_evaluators_blessing_alone(tmp_path):
+    config = cloud_config()
+    spec = compile_to(config.replace(latency=dataclasses.replace(config.latency, enabled=False)),
+                      tmp_path / "p.json")
+    assert "LatencyValidator" not in tasks(spec)
+    assert "infra_blessing" not in tasks(spec)["BlessingPusher"]["inputs"]["artifacts"]
+    assert producer(spec, "BlessingPusher", "model_blessing") == ("Evaluator", "blessing")
+
+
 def test_the_newest_examples_carry_the_position_and_the_replay_window(spec):
     query = executor_of(spec, "latest_examples_resolver")["resolver"]["outputArtifactQueries"]["examples"]
     assert query["filter"] == 'schema_title="tfx.Examples" AND state=LIVE'
@@ -156,6 +181,8 @@ def test_parameters_come_from_the_configuration(spec):
     assert param(spec, "BlessingPusher", "serving_dir") == f"{BUCKET}/home/serving"
     assert param(spec, "BlessingPusher", "keep_versions") == 5
     assert param(spec, "Transform", "preprocessing_fn") == "transforms.stream.preprocessing_fn"
+    # Ingestion validated every event against the event schema: no TFDV statistics per span.
+    assert param(spec, "Transform", "disable_statistics") == 1
     # An unbounded log: a run must never be answered from a cache.
     assert not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks(spec).values())
 
@@ -462,6 +489,190 @@ def test_streaming_example_gen_runs_driverless_through_the_vertex_entrypoint(spe
     # Exactly once: every valid event of spans 0-2, once.
     expected = sorted(e for e, t in log.valid.items() if (t - BASE_MS) // 600_000 <= 2)
     assert sorted(seen_ids) == expected
+
+
+def kafka_cloud_config(**kafka):
+    from pipelines.config import KafkaConfig
+
+    config = cloud_config()
+    settings = dict(bootstrap_servers="kafka-1.internal:9092,kafka-2.internal:9092", topic="clicks")
+    settings.update(kafka)
+    return config.replace(source=dataclasses.replace(config.source, log_dir="", kind="kafka",
+                                                     kafka=KafkaConfig(**settings)))
+
+
+def test_a_kafka_source_compiles_for_vertex(spec, tmp_path):
+    from pipelines.config import KafkaConfig
+
+    config = kafka_cloud_config()
+    kafka_spec = compile_to(config, tmp_path / "kafka.json")
+    assert KafkaConfig.from_json(param(kafka_spec, "StreamingExampleGen", "kafka_source")) == config.source.kafka
+    assert param(kafka_spec, "StreamingExampleGen", "driverless") == 1
+    assert producer(kafka_spec, "StreamingExampleGen", "previous_examples") == \
+        ("latest_examples_resolver", "examples")
+    # The same graph as over the event log.
+    assert set(tasks(kafka_spec)) == set(tasks(spec))
+    # A topic needs no gs:// log folder, but a broker on loopback is the task's own machine.
+    with pytest.raises(ConfigError, match="names localhost:9092: a loopback address") as info:
+        kafka_cloud_config(bootstrap_servers="localhost:9092,kafka-1.internal:9092").validate_for_vertex()
+    assert "source.log_dir" not in str(info.value)
+
+
+def _examples_in(uri):
+    from ingest_helpers import read_tfrecord_examples
+
+    return [e for e, _ in read_tfrecord_examples(sorted(
+        os.path.join(root, f) for root, _, files in os.walk(uri) for f in files if f.endswith(".tfrecord.gz")))]
+
+
+def test_streaming_example_gen_runs_driverless_over_kafka_through_the_vertex_entrypoint(tansu, tmp_path):
+    """The driverless path reads a topic through the same source interface; offsets travel on the metadata."""
+    import random
+
+    from components.kafka_log import KafkaOffsets
+    from components.streaming_example_gen.executor import NoClosedSpanError
+    from components.streaming_example_gen.windowing import CommittedState
+    from ingest_helpers import BASE_MS, ad_click_event, dead_letter_bytes, malformed_line, read_dead_letters
+    from pipelines.config import KafkaConfig
+
+    topic = f"vertex-{random.randrange(1 << 30)}"
+    tansu.create_topic(topic, 3)
+    kafka_spec = compile_to(kafka_cloud_config(topic=topic), tmp_path / "kafka.json")
+    rng = random.Random(11)
+    valid, bad = {}, []
+
+    def produce(start_ms, minutes, per_minute=40, malformed=0):
+        records = []
+        for i in range(minutes * per_minute):
+            t = start_ms + i * 60_000 // per_minute
+            event = ad_click_event(f"ev-{t}-{i}", t, rng)
+            records.append((i % 3, json.dumps(event).encode(), None))
+            valid[event["event_id"]] = t
+            if i < malformed:
+                line = malformed_line(i, rng)
+                records.append((i % 3, line, None))
+                bad.append(line)
+        tansu.produce(topic, records)
+
+    produce(BASE_MS, 25, malformed=3)  # spans 0 and 1 closed, 2 open
+    # Compiled with the cluster's brokers; this run's broker is the test's (as a log_dir is overridden above).
+    overrides = {"kafka_source": {"stringValue": KafkaConfig(tansu.bootstrap, topic, poll_timeout_s=1.0).to_json()}}
+    first = BASE_MS // 600_000
+    previous, seen_ids = [], []
+
+    def run(n):
+        uri = str(tmp_path / f"run{n}" / "examples")
+        out = _runtime_artifact(kafka_spec, "StreamingExampleGen", "examples", True, uri=uri,
+                                name=f"projects/1/locations/europe-west4/metadataStores/default/artifacts/{n}")
+        work = tmp_path / f"run{n}"
+        work.mkdir(exist_ok=True)
+        result = run_task(kafka_spec, "StreamingExampleGen", work, outputs={"examples": out}, parameters=overrides,
+                          inputs={"previous_examples": previous} if previous else None)
+        [artifact] = result["artifacts"]["examples"]["artifacts"]
+        assert artifact["uri"] == uri and artifact["name"] == out.name
+        return artifact
+
+    for n in (1, 2):
+        artifact = run(n)
+        metadata = artifact["metadata"]
+        assert metadata["span"] == first + n - 1
+        state = CommittedState.from_json(metadata["committed_state"])
+        assert state.last_span == first + n - 1
+        assert isinstance(state.end, KafkaOffsets) and state.end.topic == topic
+        assert not os.path.exists(os.path.join(artifact["uri"], "_tmp"))
+        seen_ids += _examples_in(artifact["uri"])
+        if n == 1:
+            assert metadata["dead_letter_count"] == 3.0
+            rows = read_dead_letters(artifact["uri"])
+            assert sorted(dead_letter_bytes(r) for r in rows) == sorted(bad)
+            assert all(r["topic"] == topic and "partition" in r and "offset" in r for r in rows)
+        previous = [_runtime_artifact(kafka_spec, "StreamingExampleGen", "previous_examples", False,
+                                      uri=artifact["uri"], name=artifact["name"], metadata=artifact["metadata"])]
+    with pytest.raises(NoClosedSpanError, match="no span of Kafka topic .* has closed"):
+        run(3)
+    assert not os.path.exists(tmp_path / "run3" / "executor_output.json")
+    produce(BASE_MS + 25 * 60_000, 10)
+    artifact = run(4)
+    assert artifact["metadata"]["span"] == first + 2
+    seen_ids += _examples_in(artifact["uri"])
+    # Exactly once: every valid event of spans 0-2, once.
+    assert sorted(seen_ids) == sorted(e for e, t in valid.items() if (t - BASE_MS) // 600_000 <= 2)
+
+
+MODEL_NAME = "projects/1/locations/europe-west4/metadataStores/default/artifacts/42"
+
+
+@pytest.fixture(scope="module")
+def latency_artifacts(tmp_path_factory):
+    """A real span's eval split, transform graph and exported default model (tests/latency_helpers.py)."""
+    import latency_helpers
+
+    root = tmp_path_factory.mktemp("latency")
+    examples = str(root / "examples")
+    latency_helpers.write_eval_examples(examples, minutes=1, events_per_minute=300)
+    transform_graph = latency_helpers.write_transform_graph(str(root / "transform_graph"))
+    model = latency_helpers.write_model(str(root / "model"), transform_graph)
+    return {"examples": examples, "transform_graph": transform_graph, "model": model}
+
+
+def test_the_latency_validator_runs_through_the_vertex_entrypoint(spec, latency_artifacts, tmp_path):
+    """The evaluator's blessing names the model by resource name there; the InfraBlessing reads as the pusher's."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entry
+
+    from components.blessing_pusher.executor import check_blessings
+    from pipelines.config import LatencyConfig
+
+    quick = LatencyConfig(candidates_per_request=100, batch_sizes=(50, 100), concurrency=1,
+                          seconds_per_batch_size=0.2, distinct_requests=2, stage_repeats=2, slo_p99_ms=60_000.0)
+    prefix = "projects/1/locations/europe-west4/metadataStores/default/artifacts"
+
+    def run(n, blessing_metadata):
+        def given(key, uri, number, metadata=None):
+            return [_runtime_artifact(spec, "LatencyValidator", key, False, uri=uri, name=f"{prefix}/{number}",
+                                      **({"metadata": metadata} if metadata else {}))]
+
+        blessing_uri = tmp_path / f"model_blessing{n}"
+        blessing_uri.mkdir()
+        inputs = {"model": given("model", latency_artifacts["model"], 42),
+                  "examples": given("examples", latency_artifacts["examples"], 40,
+                                    {"span": 3.0, "split_names": '["train", "eval"]'}),
+                  "transform_graph": given("transform_graph", latency_artifacts["transform_graph"], 41),
+                  "model_blessing": given("model_blessing", str(blessing_uri), 43, blessing_metadata)}
+        out = _runtime_artifact(spec, "LatencyValidator", "blessing", True, uri=str(tmp_path / f"run{n}" / "blessing"),
+                                name=f"{prefix}/{50 + n}")
+        work = tmp_path / f"run{n}"
+        work.mkdir(exist_ok=True)
+        result = run_task(spec, "LatencyValidator", work, inputs=inputs, outputs={"blessing": out},
+                          parameters={"latency_config": {"stringValue": json.dumps(quick.to_dict())}})
+        [artifact] = result["artifacts"]["blessing"]["artifacts"]
+        # What the pusher's task receives from Vertex.
+        runtime = _runtime_artifact(spec, "BlessingPusher", "infra_blessing", False, uri=artifact["uri"],
+                                    name=artifact["name"])
+        json_format.ParseDict(artifact["metadata"], runtime.metadata)
+        parsed = entry.parse_raw_artifact_dict({"infra_blessing": pipeline_spec_pb2.ArtifactList(artifacts=[runtime])})
+        return artifact, parsed["infra_blessing"]
+
+    artifact, infra = run(1, {"blessed": 1.0, "reason": "auc 0.7", "current_model_id": MODEL_NAME})
+    metadata = artifact["metadata"]
+    assert metadata["blessed"] == 1.0 and metadata["load_tested"] == 1.0, metadata["reason"]
+    assert metadata["model_id"] == MODEL_NAME  # as the evaluator's blessing names it on Vertex
+    assert metadata["p99_ms"] > 0 and metadata["eval_span"] == 3.0
+    assert os.path.exists(os.path.join(artifact["uri"], "INFRA_BLESSED"))
+    blessing = entry.parse_raw_artifact_dict({"model_blessing": pipeline_spec_pb2.ArtifactList(artifacts=[
+        _runtime_artifact(spec, "BlessingPusher", "model_blessing", False, uri="gs://b/x", name=f"{prefix}/43",
+                          metadata={"blessed": 1.0, "reason": "auc 0.7"})])})["model_blessing"]
+    blessed, why = check_blessings({"model_blessing": blessing, "infra_blessing": infra})
+    assert blessed and "infra_blessing: " in why
+
+    artifact, infra = run(2, {"blessed": 0.0, "reason": "auc 0.5", "current_model_id": MODEL_NAME})
+    assert artifact["metadata"]["blessed"] == 0.0 and artifact["metadata"]["load_tested"] == 0.0
+    assert artifact["metadata"]["reason"].startswith("not load-tested: the evaluator did not bless it (auc 0.5)")
+    assert check_blessings({"model_blessing": blessing, "infra_blessing": infra})[0] is False
+
+    with pytest.raises(ValueError, match="is about model .*artifacts/99, not the candidate"):
+        run(3, {"blessed": 1.0, "reason": "auc 0.7", "current_model_id": f"{prefix}/99"})
 
 
 def test_vertex_metadata_reads_as_ours(spec):
