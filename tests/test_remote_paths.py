@@ -49,6 +49,8 @@ LOCAL_ONLY = {
     ("pipelines/lineage.py", "connect"): {"os.path.isfile"},
     ("pipelines/lineage.py", "status"): {"os.path.isfile"},
     ("pipelines/lineage.py", "controller_state"): {"open"},
+    # The continuous-vs-batch comparison (the notebook) runs the local pipeline in a fresh local home.
+    ("pipelines/regimes.py", "_compare"): {"os.path.exists", "os.listdir"},
     # The demo's own local home; this checkout's setup.py for Beam packaging.
     ("pipelines/cli.py", "run_demo"): {"os.path.exists", "shutil.rmtree"},
     ("pipelines/config.py", "driftline_setup_file"): {"os.path.exists"},
