@@ -14,6 +14,9 @@ STACK = [
     "numpy>=1.26,<2",
     "matplotlib>=3.7",
     "psutil>=5.9",
+    # KubeflowV2DagRunner (driftline compile --target vertex) imports kfp.pipeline_spec; 0.2.x is the
+    # line that accepts protobuf 3 (tfx 1.16's own `kfp` extra pulls the whole kfp SDK as well).
+    "kfp-pipeline-spec>=0.2.2,<0.3",
     # The Kafka source (components/kafka_log.py); also needed on remote Beam workers.
     "confluent-kafka>=2.16,<3",
 ]

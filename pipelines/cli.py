@@ -563,6 +563,104 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compile / submit (Google Cloud) ----------------------------------------------------------
+
+def add_compile_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "compile", help="compile the pipeline for Vertex AI Pipelines (a PipelineJob spec)",
+        description="Builds the continuous-training pipeline from the same configuration as `driftline run` "
+                    "and compiles it with TFX's KubeflowV2DagRunner into a Vertex AI PipelineJob spec (JSON). "
+                    "Every component runs in --image; the Beam steps run on Dataflow. Needs no credentials; "
+                    "paths (--home, --log) must be gs:// paths.")
+    p.add_argument("--target", required=True, choices=["vertex"], help="what to compile for")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the spec (.json)")
+    _add_pipeline_arguments(p)
+    p.add_argument("--pipeline-name", help="pipeline name (default driftline)")
+    _add_cloud_arguments(p)
+    p.set_defaults(handler=run_compile)
+
+
+def _add_cloud_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", help="Google Cloud project id")
+    p.add_argument("--region", help="Vertex AI / Dataflow region, e.g. us-central1")
+    p.add_argument("--image", help="the component image built from the Dockerfile")
+    p.add_argument("--temp-location", metavar="GS_PATH", help="Dataflow temp folder (default HOME/tmp)")
+    p.add_argument("--service-account", help="service account of the Dataflow workers (default: the project's)")
+    p.add_argument("--dataflow-packaging", choices=["image", "setup_file"],
+                   help="how Dataflow workers get driftline: the image (default) or setup.py")
+    p.add_argument("--beam-runner", choices=["DataflowRunner", "DirectRunner"],
+                   help="where the Beam steps of a Vertex task run (default DataflowRunner)")
+    p.add_argument("--machine-type", help="Dataflow worker machine type")
+    p.add_argument("--max-num-workers", type=_int_at_least(1), help="Dataflow autoscaling limit")
+
+
+def _cloud_config_from_args(args: argparse.Namespace):
+    import dataclasses
+
+    from pipelines.config import CloudConfig
+
+    given = {field: getattr(args, arg) for field, arg in (
+        ("project", "project"), ("region", "region"), ("image", "image"), ("temp_location", "temp_location"),
+        ("service_account", "service_account"), ("dataflow_packaging", "dataflow_packaging"),
+        ("beam_runner", "beam_runner"), ("machine_type", "machine_type"), ("max_num_workers", "max_num_workers"))
+        if getattr(args, arg, None) is not None}
+    return dataclasses.replace(CloudConfig(), **given)
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    from pipelines.config import ConfigError
+
+    config = _config_from_args(args).replace(cloud=_cloud_config_from_args(args))
+    if args.pipeline_name:
+        config = config.replace(pipeline_name=args.pipeline_name)
+    try:
+        config.validate_for_vertex()
+    except ConfigError as e:
+        raise CommandError(str(e), exit_code=2) from None
+    from pipelines.report import quiet_tensorflow
+
+    quiet_tensorflow()
+    from pipelines.vertex import compile_spec, submit_command
+
+    spec = compile_spec(config, args.out)
+    tasks = sorted(spec["pipelineSpec"]["root"]["dag"]["tasks"])
+    print(f"wrote {args.out}: Vertex AI PipelineJob {config.pipeline_name!r}, {len(tasks)} tasks "
+          f"({', '.join(tasks)}), image {config.cloud.image}, Beam steps on {config.cloud.beam_runner}, "
+          f"pipeline root {config.pipeline_root}")
+    print(f"submit with: {submit_command(config, args.out)}")
+    return 0
+
+
+def add_submit_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "submit", help="send a compiled spec to Vertex AI Pipelines",
+        description="Submits a spec written by `driftline compile --target vertex` as a Vertex AI PipelineJob "
+                    "(google-cloud-aiplatform), with caching off. Uses Application Default Credentials; when "
+                    "something is missing (credentials, project, region, the spec) it says exactly what and "
+                    "how to provide it, and submits nothing.")
+    p.add_argument("--spec", required=True, metavar="FILE", help="the compiled spec (pipeline.json)")
+    p.add_argument("--project", help="Google Cloud project (default $GOOGLE_CLOUD_PROJECT, else the credentials')")
+    p.add_argument("--region", help="Vertex AI region (default $GOOGLE_CLOUD_REGION)")
+    p.add_argument("--service-account", default="", help="service account the pipeline runs as")
+    p.add_argument("--wait", action="store_true", help="wait for the run to finish")
+    p.set_defaults(handler=run_submit)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from pipelines.report import quiet_tensorflow
+
+    quiet_tensorflow()
+    from pipelines.vertex import SubmitError, submit
+
+    try:
+        name = submit(args.spec, project=args.project, region=args.region,
+                      service_account=args.service_account, wait=args.wait)
+    except SubmitError as e:
+        raise CommandError(str(e)) from None
+    print(f"submitted: {name}")
+    return 0
+
+
 # -- the parser --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -577,6 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_command(subparsers)
     add_lineage_command(subparsers)
     add_demo_command(subparsers)
+    add_compile_command(subparsers)
+    add_submit_command(subparsers)
     return parser
 
 

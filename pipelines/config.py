@@ -467,6 +467,78 @@ class BeamConfig:
         return base + list(self.extra_args)
 
 
+# Where the component image (Dockerfile) keeps driftline's source: Beam steps launched inside a
+# Vertex task name this setup.py when Dataflow workers install our code with --setup_file.
+IMAGE_SOURCE_DIR = "/driftline"
+IMAGE_SETUP_FILE = IMAGE_SOURCE_DIR + "/setup.py"
+DATAFLOW_PACKAGING = ("image", "setup_file")
+CLOUD_BEAM_RUNNERS = ("DataflowRunner", "DirectRunner")
+
+
+# Bootstrap hosts that can only mean "this machine".
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "0.0.0.0")
+
+
+def is_gcs(path: str) -> bool:
+    return path.startswith("gs://")
+
+
+@dataclasses.dataclass(frozen=True)
+class CloudConfig:
+    """Google Cloud: Vertex AI Pipelines orchestrates, Dataflow runs the Beam steps.
+
+    Paths stay where they are in `DriftlineConfig` (`home`, `source.log_dir`,
+    `pusher.serving_dir`); on Google Cloud they must be `gs://` paths, which
+    `validate_for_vertex` checks.
+    """
+
+    project: str = ""
+    region: str = ""
+    # The component image built from this repository's Dockerfile, e.g.
+    # "us-docker.pkg.dev/my-project/driftline/driftline:0.1.0".
+    image: str = ""
+    # Dataflow scratch space; default <home>/tmp.
+    temp_location: str = ""
+    # Runs the Vertex tasks and the Dataflow workers; default: the project's defaults.
+    service_account: str = ""
+    # How Dataflow workers get driftline: "image" runs them in `image`
+    # (--sdk_container_image: no per-job install of the stack), "setup_file"
+    # installs the package from its setup.py on every worker.
+    dataflow_packaging: str = "image"
+    # Beam steps of a Vertex task: on Dataflow, or inside the task's own
+    # container (DirectRunner: no Dataflow start-up per step, one machine).
+    beam_runner: str = "DataflowRunner"
+    # Optional Dataflow worker settings; empty / 0 leaves Dataflow's defaults.
+    machine_type: str = ""
+    max_num_workers: int = 0
+    disk_size_gb: int = 0
+    subnetwork: str = ""
+
+    def validate(self) -> None:
+        if self.dataflow_packaging not in DATAFLOW_PACKAGING:
+            raise ConfigError(f"cloud.dataflow_packaging must be one of {DATAFLOW_PACKAGING}, "
+                              f"got {self.dataflow_packaging!r}")
+        if self.beam_runner not in CLOUD_BEAM_RUNNERS:
+            raise ConfigError(f"cloud.beam_runner must be one of {CLOUD_BEAM_RUNNERS}, got {self.beam_runner!r}")
+        if self.temp_location and not is_gcs(self.temp_location):
+            raise ConfigError(f"cloud.temp_location must be a gs:// path Dataflow can write to, "
+                              f"got {self.temp_location!r}")
+        if self.max_num_workers < 0 or self.disk_size_gb < 0:
+            raise ConfigError("cloud.max_num_workers and cloud.disk_size_gb must be >= 0 (0: Dataflow's default)")
+
+    def missing_for_dataflow(self, image: bool = True) -> List[str]:
+        """The settings Dataflow needs that are empty; `image=False` leaves the image out."""
+        missing = []
+        if not self.project:
+            missing.append("cloud.project (--project) is empty: set the Google Cloud project id")
+        if not self.region:
+            missing.append("cloud.region (--region) is empty: set a Dataflow / Vertex AI region such as us-central1")
+        if image and self.dataflow_packaging == "image" and not self.image:
+            missing.append("cloud.image (--image) is empty: set the component image built from the Dockerfile, "
+                           "which Dataflow workers run, or set cloud.dataflow_packaging to 'setup_file'")
+        return missing
+
+
 @dataclasses.dataclass(frozen=True)
 class DriftlineConfig:
     """Everything a driftline pipeline needs, in one place."""
@@ -482,6 +554,7 @@ class DriftlineConfig:
     latency: LatencyConfig = dataclasses.field(default_factory=LatencyConfig)
     beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
     retention: RetentionConfig = dataclasses.field(default_factory=RetentionConfig)
+    cloud: CloudConfig = dataclasses.field(default_factory=CloudConfig)
 
     @property
     def pipeline_root(self) -> str:
@@ -508,6 +581,88 @@ class DriftlineConfig:
         self.pusher.validate()
         self.retention.validate()
         self.latency.validate()
+        return self
+
+    @property
+    def temp_location(self) -> str:
+        return self.cloud.temp_location or os.path.join(self.home, "tmp")
+
+    def dataflow_args(self, in_image: bool = False) -> List[str]:
+        """Beam arguments that run the Beam steps on Dataflow, from this configuration.
+
+        Packaging follows `cloud.dataflow_packaging`: the component image
+        (`--sdk_container_image`), or driftline's setup.py (`--setup_file`):
+        this checkout's when the Beam step is launched from here, the image's
+        copy when it is launched inside a Vertex task (`in_image`).
+        `beam.extra_args` come last, so they can add or override anything.
+        """
+        self.cloud.validate()
+        missing = self.cloud.missing_for_dataflow()
+        if missing:
+            raise ConfigError("Dataflow needs: " + "; ".join(missing))
+        if not is_gcs(self.temp_location):
+            raise ConfigError(f"Dataflow's temp_location {self.temp_location!r} is not a gs:// path: set "
+                              "cloud.temp_location (--temp-location), or a gs:// home")
+        args = ["--runner=DataflowRunner", f"--project={self.cloud.project}", f"--region={self.cloud.region}",
+                f"--temp_location={self.temp_location}"]
+        if self.cloud.dataflow_packaging == "image":
+            args.append(f"--sdk_container_image={self.cloud.image}")
+        else:
+            setup_file = IMAGE_SETUP_FILE if in_image else driftline_setup_file()
+            if not setup_file:
+                raise ConfigError("cloud.dataflow_packaging is 'setup_file' but driftline does not run from a "
+                                  "checkout with a setup.py here; use the 'image' packaging")
+            args.append(f"--setup_file={setup_file}")
+        if self.cloud.service_account:
+            args.append(f"--service_account_email={self.cloud.service_account}")
+        if self.cloud.machine_type:
+            args.append(f"--machine_type={self.cloud.machine_type}")
+        if self.cloud.max_num_workers:
+            args.append(f"--max_num_workers={self.cloud.max_num_workers}")
+        if self.cloud.disk_size_gb:
+            args.append(f"--disk_size_gb={self.cloud.disk_size_gb}")
+        if self.cloud.subnetwork:
+            args.append(f"--subnetwork={self.cloud.subnetwork}")
+        return args + list(self.beam.extra_args)
+
+    def beam_args(self) -> List[str]:
+        """The Beam steps' arguments: Dataflow when `beam.runner` is DataflowRunner, else `beam.args()`."""
+        if self.beam.runner == "DataflowRunner":
+            return self.dataflow_args()
+        return self.beam.args()
+
+    def vertex_beam_args(self) -> List[str]:
+        """The Beam arguments compiled into the Vertex spec: Dataflow, or DirectRunner inside the task."""
+        if self.cloud.beam_runner == "DataflowRunner":
+            return self.dataflow_args(in_image=True)
+        return ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory",
+                f"--setup_file={IMAGE_SETUP_FILE}"] + list(self.beam.extra_args)
+
+    def validate_for_vertex(self) -> "DriftlineConfig":
+        """What Vertex AI Pipelines needs on top of `validate()`; ConfigError names every gap at once."""
+        self.validate()
+        self.cloud.validate()
+        problems = []
+        if not self.cloud.image:
+            problems.append("cloud.image (--image) is empty: Vertex runs every component in the image built "
+                            "from the Dockerfile; push it and name it here")
+        if self.cloud.beam_runner == "DataflowRunner":
+            problems += self.cloud.missing_for_dataflow(image=False)
+        paths = [("home (--home)", self.home), ("pusher.serving_dir", self.serving_dir)]
+        if self.source.kind == "kafka":
+            local = [h.strip() for h in self.source.kafka.bootstrap_servers.split(",")
+                     if h.strip().rsplit(":", 1)[0] in LOOPBACK_HOSTS or h.strip() in LOOPBACK_HOSTS]
+            if local:
+                problems.append(f"source.kafka.bootstrap_servers names {', '.join(local)}: a loopback address is the "
+                                "Vertex task's (or Dataflow worker's) own machine, not the broker; name brokers "
+                                "reachable from the project's VPC")
+        else:
+            paths.insert(1, ("source.log_dir (--log)", self.source.log_dir))
+        for name, path in paths:
+            if not is_gcs(path):
+                problems.append(f"{name} is {path!r}: Vertex tasks see only gs:// paths, set a gs://bucket/... path")
+        if problems:
+            raise ConfigError("cannot compile for Vertex AI Pipelines: " + "; ".join(problems))
         return self
 
     def replace(self, **changes) -> "DriftlineConfig":

@@ -14,6 +14,19 @@ evaluator's `ModelBlessing`.
 
 The base model and the baseline are the same thing, the latest blessed
 model, resolved from ML Metadata across runs; so is the replay window.
+
+`target="vertex"` builds the same graph for Vertex AI Pipelines, which runs
+no custom drivers, compiles only the stock LatestArtifactStrategy and
+LatestBlessedModelStrategy resolvers, and takes one artifact per output:
+
+* StreamingExampleGen is driverless: its committed position comes from the
+  newest `Examples` of the pipeline (`latest_examples_resolver`), and each
+  run publishes one span;
+* that same newest `Examples` is the replay window (one span, the previous),
+  replayed only when the base model was judged on it (`replay_judged_only`);
+* the TFMD schema is written at run time by EventSchemaGen instead of from a
+  file ImportSchemaGen would need on GCS at compile time;
+* no metadata connection (Vertex ML Metadata), Beam steps on Dataflow.
 """
 from __future__ import annotations
 
@@ -28,16 +41,25 @@ from pipelines.metadata import (  # noqa: F401 (re-exported: the node ids of thi
     BASE_MODEL_RESOLVER_ID, EVALUATOR_ID, LATENCY_VALIDATOR_ID, PUSHER_ID, REPLAY_RESOLVER_ID, RESUME_RESOLVER_ID,
     STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, TRANSFORM_ID)
 PREPROCESSING_FN = "transforms.stream.preprocessing_fn"
+LOCAL = "local"
+VERTEX = "vertex"
+TARGETS = (LOCAL, VERTEX)
+# Vertex only: the newest Examples of the pipeline (committed position and replay window).
+LATEST_EXAMPLES_RESOLVER_ID = "latest_examples_resolver"
+SCHEMA_GEN_ID = "EventSchemaGen"
 
 
-def _pipeline(config: DriftlineConfig, components: List) -> tfx.dsl.Pipeline:
+def _pipeline(config: DriftlineConfig, components: List, target: str = LOCAL) -> tfx.dsl.Pipeline:
+    if target == VERTEX:
+        return tfx.dsl.Pipeline(pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
+                                components=components, beam_pipeline_args=config.vertex_beam_args())
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=components,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             config.metadata_path),
-        beam_pipeline_args=config.beam.args(),
+        beam_pipeline_args=config.beam_args(),
     )
 
 
@@ -64,13 +86,14 @@ def schema_file(config: DriftlineConfig) -> str:
     return os.path.join(config.home, "schema", "schema.pbtxt")
 
 
-def create_pipeline(config: DriftlineConfig, resume: bool = False) -> tfx.dsl.Pipeline:
+def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str = LOCAL) -> tfx.dsl.Pipeline:
     """The continuous-training cycle: ingest closed spans, train, evaluate, maybe push.
 
     `resume=True` builds a resumed cycle (see pipelines/recovery.py): instead
     of ingesting, it trains on the spans an interrupted cycle published but
     no judged model trained on (`untrained_spans_resolver`); the rest of the
-    graph is the same.
+    graph is the same. `target`: "local" (LocalDagRunner, SQLite ML Metadata)
+    or "vertex" (see the module doc).
     """
     from components.blessing_pusher import BlessingPusher
     from components.evaluator import DriftlineEvaluator
@@ -79,17 +102,40 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False) -> tfx.dsl.Pi
     from transforms import stream
     from transforms.schema import write_tfmd_schema
 
-    config.validate()
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    vertex = target == VERTEX
+    if vertex:
+        config.validate_for_vertex()
+    else:
+        config.validate()
     schema = config.source.schema
+    if resume and vertex:
+        raise ValueError("resume=True is for the local controller's crash recovery; on Vertex every run is a "
+                         "fresh pipeline run and an interrupted one is simply rerun")
     if resume:
         example_gen = tfx.dsl.Resolver(
             strategy_class=UntrainedSpansStrategy, config={"pipeline_name": config.pipeline_name},
             examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples)).with_id(RESUME_RESOLVER_ID)
+    elif vertex:
+        # Runs before anything of this run is published: it sees the previous run's newest span.
+        latest_examples = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+        ).with_id(LATEST_EXAMPLES_RESOLVER_ID)
+        example_gen = StreamingExampleGen.from_config(
+            config.source, config.window, driverless=True,
+            previous_examples=latest_examples.outputs["examples"]).with_id(STREAMING_EXAMPLE_GEN_ID)
     else:
         example_gen = StreamingExampleGen.from_config(config.source, config.window).with_id(STREAMING_EXAMPLE_GEN_ID)
-    # Derived from the declared event schema, the same every cycle: spans are
-    # validated against it rather than each inferring its own.
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=write_tfmd_schema(schema, schema_file(config)))
+    if vertex:
+        from components.event_schema_gen import EventSchemaGen
+
+        schema_gen = EventSchemaGen(schema=schema).with_id(SCHEMA_GEN_ID)
+    else:
+        # Derived from the declared event schema, the same every cycle: spans are
+        # validated against it rather than each inferring its own.
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=write_tfmd_schema(schema, schema_file(config)))
     transform_kwargs = {}
     if config.transform.uses_analyzers:
         analyzer_cache = tfx.dsl.Resolver(
@@ -110,16 +156,22 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False) -> tfx.dsl.Pi
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id(BASE_MODEL_RESOLVER_ID)
-    replay = tfx.dsl.Resolver(
-        strategy_class=LatestSpansStrategy,
-        # One more than the window: the resolver may see a span of this cycle.
-        config={"num_spans": config.trainer.replay_spans + 1},
-        examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
-    ).with_id(REPLAY_RESOLVER_ID)
+    if vertex:
+        # A custom strategy does not compile for Vertex: the replay window is the previous span.
+        replay_examples = latest_examples.outputs["examples"]
+    else:
+        replay = tfx.dsl.Resolver(
+            strategy_class=LatestSpansStrategy,
+            # One more than the window: the resolver may see a span of this cycle.
+            config={"num_spans": config.trainer.replay_spans + 1},
+            examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+        ).with_id(REPLAY_RESOLVER_ID)
+        replay_examples = replay.outputs["examples"]
     trainer = WarmStartTrainer(
         examples=example_gen.outputs["examples"], transform_graph=transform.outputs["transform_graph"],
         schema=schema, transform=config.transform, trainer=config.trainer,
-        replay_examples=replay.outputs["examples"], base_model=latest_blessed.outputs["model"]).with_id(TRAINER_ID)
+        replay_examples=replay_examples, base_model=latest_blessed.outputs["model"],
+        replay_judged_only=vertex).with_id(TRAINER_ID)
     evaluator = DriftlineEvaluator.from_config(
         config, examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"]).with_id(EVALUATOR_ID)
@@ -134,8 +186,11 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False) -> tfx.dsl.Pi
     pusher = BlessingPusher.from_config(
         config, model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=latency.outputs["blessing"] if latency is not None else None).with_id(PUSHER_ID)
-    components = [example_gen, schema_gen, transform, latest_blessed, replay, trainer, evaluator]
+    if vertex:
+        components = [latest_examples, example_gen, schema_gen, transform, latest_blessed, trainer, evaluator]
+    else:
+        components = [example_gen, schema_gen, transform, latest_blessed, replay, trainer, evaluator]
     components += [latency, pusher] if latency is not None else [pusher]
     if config.transform.uses_analyzers:
-        components.insert(2, analyzer_cache)
-    return _pipeline(config, components)
+        components.insert(components.index(transform), analyzer_cache)
+    return _pipeline(config, components, target)

@@ -54,12 +54,23 @@ def test_next_state_is_unchanged_when_nothing_is_emitted():
     assert next_state(state, decide(W, state, 2400, set()), Position("s", 99), None) == state
 
 
-def simulate_runs(events, cut_points, crash_runs=()):
+def test_decide_caps_a_run_at_its_oldest_closed_spans():
+    d = decide(W, CommittedState(), 5300, {0, 2, 3, 5}, max_spans=1)
+    # Spans 2 and 3 are closed too, but wait: closed_through moves back so their events are pending.
+    assert d.emitted_spans == {0} and d.closed_through == 0 and d.max_event_time_ms == 5300
+    assert decide(W, CommittedState(), 5300, {0, 2, 3, 5}, max_spans=2).emitted_spans == {0, 2}
+    assert decide(W, CommittedState(), 5300, {0, 2, 3, 5}, max_spans=5).closed_through == 4
+    assert not decide(W, CommittedState(), 900, {0}, max_spans=1).emits
+    with pytest.raises(ValueError, match="max_spans"):
+        decide(W, CommittedState(), 5300, {0}, max_spans=0)
+
+
+def simulate_runs(events, cut_points, crash_runs=(), max_spans=None):
     """Ingests a log in runs that each see the log up to a cut point.
 
     events: list of (event_id, event_time) in log (arrival) order; the
     position of an event is its index. Returns {event_id: (span, late)}.
-    A crashed run does everything but publish.
+    A crashed run does everything but publish. `max_spans` caps each run.
     """
     state = CommittedState()
     emitted = {}
@@ -69,7 +80,9 @@ def simulate_runs(events, cut_points, crash_runs=()):
         times = [t for _, (_, t) in read]
         candidates = {W.span_of(t) for _, (_, t) in read
                       if state.last_span is None or W.span_of(t) > state.last_span}
-        decision = decide(W, state, max(times) if times else None, candidates)
+        decision = decide(W, state, max(times) if times else None, candidates, max_spans)
+        if max_spans is not None:
+            assert len(decision.emitted_spans) <= max_spans
         out, first_pending = {}, None
         if decision.emits:
             for i, (eid, t) in read:
@@ -114,6 +127,32 @@ def test_random_streams_with_crashes_emit_every_event_exactly_once(seed):
         else:
             assert span > W.span_of(t)
     assert state.resume == Position("s", n)  # the flush event is what stays pending
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_one_span_per_run_still_emits_every_event_exactly_once(seed):
+    """The cap of a driverless run (Vertex AI Pipelines): one span per run, later closed spans wait."""
+    rng = random.Random(1000 + seed)
+    n = 300
+    events, now = [], 0
+    for i in range(n):
+        now += rng.randint(0, 60)
+        delay = rng.choice([0] * 8 + [rng.randint(1, 3000)])
+        events.append((f"e{i}", max(0, now - delay)))
+    events.append(("flush", now + 10_000))
+    cuts = sorted(rng.sample(range(1, n), 15)) + [n + 1]
+    # A backlog drains one span per run: repeat the last cut until every span is out.
+    cuts += [n + 1] * (now // W.span_ms + 2)
+    crashes = set(rng.sample(range(len(cuts) - 1), 5))
+    emitted, state = simulate_runs(events, cuts, crashes, max_spans=1)
+    uncapped, _ = simulate_runs(events, [n + 1])
+    assert set(emitted) == {eid for eid, _ in events} - {"flush"}
+    for eid, t in events[:-1]:
+        span, late = emitted[eid]
+        assert span == W.span_of(t) if not late else span > W.span_of(t)
+    # With every event in the log before the first run, capping changes only when spans come out, not where events go.
+    assert uncapped == simulate_runs(events, [n + 1] * (now // W.span_ms + 2), max_spans=1)[0]
+    assert state.resume == Position("s", n)
 
 
 def test_crashed_run_changes_nothing():

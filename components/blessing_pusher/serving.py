@@ -18,13 +18,24 @@ so serving switches atomically and the history of versions stays. Retention
 first renames a version it drops out of the numeric namespace, then deletes
 it, so a crash mid-delete cannot leave a partial numeric version either.
 
-Remote paths (`gs://...`) work through `tf.io.gfile`, with one limitation:
-object stores have no atomic rename. On GCS a rename is a copy and a delete
-per object, so a watcher can see the version folder before all its files are
-there. `saved_model.pb` is copied last, so a loader that waits for it (as TF
-Serving's SavedModel loader effectively does: it fails and retries until the
-file is there) still sees a complete model, but the guarantee is weaker than
-on a local file system.
+Remote paths (`gs://...`, any `tf.io.gfile` scheme) have no atomic rename:
+on GCS, renaming a folder copies and deletes object after object in name
+order, so `saved_model.pb` would land before `variables/`. There the invariant
+is carried by a commit marker instead, and no folder is ever renamed:
+
+1. the SavedModel is copied straight into `<serving_dir>/<version>`, every
+   file first and `saved_model.pb` last: the marker. A version folder without
+   it is incomplete, and driftline ignores it (`versions` lists only complete
+   versions; a new version number is higher than every numeric folder, complete
+   or not, so a crashed copy is never reused or overwritten);
+2. a loader that needs `saved_model.pb` cannot see a partial model: before the
+   marker it finds no SavedModel and fails to load the version (a watcher such
+   as TF Serving has to retry it), after it every file is there;
+3. retention deletes a version's marker first, then the rest; leftovers of
+   crashed copies below the newest complete version are deleted with it.
+
+What a local file system gives and an object store does not: two pushers
+racing for the same new version number. Run one pusher per serving folder.
 
 These are plain functions over folders; nothing here imports TFX.
 """
@@ -147,18 +158,24 @@ def _isdir(path: str) -> bool:
     return os.path.isdir(_local(path)) if is_local(path) else _gfile().isdir(path)
 
 
+def _numeric_folders(serving_dir: str) -> List[int]:
+    return sorted(int(name) for name in _children(serving_dir)
+                  if _VERSION_RE.match(name) and _isdir(os.path.join(serving_dir, name)))
+
+
 def versions(serving_dir: str) -> List[int]:
     """The model versions in `serving_dir`, ascending.
 
     A version is a folder named by a positive integer in canonical form
     (`7`, not `007`); temporary folders and anything else are ignored, as
-    TF Serving ignores them. A missing folder has no versions.
+    TF Serving ignores them. A missing folder has no versions. On an object
+    store a version is complete only once its `saved_model.pb` is there
+    (see the module doc); incomplete ones are not versions.
     """
-    found = []
-    for name in _children(serving_dir):
-        if _VERSION_RE.match(name) and _isdir(os.path.join(serving_dir, name)):
-            found.append(int(name))
-    return sorted(found)
+    found = _numeric_folders(serving_dir)
+    if is_local(serving_dir):
+        return found
+    return [v for v in found if has_saved_model(version_dir(serving_dir, v))]
 
 
 def serving_version(serving_dir: str) -> Optional[int]:
@@ -245,10 +262,9 @@ def _publish(src_dir: str, serving_dir: str, version: Optional[int]) -> PushResu
     concurrent writer takes that number first, the next one is tried. An
     explicit version that exists is an error: a version is never overwritten.
     """
-    if is_local(serving_dir):
-        os.makedirs(_local(serving_dir), exist_ok=True)
-    else:
-        _gfile().makedirs(serving_dir)
+    if not is_local(serving_dir):
+        return _publish_to_object_store(src_dir, serving_dir, version)
+    os.makedirs(_local(serving_dir), exist_ok=True)
     tmp = _new_temp_dir(serving_dir)
     try:
         _copy_tree(src_dir, tmp)
@@ -272,34 +288,43 @@ def _publish(src_dir: str, serving_dir: str, version: Optional[int]) -> PushResu
             _remove_tree(tmp)
 
 
+def _publish_to_object_store(src_dir: str, serving_dir: str, version: Optional[int]) -> PushResult:
+    """Copies `src_dir` into a new version folder, `saved_model.pb` last (the commit marker)."""
+    gfile = _gfile()
+    gfile.makedirs(serving_dir)
+    taken = _numeric_folders(serving_dir)
+    target = version if version is not None else (taken[-1] + 1 if taken else 1)
+    if target in taken:
+        raise PushError(f"version {target} already exists in {serving_dir} (complete or not); a version is never "
+                        f"overwritten (existing: {_fmt(taken)})")
+    destination = version_dir(serving_dir, target)
+    _copy_tree(src_dir, destination)
+    return PushResult(version=target, destination=destination)
+
+
 def _exists(path: str) -> bool:
     return os.path.exists(_local(path)) if is_local(path) else _gfile().exists(path)
 
 
 def _rename_no_replace(tmp: str, destination: str) -> bool:
-    """Renames the folder `tmp` to `destination`; False when `destination` already exists.
+    """Renames the local folder `tmp` to `destination`; False when `destination` already exists.
 
-    Locally `os.rename` refuses a non-empty existing target (ENOTEMPTY), and
-    every version folder holds a SavedModel, so a concurrent writer that took
-    the number first is detected, never overwritten.
+    `os.rename` refuses a non-empty existing target (ENOTEMPTY), and every
+    version folder holds a SavedModel, so a concurrent writer that took the
+    number first is detected, never overwritten. (Object stores never get
+    here: they have no folder rename, see the module doc.)
     """
-    if is_local(tmp):
-        src, dst = _local(tmp), _local(destination)
-        if os.path.exists(dst):
-            return False
-        try:
-            # Atomic on one file system; fails on a non-empty existing target.
-            os.rename(src, dst)
-        except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                return False
-            raise
-        _fsync_dir(os.path.dirname(dst) or ".")
-        return True
-    gfile = _gfile()
-    if gfile.exists(destination):
+    src, dst = _local(tmp), _local(destination)
+    if os.path.exists(dst):
         return False
-    gfile.rename(tmp, destination, overwrite=False)  # not atomic on object stores: see the module doc
+    try:
+        # Atomic on one file system; fails on a non-empty existing target.
+        os.rename(src, dst)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    _fsync_dir(os.path.dirname(dst) or ".")
     return True
 
 
@@ -320,9 +345,9 @@ def push(model_dir: str, serving_dir: str, version: Optional[int] = None) -> Pus
     version is the highest existing one plus one (1 for an empty folder)
     unless given; an existing version is never overwritten (PushError).
 
-    On GCS and other object stores the final rename is not atomic (it is a
-    copy and delete per object); `saved_model.pb` is written last so that a
-    loader waiting for it sees a complete model.
+    On GCS and other object stores, which have no atomic rename, the model is
+    copied straight into the new version folder with `saved_model.pb` last,
+    the marker that makes it a version (see the module doc).
     """
     if not has_saved_model(model_dir):
         raise PushError(f"{model_dir} holds no SavedModel (no saved_model.pb): nothing to push")
@@ -336,7 +361,8 @@ def push(model_dir: str, serving_dir: str, version: Optional[int] = None) -> Pus
 def blessing_verdict(properties: Mapping[str, object]) -> BlessingVerdict:
     """Reads a ModelBlessing's custom properties: blessed means the int property `blessed` == 1."""
     value = properties.get("blessed")
-    blessed = isinstance(value, (int,)) and not isinstance(value, bool) and value == 1
+    # Vertex AI Pipelines hands artifact metadata over as JSON numbers: 1.0 is as blessed as 1.
+    blessed = isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1
     reason = properties.get("reason")
     reason = str(reason) if reason not in (None, "") else "no reason recorded"
     return BlessingVerdict(blessed=blessed, reason=reason)
@@ -409,9 +435,25 @@ def apply_retention(serving_dir: str, keep: int,
                 continue  # deleted concurrently
             _remove_tree(doomed)
         else:
-            _remove_tree(src)
+            _remove_marked_folder(src)
         deleted.append(v)
+    if not is_local(serving_dir) and existing:
+        # Crashed copies below the newest complete version are no copy in progress (one pusher at a time).
+        for v in _numeric_folders(serving_dir):
+            if v < existing[-1] and v not in existing:
+                _remove_tree(version_dir(serving_dir, v))
+                removed_tmp.append(str(v))
     return RetentionResult(kept=kept, deleted=deleted, removed_tmp=removed_tmp)
+
+
+def _remove_marked_folder(path: str) -> None:
+    """Deletes an object-store version: its marker first, so it stops being a version at once."""
+    gfile = _gfile()
+    for name in SAVED_MODEL_FILENAMES:
+        marker = os.path.join(path, name)
+        if gfile.exists(marker):
+            gfile.remove(marker)
+    _remove_tree(path)
 
 
 # ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from absl import logging
 from tfx import types
@@ -13,7 +13,7 @@ from tfx.utils import io_utils
 
 from components.blessing_pusher.executor import serving_model_path
 from components.blessing_pusher.serving import PushError
-from components.evaluator.executor import check_split, newest_span, optional_single
+from components.evaluator.executor import CURRENT_MODEL_ID_PROPERTY, check_split, newest_span, optional_single
 from components.latency_validator import loadtest
 from components.warm_start_trainer.training_inputs import split_pattern
 from pipelines.config import LatencyConfig
@@ -56,9 +56,10 @@ class Executor(base_executor.BaseExecutor):
 
         model_blessing = optional_single(input_dict.get(MODEL_BLESSING_KEY), MODEL_BLESSING_KEY)
         skip = skip_reason(model_blessing, model, config)
+        model_ref = blessed_model_ref(model_blessing) if model_blessing is not None else None
         if skip is not None:
             verdict = loadtest.LatencyVerdict(False, skip, config.slo_p99_ms)
-            record_blessing(blessing, model, examples, None, verdict, config)
+            record_blessing(blessing, model, examples, None, verdict, config, model_ref)
             logging.info("LatencyValidator: model %s %s", model.id, skip)
             return
 
@@ -71,7 +72,7 @@ class Executor(base_executor.BaseExecutor):
         profile, verdict = loadtest.validate_model(
             model_dir, split_pattern(examples.uri, split), config, label_key=label_key,
             transform_graph_dir=transform_graph.uri if transform_graph is not None else None)
-        record_blessing(blessing, model, examples, profile, verdict, config)
+        record_blessing(blessing, model, examples, profile, verdict, config, model_ref)
         logging.info("LatencyValidator: model %s on span %d's %s split: %s", model.id, examples.span, split,
                      verdict.reason)
 
@@ -84,9 +85,8 @@ def skip_reason(model_blessing: Optional[types.Artifact], model: types.Artifact,
     """
     if model_blessing is None:
         return None
-    blessed_model = model_blessing.get_int_custom_property("current_model_id") \
-        if model_blessing.has_custom_property("current_model_id") else None
-    if blessed_model is not None and blessed_model != model.id:
+    blessed_model = blessed_model_ref(model_blessing)
+    if blessed_model is not None and not refers_to(blessed_model, model):
         raise ValueError(f"{MODEL_BLESSING_KEY} (artifact {model_blessing.id}) is about model {blessed_model}, "
                          f"not the candidate {model.id}: wire the evaluator's blessing of this same model")
     if not config.skip_unblessed or model_blessing.get_int_custom_property("blessed") == 1:
@@ -96,15 +96,51 @@ def skip_reason(model_blessing: Optional[types.Artifact], model: types.Artifact,
     return f"not load-tested: the evaluator did not bless it ({why})"
 
 
+def blessed_model_ref(model_blessing: types.Artifact) -> Union[int, str, None]:
+    """The evaluator blessing's `current_model_id`: an MLMD id, or (on Vertex) the model's resource name.
+
+    TFX's Vertex entrypoint rewrites the id of an Evaluator executor's blessing
+    into the model's Vertex ML Metadata resource name, and Vertex hands numbers
+    over as doubles.
+    """
+    if not model_blessing.has_custom_property(CURRENT_MODEL_ID_PROPERTY):
+        return None
+    value = model_blessing.get_custom_property(CURRENT_MODEL_ID_PROPERTY)
+    if isinstance(value, str):
+        return value
+    return None if value is None else int(value)
+
+
+def refers_to(ref: Union[int, str], model: types.Artifact) -> bool:
+    """True when `ref` (see `blessed_model_ref`) names `model`.
+
+    On Vertex an input artifact's `id` is TFX's hash of its resource name, so
+    a name is compared by that same hash.
+    """
+    if isinstance(ref, str):
+        from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entrypoint
+
+        return entrypoint._get_hashed_id(ref, {}) == model.id  # pylint: disable=protected-access
+    return ref == model.id
+
+
 def record_blessing(blessing: types.Artifact, model: types.Artifact, examples: types.Artifact,
                     profile: Optional[loadtest.LatencyProfile], verdict: loadtest.LatencyVerdict,
-                    config: LatencyConfig) -> None:
-    """The stock marker file and `blessed` property, the figures as properties, the profile as a file."""
+                    config: LatencyConfig, model_ref: Union[int, str, None] = None) -> None:
+    """The stock marker file and `blessed` property, the figures as properties, the profile as a file.
+
+    `model_ref`: the evaluator blessing's name for `model` (`blessed_model_ref`); a
+    resource name (Vertex) is recorded as `model_id`, otherwise the MLMD id is.
+    """
     marker = BLESSED_FILE_NAME if verdict.blessed else NOT_BLESSED_FILE_NAME
     io_utils.write_string_file(os.path.join(blessing.uri, marker), "")
     blessing.set_int_custom_property(BLESSED_PROPERTY, 1 if verdict.blessed else 0)
     blessing.set_string_custom_property(REASON_PROPERTY, verdict.reason)
-    blessing.set_int_custom_property(MODEL_ID_PROPERTY, model.id)
+    if isinstance(model_ref, str):
+        # On Vertex: the resource name, as the evaluator's blessing names the model there.
+        blessing.set_string_custom_property(MODEL_ID_PROPERTY, model_ref)
+    else:
+        blessing.set_int_custom_property(MODEL_ID_PROPERTY, model.id)
     blessing.set_int_custom_property("eval_span", examples.span)
     blessing.set_int_custom_property(LOAD_TESTED_PROPERTY, 1 if profile is not None else 0)
     blessing.set_float_custom_property("slo_p99_ms", float(config.slo_p99_ms))

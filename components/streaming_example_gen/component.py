@@ -9,6 +9,7 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.event_schema import EventSchema
+from components.streaming_example_gen import executor as executor_module
 from components.streaming_example_gen.driver import StreamingExampleGenDriver
 from components.streaming_example_gen.executor import Executor
 from pipelines.config import KafkaConfig, SourceConfig, WindowConfig
@@ -24,8 +25,12 @@ class StreamingExampleGenSpec(types.ComponentSpec):
         "chunk_bytes": ExecutionParameter(type=int),
         # KafkaConfig JSON when the source is a Kafka topic (log_dir is then empty).
         "kafka_source": ExecutionParameter(type=str, optional=True),
+        executor_module.DRIVERLESS_KEY: ExecutionParameter(type=int, optional=True),  # 0 / 1
     }
-    INPUTS = {}
+    INPUTS = {
+        # Driverless runs only: the newest Examples this node published, which carry the committed position.
+        executor_module.PREVIOUS_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
+    }
     OUTPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
 
 
@@ -37,6 +42,14 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
     and emits one `Examples` artifact (with TFX's `span` property and `train`
     / `eval` splits) for every span the watermark has closed. Malformed
     events go to a dead-letter folder inside the first emitted span.
+
+    Orchestrators that run no custom drivers and take one artifact per output
+    (Vertex AI Pipelines) need `driverless=True` and `previous_examples`: a
+    resolver of the newest `Examples` of this node (LatestArtifactStrategy).
+    The position is then read from that artifact, and each run publishes
+    exactly one span (the oldest closed one; later ones wait for the next
+    run), or fails with NoClosedSpanError, publishing nothing, when none has
+    closed.
 
     Example::
 
@@ -51,13 +64,17 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
 
     def __init__(self, log_dir: str = "", schema: Optional[EventSchema] = None,
                  window: Optional[WindowConfig] = None, chunk_bytes: Optional[int] = None,
-                 kafka: Optional[KafkaConfig] = None):
+                 kafka: Optional[KafkaConfig] = None, driverless: bool = False,
+                 previous_examples: Optional[types.BaseChannel] = None):
         source = SourceConfig(log_dir=log_dir, **({"schema": schema} if schema else {}),
                               **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}),
                               **({"kind": "kafka", "kafka": kafka} if kafka is not None else {}))
         window = window or WindowConfig()
         source.validate()
         window.validate()
+        if previous_examples is not None and not driverless:
+            raise ValueError("previous_examples is read only by a driverless StreamingExampleGen (driverless=True); "
+                             "with a driver the position comes from ML Metadata")
         spec = StreamingExampleGenSpec(
             log_dir=source.log_dir,
             event_schema=source.schema.to_json(),
@@ -66,11 +83,15 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
             eval_fraction=window.eval_fraction,
             chunk_bytes=source.chunk_bytes,
             kafka_source=source.kafka.to_json() if source.kafka is not None else None,
+            driverless=1 if driverless else None,
+            previous_examples=previous_examples,
             examples=types.Channel(type=standard_artifacts.Examples),
         )
         super().__init__(spec=spec)
 
     @classmethod
-    def from_config(cls, source: SourceConfig, window: WindowConfig) -> "StreamingExampleGen":
+    def from_config(cls, source: SourceConfig, window: WindowConfig, driverless: bool = False,
+                    previous_examples: Optional[types.BaseChannel] = None) -> "StreamingExampleGen":
         return cls(log_dir=source.log_dir, schema=source.schema, window=window, chunk_bytes=source.chunk_bytes,
-                   kafka=source.kafka if source.kind == "kafka" else None)
+                   kafka=source.kafka if source.kind == "kafka" else None,
+                   driverless=driverless, previous_examples=previous_examples)

@@ -1,4 +1,12 @@
-"""StreamingExampleGen executor: a thin `Do()` around `ingest.run_ingest`."""
+"""StreamingExampleGen executor: a thin `Do()` around `ingest.run_ingest`.
+
+The committed position comes from the driver (LocalDagRunner and the other
+orchestrators that run TFX drivers). Vertex AI Pipelines runs no custom
+drivers and takes exactly one artifact per output, at the URI it chose; with
+`driverless=1` the position comes from input `previous_examples` (the newest
+`Examples` of this pipeline, resolved by the orchestrator) and every run
+publishes exactly one span, into that URI.
+"""
 from __future__ import annotations
 
 import os
@@ -17,16 +25,52 @@ from components.streaming_example_gen.committed_state import COMMITTED_STATE_PRO
 from components.streaming_example_gen.driver import COMMITTED_STATE_KEY
 
 EXAMPLES_KEY = "examples"
+PREVIOUS_EXAMPLES_KEY = "previous_examples"
+DRIVERLESS_KEY = "driverless"
+
+
+class NoClosedSpanError(RuntimeError):
+    """A driverless run found no closed span: it publishes nothing, and the cycle stops here."""
+
+
+def committed_state_for(input_dict: Dict[str, List[types.Artifact]],
+                        exec_properties: Dict[str, Any]) -> windowing.CommittedState:
+    """The committed position: from the driver, else (driverless) from `previous_examples`."""
+    if COMMITTED_STATE_KEY in exec_properties:
+        return windowing.CommittedState.from_json(exec_properties[COMMITTED_STATE_KEY])
+    if not exec_properties.get(DRIVERLESS_KEY):
+        raise RuntimeError(
+            "StreamingExampleGen ran without its driver, so it cannot know the committed position. "
+            "Run it through a TFX orchestrator that honours component drivers (LocalDagRunner, BeamDagRunner), "
+            "or build it with driverless=True and previous_examples wired to a resolver of the newest Examples "
+            "(what `create_pipeline(config, target='vertex')` does).")
+    return state_from_previous(input_dict.get(PREVIOUS_EXAMPLES_KEY) or [])
+
+
+def state_from_previous(previous: List[types.Artifact]) -> windowing.CommittedState:
+    """The state recorded on the newest previously published `Examples`; the initial state when none.
+
+    Every artifact of one run carries that run's state, and a later run has
+    emitted a later span, so the state with the newest `last_span` is the one.
+    """
+    states = []
+    for artifact in previous:
+        text = artifact.get_string_custom_property(COMMITTED_STATE_PROPERTY)
+        if not text:
+            raise ValueError(
+                f"{PREVIOUS_EXAMPLES_KEY} artifact {artifact.uri} has no {COMMITTED_STATE_PROPERTY!r} property: "
+                "it was not written by StreamingExampleGen. Resolve only this pipeline's StreamingExampleGen output.")
+        states.append(windowing.CommittedState.from_json(text))
+    if not states:
+        return windowing.CommittedState()
+    return max(states, key=lambda st: float("-inf") if st.last_span is None else st.last_span)
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        if COMMITTED_STATE_KEY not in exec_properties:
-            raise RuntimeError(
-                "StreamingExampleGen ran without its driver, so it cannot know the committed position. "
-                "Run it through a TFX orchestrator that honours component drivers (LocalDagRunner, BeamDagRunner).")
-        state = windowing.CommittedState.from_json(exec_properties[COMMITTED_STATE_KEY])
+        state = committed_state_for(input_dict, exec_properties)
+        driverless = bool(exec_properties.get(DRIVERLESS_KEY))
         window = windowing.Window(span_ms=exec_properties["span_seconds"] * 1000,
                                   allowed_lateness_ms=exec_properties["allowed_lateness_seconds"] * 1000,
                                   eval_fraction=exec_properties["eval_fraction"])
@@ -35,26 +79,45 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         run = ingest.run_ingest(
             self._make_beam_pipeline, source=source,
             schema=EventSchema.from_json(exec_properties["event_schema"]),
-            window=window, state=state, output_root=template.uri, work_dir=self._get_tmp_dir())
-        artifacts = build_artifacts(template, run, window)
+            window=window, state=state, output_root=template.uri, work_dir=self._get_tmp_dir(),
+            max_spans=1 if driverless else None, flat=driverless)
+        artifacts = build_artifacts(template, run, window, flat=driverless)
+        if driverless and not artifacts:
+            raise NoClosedSpanError(
+                f"no span of {source.describe()} has closed since the committed position "
+                f"{state.to_json()}: nothing is published and this run stops here. An orchestrator that takes one "
+                "artifact per output (Vertex AI Pipelines) needs a closed span every run: schedule runs at most "
+                "once per window.span_seconds, after the span's end plus the allowed lateness.")
         for artifact in artifacts:
-            ingest.ensure_every_split_has_a_file(artifact.uri)
+            ingest.ensure_every_split_has_a_file(
+                artifact.uri, tmp_root=os.path.join(template.uri, "_tmp") if driverless else None)
+        if driverless:
+            # Every file was renamed out of it: the artifact holds its splits and dead letters only.
+            ingest.remove_tmp(template.uri)
         output_dict[EXAMPLES_KEY][:] = artifacts
         logging.info("StreamingExampleGen: read %s of %s from %s to %s; emitted spans %s; committed %s",
                      run.plan.describe(), source.describe(), run.plan.start, run.plan.end,
                      [a.span for a in output_dict[EXAMPLES_KEY]], run.committed.to_json())
 
 
-def build_artifacts(template: types.Artifact, run: ingest.IngestRun, window: windowing.Window) -> List[types.Artifact]:
-    """One `Examples` artifact per emitted span, all carrying the run's committed state."""
+def build_artifacts(template: types.Artifact, run: ingest.IngestRun, window: windowing.Window,
+                    flat: bool = False) -> List[types.Artifact]:
+    """One `Examples` artifact per emitted span, all carrying the run's committed state.
+
+    `flat`: the run emitted at most one span, written at the template's URI,
+    and the template itself becomes the artifact (an orchestrator that chose
+    the URI also keeps its id for the output).
+    """
     if run.result is None or not run.result.decision.emits:
         return []
+    if flat and len(run.result.decision.emitted_spans) != 1:
+        raise ValueError(f"flat output holds one span, the run emitted {sorted(run.result.decision.emitted_spans)}")
     artifacts = []
     first_span = run.result.decision.first_span
     for span in sorted(run.result.decision.emitted_spans):
         stats = run.result.spans.get(span, windowing.SpanStats())
-        artifact = type(template)()
-        artifact.uri = ingest.span_dir(template.uri, span)
+        artifact = template if flat else type(template)()
+        artifact.uri = ingest.span_dir(template.uri, span, flat)
         artifact.span = span
         artifact.version = 0
         artifact.split_names = artifact_utils.encode_split_names(list(windowing.SPLITS))

@@ -37,17 +37,19 @@ DEAD_LETTER_DIR = "dead_letter"
 SUMMARY_FILE = "ingest_summary.json"
 
 
-def span_dir(output_root: str, span: int) -> str:
-    return os.path.join(output_root, f"span-{span}")
+def span_dir(output_root: str, span: int, flat: bool = False) -> str:
+    """Where one span's files go: `<root>/span-<n>`, or `<root>` itself when a run emits one span
+    into the one artifact URI its orchestrator chose (`flat`, as on Vertex AI Pipelines)."""
+    return output_root if flat else os.path.join(output_root, f"span-{span}")
 
 
-def example_file(output_root: str, span: int, split: str, unit_name: str) -> str:
+def example_file(output_root: str, span: int, split: str, unit_name: str, flat: bool = False) -> str:
     # Split-<name> is the layout every stock TFX component reads.
-    return os.path.join(span_dir(output_root, span), f"Split-{split}", f"data-{unit_name}.tfrecord.gz")
+    return os.path.join(span_dir(output_root, span, flat), f"Split-{split}", f"data-{unit_name}.tfrecord.gz")
 
 
-def dead_letter_file(output_root: str, span: int, unit_name: str) -> str:
-    return os.path.join(span_dir(output_root, span), DEAD_LETTER_DIR, f"dead_letter-{unit_name}.jsonl")
+def dead_letter_file(output_root: str, span: int, unit_name: str, flat: bool = False) -> str:
+    return os.path.join(span_dir(output_root, span, flat), DEAD_LETTER_DIR, f"dead_letter-{unit_name}.jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,10 +176,11 @@ def dead_letter_row(where: Dict[str, Any], line: bytes, reason: str) -> Dict[str
 
 
 class WriteChunk(beam.DoFn):
-    def __init__(self, source, output_root: str, state_json: str):
+    def __init__(self, source, output_root: str, state_json: str, flat: bool = False):
         self._source = source
         self._output_root = output_root
         self._state_json = state_json
+        self._flat = flat
 
     def setup(self):
         self._state = windowing.CommittedState.from_json(self._state_json)
@@ -209,13 +212,13 @@ class WriteChunk(beam.DoFn):
             stats.setdefault(dest_span, windowing.SpanStats()).add(t, dest_split, late)
         tmp_root = os.path.join(self._output_root, "_tmp")
         for (span, split), examples in sorted(records.items()):
-            _write_atomically(example_file(self._output_root, span, split, name),
+            _write_atomically(example_file(self._output_root, span, split, name, self._flat),
                               _write_tfrecords(examples), tmp_root)
         dead = [dead_letter_row(source.dead_letter_where(chunk, offset), line, reason)
                 for offset, line, reason in parsed.invalid
                 if windowing.is_new_line(state, position(lane, offset))]
         if dead:
-            _write_atomically(dead_letter_file(self._output_root, first_span, name),
+            _write_atomically(dead_letter_file(self._output_root, first_span, name, self._flat),
                               _write_dead_letters(dead), tmp_root)
         result["spans"] = {str(s): st.to_dict() for s, st in stats.items()}
         result["dead_letters"] = len(dead)
@@ -282,16 +285,22 @@ def _write_summary(result: IngestResult, path: str) -> None:
 
 def build_ingest(pipeline: beam.Pipeline, *, source, units: Sequence[Any], schema: EventSchema,
                  window: windowing.Window, state: windowing.CommittedState, output_root: str,
-                 summary_path: str) -> None:
-    """Adds the ingest graph to `pipeline`; running it writes the spans and `summary_path`."""
+                 summary_path: str, max_spans: Optional[int] = None, flat: bool = False) -> None:
+    """Adds the ingest graph to `pipeline`; running it writes the spans and `summary_path`.
+
+    `max_spans` caps the spans one run emits (see `windowing.decide`); `flat`
+    writes the one emitted span at `output_root` itself (needs `max_spans=1`).
+    """
+    if flat and max_spans != 1:
+        raise ValueError("flat output holds exactly one span: it needs max_spans=1")
     last_span = state.last_span
     parsed = source.expand_read(pipeline, list(units), schema.to_json(), window)
     decision = (parsed
                 | "Facts" >> beam.Map(_chunk_facts, last_span)
                 | "MergeFacts" >> beam.CombineGlobally(_merge_facts)
-                | "Decide" >> beam.Map(lambda f: windowing.decide(window, state, f[0], f[1])))
+                | "Decide" >> beam.Map(lambda f: windowing.decide(window, state, f[0], f[1], max_spans)))
     results = (parsed
-               | "Write" >> beam.ParDo(WriteChunk(source, output_root, state.to_json()),
+               | "Write" >> beam.ParDo(WriteChunk(source, output_root, state.to_json(), flat),
                                        beam.pvalue.AsSingleton(decision))
                | "Collect" >> beam.combiners.ToList())
     _ = (results
@@ -306,21 +315,30 @@ def read_summary(path: str) -> IngestResult:
         return IngestResult.from_json(f.read())
 
 
-def ensure_every_split_has_a_file(span_uri: str) -> None:
+def ensure_every_split_has_a_file(span_uri: str, tmp_root: Optional[str] = None) -> None:
     """Writes an empty TFRecord file into a split that got no examples.
 
     A span whose events all fell in its first part has no eval examples;
     stock components glob `Split-<name>/*` and fail on no match, while an
     empty file reads as zero examples (and the gate calls that too little
-    evidence).
+    evidence). `tmp_root` defaults to `_tmp` beside the span folder.
     """
     import tensorflow as tf
 
+    tmp_root = tmp_root or os.path.join(os.path.dirname(span_uri), "_tmp")
     for split in windowing.SPLITS:
         folder = os.path.join(span_uri, f"Split-{split}")
         if not tf.io.gfile.glob(os.path.join(folder, "*")):
-            _write_atomically(os.path.join(folder, "data-empty.tfrecord.gz"), _write_tfrecords([]),
-                              os.path.join(os.path.dirname(span_uri), "_tmp"))
+            _write_atomically(os.path.join(folder, "data-empty.tfrecord.gz"), _write_tfrecords([]), tmp_root)
+
+
+def remove_tmp(output_root: str) -> None:
+    """Deletes `<output_root>/_tmp`, where files are written before their rename into place."""
+    import tensorflow as tf
+
+    tmp_root = os.path.join(output_root, "_tmp")
+    if tf.io.gfile.exists(tmp_root):
+        tf.io.gfile.rmtree(tmp_root)
 
 
 @dataclasses.dataclass
@@ -335,13 +353,14 @@ class IngestRun:
 
 
 def run_ingest(make_pipeline, *, source, schema: EventSchema, window: windowing.Window,
-               state: windowing.CommittedState, output_root: str, work_dir: str) -> IngestRun:
+               state: windowing.CommittedState, output_root: str, work_dir: str,
+               max_spans: Optional[int] = None, flat: bool = False) -> IngestRun:
     """Plans the read, runs the Beam graph, and returns what to publish.
 
     `source` is one of `sources.py`'s sources. `make_pipeline` returns a fresh
     `beam.Pipeline` (the executor's, with the component's Beam arguments).
     Nothing is committed here: the caller publishes the returned state with
-    the artifacts, or nothing at all.
+    the artifacts, or nothing at all. `max_spans` and `flat` are `build_ingest`'s.
     """
     import time
 
@@ -352,7 +371,8 @@ def run_ingest(make_pipeline, *, source, schema: EventSchema, window: windowing.
     summary_path = os.path.join(work_dir, SUMMARY_FILE)
     with make_pipeline() as pipeline:
         build_ingest(pipeline, source=source, units=plan.units, schema=schema, window=window,
-                     state=state, output_root=output_root, summary_path=summary_path)
+                     state=state, output_root=output_root, summary_path=summary_path,
+                     max_spans=max_spans, flat=flat)
     result = read_summary(summary_path)
     # Committing `plan.end` after a unit was lost would skip its events forever.
     source.check_complete(plan, result.units)

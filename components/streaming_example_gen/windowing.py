@@ -164,20 +164,30 @@ class RunDecision:
 
 
 def decide(window: Window, state: CommittedState, run_max_event_time_ms: Optional[int],
-           candidate_spans: Iterable[int]) -> RunDecision:
+           candidate_spans: Iterable[int], max_spans: Optional[int] = None) -> RunDecision:
     """Which spans a run emits.
 
     `candidate_spans` are the spans newer than `state.last_span` that hold at
     least one event in this read. A run emits every such span that has
     closed; late events alone do not open a span, they wait for the next one.
+
+    `max_spans` caps a run at its oldest closed spans (Vertex AI Pipelines
+    takes one artifact per output). The cap moves `closed_through` back to
+    the newest emitted span, so the events of later closed spans are pending:
+    the committed `resume` points at them and the next run emits them.
     """
+    if max_spans is not None and max_spans < 1:
+        raise ValueError(f"max_spans must be >= 1 or None, got {max_spans}")
     times = [t for t in (state.max_event_time_ms, run_max_event_time_ms) if t is not None]
     max_time = max(times) if times else None
     closed = window.closed_through(max_time)
-    emitted = frozenset(s for s in candidate_spans
-                        if closed is not None and s <= closed
-                        and (state.last_span is None or s > state.last_span))
-    return RunDecision(closed_through=closed, emitted_spans=emitted, max_event_time_ms=max_time)
+    emitted = sorted(s for s in candidate_spans
+                     if closed is not None and s <= closed
+                     and (state.last_span is None or s > state.last_span))
+    if max_spans is not None and len(emitted) > max_spans:
+        emitted = emitted[:max_spans]
+        closed = emitted[-1]
+    return RunDecision(closed_through=closed, emitted_spans=frozenset(emitted), max_event_time_ms=max_time)
 
 
 def next_state(state: CommittedState, decision: RunDecision, read_end: Frontier,

@@ -10,6 +10,7 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.event_schema import EventSchema
+from components.warm_start_trainer import executor as executor_module
 from components.warm_start_trainer.executor import Executor
 from pipelines.config import TrainerConfig, TransformConfig
 
@@ -20,6 +21,8 @@ class WarmStartTrainerSpec(types.ComponentSpec):
         "event_schema": ExecutionParameter(type=str),  # EventSchema JSON
         "custom_config": ExecutionParameter(type=str),  # JSON handed to run_fn
         "transform_fingerprint": ExecutionParameter(type=str),
+        # 1: replay only spans up to the base model's newest (see training_inputs.judged_only).
+        executor_module.REPLAY_JUDGED_ONLY_KEY: ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
@@ -52,7 +55,9 @@ class WarmStartTrainer(base_component.BaseComponent):
 
     `examples` are the new spans (the newest one's eval split is held out for
     the gate), `replay_examples` earlier spans to replay, `base_model` the
-    latest blessed model (resolve it with `LatestBlessedModelStrategy`). The
+    latest blessed model (resolve it with `LatestBlessedModelStrategy`).
+    `replay_judged_only` is for a replay resolver that cannot leave out
+    refused spans itself (on Vertex AI Pipelines). The
     `Model` records warm or cold and why, the base model's id, the spans and
     example counts, train wall/CPU seconds and the final loss.
     """
@@ -63,7 +68,7 @@ class WarmStartTrainer(base_component.BaseComponent):
     def __init__(self, examples: types.BaseChannel, transform_graph: types.BaseChannel,
                  schema: EventSchema, transform: TransformConfig, trainer: Optional[TrainerConfig] = None,
                  replay_examples: Optional[types.BaseChannel] = None,
-                 base_model: Optional[types.BaseChannel] = None):
+                 base_model: Optional[types.BaseChannel] = None, replay_judged_only: bool = False):
         from transforms import stream
 
         trainer = trainer or TrainerConfig()
@@ -75,7 +80,7 @@ class WarmStartTrainer(base_component.BaseComponent):
             custom_config=json.dumps(run_fn_custom_config(schema, transform), sort_keys=True),
             transform_fingerprint=stream.transform_fingerprint(schema, transform),
             examples=examples, replay_examples=replay_examples, transform_graph=transform_graph,
-            base_model=base_model,
+            base_model=base_model, replay_judged_only=1 if replay_judged_only else None,
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun))
         super().__init__(spec=spec)

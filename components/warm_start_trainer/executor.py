@@ -11,8 +11,11 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
 from components.event_schema import EventSchema
-from components.warm_start_trainer import cycle, warm_start
+from components.warm_start_trainer import cycle, training_inputs, warm_start
 from pipelines.config import TrainerConfig
+
+
+REPLAY_JUDGED_ONLY_KEY = "replay_judged_only"
 
 
 def _spans(artifacts: List[types.Artifact]):
@@ -32,13 +35,16 @@ class Executor(base_executor.BaseExecutor):
         model = artifact_utils.get_single_instance(output_dict["model"])
         model_run = artifact_utils.get_single_instance(output_dict["model_run"])
         current = input_dict["examples"]
+        earlier = _spans(input_dict.get("replay_examples") or [])
+        if exec_properties.get(REPLAY_JUDGED_ONLY_KEY):
+            earlier = training_inputs.judged_only(earlier, base.newest_span if base else None)
         props = cycle.train_cycle(
             config=TrainerConfig.from_dict(json.loads(exec_properties["trainer_config"])),
             schema=EventSchema.from_json(exec_properties["event_schema"]),
             custom_config=json.loads(exec_properties["custom_config"]),
             transform_fingerprint=exec_properties["transform_fingerprint"],
             transform_graph_path=artifact_utils.get_single_uri(input_dict["transform_graph"]),
-            current=_spans(current), earlier=_spans(input_dict.get("replay_examples") or []),
+            current=_spans(current), earlier=earlier,
             base=base, model_uri=model.uri, model_run_uri=model_run.uri)
         newest = max(current, key=lambda a: a.span)
         props["max_event_time_ms"] = newest.get_int_custom_property("max_event_time_ms")

@@ -53,6 +53,20 @@ def plan_training_inputs(current: Sequence[SpanUri], earlier: Sequence[SpanUri],
     return inputs
 
 
+def judged_only(earlier: Sequence[SpanUri], base_newest_span: Optional[int]) -> List[SpanUri]:
+    """The earlier spans no newer than the span the base model was judged on.
+
+    For a replay resolver that cannot see blessings (Vertex AI Pipelines runs
+    only LatestArtifactStrategy): a span newer than that, and older than this
+    cycle, belongs to a cycle whose candidate was refused (or that never
+    reached the gate), so it is left out as `resolvers.rejected_spans` leaves
+    out refused spans locally. No base model: nothing earlier was blessed, nothing is replayed.
+    """
+    if base_newest_span is None:
+        return []
+    return [s for s in earlier if s[0] <= base_newest_span]
+
+
 def eval_files(current: Sequence[SpanUri]) -> List[str]:
     """The newest span's eval split: what the gate scores on, later than all training data."""
     span, uri = max(current)
