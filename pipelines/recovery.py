@@ -31,7 +31,6 @@ cycle. Plain functions over ML Metadata and folders; no TFX import.
 from __future__ import annotations
 
 import dataclasses
-import filecmp
 import os
 import time
 from typing import Dict, List, Optional, Sequence, Set
@@ -229,18 +228,32 @@ def model_serving_dir(model_uri: str) -> Optional[str]:
 
 
 def same_tree(a: str, b: str) -> bool:
-    """Whether two local folders hold the same files with the same bytes."""
+    """Whether two folders hold the same files with the same bytes (local or remote, through tf.io.gfile).
+
+    An empty or missing folder is never "the same": no files prove nothing.
+    """
+    import tensorflow as tf
+
     def files(root: str) -> List[str]:
         out = []
-        for dirpath, _, names in os.walk(root):
+        if not tf.io.gfile.isdir(root):
+            return out
+        for dirpath, _, names in tf.io.gfile.walk(root):
             out += [os.path.relpath(os.path.join(dirpath, n), root) for n in names]
         return sorted(out)
 
     names = files(a)
-    if names != files(b):
+    if not names or names != files(b):
         return False
-    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
-    return not mismatch and not errors
+    for name in names:
+        with tf.io.gfile.GFile(os.path.join(a, name), "rb") as fa, tf.io.gfile.GFile(os.path.join(b, name), "rb") as fb:
+            while True:
+                chunk_a, chunk_b = fa.read(1 << 20), fb.read(1 << 20)
+                if chunk_a != chunk_b:
+                    return False
+                if not chunk_a:
+                    break
+    return True
 
 
 def _recorded_versions(store: metadata_store.MetadataStore, serving_dir: str) -> Set[int]:
