@@ -155,7 +155,6 @@ def run_continuous(home: str, cfg: CompareConfig, progress: Progress) -> Tuple[D
     the index of the Training serving once it closed.
     """
     from pipelines import lineage
-    from pipelines.demo import component_progress
     from pipelines.local_runner import run_cycle
     import pipelines.pipeline  # noqa: F401 (imports TFX and our components before the first timed cycle)
 
@@ -171,8 +170,7 @@ def run_continuous(home: str, cfg: CompareConfig, progress: Progress) -> Tuple[D
         minutes = span_minutes + lateness_minutes + 1.0 if i == 0 else span_minutes
         simulate(config.source.log_dir, dataclasses.replace(sim, minutes=minutes), append=i > 0)
         cpu0 = time.process_time()
-        with component_progress(lambda line: None, ""):
-            report = run_cycle(config)
+        report = run_cycle(config)
         cycle_cpu = time.process_time() - cpu0
         if len(report.spans) != 1:
             raise RuntimeError(f"cycle {i + 1} ingested spans {report.spans}; the replay expects exactly one "
@@ -265,15 +263,21 @@ def _minutes(ms: int) -> float:
 
 @contextlib.contextmanager
 def quiet_logs() -> Iterator[None]:
-    """TensorFlow, Beam and absl log hundreds of INFO/WARNING lines per cycle: inside, only errors show."""
+    """TensorFlow, Beam and absl log hundreds of INFO/WARNING lines per cycle: inside, only errors show.
+
+    TFX's executors re-apply their own verbosity to these loggers mid-cycle,
+    so their levels are pinned for the duration (as `demo.component_progress` does).
+    """
     loggers = [logging.getLogger(name) for name in ("tensorflow", "apache_beam", "absl")]
     saved = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+        lg.setLevel = lambda level: None
     try:
         yield
     finally:
         for lg, level in zip(loggers, saved):
+            lg.__dict__.pop("setLevel", None)
             lg.setLevel(level)
 
 
