@@ -42,7 +42,7 @@ from components.streaming_example_gen.committed_state import (COMMITTED_STATE_PR
                                                              node_context_name)
 from components.warm_start_trainer.quarantine import has_key
 from pipelines.config import DriftlineConfig
-from pipelines.metadata import PUSHER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, node_of_execution, open_store
+from pipelines.metadata import PUSHER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, node_of_execution, open_store, prop
 
 PIPELINE_CONTEXT_TYPE = "pipeline"
 _ACTIVE = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)
@@ -155,14 +155,6 @@ def _artifacts_of_type(store: metadata_store.MetadataStore, type_name: str) -> L
         return []
 
 
-def _custom(artifact, key: str, default=None):
-    if key not in artifact.custom_properties:
-        return default
-    value = artifact.custom_properties[key]
-    kind = value.WhichOneof("value")
-    return getattr(value, kind) if kind else default
-
-
 def _now_text() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -261,10 +253,10 @@ def _recorded_versions(store: metadata_store.MetadataStore, serving_dir: str) ->
 
     recorded = set()
     for a in _artifacts_of_type(store, "PushedModel"):
-        if _custom(a, serving.PUSHED_PROPERTY) != 1 or _custom(a, serving.PUSHED_VERSION_PROPERTY) is None:
+        if prop(a, serving.PUSHED_PROPERTY) != 1 or prop(a, serving.PUSHED_VERSION_PROPERTY) is None:
             continue
-        destination = _custom(a, serving.PUSHED_DESTINATION_PROPERTY) or a.uri
-        version = int(_custom(a, serving.PUSHED_VERSION_PROPERTY))
+        destination = prop(a, serving.PUSHED_DESTINATION_PROPERTY) or a.uri
+        version = int(prop(a, serving.PUSHED_VERSION_PROPERTY))
         if os.path.normpath(destination) == os.path.normpath(serving.version_dir(serving_dir, version)):
             recorded.add(version)
     return recorded
@@ -287,12 +279,12 @@ def _recover_push(store: metadata_store.MetadataStore, config: DriftlineConfig,
 
     if not models or not inputs.get("model_blessing"):
         return no("its inputs are not recorded")
-    verdicts = [serving.blessing_verdict({k: _custom(b, k) for k in b.custom_properties}) for b in blessings]
+    verdicts = [serving.blessing_verdict({k: prop(b, k) for k in b.custom_properties}) for b in blessings]
     if not all(v.blessed for v in verdicts):
         return no("the model is not blessed")
     started = execution.create_time_since_epoch
     newer = [a.id for a in _artifacts_of_type(store, "PushedModel")
-             if _custom(a, serving.PUSHED_PROPERTY) == 1 and a.create_time_since_epoch >= started]
+             if prop(a, serving.PUSHED_PROPERTY) == 1 and a.create_time_since_epoch >= started]
     if newer:
         return no(f"a later push (PushedModel {max(newer)}) already serves a newer model")
     model = models[0]
@@ -316,7 +308,7 @@ def _recover_push(store: metadata_store.MetadataStore, config: DriftlineConfig,
         why = f"the push of model {model.id} was interrupted before its version was in place; pushed it as {version}"
     destination = serving.version_dir(serving_dir, version)
     _publish_push(store, config, execution, model.id, version, destination, why)
-    keep = _custom(execution, "keep_versions", config.pusher.keep_versions)
+    keep = prop(execution, "keep_versions", config.pusher.keep_versions)
     serving.apply_retention(serving_dir, int(keep))
     return PushRecovery(execution.id, model.id, version, how, why)
 

@@ -44,7 +44,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
 from components.warm_start_trainer.quarantine import rejected_spans
 from pipelines.config import DriftlineConfig
-from pipelines.metadata import open_store
+from pipelines.metadata import open_store, prop
 from pipelines.recovery import interrupted_executions, untrained_spans
 
 PIPELINE_CONTEXT_TYPE = "pipeline"
@@ -98,14 +98,6 @@ def _pipeline_context(store: metadata_store.MetadataStore, pipeline_name: str):
     return store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
 
 
-def _custom(artifact, key: str, default=None):
-    if key not in artifact.custom_properties:
-        return default
-    value = artifact.custom_properties[key]
-    kind = value.WhichOneof("value")
-    return getattr(value, kind) if kind else default
-
-
 def recent_runs(store: metadata_store.MetadataStore, pipeline_context, n: int) -> List[metadata_store_pb2.Context]:
     """The newest `n` pipeline runs (TFX makes each run's context a child of the pipeline's)."""
     runs = [c for c in store.get_children_contexts_by_context(pipeline_context.id)
@@ -154,24 +146,24 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
     # The next cycle's base model and baseline, as LatestBlessedModelStrategy picks it.
     blessed = {}
     for b in by_type.get("ModelBlessing", []):
-        if _custom(b, "blessed") == 1 and _custom(b, "current_model_id") is not None:
-            blessed[int(_custom(b, "current_model_id"))] = b.id
+        if prop(b, "blessed") == 1 and prop(b, "current_model_id") is not None:
+            blessed[int(prop(b, "current_model_id"))] = b.id
     base = max((m for m in by_type.get("Model", []) if m.id in blessed), key=lambda m: m.id, default=None)
     if base is not None:
         protect([base.id, blessed[base.id]], "the latest blessed model: the next cycle's base model and baseline")
-        judged_on = _custom(base, "newest_examples_id")
+        judged_on = prop(base, "newest_examples_id")
         if judged_on is not None:
             protect([judged_on], "the span the base model was judged on: the next cycle trains on its eval split")
 
     # The versions in the serving folder (serving, or ready for a rollback): their push records and models.
     pushes = [a for a in artifacts if type_names.get(a.type_id) == "PushedModel" and a.state in _PUBLISHED
-              and _custom(a, serving.PUSHED_PROPERTY) == 1]
+              and prop(a, serving.PUSHED_PROPERTY) == 1]
     serving_dir = os.path.abspath(config.serving_dir)
     in_folder = set(serving.versions(serving_dir))
     for p in pushes:
-        version = _custom(p, serving.PUSHED_VERSION_PROPERTY)
-        destination = _custom(p, serving.PUSHED_DESTINATION_PROPERTY) or p.uri
-        model_id = _custom(p, serving.MODEL_ID_PROPERTY)
+        version = prop(p, serving.PUSHED_VERSION_PROPERTY)
+        destination = prop(p, serving.PUSHED_DESTINATION_PROPERTY) or p.uri
+        model_id = prop(p, serving.MODEL_ID_PROPERTY)
         if version is not None and int(version) in in_folder and os.path.normpath(destination) == \
                 os.path.normpath(serving.version_dir(serving_dir, int(version))):
             protect([p.id], f"the record of serving version {version}")

@@ -501,3 +501,21 @@ def file_has(path: str, marker: str) -> bool:
             return marker.encode() in f.read()
     except FileNotFoundError:
         return False
+
+
+def tail(path: str, n: int = 4000) -> str:
+    """The end of a child's log file, for assertion messages."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-n:].decode("utf-8", "replace")
+    except FileNotFoundError:
+        return "(no file)"
+
+
+def alive(pid: int) -> bool:
+    """True while the child runs (a finished child stays a zombie until its parent reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -125,7 +125,7 @@ class Server:
         self.stderr = open(stderr_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-c", code, home, log_dir], cwd=REPO, text=True, bufsize=1,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
-        assert self.proc.stdout.readline().strip() == "READY", _tail(stderr_path)
+        assert self.proc.stdout.readline().strip() == "READY", H.tail(stderr_path)
 
     def start(self, out: str, err: str, until_idle: bool = False) -> int:
         self.proc.stdin.write(f"RUN {out} {err} {int(until_idle)}\n")
@@ -143,22 +143,6 @@ class Server:
             self.proc.stdin.flush()
             self.proc.wait(timeout=30)
         self.stderr.close()
-
-
-def _tail(path: str, n: int = 4000) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read()[-n:].decode("utf-8", "replace")
-    except FileNotFoundError:
-        return "(no file)"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def live_spans(metadata_path: str) -> int:
@@ -242,13 +226,13 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
             err = str(logs / f"{name}.err")
             deadline = time.monotonic() + 420
             while not until():
-                assert _alive(pid), f"controller {name} exited before its kill:\n{_tail(err)}"
-                assert time.monotonic() < deadline, f"{name}: waited too long to kill ({how})\n{_tail(err)}"
+                assert H.alive(pid), f"controller {name} exited before its kill:\n{H.tail(err)}"
+                assert time.monotonic() < deadline, f"{name}: waited too long to kill ({how})\n{H.tail(err)}"
                 time.sleep(0.002)
             os.kill(pid, signal.SIGKILL)
             code = server.wait(pid)
             pid = None
-            assert code == -signal.SIGKILL, f"{name} exited {code} before the kill:\n{_tail(err)}"
+            assert code == -signal.SIGKILL, f"{name} exited {code} before the kill:\n{H.tail(err)}"
             history.append((name, how, round(time.monotonic() - t0, 1)))
             serving.check(f"after kill {name} ({how})")
 
@@ -277,12 +261,12 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
 
         # The stream stops (flushing late events it held back); the last controller finishes what is due.
         sim.send_signal(signal.SIGTERM)
-        assert sim.wait(timeout=60) == 0, _tail(str(logs / "simulate.err"))
+        assert sim.wait(timeout=60) == 0, H.tail(str(logs / "simulate.err"))
         for name in ("final", "again"):
             start(name, until_idle=True)
             code = server.wait(pid)
             pid = None
-            assert code == 0, f"{name}:\n{_tail(str(logs / (name + '.err')))}"
+            assert code == 0, f"{name}:\n{H.tail(str(logs / (name + '.err')))}"
             history.append((name, "ran until idle", round(time.monotonic() - t0, 1)))
         assert not cycle_lines([outs[-1]]), "a second controller right after the last one must find nothing to do"
         serving.check("at the end")

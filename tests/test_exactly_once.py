@@ -85,23 +85,6 @@ class _LogTail:
         return marker in self.buf
 
 
-def _tail(path: str, n: int = 3000) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read()[-n:].decode("utf-8", "replace")
-    except FileNotFoundError:
-        return "(no log)"
-
-
-def _alive(pid: int) -> bool:
-    """True while the child runs (a finished child stays a zombie until the server reaps it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _newest_execution(metadata_path: str) -> str:
     """The state of the node's newest execution, and how many spans it published."""
     from ml_metadata.proto import metadata_store_pb2
@@ -151,13 +134,13 @@ def test_sigkilled_runs_publish_every_event_exactly_once(tmp_path):
             started = time.monotonic()
             pid = server.start_run(path)
             if kill_after is not None:
-                while _alive(pid) and time.monotonic() - started < kill_after:
+                while H.alive(pid) and time.monotonic() - started < kill_after:
                     time.sleep(0.002)
                 os.kill(pid, signal.SIGKILL)  # a zombie ignores it; its pid is not reused before the reap
             elif kill_at_marker is not None:
                 marker, delay = kill_at_marker
                 tail = _LogTail(path)
-                while _alive(pid) and not tail.has(marker.encode()):
+                while H.alive(pid) and not tail.has(marker.encode()):
                     time.sleep(0.001)
                 time.sleep(delay)
                 os.kill(pid, signal.SIGKILL)
@@ -166,9 +149,9 @@ def test_sigkilled_runs_publish_every_event_exactly_once(tmp_path):
             seconds = time.monotonic() - started
             outcomes.append(_newest_execution(metadata_path))
             if code not in (0, -signal.SIGKILL):
-                pytest.fail(f"ingest run {name} exited with {code}:\n{_tail(path)}")
+                pytest.fail(f"ingest run {name} exited with {code}:\n{H.tail(path)}")
             if kill_after is None and kill_at_marker is None and code != 0:
-                pytest.fail(f"ingest run {name} was not killed but exited with {code}:\n{_tail(path)}")
+                pytest.fail(f"ingest run {name} was not killed but exited with {code}:\n{H.tail(path)}")
             return code, seconds
 
         import_s = time.monotonic() - t0
