@@ -358,7 +358,7 @@ def river_model():
 
 def river_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Prequential by span: span k+1 is scored by the model that has learned spans 1..k, then learned."""
-    from benchmarks.cost import exact_auc, log_loss
+    from pipelines.scoring import exact_auc, log_loss
 
     by_span = group_by_span(read_events(spec["log_dir"]), spec["start_ms"])
     model = river_model()
@@ -391,7 +391,7 @@ def score_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     import numpy as np
     import tensorflow as tf
 
-    from benchmarks.cost import exact_auc, log_loss
+    from pipelines.scoring import exact_auc, log_loss
     from components.event_schema import ad_click_schema
     from components.streaming_example_gen.example_codec import ExampleEncoder
     from pipelines.simulator import SimulatorConfig, click_probability
