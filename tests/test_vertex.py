@@ -434,6 +434,21 @@ def run_task(spec, task, tmp_path, *, inputs=None, outputs, parameters=None):
         return json.load(f)
 
 
+def _run_example_gen_driverless(spec, tmp_path, n, overrides, previous):
+    """Run n of StreamingExampleGen through TFX's Vertex entrypoint, given the previous run's output as Vertex does."""
+    uri = str(tmp_path / f"run{n}" / "examples")
+    out = _runtime_artifact(spec, "StreamingExampleGen", "examples", True, uri=uri,
+                            name=f"projects/1/locations/europe-west4/metadataStores/default/artifacts/{n}")
+    work = tmp_path / f"run{n}"
+    work.mkdir(exist_ok=True)
+    result = run_task(spec, "StreamingExampleGen", work, outputs={"examples": out}, parameters=overrides,
+                      inputs={"previous_examples": previous} if previous else None)
+    [artifact] = result["artifacts"]["examples"]["artifacts"]
+    # The URI and the name Vertex gave the output come back unchanged: the span was written there.
+    assert artifact["uri"] == uri and artifact["name"] == out.name
+    return artifact
+
+
 def test_streaming_example_gen_runs_driverless_through_the_vertex_entrypoint(spec, tmp_path):
     """Run after run, the position travels on the previous output's metadata, as Vertex carries it."""
     from components.streaming_example_gen.executor import NoClosedSpanError
@@ -448,17 +463,7 @@ def test_streaming_example_gen_runs_driverless_through_the_vertex_entrypoint(spe
     previous, emitted, seen_ids = [], [], []
 
     def run(n):
-        uri = str(tmp_path / f"run{n}" / "examples")
-        out = _runtime_artifact(spec, "StreamingExampleGen", "examples", True, uri=uri,
-                                name=f"projects/1/locations/europe-west4/metadataStores/default/artifacts/{n}")
-        work = tmp_path / f"run{n}"
-        work.mkdir(exist_ok=True)
-        result = run_task(spec, "StreamingExampleGen", work, outputs={"examples": out}, parameters=overrides,
-                          inputs={"previous_examples": previous} if previous else None)
-        [artifact] = result["artifacts"]["examples"]["artifacts"]
-        # The URI and the name Vertex gave the output come back unchanged: the span was written there.
-        assert artifact["uri"] == uri and artifact["name"] == out.name
-        return artifact
+        return _run_example_gen_driverless(spec, tmp_path, n, overrides, previous)
 
     for n in (1, 2):
         artifact = run(n)
@@ -561,16 +566,7 @@ def test_streaming_example_gen_runs_driverless_over_kafka_through_the_vertex_ent
     previous, seen_ids = [], []
 
     def run(n):
-        uri = str(tmp_path / f"run{n}" / "examples")
-        out = _runtime_artifact(kafka_spec, "StreamingExampleGen", "examples", True, uri=uri,
-                                name=f"projects/1/locations/europe-west4/metadataStores/default/artifacts/{n}")
-        work = tmp_path / f"run{n}"
-        work.mkdir(exist_ok=True)
-        result = run_task(kafka_spec, "StreamingExampleGen", work, outputs={"examples": out}, parameters=overrides,
-                          inputs={"previous_examples": previous} if previous else None)
-        [artifact] = result["artifacts"]["examples"]["artifacts"]
-        assert artifact["uri"] == uri and artifact["name"] == out.name
-        return artifact
+        return _run_example_gen_driverless(kafka_spec, tmp_path, n, overrides, previous)
 
     for n in (1, 2):
         artifact = run(n)
