@@ -13,8 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-# Stock TFX's serving model folder inside a Model artifact (WarmStartTrainer writes the same).
-SERVING_DIR = "Format-Serving"
+from components.warm_start_trainer.cycle import SERVING_DIR
 
 
 def exact_auc(labels: Sequence[Any], scores: Sequence[float]) -> float:
