@@ -94,9 +94,14 @@ class Trainer:
             return loss
 
         self.step = step
-        # The serving function, traced for one transform graph (see export_serving_model).
+        # Called as its one concrete function: a tf.function call binds and checks its
+        # arguments in Python first, a quarter of a small step's time.
+        self._traced_step = step.get_concrete_function()
+        # The serving function, traced for one transform graph, and the files of its first
+        # export but the weights (see export_serving_model).
         self.serve = None
         self.serve_transform: Optional[str] = None
+        self.export_template: Optional[Dict[str, Optional[bytes]]] = None
 
     def accepts(self, features: Mapping[str, np.ndarray], labels: np.ndarray) -> bool:
         return (sorted(features) == sorted(self.names) and tf.as_dtype(labels.dtype) == self.label_dtype
@@ -124,8 +129,8 @@ class Trainer:
             total, batches = 0.0, 0
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                total += float(self.step({k: tf.constant(features[k][idx]) for k in self.names},
-                                         tf.constant(labels[idx])))
+                total += float(self._traced_step({k: tf.constant(features[k][idx]) for k in self.names},
+                                                 tf.constant(labels[idx])))
                 batches += 1
             epoch_loss = total / max(batches, 1)
         return epoch_loss
@@ -160,9 +165,13 @@ def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, exp
     """Signature `serving_default(examples: string[None]) -> {probability: float[None, 1]}`.
 
     With a `trainer` whose serving function was traced for the same
-    `transform_key`, that trace is reused.
+    `transform_key`, that trace is reused, and after its first full export
+    only the weights are written (see `_write_weights`).
     """
     if trainer is not None and transform_key is not None and trainer.serve_transform == transform_key:
+        if trainer.export_template is not None:
+            _write_weights(model, trainer.export_template, export_dir)
+            return
         serve = trainer.serve
     else:
         raw_spec = dict(tft_output.raw_feature_spec())
@@ -176,14 +185,65 @@ def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, exp
             transformed = model.tft_layer(raw)
             return {OUTPUT_KEY: model({k: transformed[k] for k in feature_names})}
 
-        if trainer is not None and transform_key is not None:
-            trainer.serve, trainer.serve_transform = serve, transform_key
+        if trainer is not None:
+            trainer.serve, trainer.serve_transform, trainer.export_template = serve, transform_key, None
 
     # save_traces=False: everything that loads this model (TF Serving, TFMA as
     # TF_GENERIC, tf.saved_model.load) uses the signature, and tracing every
     # layer's call for Keras' own revival costs about a second per cycle.
     # Warm starts read the weights checkpoint, not this SavedModel.
     model.save(export_dir, save_format="tf", signatures={"serving_default": serve}, save_traces=False)
+    if trainer is not None and transform_key is not None:
+        trainer.export_template = _read_template(export_dir)
+
+
+_VARIABLES = os.path.join("variables", "variables")
+# Written from the folder's contents by `_write_weights`, never copied.
+_FINGERPRINT = "fingerprint.pb"
+
+
+def _read_template(export_dir: str) -> Dict[str, Optional[bytes]]:
+    """Every file and folder of a SavedModel except its weights: relative path -> bytes (None: a folder)."""
+    files: Dict[str, Optional[bytes]] = {}
+    for folder, subdirs, names in tf.io.gfile.walk(export_dir):
+        rel = os.path.relpath(folder, export_dir)
+        if rel == "variables":
+            continue
+        for d in subdirs:
+            files[os.path.normpath(os.path.join(rel, d))] = None
+        for name in names:
+            path = os.path.normpath(os.path.join(rel, name))
+            if path != _FINGERPRINT:
+                with tf.io.gfile.GFile(os.path.join(folder, name), "rb") as f:
+                    files[path] = f.read()
+    return files
+
+
+def _write_weights(model: keras.Model, template: Mapping[str, Optional[bytes]], export_dir: str) -> None:
+    """A SavedModel of the kept model with its current weights, from the graph of its first export.
+
+    The kept Trainer's serving graph does not change between cycles, only
+    its weights do, and serializing that graph again cost about 0.2 CPU s a
+    cycle, more than training on the new span. The variables of a SavedModel
+    are an object-based checkpoint of its root, so a checkpoint of the model
+    writes the same keys (tests/test_trainer_reuse.py compares them and the
+    predictions with a full export). `saved_model.pb` is written last: a
+    reader that finds it finds the rest.
+    """
+    tf.io.gfile.makedirs(os.path.join(export_dir, "variables"))
+    tf.train.Checkpoint(model).write(os.path.join(export_dir, _VARIABLES))
+    for path, content in sorted(template.items(), key=lambda item: item[0] == "saved_model.pb"):
+        target = os.path.join(export_dir, path)
+        if content is None:
+            tf.io.gfile.makedirs(target)
+        else:
+            with tf.io.gfile.GFile(target, "wb") as f:
+                f.write(content)
+    try:
+        from tensorflow.python.saved_model import fingerprinting_utils
+    except ImportError:  # the fingerprint is optional; TF without it never wrote one
+        return
+    fingerprinting_utils.write_fingerprint(export_dir)
 
 
 # The last Trainer of this process, for the next warm cycle of the same
@@ -191,9 +251,28 @@ def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, exp
 _reusable: Dict[str, Trainer] = {}
 
 
+# The transform graph this process last loaded to transform training data,
+# by its key: every cycle's TransformGraph artifact is a new folder, and
+# loading the same graph again from it costs more than transforming a span.
+_kept_transforms: Dict[str, Any] = {}
+
+
+def _kept_transform(transform_key: Optional[str], tft_output):
+    """The loaded transform for `transform_key` if this process has one, else `tft_output` (kept for next time)."""
+    if transform_key is None:
+        return tft_output
+    if transform_key not in _kept_transforms:
+        _kept_transforms.clear()
+        _kept_transforms[transform_key] = tft_output
+    return _kept_transforms[transform_key]
+
+
 def clear_reusable_trainer() -> None:
-    """Forgets the kept Trainer: the next cycle builds and traces from scratch, as a fresh process would."""
+    """Forgets everything this process keeps between cycles (the Trainer, the loaded transform, the
+    transformed inputs): the next cycle builds, traces and reads from scratch, as a fresh process would."""
     _reusable.clear()
+    _kept_transforms.clear()
+    data.clear_kept_inputs()
 
 
 def _reusable_key(config: Mapping[str, Any], seed: int) -> str:
@@ -207,9 +286,10 @@ def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
 
     config = fn_args.custom_config
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    transform_key = transform_graph_key(fn_args.transform_graph_path)
     salt = str(max(i.span for i in fn_args.training_inputs))
-    features, labels, counts = data.load_transformed(fn_args.training_inputs, tft_output, LABEL_KEY,
-                                                     fn_args.id_key, salt)
+    features, labels, counts = data.load_transformed(fn_args.training_inputs, _kept_transform(transform_key, tft_output),
+                                                     LABEL_KEY, fn_args.id_key, salt, transform_key=transform_key)
     steps = -(-len(labels) // fn_args.batch_size) * fn_args.epochs
     learning_rate = _learning_rate(fn_args, steps)
     # A schedule is part of the traced step: only a constant rate lets the next cycle reuse it.
@@ -241,7 +321,7 @@ def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
                              seed=fn_args.seed)
 
     export_serving_model(trainer.model, tft_output, fn_args.label_key, fn_args.serving_model_dir, trainer=trainer,
-                         transform_key=transform_graph_key(fn_args.transform_graph_path) if reusable else None)
+                         transform_key=transform_key if reusable else None)
     warm_start.save_warm_start_state(trainer.model, fn_args.model_dir,
                                      architecture=config.get(warm_start.ARCHITECTURE, ""))
     return TrainResult(warm_start=warm, start_reason=reason, final_loss=final_loss, steps=steps,

@@ -54,6 +54,8 @@ def _weights(model_uri):
 
 
 def test_a_kept_trainer_computes_what_a_fresh_process_computes(continuous_run, tmp_path):
+    import tensorflow as tf
+
     from components.warm_start_trainer import cycle
     from pipelines import ads_model
     from pipelines.scoring import ServingModel, read_span
@@ -82,6 +84,14 @@ def test_a_kept_trainer_computes_what_a_fresh_process_computes(continuous_run, t
     examples = read_span(args["current"][0][1], ("eval",))
     np.testing.assert_allclose(ServingModel(fresh_uri).predict(examples), ServingModel(again_uri).predict(examples),
                                rtol=1e-5, atol=1e-6)
+    # The reused export wrote only weights into the first export's graph: the same checkpoint keys and
+    # shapes as a full export, and a fingerprint of its own.
+    assert kept.export_template is not None
+    fresh_vars, again_vars = (dict(tf.train.list_variables(os.path.join(u, cycle.SERVING_DIR, "variables",
+                                                                        "variables")))
+                              for u in (fresh_uri, again_uri))
+    assert again_vars == fresh_vars
+    assert tf.saved_model.experimental.read_fingerprint(os.path.join(again_uri, cycle.SERVING_DIR)).checkpoint_hash
     # The record says what happened, whichever path ran.
     assert json.loads(again["trained_spans"]) == json.loads(fresh["trained_spans"])
 
@@ -97,3 +107,50 @@ def test_a_cold_start_replaces_the_kept_trainer(continuous_run, tmp_path):
                              model_run_uri=str(tmp_path / "c" / "run"))
     assert cold["start"] == "cold"
     assert len(ads_model._reusable) == 1 and next(iter(ads_model._reusable.values())) is not kept
+
+
+def test_kept_inputs_give_what_reading_the_files_gives(continuous_run):
+    import tensorflow_transform as tft
+
+    from components.warm_start_trainer import data
+    from components.warm_start_trainer import training_inputs as plan
+    from pipelines import ads_model
+    from transforms.stream import LABEL_KEY
+
+    args = _cycle_args(continuous_run["config"])
+    graph, id_key = args["transform_graph_path"], args["schema"].id_field
+    # A larger replay fraction than the default, so the sample is neither empty nor everything.
+    inputs = plan.plan_training_inputs(args["current"], args["earlier"], replay_spans=3, replay_fraction=0.3)
+    assert any(i.fraction < 1.0 for i in inputs)
+    key = ads_model.transform_graph_key(graph)
+    assert key is not None
+    tft_output = tft.TFTransformOutput(graph)
+
+    def load(salt, transform_key):
+        return data.load_transformed(inputs, tft_output, LABEL_KEY, id_key, salt, transform_key=transform_key)
+
+    data.clear_kept_inputs()
+    streamed = load("7", None)
+    assert not data._kept_inputs, "the streaming path keeps nothing"
+    read = load("7", key)
+    kept = dict(data._kept_inputs)
+    again = load("7", key)
+    assert all(data._kept_inputs[k] is v for k, v in kept.items()), "the second call read its inputs again"
+    other_salt = load("8", key)
+    for got in (read, again):
+        assert got[0].keys() == streamed[0].keys() and got[2] == streamed[2]
+        for name in streamed[0]:
+            if got[0][name].dtype.kind == "f":  # a float transform over other batches may round its last bit
+                np.testing.assert_allclose(got[0][name], streamed[0][name], rtol=1e-6, atol=0, err_msg=name)
+            else:
+                np.testing.assert_array_equal(got[0][name], streamed[0][name], err_msg=name)
+        np.testing.assert_array_equal(got[1], streamed[1])
+    # Another cycle's salt draws another replay sample from the same kept inputs.
+    assert other_salt[2]["new"] == streamed[2]["new"]
+    assert any(not np.array_equal(other_salt[0][n], streamed[0][n]) for n in streamed[0])
+    assert 0 < streamed[2]["replay"] < sum(len(v) for v in kept.values())
+
+    # The next cycle keeps only its own inputs: nothing grows from cycle to cycle.
+    data.load_transformed(inputs[:1], tft_output, LABEL_KEY, id_key, "9", transform_key=key)
+    assert len(data._kept_inputs) == 1
+    data.clear_kept_inputs()
