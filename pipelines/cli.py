@@ -217,8 +217,12 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kafka-topic", metavar="TOPIC", help="the Kafka topic to read (needs --kafka-bootstrap)")
     p.add_argument("--kafka-event-time", choices=("payload", "record_timestamp"),
                    help="event time from the payload's event-time field (default) or the record's timestamp")
-    p.add_argument("--span-seconds", type=_int_at_least(1), help="span length (default 600)")
-    p.add_argument("--allowed-lateness-seconds", type=_int_at_least(0), help="watermark delay (default 60)")
+    from pipelines.config import WindowConfig
+
+    window = WindowConfig()
+    p.add_argument("--span-seconds", type=_int_at_least(1), help=f"span length (default {window.span_seconds})")
+    p.add_argument("--allowed-lateness-seconds", type=_int_at_least(0),
+                   help=f"watermark delay (default {window.allowed_lateness_seconds})")
 
 
 def _config_from_args(args: argparse.Namespace):

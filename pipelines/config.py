@@ -27,7 +27,9 @@ class WindowConfig:
     # The watermark trails the newest event time by this much, so a span is
     # emitted only once events this late can no longer fall into it. Later
     # ones are not dropped: they go into the next emitted span as late events.
-    allowed_lateness_seconds: int = 60
+    # Freshness (a span's newest event to its model serving) includes this
+    # wait, and driftline's target is a minute: 30 s leaves the cycle the rest.
+    allowed_lateness_seconds: int = 30
     # The last part of each span, in event time, becomes the eval split, so
     # evaluation data is always later than the training data of that span.
     eval_fraction: float = 0.2

@@ -171,7 +171,7 @@ def test_parameters_come_from_the_configuration(spec):
     assert spec["displayName"] == "driftline"
     assert param(spec, "StreamingExampleGen", "log_dir") == f"{BUCKET}/events"
     assert param(spec, "StreamingExampleGen", "span_seconds") == 600
-    assert param(spec, "StreamingExampleGen", "allowed_lateness_seconds") == 60
+    assert param(spec, "StreamingExampleGen", "allowed_lateness_seconds") == config.window.allowed_lateness_seconds
     assert json.loads(param(spec, "StreamingExampleGen", "event_schema"))["name"] == "ad_clicks"
     assert json.loads(param(spec, "EventSchemaGen", "event_schema")) == json.loads(
         config.source.schema.to_json())
