@@ -302,6 +302,11 @@ class GateConfig:
     # Too little data is not evidence: below these the candidate is not blessed.
     min_eval_examples: int = 500
     min_eval_positives: int = 30
+    # Data sanity: at most this share of the lines ingested for the cycle's
+    # spans may be malformed (dead-lettered). The schema is declared once, not
+    # inferred per span, so a producer that starts writing another shape shows
+    # up here, and its span's model is kept out of serving.
+    max_dead_letter_fraction: float = 0.05
 
     def validate(self, schema: EventSchema) -> None:
         if not 0.0 <= self.min_auc <= 1.0 or not 0.0 <= self.min_slice_auc <= 1.0:
@@ -312,6 +317,8 @@ class GateConfig:
             raise ConfigError(f"gate.max_label_shift is a fold change and must be >= 1, got {self.max_label_shift}")
         if self.max_log_loss <= 0 or self.max_auc_drop < 0:
             raise ConfigError("gate.max_log_loss must be > 0 and gate.max_auc_drop >= 0")
+        if not 0.0 <= self.max_dead_letter_fraction <= 1.0:
+            raise ConfigError(f"gate.max_dead_letter_fraction must be within [0, 1], got {self.max_dead_letter_fraction}")
         if self.min_eval_examples < 1 or self.min_eval_positives < 1:
             raise ConfigError("gate.min_eval_examples and gate.min_eval_positives must be >= 1: "
                               "a gate that accepts no evidence is no gate")

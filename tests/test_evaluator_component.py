@@ -371,3 +371,19 @@ def test_runs_as_a_tfx_component_in_a_local_dag(world, tmp_path):
     assert os.path.exists(os.path.join(blessing.uri, "BLESSED"))
     overall = dict(tfma.load_eval_result(evaluation.uri).slicing_metrics)[()][""][""]
     assert overall["example_count"]["doubleValue"] == N_EVAL
+
+
+def test_a_cycle_with_too_many_malformed_lines_is_not_blessed(world, tmp_path):
+    # StreamingExampleGen's counts on the cycle's spans (its dead letters ride on the first span emitted).
+    older, newest = _examples_artifact(world["old_uri"], 7, 1), _examples_artifact(world["new_uri"], 8, 2)
+    for artifact, events, dead in ((older, 90, 150), (newest, 1200, 0)):
+        artifact.set_int_custom_property("event_count", events)
+        artifact.set_int_custom_property("dead_letter_count", dead)
+    _, blessing = _run(world, tmp_path, [newest, older], "good", baseline="inverted")
+    verdict = _verdict(blessing)
+    assert blessing.get_int_custom_property("blessed") == 0
+    # The model itself passes everything else: only the data check fails, and the reason says why.
+    assert verdict["failed_checks"] == ["max_dead_letter_fraction"]
+    check = [c for c in verdict["checks"] if c["name"] == "max_dead_letter_fraction"][0]
+    assert check["value"] == pytest.approx(150 / 1440)
+    assert "150 of the cycle's 1,440 lines (10.4%) were malformed" in blessing.get_string_custom_property("reason")

@@ -248,3 +248,31 @@ def test_flipped_labels_fool_relative_metrics_but_not_the_label_shift_check():
     # Ordinary drift in the base rate passes.
     v = G.decide(metrics(), metrics(calibration=0.6), GATE)
     assert by_name(v)["max_label_shift"].passed
+
+
+# -- data: malformed lines ----------------------------------------------------------
+
+def test_a_cycle_with_too_many_malformed_lines_is_not_blessed_and_says_so():
+    verdict = G.decide(metrics(), metrics(auc=0.77), GATE, G.Ingested(events=9_000, dead_letters=1_000))
+    check = by_name(verdict)["max_dead_letter_fraction"]
+    assert not verdict.blessed and not check.passed
+    assert check.value == pytest.approx(0.1) and check.threshold == GATE.max_dead_letter_fraction
+    assert "1,000 of the cycle's 10,000 lines (10.0%) were malformed" in verdict.reason
+
+
+def test_a_few_malformed_lines_pass_and_no_counts_means_no_check():
+    few = G.decide(metrics(), metrics(auc=0.77), GATE, G.Ingested(events=9_990, dead_letters=10))
+    assert few.blessed and by_name(few)["max_dead_letter_fraction"].passed
+    at_bound = G.decide(metrics(), None, GATE, G.Ingested(events=95, dead_letters=5))
+    assert at_bound.blessed
+    # Examples from a stock ExampleGen carry no ingest counts: the gate judges the model alone.
+    assert "max_dead_letter_fraction" not in by_name(G.decide(metrics(), None, GATE))
+    assert json.loads(G.decide(metrics(), None, GATE).to_json())["thresholds"]["max_dead_letter_fraction"] == 0.05
+
+
+def test_dead_letter_fraction_must_be_a_share():
+    from components.event_schema import ad_click_schema
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError, match="max_dead_letter_fraction"):
+        dataclasses.replace(GATE, max_dead_letter_fraction=1.5).validate(ad_click_schema())

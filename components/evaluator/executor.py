@@ -68,7 +68,8 @@ class Executor(stock_evaluator_executor.Executor):
             slice_feature=gate.slice_feature, candidate_path=tfma_run.serving_model_path(candidate),
             baseline_path=tfma_run.serving_model_path(baseline) if baseline is not None else None,
             output_path=evaluation.uri)
-        verdict = gate_lib.decide(metrics[tfma_run.CANDIDATE], metrics.get(tfma_run.BASELINE), gate)
+        verdict = gate_lib.decide(metrics[tfma_run.CANDIDATE], metrics.get(tfma_run.BASELINE), gate,
+                                  ingested_counts(input_dict[EXAMPLES_KEY]))
 
         evaluation.set_string_custom_property(VERDICT_JSON_PROPERTY, verdict.to_json())
         record_blessing(blessing, verdict, candidate, baseline, examples,
@@ -81,6 +82,18 @@ def newest_span(examples: List[types.Artifact]) -> types.Artifact:
     if not examples:
         raise ValueError(f"{EXAMPLES_KEY!r} is empty: the evaluator needs the newest span's Examples")
     return max(examples, key=lambda a: (a.span, a.version, a.id))
+
+
+def ingested_counts(examples: List[types.Artifact]) -> Optional[gate_lib.Ingested]:
+    """The cycle's events and dead letters, from StreamingExampleGen's properties (None if any span lacks them)."""
+    events = dead = 0
+    for artifact in examples:
+        props = artifact.mlmd_artifact.custom_properties
+        if "event_count" not in props or "dead_letter_count" not in props:
+            return None
+        events += artifact.get_int_custom_property("event_count")
+        dead += artifact.get_int_custom_property("dead_letter_count")
+    return gate_lib.Ingested(events=events, dead_letters=dead)
 
 
 def optional_single(artifacts: Optional[List[types.Artifact]], key: str) -> Optional[types.Artifact]:

@@ -25,6 +25,9 @@ The rules (thresholds from `pipelines.config.GateConfig`):
    the absolute bounds alone): AUC >= baseline AUC - max_auc_drop.
 4. per slice: every slice with >= min_slice_examples examples has AUC >=
    min_slice_auc; smaller slices are ignored (and listed as such).
+5. data, when the cycle's ingest counts are known (`Ingested`, from the
+   `Examples` properties): dead-lettered lines / all lines read <=
+   max_dead_letter_fraction.
 """
 from __future__ import annotations
 
@@ -127,15 +130,28 @@ class Verdict:
 # -- the rules -------------------------------------------------------------------
 
 
-def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: GateConfig) -> Verdict:
-    """The verdict on `candidate`, given the `baseline` (None for the first model) scored on the same data."""
+@dataclasses.dataclass(frozen=True)
+class Ingested:
+    """What ingestion read for the cycle's spans: valid events and dead-lettered (malformed) lines."""
+
+    events: int
+    dead_letters: int
+
+
+def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: GateConfig,
+           ingested: Optional[Ingested] = None) -> Verdict:
+    """The verdict on `candidate`, given the `baseline` (None for the first model) scored on the same data.
+
+    `ingested`: the cycle's ingest counts (None when the examples carry none, as stock ExampleGen's).
+    """
     overall = candidate.get("overall", {})
     evidence = evidence_checks(overall, gate)
     bounds = absolute_checks(overall, gate)
     change = (change_checks(overall, baseline.get("overall", {}), gate)
               + label_shift_checks(baseline.get("overall", {}), gate)) if baseline is not None else []
     slices, ignored = slice_checks(candidate.get("slices", {}), gate)
-    checks = evidence + bounds + change + slices
+    data = data_checks(ingested, gate) if ingested is not None else []
+    checks = evidence + bounds + change + slices + data
 
     failed_evidence = [c for c in evidence if not c.passed]
     failed = [c for c in checks if not c.passed]
@@ -202,6 +218,15 @@ def label_shift_checks(baseline: Metrics, gate: GateConfig) -> List[Check]:
     message = (f"suspect data: the label rate {_f3(mean_label)} is {_f2(fold)}x what the serving model predicts "
                f"({_f3(mean_prediction)}; allowed {_f2(gate.max_label_shift)}x)")
     return [_at_most("max_label_shift", fold, gate.max_label_shift, message)]
+
+
+def data_checks(ingested: Ingested, gate: GateConfig) -> List[Check]:
+    """At most `max_dead_letter_fraction` of the lines read for the cycle may be malformed; value = the share."""
+    lines = ingested.events + ingested.dead_letters
+    share = ingested.dead_letters / lines if lines else 0.0
+    message = (f"suspect data: {ingested.dead_letters:,} of the cycle's {lines:,} lines ({share:.1%}) were malformed "
+               f"and dead-lettered (allowed {gate.max_dead_letter_fraction:.1%})")
+    return [_at_most("max_dead_letter_fraction", share, gate.max_dead_letter_fraction, message)]
 
 
 def slice_checks(slices: Mapping[str, Metrics], gate: GateConfig) -> Tuple[List[Check], Dict[str, float]]:
