@@ -254,6 +254,7 @@ def driftline_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     startup_s = time.monotonic() - started
     home, log_dir = spec["home"], os.path.join(spec["home"], "events")
+    kept_models = spec["home"].rstrip("/") + "_models"
     config = default_config(home, log_dir)
     config = config.replace(window=dataclasses.replace(
         config.window, allowed_lateness_seconds=spec["allowed_lateness_s"])).validate()
@@ -272,6 +273,7 @@ def driftline_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
         wall, cpu = time.monotonic(), time.process_time()
         report = json.loads(line)
         rss = process.memory_info().rss
+        keep_for_scoring(config, report.get("model_id"), kept_models)
         k = len(rows) + 1
         pushed = report.get("pushed_version") is not None
         replay_fresh = (report["pushed_at_ms"] - mark["appended_at_ms"]) / 1000.0 if pushed else None
@@ -300,11 +302,24 @@ def driftline_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     run_continuous(config, poll_seconds=spec["poll_seconds"], max_cycles=spec["spans"], emit=emit,
                    say=lambda m: print(f"[driftline] {m}", file=sys.stderr, flush=True),
                    stop=threading.Event())
-    _driftline_breakdown(config, rows)
+    _driftline_breakdown(config, rows, kept_models)
     return {"startup_s": round(startup_s, 2), "rows": rows}
 
 
-def _driftline_breakdown(config, rows: List[Dict[str, Any]]) -> None:
+def keep_for_scoring(config, model_id: Optional[int], kept_models: str) -> None:
+    """Copies a cycle's model out of the home: the controller's retention deletes old models' payload
+    (as `driftline run --continuous` does by default), and every cycle's model is scored after the run.
+    Called after the cycle's report, outside its timing."""
+    from components.warm_start_trainer.cycle import SERVING_DIR
+    from pipelines import metadata as md
+
+    if model_id is None:
+        return
+    (model,) = md.open_store(config.metadata_path).get_artifacts_by_id([model_id])
+    shutil.copytree(os.path.join(model.uri, SERVING_DIR), os.path.join(kept_models, str(model_id), SERVING_DIR))
+
+
+def _driftline_breakdown(config, rows: List[Dict[str, Any]], kept_models: str) -> None:
     """Per-component seconds and the serving model after each cycle, from ML Metadata."""
     from benchmarks.cycle import component_seconds
     from components.warm_start_trainer.cycle import SERVING_DIR
@@ -322,7 +337,7 @@ def _driftline_breakdown(config, rows: List[Dict[str, Any]]) -> None:
         train_work = md.prop(models[0], "train_wall_seconds", 0.0) if models else 0.0
         evaluate = seconds.get(md.EVALUATOR_ID, 0.0)
         work = sum(seconds.get(n, 0.0) for n in (md.STREAMING_EXAMPLE_GEN_ID, md.TRAINER_ID, md.EVALUATOR_ID))
-        candidate = os.path.join(models[0].uri, SERVING_DIR) if models else None
+        candidate = os.path.join(kept_models, str(models[0].id), SERVING_DIR) if models else None
         if r["pushed"] and candidate:
             serving_dir = candidate
         r.update({
@@ -538,6 +553,8 @@ def run_size(size: int, args, work: str, with_stock: bool) -> Dict[str, Any]:
             result["loadavg"][regime] = round(os.getloadavg()[0], 2)
             log(f"size {size:,}: {LABELS[regime]}, {n} cycles, a fresh process each ...")
             result["regimes"][regime] = run_stock(regime, n, csv_root, os.path.join(size_dir, regime), lateness)
+            with open(os.path.join(size_dir, "regimes.partial.json"), "w") as f:
+                json.dump(result, f, indent=1, default=str)  # for a post-mortem should a later step fail
 
     jobs = []
     for regime in (DRIFTLINE, STOCK_STATELESS, STOCK_STATEFUL):
