@@ -281,6 +281,23 @@ def _reusable_key(config: Mapping[str, Any], seed: int) -> str:
                       sort_keys=True)
 
 
+def _untrained(fn_args: WarmStartFnArgs, tft_output, why: str) -> TrainResult:
+    """A cycle with nothing to train on: its candidate is the base model as it is (cold: a new,
+    untrained model), exported as usual. The gate judges it like any candidate, and refuses an
+    untrained cold one (`gate.training_checks`), so the cycle ends instead of failing on every retry."""
+    config = fn_args.custom_config
+    model = build_model(config["feature_buckets"], config["numeric_features"], config.get("model", {}), fn_args.seed)
+    warm, reason = fn_args.warm_start, fn_args.start_reason
+    if warm:
+        report = warm_start.load_base_weights(model, fn_args.base_model)
+        if not report.loaded:
+            warm, reason = False, report.reason
+    export_serving_model(model, tft_output, fn_args.label_key, fn_args.serving_model_dir)
+    warm_start.save_warm_start_state(model, fn_args.model_dir, architecture=config.get(warm_start.ARCHITECTURE, ""))
+    return TrainResult(warm_start=warm, start_reason=f"{reason}; not trained: {why}", final_loss=float("nan"),
+                       steps=0, examples=0)
+
+
 def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
     import tensorflow_transform as tft
 
@@ -288,8 +305,12 @@ def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     transform_key = transform_graph_key(fn_args.transform_graph_path)
     salt = str(max(i.span for i in fn_args.training_inputs))
-    features, labels, counts = data.load_transformed(fn_args.training_inputs, _kept_transform(transform_key, tft_output),
-                                                     LABEL_KEY, fn_args.id_key, salt, transform_key=transform_key)
+    try:
+        features, labels, counts = data.load_transformed(
+            fn_args.training_inputs, _kept_transform(transform_key, tft_output), LABEL_KEY, fn_args.id_key, salt,
+            transform_key=transform_key)
+    except data.NoTrainingExamples as e:
+        return _untrained(fn_args, tft_output, str(e))
     steps = -(-len(labels) // fn_args.batch_size) * fn_args.epochs
     learning_rate = _learning_rate(fn_args, steps)
     # A schedule is part of the traced step: only a constant rate lets the next cycle reuse it.

@@ -276,3 +276,14 @@ def test_dead_letter_fraction_must_be_a_share():
 
     with pytest.raises(ConfigError, match="max_dead_letter_fraction"):
         dataclasses.replace(GATE, max_dead_letter_fraction=1.5).validate(ad_click_schema())
+
+
+# -- training: an untrained candidate ----------------------------------------------------
+
+def test_an_untrained_cold_candidate_is_refused_whatever_its_metrics():
+    refused = G.decide(metrics(), None, GATE, trained=G.Trained(warm=False, examples=0))
+    assert not refused.blessed and [c.name for c in refused.failed_checks] == ["min_trained_examples"]
+    assert "untrained cold start" in refused.reason
+    assert G.decide(metrics(), None, GATE, trained=G.Trained(warm=False, examples=5000)).blessed
+    # A warm candidate that trained on nothing is its base model: the metrics judge it.
+    assert G.decide(metrics(), metrics(auc=0.78), GATE, trained=G.Trained(warm=True, examples=0)).blessed

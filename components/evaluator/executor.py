@@ -69,7 +69,7 @@ class Executor(stock_evaluator_executor.Executor):
             baseline_path=tfma_run.serving_model_path(baseline) if baseline is not None else None,
             output_path=evaluation.uri)
         verdict = gate_lib.decide(metrics[tfma_run.CANDIDATE], metrics.get(tfma_run.BASELINE), gate,
-                                  ingested_counts(input_dict[EXAMPLES_KEY]))
+                                  ingested_counts(input_dict[EXAMPLES_KEY]), training_record(candidate))
 
         evaluation.set_string_custom_property(VERDICT_JSON_PROPERTY, verdict.to_json())
         record_blessing(blessing, verdict, candidate, baseline, examples,
@@ -94,6 +94,15 @@ def ingested_counts(examples: List[types.Artifact]) -> Optional[gate_lib.Ingeste
         events += artifact.get_int_custom_property("event_count")
         dead += artifact.get_int_custom_property("dead_letter_count")
     return gate_lib.Ingested(events=events, dead_letters=dead)
+
+
+def training_record(model: types.Artifact) -> Optional[gate_lib.Trained]:
+    """Warm or cold and the example count, from WarmStartTrainer's properties (None for another trainer's)."""
+    props = model.mlmd_artifact.custom_properties
+    if "start" not in props or "trained_examples" not in props:
+        return None
+    return gate_lib.Trained(warm=model.get_string_custom_property("start") == "warm",
+                            examples=model.get_int_custom_property("trained_examples"))
 
 
 def optional_single(artifacts: Optional[List[types.Artifact]], key: str) -> Optional[types.Artifact]:

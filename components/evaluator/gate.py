@@ -28,6 +28,9 @@ The rules (thresholds from `pipelines.config.GateConfig`):
 5. data, when the cycle's ingest counts are known (`Ingested`, from the
    `Examples` properties): dead-lettered lines / all lines read <=
    max_dead_letter_fraction.
+6. training, when the candidate's record is known (`Trained`, from the
+   `Model` properties): a cold start must have trained on at least one
+   example (an untrained model knows nothing, whatever its AUC by chance).
 """
 from __future__ import annotations
 
@@ -138,11 +141,20 @@ class Ingested:
     dead_letters: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What the candidate's trainer recorded: warm or cold, and on how many examples."""
+
+    warm: bool
+    examples: int
+
+
 def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: GateConfig,
-           ingested: Optional[Ingested] = None) -> Verdict:
+           ingested: Optional[Ingested] = None, trained: Optional[Trained] = None) -> Verdict:
     """The verdict on `candidate`, given the `baseline` (None for the first model) scored on the same data.
 
-    `ingested`: the cycle's ingest counts (None when the examples carry none, as stock ExampleGen's).
+    `ingested`: the cycle's ingest counts (None when the examples carry none, as stock ExampleGen's);
+    `trained`: the candidate's training record (None when the model carries none, as stock Trainer's).
     """
     overall = candidate.get("overall", {})
     evidence = evidence_checks(overall, gate)
@@ -151,7 +163,8 @@ def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: Ga
               + label_shift_checks(baseline.get("overall", {}), gate)) if baseline is not None else []
     slices, ignored = slice_checks(candidate.get("slices", {}), gate)
     data = data_checks(ingested, gate) if ingested is not None else []
-    checks = evidence + bounds + change + slices + data
+    training = training_checks(trained) if trained is not None else []
+    checks = evidence + bounds + change + slices + data + training
 
     failed_evidence = [c for c in evidence if not c.passed]
     failed = [c for c in checks if not c.passed]
@@ -227,6 +240,14 @@ def data_checks(ingested: Ingested, gate: GateConfig) -> List[Check]:
     message = (f"suspect data: {ingested.dead_letters:,} of the cycle's {lines:,} lines ({share:.1%}) were malformed "
                f"and dead-lettered (allowed {gate.max_dead_letter_fraction:.1%})")
     return [_at_most("max_dead_letter_fraction", share, gate.max_dead_letter_fraction, message)]
+
+
+def training_checks(trained: Trained) -> List[Check]:
+    """A cold candidate trained on no example is refused; value = the examples it trained on."""
+    if trained.warm:
+        return []  # the base model's weights as they are: judged by the metrics like any candidate
+    return [_at_least("min_trained_examples", float(trained.examples), 1.0,
+                      f"the candidate is an untrained cold start ({trained.examples} training examples)")]
 
 
 def slice_checks(slices: Mapping[str, Metrics], gate: GateConfig) -> Tuple[List[Check], Dict[str, float]]:

@@ -88,6 +88,11 @@ def raw_dataset(inputs: Sequence[TrainingInput], raw_feature_spec: Dict[str, tf.
     return ds, files_by_role
 
 
+class NoTrainingExamples(ValueError):
+    """The training inputs exist but hold no example: a span whose few events all fell into its eval
+    split (the first span of a stream that starts late in it), with nothing earlier to replay."""
+
+
 @dataclasses.dataclass(frozen=True)
 class _KeptInput:
     """One input's examples, all of them, transformed, in file order; and what replay sampling hashes."""
@@ -156,7 +161,9 @@ def _load_kept(inputs: Sequence[TrainingInput], tft_output, id_key: str, salt: s
             continue
         any_files = True
         key = _input_key(files, transform_key)
-        entry = used.get(key) or _kept_inputs.get(key) or _read_whole(files, tft_output, id_key, read_batch_size)
+        entry = used.get(key, _kept_inputs.get(key))
+        if entry is None:
+            entry = _read_whole(files, tft_output, id_key, read_batch_size)
         used[key] = entry
         if not len(entry):
             continue
@@ -207,7 +214,8 @@ def load_transformed(inputs: Sequence[TrainingInput], tft_output, label_key: str
             for role, n in zip(*tf.unique_with_counts(roles)[::2]):
                 counts[role.numpy().decode()] = counts.get(role.numpy().decode(), 0) + int(n)
     if not columns:
-        raise ValueError("the training inputs hold no examples: " + ", ".join(i.file_pattern for i in inputs))
+        raise NoTrainingExamples("the training inputs hold no examples: "
+                                 + ", ".join(i.file_pattern for i in inputs))
     arrays = {k: np.concatenate(v) for k, v in columns.items()}
     labels = arrays.pop(label_key)
     return arrays, labels, counts
