@@ -34,7 +34,9 @@ def continuous_run(tmp_path_factory):
 
     home = str(tmp_path_factory.mktemp("home"))
     config = default_config(home).replace(
-        trainer=TrainerConfig(cold_epochs=2, warm_epochs=1),
+        # One warm pass at 0.003: the poisoned candidate then stays below the AUC bound (at the default
+        # 0.005 it learns the flipped labels well enough that log loss and the label shift catch it).
+        trainer=TrainerConfig(cold_epochs=2, warm_epochs=1, warm_learning_rate=0.003),
         # Mechanics, not model quality, are under test: bounds a sound model on
         # 1000 eval examples clears every time, and a flipped-label one never does.
         gate=GateConfig(min_auc=0.55, min_calibration=0.5, max_calibration=1.6, max_log_loss=0.6,
