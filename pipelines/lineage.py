@@ -36,6 +36,8 @@ Where each fact comes from:
   rollbacks that served a model again (those carry `rollback_of`).
 * `Examples` artifacts (StreamingExampleGen): spans, events, late and
   dead-lettered events.
+* The trainer's input events: the `TransformGraph` a model was trained with
+  (`transform_graph_uri`).
 * The latest `pipeline_run` context: the last cycle's outcome.
 
 Retention (pipelines/retention.py) deletes old payloads but keeps every
@@ -67,6 +69,7 @@ MODEL_TYPE = "Model"
 BLESSING_TYPE = "ModelBlessing"
 INFRA_BLESSING_TYPE = "InfraBlessing"
 PUSHED_MODEL_TYPE = "PushedModel"
+TRANSFORM_GRAPH_TYPE = "TransformGraph"
 ROLLBACK_EXECUTION_TYPE = "driftline.Rollback"
 # The file a running controller holds: JSON {"pid": int, "started_at": ...}.
 CONTROLLER_LOCK_FILE = "controller.lock"
@@ -458,6 +461,18 @@ def _model_record(m: metadata_store_pb2.Artifact, blessing: Optional[metadata_st
         if prop(push, "pushed") == 1:
             fields.update(pushed_version=str(prop(push, "pushed_version")), pushed_at_ms=prop(push, "pushed_at_ms"))
     return ModelRecord(**fields)
+
+
+def transform_graph_uri(store_or_path: StoreOrPath, model_id: int) -> Optional[str]:
+    """The `TransformGraph` the model was trained with: an input of the execution that made it (None if none)."""
+    store = connect(store_or_path)
+    made_by = [e.execution_id for e in store.get_events_by_artifact_ids([model_id])
+               if e.type == metadata_store_pb2.Event.OUTPUT]
+    inputs = [e.artifact_id for e in store.get_events_by_execution_ids(made_by)
+              if e.type == metadata_store_pb2.Event.INPUT]
+    graph_type = _type_id(store, TRANSFORM_GRAPH_TYPE)
+    graphs = [a.uri for a in store.get_artifacts_by_id(inputs) if a.type_id == graph_type] if inputs else []
+    return graphs[0] if len(graphs) == 1 else None
 
 
 def serving(store_or_path: StoreOrPath, serving_dir: str, pipeline_name: str = "driftline") -> ServingInfo:

@@ -120,3 +120,71 @@ def test_served_model_scores_serialized_examples(run):
     probabilities = model.signatures["serving_default"](examples=tf.constant(records))["probability"].numpy()
     assert probabilities.shape == (len(records), 1)
     assert ((probabilities > 0) & (probabilities < 1)).all()
+
+
+def test_a_category_keeps_its_embedding_row_across_warm_cycles(run):
+    """Ad popularity drifts between spans, yet every ad id is the same row of the warm model's embedding.
+
+    Cycle 2 warm-starts model 1. The two cycles' transform graphs (each cycle's own Transform run)
+    map every ad id to the same index, whatever its frequency in either span; and every row of the
+    ad embedding that cycle 2 never trained on is bit for bit model 1's row, so a row carried over
+    by the warm start still stands for the ad it was learned for. A frequency-ordered vocabulary
+    (stock Transform's) would have moved ads to other rows here.
+    """
+    import collections
+
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from components.warm_start_trainer import data, warm_start
+    from components.warm_start_trainer.fn_args import TrainingInput
+    from pipelines import ads_model, lineage
+    from pipelines.metadata import ingested_spans, open_store
+    from pipelines.scoring import decode, read_span
+    from transforms.stream import LABEL_KEY
+
+    config = run["config"]
+    r1, r2 = run["reports"][:2]
+    models = models_by_id(config)
+    assert models[r2.model_id]["base_model_id"] == r1.model_id
+    store = open_store(config.metadata_path)
+    uris = {r.span: r.uri for r in ingested_spans(store, config.pipeline_name)}
+    serialized = {span: read_span(uris[span], ("train", "eval")) for span in (r1.spans[-1], r2.spans[-1])}
+    ads = {span: [e["ad_id"] for e in decode(rows, ["ad_id"])] for span, rows in serialized.items()}
+    ranked = {span: [ad for ad, _ in collections.Counter(ids).most_common(10)] for span, ids in ads.items()}
+    assert ranked[r1.spans[-1]] != ranked[r2.spans[-1]], "precondition: ad frequencies change between the spans"
+
+    graphs = [tft.TFTransformOutput(lineage.transform_graph_uri(store, r.model_id)) for r in (r1, r2)]
+    rows = [x for span in serialized for x in serialized[span]]
+    ad_ids = [ad for span in serialized for ad in ads[span]]
+    index = [g.transform_raw_features(tf.io.parse_example(rows, g.raw_feature_spec()),
+                                      drop_unused_features=True)["ad_id_xf"].numpy() for g in graphs]
+    np.testing.assert_array_equal(index[0], index[1])
+    row_of = {}
+    for ad, i in zip(ad_ids, index[0]):
+        assert row_of.setdefault(ad, i) == i, f"ad {ad} maps to two rows"
+
+    def embedding(model_id):
+        cc = run_fn_config(config)
+        model = ads_model.build_model(cc["feature_buckets"], cc["numeric_features"], config.trainer.model,
+                                      config.trainer.seed)
+        assert warm_start.load_base_weights(model, models[model_id]["uri"]).loaded
+        return model.get_layer("emb_ad_id_xf").embeddings.numpy()
+
+    before, after = embedding(r1.model_id), embedding(r2.model_id)
+    # The rows cycle 2 trained on: every ad index of its training inputs, as its run_fn read them.
+    inputs = [TrainingInput(**i) for i in json.loads(models[r2.model_id]["training_inputs"])]
+    features, _, _ = data.load_transformed(inputs, graphs[1], LABEL_KEY, config.source.schema.id_field,
+                                           str(r2.spans[-1]))
+    trained = np.zeros(len(before), dtype=bool)
+    trained[np.unique(features["ad_id_xf"])] = True
+    assert 0 < trained.sum() < len(trained)
+    np.testing.assert_array_equal(after[~trained], before[~trained])
+    assert not np.array_equal(after[trained], before[trained]), "cycle 2 did train the rows it saw"
+
+
+def run_fn_config(config):
+    from components.warm_start_trainer.component import run_fn_custom_config
+
+    return run_fn_custom_config(config.source.schema, config.transform)

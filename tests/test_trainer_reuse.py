@@ -30,11 +30,8 @@ def _cycle_args(config):
     newest = base_record.newest_span
     later = [s for s in spans if s[0] > newest]
     # The transform graph the base model was trained with (the last cycle of the run changed the features).
-    (made_by,) = [e.execution_id for e in store.get_events_by_artifact_ids([base_record.model_id])
-                  if e.type == e.OUTPUT]
-    inputs = [e.artifact_id for e in store.get_events_by_execution_ids([made_by]) if e.type == e.INPUT]
-    graph_type = store.get_artifact_type("TransformGraph").id
-    (graph,) = [a.uri for a in store.get_artifacts_by_id(inputs) if a.type_id == graph_type]
+    graph = lineage.transform_graph_uri(store, base_record.model_id)
+    assert graph is not None
     schema = config.source.schema
     return dict(config=config.trainer, schema=schema, custom_config=run_fn_custom_config(schema, config.transform),
                 transform_fingerprint=stream.transform_fingerprint(schema, config.transform),
@@ -154,3 +151,30 @@ def test_kept_inputs_give_what_reading_the_files_gives(continuous_run):
     data.load_transformed(inputs[:1], tft_output, LABEL_KEY, id_key, "9", transform_key=key)
     assert len(data._kept_inputs) == 1
     data.clear_kept_inputs()
+
+
+def test_a_span_with_no_training_examples_gives_its_base_or_an_untrained_model(continuous_run, tmp_path):
+    """The first span of a stream that starts late in it has events only in its eval split."""
+    import shutil
+
+    import tensorflow as tf
+
+    from components.warm_start_trainer import cycle
+    from pipelines.scoring import ServingModel, read_span
+
+    args = _cycle_args(continuous_run["config"])
+    span, uri = args["current"][0]
+    eval_only = tmp_path / "eval_only_span"
+    shutil.copytree(os.path.join(uri, "Split-eval"), eval_only / "Split-eval")
+    (eval_only / "Split-train").mkdir()
+    with tf.io.TFRecordWriter(str(eval_only / "Split-train" / "data.gz"), options="GZIP"):
+        pass  # a train split file without a record
+    examples = read_span(uri, ("eval",))
+    for name, base in (("warm", args["base"]), ("cold", None)):
+        props = cycle.train_cycle(**{**args, "current": [(span, str(eval_only))], "earlier": [], "base": base},
+                                  model_uri=str(tmp_path / name / "model"), model_run_uri=str(tmp_path / name / "run"))
+        assert props["start"] == name and props["trained_examples"] == 0 and props["train_steps"] == 0
+        assert "not trained: the training inputs hold no examples" in props["start_reason"]
+        predictions = ServingModel(str(tmp_path / name / "model")).predict(examples)
+        if base is not None:  # the base model, as it was
+            np.testing.assert_allclose(predictions, ServingModel(base.uri).predict(examples), rtol=1e-6)
