@@ -281,19 +281,25 @@ def _reusable_key(config: Mapping[str, Any], seed: int) -> str:
                       sort_keys=True)
 
 
-def _untrained(fn_args: WarmStartFnArgs, tft_output, why: str) -> TrainResult:
-    """A cycle with nothing to train on: its candidate is the base model as it is (cold: a new,
-    untrained model), exported as usual. The gate judges it like any candidate, and refuses an
-    untrained cold one (`gate.training_checks`), so the cycle ends instead of failing on every retry."""
+def _new_model(fn_args: WarmStartFnArgs, warm: bool, reason: str):
+    """A built model with the base weights loaded when warm; a failed load makes it cold, with why."""
     config = fn_args.custom_config
     model = build_model(config["feature_buckets"], config["numeric_features"], config.get("model", {}), fn_args.seed)
-    warm, reason = fn_args.warm_start, fn_args.start_reason
     if warm:
         report = warm_start.load_base_weights(model, fn_args.base_model)
         if not report.loaded:
             warm, reason = False, report.reason
+    return model, warm, reason
+
+
+def _untrained(fn_args: WarmStartFnArgs, tft_output, why: str) -> TrainResult:
+    """A cycle with nothing to train on: its candidate is the base model as it is (cold: a new,
+    untrained model), exported as usual. The gate judges it like any candidate, and refuses an
+    untrained cold one (`gate.training_checks`), so the cycle ends instead of failing on every retry."""
+    model, warm, reason = _new_model(fn_args, fn_args.warm_start, fn_args.start_reason)
     export_serving_model(model, tft_output, fn_args.label_key, fn_args.serving_model_dir)
-    warm_start.save_warm_start_state(model, fn_args.model_dir, architecture=config.get(warm_start.ARCHITECTURE, ""))
+    warm_start.save_warm_start_state(model, fn_args.model_dir,
+                                     architecture=fn_args.custom_config.get(warm_start.ARCHITECTURE, ""))
     return TrainResult(warm_start=warm, start_reason=f"{reason}; not trained: {why}", final_loss=float("nan"),
                        steps=0, examples=0)
 
@@ -329,12 +335,7 @@ def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
         trainer = None
     if trainer is None:
         _reusable.clear()
-        model = build_model(config["feature_buckets"], config["numeric_features"], config.get("model", {}),
-                            fn_args.seed)
-        if warm:
-            report = warm_start.load_base_weights(model, fn_args.base_model)
-            if not report.loaded:
-                warm, reason = False, report.reason
+        model, warm, reason = _new_model(fn_args, warm, reason)
         trainer = Trainer(model, features, labels, learning_rate)
         if reusable:
             _reusable[key] = trainer

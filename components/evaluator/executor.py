@@ -88,8 +88,7 @@ def ingested_counts(examples: List[types.Artifact]) -> Optional[gate_lib.Ingeste
     """The cycle's events and dead letters, from StreamingExampleGen's properties (None if any span lacks them)."""
     events = dead = 0
     for artifact in examples:
-        props = artifact.mlmd_artifact.custom_properties
-        if "event_count" not in props or "dead_letter_count" not in props:
+        if not (artifact.has_custom_property("event_count") and artifact.has_custom_property("dead_letter_count")):
             return None
         events += artifact.get_int_custom_property("event_count")
         dead += artifact.get_int_custom_property("dead_letter_count")
@@ -98,8 +97,7 @@ def ingested_counts(examples: List[types.Artifact]) -> Optional[gate_lib.Ingeste
 
 def training_record(model: types.Artifact) -> Optional[gate_lib.Trained]:
     """Warm or cold and the example count, from WarmStartTrainer's properties (None for another trainer's)."""
-    props = model.mlmd_artifact.custom_properties
-    if "start" not in props or "trained_examples" not in props:
+    if not (model.has_custom_property("start") and model.has_custom_property("trained_examples")):
         return None
     return gate_lib.Trained(warm=model.get_string_custom_property("start") == "warm",
                             examples=model.get_int_custom_property("trained_examples"))
