@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from tfx import types
 from tfx.components.util import tfxio_utils
 from tfx.utils import io_utils, path_utils
 
+from components.evaluator import gate_metrics
 from components.evaluator.gate import SlicedMetrics
 
 CANDIDATE = "candidate"
@@ -27,16 +29,16 @@ BASELINE = "baseline"
 SIGNATURE_NAME = "serving_default"
 PREDICTION_KEY = "probability"
 
-# TFMA metric class -> (the name TFMA writes, our name in gate.SlicedMetrics).
-_METRICS = (
-    ("ExampleCount", "example_count", "example_count"),
-    ("AUC", "auc", "auc"),
-    ("Calibration", "calibration", "calibration"),
-    ("BinaryCrossEntropy", "binary_crossentropy", "log_loss"),
-    ("MeanLabel", "mean_label", "mean_label"),
-    ("MeanPrediction", "mean_prediction", "mean_prediction"),
-)
-_TFMA_TO_OURS = {tfma_name: ours for _, tfma_name, ours in _METRICS}
+# The names TFMA writes -> ours in gate.SlicedMetrics. One TFMA metric,
+# gate_metrics.GateMetrics, computes them all (why: its docstring).
+_TFMA_TO_OURS = {
+    gate_metrics.EXAMPLE_COUNT: "example_count",
+    gate_metrics.AUC: "auc",
+    gate_metrics.CALIBRATION: "calibration",
+    gate_metrics.BINARY_CROSSENTROPY: "log_loss",
+    gate_metrics.MEAN_LABEL: "mean_label",
+    gate_metrics.MEAN_PREDICTION: "mean_prediction",
+}
 _TELEMETRY = ["DriftlineEvaluator"]
 
 
@@ -58,7 +60,7 @@ def build_eval_config(label_key: str, slice_feature: Optional[str], has_baseline
         model_specs.append(tfma.ModelSpec(name=names[BASELINE], signature_name=SIGNATURE_NAME,
                                           model_type=tfma.TF_GENERIC, label_key=label_key,
                                           prediction_key=prediction_key, is_baseline=True))
-    metrics = [tfma.MetricConfig(class_name=class_name) for class_name, _, _ in _METRICS]
+    metrics = [tfma.MetricConfig(class_name=gate_metrics.GateMetrics.__name__, module=gate_metrics.__name__)]
     metrics_spec = tfma.MetricsSpec(metrics=metrics, model_names=[spec.name for spec in model_specs])
     slicing_specs = [tfma.SlicingSpec()]
     if slice_feature:
@@ -93,10 +95,32 @@ def run_tfma(make_beam_pipeline: Callable[[], beam.Pipeline], examples: types.Ar
             tfxio = tfxio_utils.get_tfxio_factory_from_artifact(
                 examples=[examples], telemetry_descriptors=_TELEMETRY,
                 raw_record_column_name=tfma.ARROW_INPUT_COLUMN)(pattern)
-            batches = pipeline | f"Read[{split}]" >> tfxio.BeamSource()
+            batches = (pipeline | f"Read[{split}]" >> tfxio.BeamSource()
+                       | "KeepGateColumns" >> beam.Map(keep_columns, gate_columns(eval_config)))
         _ = batches | "ExtractEvaluateAndWriteResults" >> tfma.ExtractEvaluateAndWriteResults(
             eval_shared_model=models[0] if len(models) == 1 else models,
             eval_config=eval_config, output_path=output_path)
+
+
+def gate_columns(eval_config: tfma.EvalConfig) -> List[str]:
+    """The columns TFMA needs besides the serialized examples the models read: labels and slice features."""
+    columns = {spec.label_key for spec in eval_config.model_specs if spec.label_key}
+    for slicing_spec in eval_config.slicing_specs:
+        columns.update(slicing_spec.feature_keys)
+        columns.update(slicing_spec.feature_values)
+    return sorted(columns) + [tfma.ARROW_INPUT_COLUMN]
+
+
+def keep_columns(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatch:
+    """`batch` with only `columns` (those it has).
+
+    TFMA's extractors split every column of every batch into per-example
+    values, and the models read only the serialized examples. Dropping the
+    columns no metric or slice reads cut this split to a third.
+    """
+    names = batch.schema.names
+    keep = [name for name in columns if name in names]
+    return pa.RecordBatch.from_arrays([batch.column(names.index(name)) for name in keep], names=keep)
 
 
 def read_metrics(output_path: str, slice_feature: Optional[str]) -> Dict[str, SlicedMetrics]:
