@@ -18,6 +18,7 @@ to a TFX executor (as an exec property) and how users keep it in a file::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -111,6 +112,10 @@ class EventSchema:
         if self.max_string_length < 1:
             raise SchemaError("max_string_length must be >= 1")
 
+    @functools.cached_property
+    def _parse_plan(self) -> Tuple[Tuple[FieldSpec, str, type], ...]:
+        return tuple((f, f.name, {"int": int, "float": float, "string": str}[f.type]) for f in self.fields)
+
     @property
     def field_map(self) -> Dict[str, FieldSpec]:
         return {f.name: f for f in self.fields}
@@ -181,14 +186,24 @@ class EventSchema:
         if event_time_ms is not None:
             raw[self.event_time_field] = event_time_ms
         event: Dict[str, Any] = {}
-        for field in self.fields:
-            value = raw.get(field.name)
+        max_len = self.max_string_length
+        for field, name, fast_type in self._parse_plan:
+            value = raw.get(name)
             if value is None:
                 if field.required:
-                    raise InvalidEvent(f"missing required field {field.name!r}")
-                event[field.name] = None
+                    raise InvalidEvent(f"missing required field {name!r}")
+                event[name] = None
                 continue
-            event[field.name] = _coerce(field, value, self.max_string_length)
+            # The common case, checked inline (ingest parses every event): the exact JSON type,
+            # in range. Anything else takes _coerce, which converts or says what is wrong.
+            kind = type(value)
+            if kind is fast_type and (
+                    (kind is int and -_INT64_LIMIT <= value < _INT64_LIMIT)
+                    or (kind is str and len(value) <= max_len and value.isascii())
+                    or (kind is float and -_FLOAT32_MAX <= value <= _FLOAT32_MAX)):
+                event[name] = value
+            else:
+                event[name] = _coerce(field, value, max_len)
         if event[self.event_time_field] < 0:
             raise InvalidEvent(f"negative event time {event[self.event_time_field]}")
         return event
@@ -210,13 +225,27 @@ def _coerce(field: FieldSpec, value: Any, max_len: int) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise InvalidEvent(f"field {field.name!r}: {value} is not a finite number")
+        # tf.Example floats are float32: a larger magnitude cannot be stored.
+        if abs(value) > _FLOAT32_MAX:
+            raise InvalidEvent(f"field {field.name!r}: {value} is beyond float32's range (+-{_FLOAT32_MAX:.4g})")
         return value
     if not isinstance(value, str):
         raise InvalidEvent(f"field {field.name!r}: expected string, got {type(value).__name__} {value!r:.60}")
     if len(value) > max_len:
         raise InvalidEvent(f"field {field.name!r}: string of {len(value)} characters exceeds "
                            f"max_string_length={max_len}")
+    if not value.isascii():
+        # JSON may escape a lone surrogate ("\ud800"), which has no UTF-8 bytes to store.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEvent(f"field {field.name!r}: string is not valid Unicode "
+                               f"(a lone surrogate escape?): {value!r:.60}") from None
     return value
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+_INT64_LIMIT = 2 ** 63
 
 
 def ad_click_schema() -> EventSchema:

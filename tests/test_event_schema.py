@@ -41,10 +41,23 @@ def test_integral_float_is_accepted_as_int_and_int_as_float():
     (line().replace(b'"price": 1.5', b'"price": NaN'), "not a finite number"),
     (line().replace(b'"price": 1.5', b'"price": Infinity'), "not a finite number"),
     (b"\xff\xfe garbage", "not JSON"),
+    # Valid JSON that a tf.Example cannot hold: dead letters, not a failed ingest run.
+    (line(price=1e39), "beyond float32's range"),
+    (line(price=-1e39), "beyond float32's range"),
+    (line().replace(b'"u1"', b'"\\ud800"'), "not valid Unicode"),
+    (line(hour_of_day=2 ** 63), "out of int64 range"),
+    (line(user_id="ü" * 1025), "exceeds max_string_length"),
 ])
 def test_invalid_events_are_rejected_with_a_reason(raw, reason):
     with pytest.raises(InvalidEvent, match=reason):
         ad_click_schema().parse(raw)
+
+
+def test_values_at_the_edges_of_their_types_are_kept_exactly():
+    event = ad_click_schema().parse(line(hour_of_day=-(2 ** 63), event_time=2 ** 63 - 1, price=-3.4e38,
+                                         user_id="ü日" * 512, device=""))
+    assert event["hour_of_day"] == -(2 ** 63) and event["event_time"] == 2 ** 63 - 1
+    assert event["price"] == -3.4e38 and event["user_id"] == "ü日" * 512 and event["device"] == ""
 
 
 def test_extra_fields_are_ignored_and_optional_fields_may_be_missing():

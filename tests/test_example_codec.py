@@ -46,3 +46,49 @@ def test_tf_parse_example_reads_a_batch():
         "price": tf.io.FixedLenFeature([], tf.float32), "clicked": tf.io.FixedLenFeature([], tf.int64)})
     assert parsed["price"].numpy().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert parsed["clicked"].numpy().tolist() == [0, 1, 0, 1, 0]
+
+
+def _mixed_events():
+    # Every field type at its edges, unicode, empty strings, and events that miss an optional field.
+    events = []
+    for i, (value, opt) in enumerate([(-1, "x"), (-(2 ** 63), None), (2 ** 63 - 1, "ü"), (300, ""),
+                                      (0, "日本"), (127, None), (128, "y" * 300)]):
+        events.append({"id": value, "t": i, "y": [-0.5, 1e-30, 3.4e38, -3.4e38, 0.0, 1.25, 7.0][i], "opt": opt})
+    return events
+
+
+def _two_field_schema():
+    return EventSchema(name="s", id_field="id", event_time_field="t", label_field="y",
+                       fields=(FieldSpec("id", "int"), FieldSpec("t", "int"), FieldSpec("y", "float"),
+                               FieldSpec("opt", "string", required=False)))
+
+
+def test_encode_many_gives_the_protos_encode_gives_in_order():
+    encoder = ExampleEncoder(_two_field_schema())
+    events = _mixed_events()
+    many = encoder.encode_many(events)
+    assert len(many) == len(events)
+    for event, encoded in zip(events, many):
+        parsed = tf.train.Example.FromString(encoded)
+        assert parsed == tf.train.Example.FromString(encoder.encode(event))
+        assert parsed.features.feature["id"].int64_list.value == [event["id"]]
+        assert parsed.features.feature["t"].int64_list.value == [event["t"]]
+        # A missing optional field is left out, not written empty.
+        assert ("opt" in parsed.features.feature) == (event["opt"] is not None)
+    assert encoder.encode_many([]) == []
+
+
+def test_encode_many_on_the_default_schema_parses_back_with_tensorflow():
+    encoder = ExampleEncoder(ad_click_schema())
+    events = [{"event_id": f"e{i}", "event_time": 1767225600000 + i, "user_id": f"ü{i % 7}", "ad_id": "a",
+               "ad_category": "c", "device": "d", "hour_of_day": i % 24, "price": i / 3, "clicked": i % 2}
+              for i in range(1000)]
+    parsed = tf.io.parse_example(encoder.encode_many(events), {
+        "event_id": tf.io.FixedLenFeature([], tf.string), "user_id": tf.io.FixedLenFeature([], tf.string),
+        "event_time": tf.io.FixedLenFeature([], tf.int64), "price": tf.io.FixedLenFeature([], tf.float32),
+        "clicked": tf.io.FixedLenFeature([], tf.int64)})
+    assert [v.decode() for v in parsed["event_id"].numpy()] == [e["event_id"] for e in events]
+    assert [v.decode() for v in parsed["user_id"].numpy()] == [e["user_id"] for e in events]
+    assert parsed["event_time"].numpy().tolist() == [e["event_time"] for e in events]
+    assert parsed["price"].numpy().tolist() == [float(tf.constant(e["price"], tf.float32)) for e in events]
+    assert parsed["clicked"].numpy().tolist() == [e["clicked"] for e in events]
