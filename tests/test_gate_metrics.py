@@ -187,3 +187,24 @@ def test_tfma_reads_only_the_labels_slices_and_serialized_examples():
     kept = tfma_run.keep_columns(batch, tfma_run.gate_columns(config))
     assert kept.schema.names == ["clicked", "device", tfma.ARROW_INPUT_COLUMN]
     assert kept.column(1).to_pylist() == [[b"mobile"]] and kept.num_rows == 1
+
+
+def test_the_serialized_examples_are_dropped_after_prediction_and_before_unbatching(tmp_path):
+    import tensorflow as tf
+    import tensorflow_model_analysis as tfma
+
+    from components.evaluator import tfma_run
+
+    class Scorer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve(self, examples):
+            return {"probability": tf.fill([tf.shape(examples)[0], 1], 0.5)}
+
+    scorer = Scorer()
+    path = str(tmp_path / "model")
+    tf.saved_model.save(scorer, path, signatures={"serving_default": scorer.serve})
+    config = tfma_run.build_eval_config("clicked", "device", has_baseline=False)
+    shared = tfma.default_eval_shared_model(eval_saved_model_path=path, eval_config=config)
+    stages = [e.stage_name for e in tfma_run.gate_extractors(shared, config)]
+    drop = stages.index("DropServedInputs")
+    assert stages.index("ExtractPredictions") < drop == stages.index("ExtractUnbatchedInputs") - 1

@@ -16,6 +16,7 @@ import apache_beam as beam
 import pyarrow as pa
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.extractors import unbatch_extractor
 from tfx import types
 from tfx.components.util import tfxio_utils
 from tfx.utils import io_utils, path_utils
@@ -97,9 +98,10 @@ def run_tfma(make_beam_pipeline: Callable[[], beam.Pipeline], examples: types.Ar
                 raw_record_column_name=tfma.ARROW_INPUT_COLUMN)(pattern)
             batches = (pipeline | f"Read[{split}]" >> tfxio.BeamSource()
                        | "KeepGateColumns" >> beam.Map(keep_columns, gate_columns(eval_config)))
+        shared = models[0] if len(models) == 1 else models
         _ = batches | "ExtractEvaluateAndWriteResults" >> tfma.ExtractEvaluateAndWriteResults(
-            eval_shared_model=models[0] if len(models) == 1 else models,
-            eval_config=eval_config, output_path=output_path)
+            eval_shared_model=shared, eval_config=eval_config, output_path=output_path,
+            extractors=gate_extractors(shared, eval_config))
 
 
 def gate_columns(eval_config: tfma.EvalConfig) -> List[str]:
@@ -121,6 +123,27 @@ def keep_columns(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatc
     names = batch.schema.names
     keep = [name for name in columns if name in names]
     return pa.RecordBatch.from_arrays([batch.column(names.index(name)) for name in keep], names=keep)
+
+
+def gate_extractors(shared_models, eval_config: tfma.EvalConfig) -> List[tfma.extractors.Extractor]:
+    """TFMA's default extractors, with the serialized examples dropped once the models have read them.
+
+    TFMA splits every key of a batch into per-example values before slicing;
+    after prediction nothing reads the input bytes, and the transformed
+    features are empty (the models take serialized examples and transform
+    inside), so neither is split.
+    """
+    extractors = tfma.default_extractors(eval_shared_model=shared_models, eval_config=eval_config)
+    names = [e.stage_name for e in extractors]
+    unbatch = names.index(unbatch_extractor.UNBATCH_EXTRACTOR_STAGE_NAME)
+    drop = tfma.extractors.Extractor(stage_name="DropServedInputs", ptransform=_DropKeys(
+        [tfma.constants.INPUT_KEY, tfma.constants.TRANSFORMED_FEATURES_KEY]))
+    return extractors[:unbatch] + [drop] + extractors[unbatch:]
+
+
+@beam.ptransform_fn
+def _DropKeys(extracts, keys: Sequence[str]):  # noqa: N802 (a PTransform's name)
+    return extracts | "Drop" >> beam.Map(lambda extract: {k: v for k, v in extract.items() if k not in keys})
 
 
 def read_metrics(output_path: str, slice_feature: Optional[str]) -> Dict[str, SlicedMetrics]:
