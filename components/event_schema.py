@@ -216,7 +216,7 @@ def _coerce(field: FieldSpec, value: Any, max_len: int) -> Any:
             if isinstance(value, float) and value.is_integer() and math.isfinite(value):
                 return int(value)
             raise InvalidEvent(f"field {field.name!r}: expected int, got {type(value).__name__} {value!r:.60}")
-        if not -(2 ** 63) <= value < 2 ** 63:
+        if not -_INT64_LIMIT <= value < _INT64_LIMIT:
             raise InvalidEvent(f"field {field.name!r}: int out of int64 range")
         return value
     if field.type == "float":

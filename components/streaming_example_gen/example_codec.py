@@ -93,10 +93,15 @@ class ExampleEncoder:
         from tfx_bsl.coders import example_coder
 
         # Every required field is there (the schema's parser checks), so only optional ones can be missing.
-        optional = self._optional
-        complete = ([i for i, event in enumerate(events) if all(event.get(name) is not None for name in optional)]
-                    if optional else list(range(len(events))))
         encoded: List[bytes] = [b""] * len(events)
+        complete = list(range(len(events)))
+        if self._optional:
+            complete = []
+            for i, event in enumerate(events):
+                if all(event.get(name) is not None for name in self._optional):
+                    complete.append(i)
+                else:
+                    encoded[i] = self.encode(event)
         if complete:
             rows = len(complete)
             # One value per example: every list is [i, i+1).
@@ -106,11 +111,6 @@ class ExampleEncoder:
             batch = pa.RecordBatch.from_arrays(columns, [name for name, _ in self._kinds])
             for i, example in zip(complete, example_coder.RecordBatchToExamples(batch)):
                 encoded[i] = example
-        if len(complete) < len(events):
-            done = set(complete)
-            for i, event in enumerate(events):
-                if i not in done:
-                    encoded[i] = self.encode(event)
         return encoded
 
 
