@@ -11,13 +11,13 @@ import pytest
 import components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 
-def _combiner(models=("",), prediction_key="probability", example_weighted=False, num_buckets=10000):
+def _combiner(models=("",), prediction_key="probability", example_weighted=False, num_buckets=10000, batched=False):
     import tensorflow_model_analysis as tfma
 
     from components.evaluator import gate_metrics
 
     config = tfma.EvalConfig(model_specs=[tfma.ModelSpec(name=m, prediction_key=prediction_key) for m in models])
-    [computation] = gate_metrics.GateMetrics(num_buckets=num_buckets).computations(
+    [computation] = gate_metrics.GateMetrics(num_buckets=num_buckets, batched=batched).computations(
         eval_config=config, model_names=list(models), example_weighted=example_weighted)
     return computation
 
@@ -189,11 +189,50 @@ def test_tfma_reads_only_the_labels_slices_and_serialized_examples():
     assert kept.column(1).to_pylist() == [[b"mobile"]] and kept.num_rows == 1
 
 
-def test_the_serialized_examples_are_dropped_after_prediction_and_before_unbatching(tmp_path):
+def test_batched_rows_give_what_the_same_examples_give_one_by_one():
+    # SliceBatches hands GateMetrics arrays of rows ([n, 1], keyed by model); the
+    # sums must be those of the examples fed one at a time.
+    labels, scores = _data(3000, seed=4)
+    scores = scores.astype(np.float32)
+    opposite = (1 - scores).astype(np.float32)
+    weights = np.where(np.arange(3000) % 3 == 0, 2.0, 1.0)
+    models = ("candidate", "baseline")
+    single = _run(_combiner(models=models, example_weighted=True).combiner, [
+        _inputs(y, {"candidate": {"probability": np.array([p])}, "baseline": {"probability": np.array([q])}}, w)
+        for y, p, q, w in zip(labels, scores, opposite, weights)])
+    from tensorflow_model_analysis.metrics import metric_types
+
+    batches = []
+    for part in np.array_split(np.arange(3000), 11):  # uneven batches, as slicing leaves them
+        batches.append(metric_types.StandardMetricInputs({
+            "labels": {m: labels[part].astype(np.int64)[:, None] for m in models},
+            "predictions": {"candidate": {"probability": scores[part][:, None]},
+                            "baseline": {"probability": opposite[part][:, None]}},
+            "example_weights": {m: weights[part] for m in models}}))
+    batched = _run(_combiner(models=models, example_weighted=True, batched=True).combiner, batches, parts=3)
+    assert batched.keys() == single.keys()
+    for key in single:
+        assert batched[key] == pytest.approx(single[key], rel=1e-9), key
+
+
+@pytest.mark.parametrize("labels, predictions, message", [
+    (np.zeros([4, 1]), np.zeros([3, 1]), "one prediction per row for 4 rows"),
+    (np.zeros([4, 1]), np.zeros([4, 2]), "one prediction per row .* shape \\(4, 2\\)"),
+    (np.zeros([4, 3]), np.zeros([4, 1]), "one label per row"),
+])
+def test_batched_rows_of_the_wrong_shape_are_refused(labels, predictions, message):
+    from tensorflow_model_analysis.metrics import metric_types
+
+    element = metric_types.StandardMetricInputs({"labels": labels, "predictions": predictions})
+    with pytest.raises(ValueError, match=message):
+        _run(_combiner(batched=True).combiner, [element])
+
+
+def test_the_gate_runs_tfma_on_sliced_batches_not_single_examples(tmp_path):
     import tensorflow as tf
     import tensorflow_model_analysis as tfma
 
-    from components.evaluator import tfma_run
+    from components.evaluator import batched_slices, tfma_run
 
     class Scorer(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
@@ -204,7 +243,18 @@ def test_the_serialized_examples_are_dropped_after_prediction_and_before_unbatch
     path = str(tmp_path / "model")
     tf.saved_model.save(scorer, path, signatures={"serving_default": scorer.serve})
     config = tfma_run.build_eval_config("clicked", "device", has_baseline=False)
+    assert tfma_run.is_batched(config)
     shared = tfma.default_eval_shared_model(eval_saved_model_path=path, eval_config=config)
     stages = [e.stage_name for e in tfma_run.gate_extractors(shared, config)]
-    drop = stages.index("DropServedInputs")
-    assert stages.index("ExtractPredictions") < drop == stages.index("ExtractUnbatchedInputs") - 1
+    assert stages[-2:] == ["ExtractPredictions", batched_slices.SLICE_BATCHES_STAGE_NAME]
+    assert "ExtractUnbatchedInputs" not in stages and "ExtractSliceKeys" not in stages
+    evaluators = tfma_run.gate_evaluators(shared, config)
+    assert [e.run_after for e in evaluators] == [batched_slices.SLICE_BATCHES_STAGE_NAME]
+    # Stock metrics need single examples: with them, TFMA's own extractors and evaluators.
+    stock = tfma.EvalConfig()
+    stock.CopyFrom(config)
+    stock.metrics_specs[0].metrics.add(class_name="AUC")
+    assert not tfma_run.is_batched(stock)
+    assert tfma_run.gate_evaluators(shared, stock) is None
+    assert [e.stage_name for e in tfma_run.gate_extractors(shared, stock)][-2:] == [
+        "ExtractUnbatchedInputs", "ExtractSliceKeys"]

@@ -23,6 +23,11 @@ them on the same examples):
 
 Binary labels and one probability per example only: that is the trainer's
 contract (`tfma_run.PREDICTION_KEY`).
+
+`GateMetrics(batched=True)` reads extracts that each hold many rows (arrays
+with the batch dimension first), as `batched_slices.SliceBatches` makes them,
+and folds every extract into the histogram in one numpy call. That is the
+mode `tfma_run` uses; the default reads TFMA's usual one-example extracts.
 """
 from __future__ import annotations
 
@@ -56,8 +61,9 @@ _FLUSH_EVERY = 4096
 class GateMetrics(metric_types.Metric):
     """example_count, auc, binary_crossentropy, calibration, mean_label and mean_prediction for every model."""
 
-    def __init__(self, name: str = GATE_METRICS_NAME, num_buckets: int = DEFAULT_NUM_BUCKETS):
-        super().__init__(_gate_metrics, name=name, num_buckets=num_buckets)
+    def __init__(self, name: str = GATE_METRICS_NAME, num_buckets: int = DEFAULT_NUM_BUCKETS,
+                 batched: bool = False):
+        super().__init__(_gate_metrics, name=name, num_buckets=num_buckets, batched=batched)
 
     @property
     def compute_confidence_interval(self) -> bool:
@@ -67,7 +73,7 @@ class GateMetrics(metric_types.Metric):
 metric_types.register_metric(GateMetrics)
 
 
-def _gate_metrics(name: str = GATE_METRICS_NAME, num_buckets: int = DEFAULT_NUM_BUCKETS,
+def _gate_metrics(name: str = GATE_METRICS_NAME, num_buckets: int = DEFAULT_NUM_BUCKETS, batched: bool = False,
                   eval_config: Optional[config_pb2.EvalConfig] = None,
                   model_names: Optional[List[str]] = None, output_names: Optional[List[str]] = None,
                   sub_keys: Optional[List[Optional[metric_types.SubKey]]] = None,
@@ -87,7 +93,7 @@ def _gate_metrics(name: str = GATE_METRICS_NAME, num_buckets: int = DEFAULT_NUM_
                     for metric in METRIC_NAMES}
             for model in model_names}
     prediction_keys = {model: _prediction_key(eval_config, model) for model in model_names}
-    combiner = _GateMetricsCombiner(keys, prediction_keys, num_buckets, example_weighted)
+    combiner = _GateMetricsCombiner(keys, prediction_keys, num_buckets, example_weighted, batched)
     return [metric_types.MetricComputation(
         keys=[key for per_model in keys.values() for key in per_model.values()],
         preprocessors=None, combiner=combiner)]
@@ -122,8 +128,14 @@ class _Histogram:
             return
         labels = np.asarray(self.labels, dtype=np.float64)
         predictions = np.asarray(self.predictions, dtype=np.float64)
-        weights = np.asarray(self.weights, dtype=np.float64) if self.weights else np.ones_like(labels)
+        weights = np.asarray(self.weights, dtype=np.float64) if self.weights else None
         self.labels, self.predictions, self.weights = [], [], []
+        self.fold(labels, predictions, weights)
+
+    def fold(self, labels: np.ndarray, predictions: np.ndarray, weights: Optional[np.ndarray]) -> None:
+        """Adds examples (1-D float64 arrays of one length; no weights: weight 1) to the sums."""
+        if weights is None:
+            weights = np.ones_like(labels)
         if np.any((labels != 0.0) & (labels != 1.0)):
             raise ValueError(f"GateMetrics needs 0/1 labels, got {sorted(set(labels.tolist()))[:5]}")
         if np.any(np.isnan(predictions)) or np.any((predictions < 0.0) | (predictions > 1.0)):
@@ -173,8 +185,9 @@ class _GateMetricsCombiner(beam.CombineFn):
     """One pass over the examples for all models: {model: _Histogram}."""
 
     def __init__(self, keys: Dict[str, Dict[str, metric_types.MetricKey]], prediction_keys: Dict[str, str],
-                 num_buckets: int, example_weighted: bool):
+                 num_buckets: int, example_weighted: bool, batched: bool = False):
         self._keys = keys
+        self._batched = batched
         self._models = list(keys)
         self._prediction_keys = prediction_keys
         self._num_buckets = num_buckets
@@ -188,6 +201,15 @@ class _GateMetricsCombiner(beam.CombineFn):
         labels = element.get(constants.LABELS_KEY)
         predictions = element.get(constants.PREDICTIONS_KEY)
         weights = element.get(constants.EXAMPLE_WEIGHTS_KEY) if self._example_weighted else None
+        if self._batched:
+            for model in self._models:
+                label = _column(_for_model(labels, model, ""), "label", model)
+                prediction = _column(_for_model(predictions, model, self._prediction_keys[model]), "prediction",
+                                     model, rows=len(label))
+                weight = (_column(_for_model(weights, model, ""), "example weight", model, rows=len(label))
+                          if self._example_weighted else None)
+                accumulator[model].fold(label, prediction, weight)
+            return accumulator
         for model in self._models:
             histogram = accumulator[model]
             label = _scalar(_for_model(labels, model, ""), "label", model)
@@ -237,6 +259,16 @@ def _scalar(value: Any, what: str, model: str) -> float:
     if isinstance(value, (float, int, np.floating, np.integer)):
         return float(value)
     raise ValueError(f"GateMetrics needs one {what} per example for model {model!r}, got {_describe(value)}")
+
+
+def _column(value: Any, what: str, model: str, rows: Optional[int] = None) -> np.ndarray:
+    """A batched extract's values, one per row: shape [rows] or [rows, 1]."""
+    if isinstance(value, np.ndarray) and (value.ndim == 1 or (value.ndim == 2 and value.shape[1] == 1)) \
+            and (rows is None or len(value) == rows):
+        return value.reshape(-1).astype(np.float64, copy=False)
+    expected = "" if rows is None else f" for {rows} rows"
+    raise ValueError(f"GateMetrics(batched=True) needs one {what} per row{expected} for model {model!r}, "
+                     f"got {_describe(value)}")
 
 
 def _describe(value: Any) -> str:

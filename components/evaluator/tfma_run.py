@@ -1,10 +1,13 @@
 """TFMA for the gate: the EvalConfig, one Beam run that scores the candidate and
 the baseline on the same examples, and the metrics read back as plain dicts.
 
-The metrics are one TFMA metric, `gate_metrics.GateMetrics`, and TFMA gets
-only the columns it reads (the label, the slice feature and the serialized
-examples for the models). Both are for speed: at 20,000 eval examples they
-took the evaluator from 36 s to about 7 s, with the stock metrics' values.
+The metrics are one TFMA metric, `gate_metrics.GateMetrics`, TFMA gets only
+the columns it reads (the label, the slice feature and the serialized
+examples for the models), and it slices whole batches
+(`batched_slices.SliceBatches`) instead of single examples. All three are
+for speed: at 20,000 eval examples and two models the first two took the
+evaluator from 36 s to about 7 s, the third took it from 9.8 s to 4.1 s
+(2026-12-02), with the stock metrics' values.
 
 The output folder is standard TFMA output (what stock TFX Evaluator writes
 into a `ModelEvaluation`), so `tfma.load_eval_result(uri)` reads it. With a
@@ -13,6 +16,7 @@ candidate is TFMA's unnamed model "" (TFMA renames a single model so).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence
@@ -21,12 +25,12 @@ import apache_beam as beam
 import pyarrow as pa
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
-from tensorflow_model_analysis.extractors import unbatch_extractor
+from tensorflow_model_analysis.extractors import slice_key_extractor, unbatch_extractor
 from tfx import types
 from tfx.components.util import tfxio_utils
 from tfx.utils import io_utils, path_utils
 
-from components.evaluator import gate_metrics
+from components.evaluator import batched_slices, gate_metrics
 from components.evaluator.gate import SlicedMetrics
 
 CANDIDATE = "candidate"
@@ -66,7 +70,8 @@ def build_eval_config(label_key: str, slice_feature: Optional[str], has_baseline
         model_specs.append(tfma.ModelSpec(name=names[BASELINE], signature_name=SIGNATURE_NAME,
                                           model_type=tfma.TF_GENERIC, label_key=label_key,
                                           prediction_key=prediction_key, is_baseline=True))
-    metrics = [tfma.MetricConfig(class_name=gate_metrics.GateMetrics.__name__, module=gate_metrics.__name__)]
+    metrics = [tfma.MetricConfig(class_name=gate_metrics.GateMetrics.__name__, module=gate_metrics.__name__,
+                                 config=json.dumps({"batched": True}))]
     metrics_spec = tfma.MetricsSpec(metrics=metrics, model_names=[spec.name for spec in model_specs])
     slicing_specs = [tfma.SlicingSpec()]
     if slice_feature:
@@ -106,7 +111,7 @@ def run_tfma(make_beam_pipeline: Callable[[], beam.Pipeline], examples: types.Ar
         shared = models[0] if len(models) == 1 else models
         _ = batches | "ExtractEvaluateAndWriteResults" >> tfma.ExtractEvaluateAndWriteResults(
             eval_shared_model=shared, eval_config=eval_config, output_path=output_path,
-            extractors=gate_extractors(shared, eval_config))
+            extractors=gate_extractors(shared, eval_config), evaluators=gate_evaluators(shared, eval_config))
 
 
 def gate_columns(eval_config: tfma.EvalConfig) -> List[str]:
@@ -130,25 +135,48 @@ def keep_columns(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatc
     return pa.RecordBatch.from_arrays([batch.column(names.index(name)) for name in keep], names=keep)
 
 
-def gate_extractors(shared_models, eval_config: tfma.EvalConfig) -> List[tfma.extractors.Extractor]:
-    """TFMA's default extractors, with the serialized examples dropped once the models have read them.
+def is_batched(eval_config: tfma.EvalConfig) -> bool:
+    """True when every configured metric is a batched GateMetrics, so the evaluation may run on
+    `batched_slices.SliceBatches` extracts (rows of a batch, not single examples)."""
+    metrics = [m for spec in eval_config.metrics_specs for m in spec.metrics]
+    return bool(metrics) and all(
+        m.class_name == gate_metrics.GateMetrics.__name__ and m.module == gate_metrics.__name__
+        and _metric_kwargs(m.config).get("batched") is True
+        for m in metrics)
 
-    TFMA splits every key of a batch into per-example values before slicing;
-    after prediction nothing reads the input bytes, and the transformed
-    features are empty (the models take serialized examples and transform
-    inside), so neither is split.
+
+def _metric_kwargs(config: str) -> Dict[str, object]:
+    # As TFMA reads MetricConfig.config: JSON keyword arguments, the braces optional.
+    config = config.strip()
+    return json.loads(config if config.startswith("{") else "{" + config + "}")
+
+
+def gate_extractors(shared_models, eval_config: tfma.EvalConfig) -> List[tfma.extractors.Extractor]:
+    """TFMA's default extractors; for batched metrics, with its unbatching and slicing done per batch.
+
+    TFMA splits every batch into single examples before slicing, and that
+    per-example path cost more than both models' predictions (see
+    `batched_slices`). Metrics that read whole batches get
+    `SliceBatches` in place of the last two stages.
     """
     extractors = tfma.default_extractors(eval_shared_model=shared_models, eval_config=eval_config)
+    if not is_batched(eval_config):
+        return extractors
     names = [e.stage_name for e in extractors]
-    unbatch = names.index(unbatch_extractor.UNBATCH_EXTRACTOR_STAGE_NAME)
-    drop = tfma.extractors.Extractor(stage_name="DropServedInputs", ptransform=_DropKeys(
-        [tfma.constants.INPUT_KEY, tfma.constants.TRANSFORMED_FEATURES_KEY]))
-    return extractors[:unbatch] + [drop] + extractors[unbatch:]
+    tail = [unbatch_extractor.UNBATCH_EXTRACTOR_STAGE_NAME, slice_key_extractor.SLICE_KEY_EXTRACTOR_STAGE_NAME]
+    if names[-2:] != tail:
+        raise RuntimeError(f"TFMA's default extractors end with {names[-2:]}, not {tail}: this TFMA is not the "
+                           f"one SliceBatches was written for (see constraints.txt)")
+    return extractors[:-2] + [batched_slices.SliceBatches(eval_config)]
 
 
-@beam.ptransform_fn
-def _DropKeys(extracts, keys: Sequence[str]):  # noqa: N802 (a PTransform's name)
-    return extracts | "Drop" >> beam.Map(lambda extract: {k: v for k, v in extract.items() if k not in keys})
+def gate_evaluators(shared_models, eval_config: tfma.EvalConfig) -> Optional[List[tfma.evaluators.Evaluator]]:
+    """TFMA's default evaluators, run after `SliceBatches` where `gate_extractors` put it (None: TFMA's own)."""
+    if not is_batched(eval_config):
+        return None
+    return [e._replace(run_after=batched_slices.SLICE_BATCHES_STAGE_NAME)
+            if e.run_after == slice_key_extractor.SLICE_KEY_EXTRACTOR_STAGE_NAME else e
+            for e in tfma.default_evaluators(eval_shared_model=shared_models, eval_config=eval_config)]
 
 
 def read_metrics(output_path: str, slice_feature: Optional[str]) -> Dict[str, SlicedMetrics]:
