@@ -17,6 +17,8 @@ STACK = [
     # KubeflowV2DagRunner (driftline compile --target vertex) imports kfp.pipeline_spec; 0.2.x is the
     # line that accepts protobuf 3 (tfx 1.16's own `kfp` extra pulls the whole kfp SDK as well).
     "kfp-pipeline-spec>=0.2.2,<0.3",
+    # EventSchema.parse reads every event with it (Beam requires it too).
+    "orjson>=3.9.7,<4",
     # The Kafka source (components/kafka_log.py); also needed on remote Beam workers.
     "confluent-kafka>=2.16,<3",
 ]

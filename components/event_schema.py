@@ -23,6 +23,8 @@ import json
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import orjson
+
 FIELD_TYPES = ("int", "float", "string")
 FEATURE_KINDS = ("categorical", "numeric", "none")
 
@@ -178,9 +180,15 @@ class EventSchema:
         timestamp) and replaces whatever the payload holds in the event-time field.
         """
         try:
-            raw = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidEvent(f"not JSON: {e.__class__.__name__}: {str(e)[:120]}") from None
+            raw = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            # orjson is 4x faster but stricter (NaN, integers beyond 64 bits, lone surrogates,
+            # non-UTF-8): the standard parser decides, so an event parses, or is refused
+            # with a reason, exactly as json.loads has it.
+            try:
+                raw = json.loads(line)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise InvalidEvent(f"not JSON: {e.__class__.__name__}: {str(e)[:120]}") from None
         if not isinstance(raw, dict):
             raise InvalidEvent(f"not a JSON object but {type(raw).__name__}")
         if event_time_ms is not None:
@@ -213,9 +221,9 @@ def _coerce(field: FieldSpec, value: Any, max_len: int) -> Any:
     # bool is an int subclass in Python; a JSON true/false is a type error here.
     if field.type == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer() and math.isfinite(value):
-                return int(value)
-            raise InvalidEvent(f"field {field.name!r}: expected int, got {type(value).__name__} {value!r:.60}")
+            if not (isinstance(value, float) and value.is_integer() and math.isfinite(value)):
+                raise InvalidEvent(f"field {field.name!r}: expected int, got {type(value).__name__} {value!r:.60}")
+            value = int(value)  # and in range, as any int: 1e19 does not fit a tf.Example int64
         if not -_INT64_LIMIT <= value < _INT64_LIMIT:
             raise InvalidEvent(f"field {field.name!r}: int out of int64 range")
         return value

@@ -46,11 +46,42 @@ def test_integral_float_is_accepted_as_int_and_int_as_float():
     (line(price=-1e39), "beyond float32's range"),
     (line().replace(b'"u1"', b'"\\ud800"'), "not valid Unicode"),
     (line(hour_of_day=2 ** 63), "out of int64 range"),
+    (line(hour_of_day=1e19), "out of int64 range"),  # an integral float is an int, and must fit too
     (line(user_id="ü" * 1025), "exceeds max_string_length"),
 ])
 def test_invalid_events_are_rejected_with_a_reason(raw, reason):
     with pytest.raises(InvalidEvent, match=reason):
         ad_click_schema().parse(raw)
+
+
+TRICKY_LINES = [
+    line(), line(price=0.1), line(price=1e-320), line(price=3.4028234663852886e38), line(event_time=2 ** 63 - 1),
+    line(user_id="ü日\u2028"), b"\xef\xbb\xbf" + line(), line().replace(b'"u1"', b'"\\ud83d\\ude00"'),
+    line().replace(b'{', b'{"price": 9, ', 1), b" " + line() + b" \r", line(hour_of_day=2 ** 64), line(hour_of_day=-(2 ** 70)), line(price=2 ** 70),
+    line().replace(b'"price": 1.5', b'"price": -Infinity'), line().replace(b'"u1"', b'"\\udc00"'),
+    line().replace(b'"u1"', b'"\xc3\x28"'), line() + b"x", line().replace(b"1.5", b"1.5e3"), b'{"a": 01}',
+    line().replace(b'"u1"', b'"a\tb"'), line().replace(b'"u1"', b'"a\\u0000b"'), b"", b"null",
+]
+
+
+@pytest.mark.parametrize("raw", TRICKY_LINES)
+def test_the_fast_json_parser_accepts_and_refuses_exactly_what_json_loads_does(raw, monkeypatch):
+    # EventSchema.parse tries orjson first: the outcome (the event, or the reason) must be json.loads's.
+    from components import event_schema
+
+    def outcome():
+        try:
+            return ("event", ad_click_schema().parse(raw))
+        except InvalidEvent as e:
+            return ("refused", str(e))
+
+    fast = outcome()
+
+    def refuse(_):
+        raise event_schema.orjson.JSONDecodeError("forced", "", 0)
+
+    monkeypatch.setattr(event_schema.orjson, "loads", refuse)
+    assert fast == outcome()
 
 
 def test_values_at_the_edges_of_their_types_are_kept_exactly():
