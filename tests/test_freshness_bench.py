@@ -145,6 +145,46 @@ def test_memory_summary_sees_growth():
     assert m["rss_slope_mb_per_cycle"] == 50.0 and m["flat"] is False
 
 
+def test_memory_summary_of_a_level_run_is_flat_with_its_second_half_slope():
+    # Growth that levels off, as caches fill: flat, and the late slope near zero.
+    rows = [{"span": k, "rss_mb": 1000.0 + 200.0 * (1 - 0.8 ** k), "peak_rss_mb": 1300.0} for k in range(1, 101)]
+    m = fb.memory_summary(rows)
+    assert m["flat"] is True and abs(m["rss_slope_second_half_mb_per_cycle"]) < 0.01
+
+
+def test_a_memory_run_is_what_the_memory_target_judges():
+    sizes = {"10000": _fake_result(10_000, driftline_cpu=10.0)}
+    rows = [{"span": k, "rss_mb": 1000.0 + k, "peak_rss_mb": 1200.0, "wall_s": 9.0} for k in range(1, 101)]
+    run = {"events_per_span": 10_000, "cycles": 100, "rows": rows}
+    run["memory"] = fb.memory_summary(rows)
+    h = fb.headline(sizes, 10_000, run)
+    memory = {t["target"]: t for t in fb.evaluate_targets(h)}["controller RSS flat"]
+    assert memory["value"] == 1.0 and memory["met"] is True  # +1 MB a cycle: 1,100 vs 1,051, within 5%
+    assert "over 100 cycles of 10,000 events" in memory["note"] and "asks for" not in memory["note"]
+    without = {t["target"]: t for t in fb.evaluate_targets(fb.headline(sizes, 10_000))}["controller RSS flat"]
+    assert "--memory-cycles 100" in without["note"]
+
+
+def test_stock_rows_are_reused_only_from_the_same_stream_and_stock_code():
+    old_result = _fake_result(10_000, driftline_cpu=10.0)
+    old_result["simulator"] = {"seed": 0, "events_per_minute": 1000}
+    old = {"date": "2026-12-01", "command": "freshness.py --stock-sizes 10000", "allowed_lateness_s": 30,
+           "sizes": {"10000": old_result}}
+    now = {"simulator": {"seed": 0, "events_per_minute": 1000}, "spans": 4}
+    reused = fb.reused_stock("old.json", old, 10_000, now, 30)
+    assert set(reused["regimes"]) == {fb.STOCK_STATELESS, fb.STOCK_STATEFUL}
+    assert reused["regimes"][fb.STOCK_STATELESS] == old_result["regimes"][fb.STOCK_STATELESS]
+    assert reused["source"]["date"] == "2026-12-01"
+    assert fb.reused_stock("old.json", old, 100_000, now, 30) is None  # no stock run at that size
+    with pytest.raises(SystemExit, match="differs in simulator"):
+        fb.reused_stock("old.json", old, 10_000, dict(now, simulator={"seed": 1, "events_per_minute": 1000}), 30)
+    with pytest.raises(SystemExit, match="differs in allowed lateness"):
+        fb.reused_stock("old.json", old, 10_000, now, 60)
+    with pytest.raises(SystemExit, match="stock code"):
+        fb.reused_stock("old.json", dict(old, stock_code_digest="0" * 16), 10_000, now, 30)
+    assert fb.reused_stock("old.json", dict(old, stock_code_digest=fb.stock_code_digest()), 10_000, now, 30)
+
+
 def test_section_renders_between_its_marks(tmp_path):
     sizes = {"10000": _fake_result(10_000, 10.0)}
     h = fb.headline(sizes, 10_000)
