@@ -147,11 +147,18 @@ def _write_atomically(path: str, write_fn, tmp_root: str) -> None:
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
+# gzip's fastest level: compressing at the default level 6 cost 0.65 s per 100,000 examples, a
+# quarter of the DoFns' time, for files 27% smaller (measured 2026-12-02); retention deletes
+# them after a few cycles, so ingest CPU per event matters more than their size.
+TFRECORD_GZIP_LEVEL = 1
+
+
 def _write_tfrecords(records: Sequence[bytes]):
     def write(path: str) -> None:
         import tensorflow as tf
 
-        with tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+        options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=TFRECORD_GZIP_LEVEL)
+        with tf.io.TFRecordWriter(path, options=options) as writer:
             for record in records:
                 writer.write(record)
     return write
