@@ -56,7 +56,7 @@ Measured per cycle:
     .venv/bin/python benchmarks/freshness.py                        # 8 spans at 10k, then at 100k
     .venv/bin/python benchmarks/freshness.py --sizes 10000 --stock-sizes 10000
     .venv/bin/python benchmarks/freshness.py --skip-stock --sizes 10000 100000 --memory-cycles 100 \
-        --stock-from benchmarks/results/freshness.json   # driftline again; stock rows from the last full run
+        --stock-from benchmarks/results/freshness.json   # driftline again; stock rows of the last run (same machine)
     .venv/bin/python benchmarks/freshness.py --quick                # smoke run; results under the work dir
     .venv/bin/python benchmarks/freshness.py --render-only          # section and plot again from the JSON
 
@@ -611,15 +611,18 @@ def reused_stock(path: str, old: Mapping[str, Any], size: int, result: Mapping[s
     Stock TFX takes 45 minutes at 10k events a span and does not change when
     driftline does, so a driftline-only rerun may carry the last stock
     measurement along. Only rows of the same stream (simulator settings,
-    spans, allowed lateness) and the same stock code are reused; anything
-    else stops the run with what differs.
+    spans, allowed lateness), the same stock code and the same kind of
+    machine are reused; anything else stops the run with what differs.
     """
     res = old.get("sizes", {}).get(str(size))
     if not res or not all(regime in res.get("regimes", {}) for regime in (STOCK_STATELESS, STOCK_STATEFUL)):
         return None
+    machine = {k: v for k, v in machine_info().items() if k in ("nproc", "cpu_model", "mem_gib")}
     differs = [name for name, a, b in (
         ("simulator", res.get("simulator"), result["simulator"]), ("spans", res.get("spans"), result["spans"]),
-        ("allowed lateness", old.get("allowed_lateness_s"), lateness)) if a != b]
+        ("allowed lateness", old.get("allowed_lateness_s"), lateness),
+        ("machine (CPU count, CPU model, memory)",
+         {k: v for k, v in old.get("machine", {}).items() if k in machine}, machine)) if a != b]
     old_digest = old.get("stock_code_digest")
     if old_digest is not None and old_digest != stock_code_digest():
         differs.append("stock code (benchmarks/stock_tfx.py, benchmarks/stock_module)")

@@ -168,8 +168,9 @@ def test_a_memory_run_is_what_the_memory_target_judges():
 def test_stock_rows_are_reused_only_from_the_same_stream_and_stock_code():
     old_result = _fake_result(10_000, driftline_cpu=10.0)
     old_result["simulator"] = {"seed": 0, "events_per_minute": 1000}
+    here = {k: v for k, v in fb.machine_info().items() if k in ("nproc", "cpu_model", "mem_gib")}
     old = {"date": "2026-12-01", "command": "freshness.py --stock-sizes 10000", "allowed_lateness_s": 30,
-           "sizes": {"10000": old_result}}
+           "sizes": {"10000": old_result}, "machine": dict(here, python="3.10")}
     now = {"simulator": {"seed": 0, "events_per_minute": 1000}, "spans": 4}
     reused = fb.reused_stock("old.json", old, 10_000, now, 30)
     assert set(reused["regimes"]) == {fb.STOCK_STATELESS, fb.STOCK_STATEFUL}
@@ -180,6 +181,8 @@ def test_stock_rows_are_reused_only_from_the_same_stream_and_stock_code():
         fb.reused_stock("old.json", old, 10_000, dict(now, simulator={"seed": 1, "events_per_minute": 1000}), 30)
     with pytest.raises(SystemExit, match="differs in allowed lateness"):
         fb.reused_stock("old.json", old, 10_000, now, 60)
+    with pytest.raises(SystemExit, match="differs in machine"):
+        fb.reused_stock("old.json", dict(old, machine=dict(here, nproc=64)), 10_000, now, 30)
     with pytest.raises(SystemExit, match="stock code"):
         fb.reused_stock("old.json", dict(old, stock_code_digest="0" * 16), 10_000, now, 30)
     assert fb.reused_stock("old.json", dict(old, stock_code_digest=fb.stock_code_digest()), 10_000, now, 30)
