@@ -41,6 +41,19 @@ def test_classify():
     assert classify(CommittedState(), Position("s", 0), 0, None) == PENDING
 
 
+def test_only_an_emitted_span_needs_the_events_position():
+    state = CommittedState(end=Position("s", 100), resume=Position("s", 50), last_span=4, max_event_time_ms=5300)
+    assert windowing.fate_depends_on_position(state, 4) and windowing.fate_depends_on_position(state, 3)
+    assert not windowing.fate_depends_on_position(state, 5)
+    assert not windowing.fate_depends_on_position(CommittedState(), 0)
+    # Without a position, a span not yet emitted gets the fate any of its events would get.
+    for span in (5, 6):
+        assert classify(state, None, span, 5) == classify(state, Position("s", 60), span, 5)
+    assert classify(CommittedState(), None, 0, 0) == ON_TIME
+    with pytest.raises(ValueError, match="position decides skip or late"):
+        classify(state, None, 4, 5)
+
+
 def test_decide_emits_closed_candidate_spans_only():
     d = decide(W, CommittedState(), 5300, {0, 2, 3, 5})
     assert d.closed_through == 4 and d.emitted_spans == {0, 2, 3} and d.first_span == 0
@@ -184,3 +197,15 @@ def test_span_stats_merge():
     b.add(5, EVAL, True)
     m = a.merge(b)
     assert (m.events, m.late, m.train, m.eval, m.min_event_time_ms, m.max_event_time_ms) == (2, 1, 1, 1, 5, 10)
+
+
+def test_span_stats_add_many_equals_adding_one_at_a_time():
+    times = [50, 12, 99, 12, 70]
+    one_by_one, at_once = windowing.SpanStats(), windowing.SpanStats()
+    for split, late, ts in ((TRAIN, False, times), (EVAL, False, [200, 150]), (TRAIN, True, [3]), (EVAL, True, [])):
+        for t in ts:
+            one_by_one.add(t, split, late)
+        at_once.add_many(ts, split, late)
+    assert at_once == one_by_one
+    assert (at_once.events, at_once.late, at_once.train, at_once.eval) == (8, 1, 6, 2)
+    assert (at_once.min_event_time_ms, at_once.max_event_time_ms) == (3, 200)

@@ -204,12 +204,20 @@ class WriteChunk(beam.DoFn):
             # Nothing is published by this run: write nothing, the next run re-reads.
             yield result
             return
-        first_span = decision.first_span
+        first_span, closed_through = decision.first_span, decision.closed_through
         records: Dict[Tuple[int, str], List[bytes]] = {}
-        stats: Dict[int, windowing.SpanStats] = {}
+        # Event times by (span, split, late), counted once the loop is done: this loop runs per event.
+        times: Dict[Tuple[int, str, bool], List[int]] = {}
+        # The fate of a span not yet emitted does not depend on where its events sit in the source.
+        fate_of_span: Dict[int, str] = {}
         first_pending: Optional[int] = None
         for offset, t, span, split, example in parsed.valid:
-            fate = windowing.classify(state, position(lane, offset), span, decision.closed_through)
+            fate = fate_of_span.get(span)
+            if fate is None:
+                if windowing.fate_depends_on_position(state, span):
+                    fate = windowing.classify(state, position(lane, offset), span, closed_through)
+                else:
+                    fate = fate_of_span[span] = windowing.classify(state, None, span, closed_through)
             if fate == windowing.SKIP:
                 continue
             if fate == windowing.PENDING:
@@ -219,7 +227,10 @@ class WriteChunk(beam.DoFn):
             late = fate == windowing.LATE
             dest_span, dest_split = (first_span, windowing.TRAIN) if late else (span, split)
             records.setdefault((dest_span, dest_split), []).append(example)
-            stats.setdefault(dest_span, windowing.SpanStats()).add(t, dest_split, late)
+            times.setdefault((dest_span, dest_split, late), []).append(t)
+        stats: Dict[int, windowing.SpanStats] = {}
+        for (dest_span, dest_split, late), span_times in sorted(times.items()):
+            stats.setdefault(dest_span, windowing.SpanStats()).add_many(span_times, dest_split, late)
         tmp_root = os.path.join(self._output_root, "_tmp")
         for (span, split), examples in sorted(records.items()):
             _write_atomically(example_file(self._output_root, span, split, name, self._flat),

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, FrozenSet, Iterable, Optional, Union
+from typing import Any, Dict, FrozenSet, Iterable, Optional, Sequence, Union
 
 from components.event_log import Position
 from components.kafka_log import KafkaOffsets, PartitionOffset
@@ -125,9 +125,20 @@ class CommittedState:
                    last_span=d.get("last_span"), max_event_time_ms=d.get("max_event_time_ms"))
 
 
-def classify(state: CommittedState, position: RecordPosition, span: int, closed_through: Optional[int]) -> str:
-    """The fate of a valid event read at `position` with event-time `span`."""
-    if state.last_span is not None and span <= state.last_span:
+def fate_depends_on_position(state: CommittedState, span: int) -> bool:
+    """True when `classify` needs the event's position: its span was emitted (skipped if read, else late)."""
+    return state.last_span is not None and span <= state.last_span
+
+
+def classify(state: CommittedState, position: Optional[RecordPosition], span: int,
+             closed_through: Optional[int]) -> str:
+    """The fate of a valid event read at `position` with event-time `span`.
+
+    `position` may be None where `fate_depends_on_position` says it is not read.
+    """
+    if fate_depends_on_position(state, span):
+        if position is None:
+            raise ValueError(f"span {span} was emitted already: its event's position decides skip or late")
         if state.end is not None and state.end.covers(position):
             return SKIP
         return LATE
@@ -229,6 +240,23 @@ class SpanStats:
             self.min_event_time_ms = event_time_ms
         if self.max_event_time_ms is None or event_time_ms > self.max_event_time_ms:
             self.max_event_time_ms = event_time_ms
+
+    def add_many(self, event_times_ms: Sequence[int], split: str, late: bool) -> None:
+        """`add` for each of `event_times_ms`, all of one split and lateness."""
+        if not event_times_ms:
+            return
+        n = len(event_times_ms)
+        self.events += n
+        self.late += n if late else 0
+        if split == EVAL:
+            self.eval += n
+        else:
+            self.train += n
+        low, high = min(event_times_ms), max(event_times_ms)
+        if self.min_event_time_ms is None or low < self.min_event_time_ms:
+            self.min_event_time_ms = low
+        if self.max_event_time_ms is None or high > self.max_event_time_ms:
+            self.max_event_time_ms = high
 
     def merge(self, other: "SpanStats") -> "SpanStats":
         mins = [t for t in (self.min_event_time_ms, other.min_event_time_ms) if t is not None]
