@@ -230,19 +230,10 @@ class SpanStats:
     max_event_time_ms: Optional[int] = None
 
     def add(self, event_time_ms: int, split: str, late: bool) -> None:
-        self.events += 1
-        self.late += int(late)
-        if split == EVAL:
-            self.eval += 1
-        else:
-            self.train += 1
-        if self.min_event_time_ms is None or event_time_ms < self.min_event_time_ms:
-            self.min_event_time_ms = event_time_ms
-        if self.max_event_time_ms is None or event_time_ms > self.max_event_time_ms:
-            self.max_event_time_ms = event_time_ms
+        self.add_many((event_time_ms,), split, late)
 
     def add_many(self, event_times_ms: Sequence[int], split: str, late: bool) -> None:
-        """`add` for each of `event_times_ms`, all of one split and lateness."""
+        """Counts events of one split and lateness, and widens the event-time range to cover them."""
         if not event_times_ms:
             return
         n = len(event_times_ms)
