@@ -221,3 +221,17 @@ def test_replaying_span_by_span_writes_the_reference_stream(tmp_path):
     ref_events = fb.read_events(reference)
     assert fb.stream_difference(fb.read_events(replayed), ref_events, until) == 0
     assert fb.stream_difference(fb.read_events(replayed), ref_events, until - 60_000) > 0
+
+
+def test_a_worker_peak_memory_is_its_own_not_its_parents():
+    # A parent holding 400 MB starts a child that allocates next to nothing; ru_maxrss would say 400+.
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, %r); from benchmarks import freshness; print(freshness.peak_rss_mb())"
+            % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ballast = bytearray(400 * 2 ** 20)
+    ballast[::4096] = b"\1" * len(ballast[::4096])  # touched, so resident
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    del ballast
+    assert 0 < float(out.stdout.strip()) < 300
