@@ -228,10 +228,9 @@ def test_a_worker_peak_memory_is_its_own_not_its_parents():
     import subprocess
     import sys
 
-    code = ("import sys; sys.path.insert(0, %r); from benchmarks import freshness; print(freshness.peak_rss_mb())"
-            % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ballast = bytearray(400 * 2 ** 20)
     ballast[::4096] = b"\1" * len(ballast[::4096])  # touched, so resident
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", "from benchmarks import freshness; print(freshness.peak_rss_mb())"],
+                         env=fb._child_env(), capture_output=True, text=True, check=True)
     del ballast
     assert 0 < float(out.stdout.strip()) < 300
