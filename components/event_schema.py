@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import orjson
 
 FIELD_TYPES = ("int", "float", "string")
+# 1 MiB: far above any sane event, far below what would hurt a worker.
+DEFAULT_MAX_LINE_BYTES = 1 << 20
 FEATURE_KINDS = ("categorical", "numeric", "none")
 
 
@@ -80,6 +82,9 @@ class EventSchema:
     # Guards the example writer and the model against a runaway producer:
     # longer strings are dead-lettered, not truncated.
     max_string_length: int = 1024
+    # A longer line (a record's payload) is dead-lettered unparsed; the event log's reader never holds
+    # more than a bounded prefix of one (components/event_log.py), so one runaway line costs no memory.
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
     def __post_init__(self):
         object.__setattr__(self, "fields", tuple(self.fields))
@@ -113,6 +118,8 @@ class EventSchema:
                 raise SchemaError(f"schema {self.name!r}: {role} {name!r} must be required")
         if self.max_string_length < 1:
             raise SchemaError("max_string_length must be >= 1")
+        if self.max_line_bytes < 64:
+            raise SchemaError(f"max_line_bytes must be >= 64 (an event's JSON needs room), got {self.max_line_bytes}")
 
     @functools.cached_property
     def _parse_plan(self) -> Tuple[Tuple[FieldSpec, str, type], ...]:
@@ -135,6 +142,7 @@ class EventSchema:
             "event_time_field": self.event_time_field,
             "label_field": self.label_field,
             "max_string_length": self.max_string_length,
+            "max_line_bytes": self.max_line_bytes,
             "fields": [dataclasses.asdict(f) for f in self.fields],
         }
 
@@ -147,7 +155,8 @@ class EventSchema:
             fields = tuple(FieldSpec(**f) for f in data["fields"])
             return cls(name=data["name"], fields=fields, id_field=data["id_field"],
                        event_time_field=data["event_time_field"], label_field=data["label_field"],
-                       max_string_length=data.get("max_string_length", 1024))
+                       max_string_length=data.get("max_string_length", 1024),
+                       max_line_bytes=data.get("max_line_bytes", DEFAULT_MAX_LINE_BYTES))
         except KeyError as e:
             raise SchemaError(f"event schema is missing the key {e.args[0]!r}") from None
         except TypeError as e:
@@ -179,16 +188,10 @@ class EventSchema:
         `event_time_ms`, when given, is the event time (a Kafka record's
         timestamp) and replaces whatever the payload holds in the event-time field.
         """
-        try:
-            raw = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            # orjson is 4x faster but stricter (NaN, integers beyond 64 bits, lone surrogates,
-            # non-UTF-8): the standard parser decides, so an event parses, or is refused
-            # with a reason, exactly as json.loads has it.
-            try:
-                raw = json.loads(line)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise InvalidEvent(f"not JSON: {e.__class__.__name__}: {str(e)[:120]}") from None
+        length = getattr(line, "full_length", None) or len(line)
+        if length > self.max_line_bytes:
+            raise InvalidEvent(f"line of {length} bytes exceeds max_line_bytes={self.max_line_bytes}")
+        raw = _load_json(line)
         if not isinstance(raw, dict):
             raise InvalidEvent(f"not a JSON object but {type(raw).__name__}")
         if event_time_ms is not None:
@@ -215,6 +218,26 @@ class EventSchema:
         if event[self.event_time_field] < 0:
             raise InvalidEvent(f"negative event time {event[self.event_time_field]}")
         return event
+
+
+def _load_json(line: bytes) -> Any:
+    """The JSON value of one line, or InvalidEvent: nothing a producer writes may raise anything else."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        if str(e).startswith("depth limit exceeded"):
+            # orjson's bound on nesting (1024 levels); json.loads would recurse until RecursionError.
+            raise InvalidEvent(f"not JSON: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    # orjson is 4x faster but stricter (NaN, integers beyond 64 bits, lone surrogates,
+    # non-UTF-8): the standard parser decides, so an event parses, or is refused
+    # with a reason, exactly as json.loads has it.
+    try:
+        return json.loads(line)
+    except RecursionError:
+        # Shallower than orjson's bound but deeper than Python's stack (e.g. 1000 levels of '[' with a NaN).
+        raise InvalidEvent("not JSON: nested too deeply for the parser") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidEvent(f"not JSON: {e.__class__.__name__}: {str(e)[:120]}") from None
 
 
 def _coerce(field: FieldSpec, value: Any, max_len: int) -> Any:
@@ -253,6 +276,8 @@ def _coerce(field: FieldSpec, value: Any, max_len: int) -> Any:
 
 
 _FLOAT32_MAX = 3.4028234663852886e38
+# orjson's nesting limit, the bound on any line's depth.
+MAX_JSON_DEPTH = 1024
 _INT64_LIMIT = 2 ** 63
 
 

@@ -33,6 +33,17 @@ class WindowConfig:
     # The last part of each span, in event time, becomes the eval split, so
     # evaluation data is always later than the training data of that span.
     eval_fraction: float = 0.2
+    # An event this far ahead of the ingest machine's clock is dead-lettered as "from the future" and
+    # never moves the watermark: one producer with a wrong clock would otherwise close every span early.
+    # None switches the bound off.
+    max_future_seconds: Optional[int] = 300
+    # A late event older than the watermark by more than this is dead-lettered as "too late". Off by
+    # default (None), so that a historical replay, whose events all lie far behind, still works.
+    max_lateness_seconds: Optional[int] = None
+    # A valid event whose id was already emitted in this run or in the newest N emitted spans is a
+    # duplicate (a producer's retry): counted and kept out of the examples. None: the trainer's replay
+    # window (trainer.replay_spans, at least 1); 0: only within one ingest run.
+    dedup_horizon_spans: Optional[int] = None
 
     def validate(self) -> None:
         if self.span_seconds < 1:
@@ -41,6 +52,24 @@ class WindowConfig:
             raise ConfigError(f"window.allowed_lateness_seconds must be >= 0, got {self.allowed_lateness_seconds}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"window.eval_fraction must be strictly between 0 and 1, got {self.eval_fraction}")
+        if self.max_future_seconds is not None and self.max_future_seconds < 0:
+            raise ConfigError(f"window.max_future_seconds must be >= 0 or None (no bound), got "
+                              f"{self.max_future_seconds}")
+        if self.max_lateness_seconds is not None and self.max_lateness_seconds < 0:
+            raise ConfigError(f"window.max_lateness_seconds must be >= 0 or None (no bound), got "
+                              f"{self.max_lateness_seconds}")
+        if self.dedup_horizon_spans is not None and self.dedup_horizon_spans < 0:
+            raise ConfigError(f"window.dedup_horizon_spans must be >= 0 or None (the replay window), got "
+                              f"{self.dedup_horizon_spans}")
+
+    def runtime(self):
+        """The plain windowing rules these settings give (components/streaming_example_gen/windowing.py)."""
+        from components.streaming_example_gen.windowing import Window
+
+        seconds = lambda v: None if v is None else v * 1000  # noqa: E731
+        return Window(self.span_ms, self.allowed_lateness_ms, self.eval_fraction,
+                      max_future_ms=seconds(self.max_future_seconds),
+                      max_lateness_ms=seconds(self.max_lateness_seconds))
 
     @property
     def span_ms(self) -> int:

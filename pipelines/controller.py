@@ -106,10 +106,12 @@ def due(config: DriftlineConfig, min_new_events: Optional[int] = None) -> Due:
         return Due(True, f"span{'s' if len(untrained) > 1 else ''} {spans_text(untrained)} published by an "
                          f"interrupted cycle, never trained: resuming", resume=True)
     state, _ = latest_committed_state(store, config.pipeline_name, STREAMING_EXAMPLE_GEN_ID)
-    window = windowing.Window(config.window.span_ms, config.window.allowed_lateness_ms, config.window.eval_fraction)
+    window = config.window.runtime()
     schema = config.source.schema
     source = sources.from_config(config.source)
-    parser = ingest.RecordParser(schema, window, source.event_time_from_record)
+    # The same bounds ingestion applies: an event from the future must not make a span look closed here.
+    bounds = windowing.TimeBounds.for_run(window, state, time.time_ns() // 1_000_000)
+    parser = ingest.RecordParser(schema, window, source.event_time_from_record, bounds)
     plan = source.plan(state)
     newest, spans, new_events = None, set(), 0
     for unit in plan.units:
@@ -119,12 +121,15 @@ def due(config: DriftlineConfig, min_new_events: Optional[int] = None) -> Due:
                 t = parser.event(payload, record_time_ms)[schema.event_time_field]
             except InvalidEvent:
                 continue
-            if windowing.is_new_line(state, source.position(lane, offset)):
+            position = source.position(lane, offset)
+            if ingest.time_verdict(bounds, position, t, window.span_of(t)) is not None:
+                continue
+            if windowing.is_new_line(state, position):
                 new_events += 1
             newest = t if newest is None or t > newest else newest
             if state.last_span is None or window.span_of(t) > state.last_span:
                 spans.add(window.span_of(t))
-    decision = windowing.decide(window, state, newest, spans)
+    decision = windowing.decide(window, state, newest, spans, bounds=bounds)
     if decision.emits:
         return Due(True, f"span{'s' if len(decision.emitted_spans) > 1 else ''} "
                          f"{', '.join(map(str, sorted(decision.emitted_spans)))} closed")

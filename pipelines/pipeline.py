@@ -63,6 +63,13 @@ def _pipeline(config: DriftlineConfig, components: List, target: str = LOCAL) ->
     )
 
 
+def dedup_horizon_spans(config: DriftlineConfig) -> int:
+    """The window's dedup horizon, by default the replay window (whose spans retention keeps, ids and all)."""
+    if config.window.dedup_horizon_spans is not None:
+        return config.window.dedup_horizon_spans
+    return max(config.trainer.replay_spans, 1)
+
+
 def create_ingest_pipeline(config: DriftlineConfig, with_statistics: bool = False) -> tfx.dsl.Pipeline:
     """StreamingExampleGen alone, or followed by stock StatisticsGen and SchemaGen.
 
@@ -70,7 +77,8 @@ def create_ingest_pipeline(config: DriftlineConfig, with_statistics: bool = Fals
     several spans; it is given the newest span of the run.
     """
     config.validate()
-    example_gen = StreamingExampleGen.from_config(config.source, config.window).with_id(STREAMING_EXAMPLE_GEN_ID)
+    example_gen = StreamingExampleGen.from_config(
+        config.source, config.window, dedup_horizon_spans=dedup_horizon_spans(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
     components: List = [example_gen]
     if with_statistics:
         from tfx.dsl.input_resolution.canned_resolver_functions import latest_created
@@ -127,7 +135,8 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
             config.source, config.window, driverless=True,
             previous_examples=latest_examples.outputs["examples"]).with_id(STREAMING_EXAMPLE_GEN_ID)
     else:
-        example_gen = StreamingExampleGen.from_config(config.source, config.window).with_id(STREAMING_EXAMPLE_GEN_ID)
+        example_gen = StreamingExampleGen.from_config(
+            config.source, config.window, dedup_horizon_spans=dedup_horizon_spans(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
     if vertex:
         from components.event_schema_gen import EventSchemaGen
 

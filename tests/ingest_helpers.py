@@ -24,6 +24,7 @@ import json
 import os
 import random
 import sys
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -519,3 +520,29 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# -- committed states ---------------------------------------------------------------------------------------------
+
+
+def clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def committed_without_cutoffs(state_json: str, ends: List, clock: Tuple[int, int],
+                              max_future_ms: int = 300_000) -> dict:
+    """A committed state less its future cutoffs, after checking them: one per run whose read may still be
+    re-read (`ends`: their ends as JSON values, oldest first), each that run's clock (between `clock`'s two
+    readings, taken around the run) plus `max_future_ms`, the default window.max_future_seconds."""
+    state = json.loads(state_json)
+    cutoffs = state.pop("cutoffs")
+    assert [end for end, _ in cutoffs] == ends, cutoffs
+    assert all(clock[0] + max_future_ms <= cutoff <= clock[1] + max_future_ms for _, cutoff in cutoffs), (cutoffs, clock)
+    return state
+
+
+def cutoff_clocks_dropped(state: Optional[dict]) -> Optional[dict]:
+    """A committed state (as JSON data) with its future cutoffs reduced to their ends: runs differ in clocks."""
+    if state is None:
+        return None
+    return dict(state, cutoffs=[end for end, _ in state.get("cutoffs", [])])

@@ -104,10 +104,10 @@ def test_record_timestamp_is_the_event_time_when_configured():
     del without_time["event_time"]
     records = [(0, json.dumps(event).encode(), H.BASE_MS + 5), (1, json.dumps(without_time).encode(), H.BASE_MS + 7),
                (2, json.dumps(event).encode(), None)]
-    valid, invalid = RecordParser(ad_click_schema(), window, event_time_from_record=True).parse(records)
+    valid, invalid, *_ = RecordParser(ad_click_schema(), window, event_time_from_record=True).parse(records)
     assert [(o, t) for o, t, *_ in valid] == [(0, H.BASE_MS + 5), (1, H.BASE_MS + 7)]
     assert [(o, r) for o, _, r in invalid] == [(2, NO_RECORD_TIMESTAMP)]
-    valid, invalid = RecordParser(ad_click_schema(), window).parse(records)
+    valid, invalid, *_ = RecordParser(ad_click_schema(), window).parse(records)
     assert [(o, t) for o, t, *_ in valid] == [(0, H.BASE_MS), (2, H.BASE_MS)]
     assert [o for o, _, r in invalid] == [1] and "event_time" in invalid[0][2]
 

@@ -6,7 +6,7 @@ so the newest one is the truth. There is no side file to disagree with it.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -54,3 +54,24 @@ def latest_committed_state(store: metadata_store.MetadataStore, pipeline_name: s
         if limit is not None and len(artifacts) < limit:
             break
     return windowing.CommittedState(), None
+
+
+def horizon_span_uris(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str,
+                      last_span: Optional[int], horizon_spans: int) -> List[str]:
+    """URIs of the live `Examples` of the newest `horizon_spans` emitted spans: their event ids are the dedup's.
+
+    A span whose payload retention already deleted cannot be checked; retention keeps the replay
+    window's spans, which is the default horizon.
+    """
+    if last_span is None or horizon_spans < 1:
+        return []
+    context = store.get_context_by_type_and_name(NODE_CONTEXT_TYPE, node_context_name(pipeline_name, node_id))
+    if context is None:
+        return []
+    uris = []
+    for artifact in store.get_artifacts_by_context(context.id):
+        span = artifact.properties["span"].int_value if "span" in artifact.properties else None
+        if (artifact.state == metadata_store_pb2.Artifact.LIVE and span is not None
+                and last_span - horizon_spans < span <= last_span):
+            uris.append(artifact.uri)
+    return sorted(uris)

@@ -9,8 +9,9 @@ publishes exactly one span, into that URI.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 from tfx import types
@@ -22,7 +23,7 @@ from tfx.types import artifact_utils
 from components.event_schema import EventSchema
 from components.streaming_example_gen import ingest, sources, windowing
 from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
-from components.streaming_example_gen.driver import COMMITTED_STATE_KEY
+from components.streaming_example_gen.driver import COMMITTED_STATE_KEY, DEDUP_SPAN_URIS_KEY
 
 EXAMPLES_KEY = "examples"
 PREVIOUS_EXAMPLES_KEY = "previous_examples"
@@ -66,21 +67,31 @@ def state_from_previous(previous: List[types.Artifact]) -> windowing.CommittedSt
     return max(states, key=lambda st: float("-inf") if st.last_span is None else st.last_span)
 
 
+def window_from_exec_properties(exec_properties: Dict[str, Any]) -> windowing.Window:
+    def ms(key: str) -> Optional[int]:
+        value = exec_properties.get(key)
+        return None if value is None else int(value) * 1000
+
+    return windowing.Window(span_ms=exec_properties["span_seconds"] * 1000,
+                            allowed_lateness_ms=exec_properties["allowed_lateness_seconds"] * 1000,
+                            eval_fraction=exec_properties["eval_fraction"],
+                            max_future_ms=ms("max_future_seconds"), max_lateness_ms=ms("max_lateness_seconds"))
+
+
 class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         state = committed_state_for(input_dict, exec_properties)
         driverless = bool(exec_properties.get(DRIVERLESS_KEY))
-        window = windowing.Window(span_ms=exec_properties["span_seconds"] * 1000,
-                                  allowed_lateness_ms=exec_properties["allowed_lateness_seconds"] * 1000,
-                                  eval_fraction=exec_properties["eval_fraction"])
+        window = window_from_exec_properties(exec_properties)
         template = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
         source = sources.from_exec_properties(exec_properties)
         run = ingest.run_ingest(
             self._make_beam_pipeline, source=source,
             schema=EventSchema.from_json(exec_properties["event_schema"]),
             window=window, state=state, output_root=template.uri, work_dir=self._get_tmp_dir(),
-            max_spans=1 if driverless else None, flat=driverless)
+            max_spans=1 if driverless else None, flat=driverless,
+            dedup_span_uris=json.loads(exec_properties.get(DEDUP_SPAN_URIS_KEY) or "[]"))
         artifacts = build_artifacts(template, run, window, flat=driverless)
         if driverless and not artifacts:
             raise NoClosedSpanError(
@@ -133,6 +144,10 @@ def build_artifacts(template: types.Artifact, run: ingest.IngestRun, window: win
             "train_count": stats.train,
             "eval_count": stats.eval,
             "dead_letter_count": run.result.dead_letters if span == first_span else 0,
+            # Of the dead letters, those refused for their event time (a producer's clock, a stale replay).
+            "future_count": run.result.dead_letter_kinds.get(windowing.FROM_THE_FUTURE, 0) if span == first_span else 0,
+            "too_late_count": run.result.dead_letter_kinds.get(windowing.TOO_LATE, 0) if span == first_span else 0,
+            "duplicate_count": stats.duplicates,
             "min_event_time_ms": stats.min_event_time_ms if stats.min_event_time_ms is not None else -1,
             "max_event_time_ms": stats.max_event_time_ms if stats.max_event_time_ms is not None else -1,
             "span_start_ms": start_ms,

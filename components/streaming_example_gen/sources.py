@@ -65,12 +65,12 @@ class EventLogSource:
             yield offset, line, None
 
     def expand_read(self, pipeline: beam.Pipeline, units: Sequence[event_log.Chunk], schema_json: str,
-                    window: windowing.Window):
+                    window: windowing.Window, bounds: Optional[windowing.TimeBounds] = None):
         return (pipeline
                 | "Chunks" >> beam.Create(list(units))
                 # Spread chunks over workers before the expensive parse.
                 | "Reshuffle" >> beam.Reshuffle()
-                | "Parse" >> beam.ParDo(ingest.ParseChunk(self, schema_json, window)))
+                | "Parse" >> beam.ParDo(ingest.ParseChunk(self, schema_json, window, bounds)))
 
     @staticmethod
     def lane(chunk: event_log.Chunk) -> str:
@@ -140,11 +140,11 @@ class KafkaSource:
             yield r.offset, r.value, r.timestamp_ms
 
     def expand_read(self, pipeline: beam.Pipeline, units: Sequence[kafka_log.KafkaRange], schema_json: str,
-                    window: windowing.Window):
+                    window: windowing.Window, bounds: Optional[windowing.TimeBounds] = None):
         # No reshuffle: the splittable DoFn's own expansion splits and distributes the ranges.
         return (pipeline
                 | "Ranges" >> beam.Create(list(units))
-                | "ReadKafka" >> beam.ParDo(ReadKafkaRange(self, schema_json, window)))
+                | "ReadKafka" >> beam.ParDo(ReadKafkaRange(self, schema_json, window, bounds)))
 
     @staticmethod
     def lane(rng: kafka_log.KafkaRange) -> int:
@@ -212,10 +212,12 @@ class ReadKafkaRange(beam.DoFn, beam.transforms.core.RestrictionProvider):
     `KafkaSource.check_complete` verifies they tile the plan.
     """
 
-    def __init__(self, source: KafkaSource, schema_json: str, window: windowing.Window):
+    def __init__(self, source: KafkaSource, schema_json: str, window: windowing.Window,
+                 bounds: Optional[windowing.TimeBounds] = None):
         self._source = source
         self._schema_json = schema_json
         self._window = window
+        self._bounds = bounds
 
     # -- RestrictionProvider ---------------------------------------------------------------------
     def initial_restriction(self, rng: kafka_log.KafkaRange) -> OffsetRange:
@@ -233,18 +235,18 @@ class ReadKafkaRange(beam.DoFn, beam.transforms.core.RestrictionProvider):
     # -- DoFn ---------------------------------------------------------------------------------------
     def setup(self):
         self._parser = ingest.RecordParser(EventSchema.from_json(self._schema_json), self._window,
-                                           self._source.event_time_from_record)
+                                           self._source.event_time_from_record, self._bounds)
         self._settings = self._source.settings
 
     def process(self, rng: kafka_log.KafkaRange, tracker=beam.DoFn.RestrictionParam()):
         restriction = tracker.current_restriction()
         if restriction.start < restriction.stop:
-            valid, invalid = self._parser.parse(self._claimed(rng, restriction, tracker))
+            parsed = self._parser.parse(self._claimed(rng, restriction, tracker), rng.partition,
+                                        self._source.position)
         else:
-            valid, invalid = [], []
+            parsed = ([], [], [], frozenset())
         done = tracker.current_restriction()
-        yield ingest.ParsedChunk(kafka_log.KafkaRange(rng.topic, rng.partition, done.start, done.stop),
-                                 valid, invalid)
+        yield ingest.ParsedChunk(kafka_log.KafkaRange(rng.topic, rng.partition, done.start, done.stop), *parsed)
 
     def _claimed(self, rng: kafka_log.KafkaRange, restriction: OffsetRange, tracker) -> Iterator[RawRecord]:
         records = kafka_log.read_partition(self._settings, rng.topic, rng.partition, restriction.start,

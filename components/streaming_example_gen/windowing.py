@@ -26,6 +26,21 @@ and its own position alone, which is why a crashed run can simply be redone:
 Invalid lines are dead-lettered by the first published run that reads them,
 that is, only at positions at or after ``end``.
 
+Event time is bounded, so one producer's clock cannot move the watermark:
+
+* an event more than ``max_future_ms`` ahead of the ingest machine's clock
+  is dead-lettered as *from the future*. Whether a line was from the future
+  is decided once, by the published run that first read it: each committed
+  state keeps the cutoff (clock + ``max_future_ms``) of the runs whose read
+  may still be re-read (``cutoffs``), so a re-read pending line is judged
+  against the cutoff it was first judged by, and a line dead-lettered then is
+  skipped now, however the clock moved. Cutoffs never decrease. A line read
+  before any cutoff was recorded (older code, or the bound switched off) is
+  judged now, so a log that already holds such an event recovers by itself,
+  and a committed watermark beyond the cutoff is not trusted;
+* an event that would be *late* and is older than the committed watermark
+  by more than ``max_lateness_ms`` is dead-lettered as *too late*.
+
 A position is whatever the source uses: a (segment, byte offset) of the
 event log, or per-partition offsets of a Kafka topic. ``end`` and ``resume``
 are frontiers (:class:`components.event_log.Position`,
@@ -37,7 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, FrozenSet, Iterable, Optional, Sequence, Union
+from typing import Any, Dict, FrozenSet, Iterable, Optional, Sequence, Tuple, Union
 
 from components.event_log import Position
 from components.kafka_log import KafkaOffsets, PartitionOffset
@@ -60,6 +75,7 @@ EVAL = "eval"
 SPLITS = (TRAIN, EVAL)
 
 # The fate of one event in one run.
+DEAD_LETTER = "dead_letter"
 SKIP = "skip"
 LATE = "late"
 ON_TIME = "on_time"
@@ -71,6 +87,9 @@ class Window:
     span_ms: int
     allowed_lateness_ms: int
     eval_fraction: float
+    # None switches the bound off (see the module docstring).
+    max_future_ms: Optional[int] = None
+    max_lateness_ms: Optional[int] = None
 
     def span_of(self, event_time_ms: int) -> int:
         return event_time_ms // self.span_ms
@@ -102,18 +121,40 @@ class CommittedState:
     resume: Optional[Frontier] = None
     last_span: Optional[int] = None
     max_event_time_ms: Optional[int] = None
+    # (end, future cutoff) of each published run whose read reaches past `resume`, oldest first: the
+    # first entry whose end covers a line is the run that first read it. A cutoff of None: read with no
+    # future bound (also what a state written before cutoffs existed means for everything before `end`).
+    cutoffs: Tuple[Tuple[Frontier, Optional[int]], ...] = ()
 
     @property
     def is_initial(self) -> bool:
         return self.end is None
 
+    @property
+    def future_cutoff_ms(self) -> Optional[int]:
+        """The newest cutoff a published run used; a later run never uses a smaller one."""
+        known = [c for _, c in self.cutoffs if c is not None]
+        return max(known) if known else None
+
+    def first_read_cutoff(self, position: RecordPosition) -> Tuple[bool, Optional[int]]:
+        """(whether a published run read the line at `position`, the future cutoff it was judged by)."""
+        if self.end is None or not self.end.covers(position):
+            return False, None
+        for end, cutoff in self.cutoffs:
+            if end.covers(position):
+                return True, cutoff
+        return True, None
+
     def to_json(self) -> str:
-        return json.dumps({
+        d = {
             "end": None if self.end is None else self.end.to_json_value(),
             "resume": None if self.resume is None else self.resume.to_json_value(),
             "last_span": self.last_span,
             "max_event_time_ms": self.max_event_time_ms,
-        }, sort_keys=True)
+        }
+        if self.cutoffs:
+            d["cutoffs"] = [[end.to_json_value(), cutoff] for end, cutoff in self.cutoffs]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: Optional[str]) -> "CommittedState":
@@ -122,7 +163,86 @@ class CommittedState:
         d = json.loads(text)
         pos = frontier_from_json_value
         return cls(end=pos(d.get("end")), resume=pos(d.get("resume")),
-                   last_span=d.get("last_span"), max_event_time_ms=d.get("max_event_time_ms"))
+                   last_span=d.get("last_span"), max_event_time_ms=d.get("max_event_time_ms"),
+                   cutoffs=tuple((pos(end), cutoff) for end, cutoff in d.get("cutoffs", ())))
+
+
+# Why a line is dead-lettered for its event time: `ingest` counts these reasons apart.
+FROM_THE_FUTURE = "from the future"
+TOO_LATE = "too late"
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeBounds:
+    """The event-time bounds of one run: built once from the state, the window and the run's clock."""
+
+    state: CommittedState
+    window: Window
+    # The newest event time this run accepts (None: no future bound).
+    cutoff_ms: Optional[int]
+
+    @classmethod
+    def for_run(cls, window: Window, state: CommittedState, now_ms: int) -> "TimeBounds":
+        cutoff = None
+        if window.max_future_ms is not None:
+            cutoff = now_ms + window.max_future_ms
+            if state.future_cutoff_ms is not None:
+                cutoff = max(cutoff, state.future_cutoff_ms)
+        return cls(state, window, cutoff)
+
+    @property
+    def lowest_cutoff_ms(self) -> Optional[int]:
+        """No event at or before this time is from the future by any run's cutoff: the fast path."""
+        if self.cutoff_ms is None and not self.state.cutoffs:
+            return None
+        known = [c for _, c in self.state.cutoffs if c is not None] + (
+            [self.cutoff_ms] if self.cutoff_ms is not None else [])
+        return min(known) if known else None
+
+    def future(self, position: RecordPosition, event_time_ms: int) -> Optional[str]:
+        """None for an event within bounds; else DEAD_LETTER (this run dead-letters it) or SKIP (one did)."""
+        low = self.lowest_cutoff_ms
+        if low is None or event_time_ms <= low:
+            return None
+        read, cutoff = self.state.first_read_cutoff(position)
+        if read and cutoff is not None:
+            # Judged by the run that first read it: dead-lettered then, or valid then and now.
+            return SKIP if event_time_ms > cutoff else None
+        if self.cutoff_ms is not None and event_time_ms > self.cutoff_ms:
+            return DEAD_LETTER
+        return None
+
+    @property
+    def too_late_before_ms(self) -> Optional[int]:
+        """A late event older than this is dead-lettered (None: no bound, or no watermark yet)."""
+        if self.window.max_lateness_ms is None or self.trusted_max_event_time_ms is None:
+            return None
+        return self.trusted_max_event_time_ms - self.window.allowed_lateness_ms - self.window.max_lateness_ms
+
+    @property
+    def trusted_max_event_time_ms(self) -> Optional[int]:
+        """The committed newest event time, unless it lies beyond the cutoff (committed before the bound)."""
+        t = self.state.max_event_time_ms
+        if t is not None and self.cutoff_ms is not None and t > self.cutoff_ms:
+            return None
+        return t
+
+    def next_cutoffs(self, read_end: Frontier, resume: Frontier) -> Tuple[Tuple[Frontier, Optional[int]], ...]:
+        """The cutoffs a run that read up to `read_end` commits, dropping runs nothing after `resume` was read by."""
+        history = list(self.state.cutoffs)
+        if self.state.end is not None and not history:
+            # Everything before the old end was read with no bound.
+            history.append((self.state.end, None))
+        history.append((read_end, self.cutoff_ms))
+        return tuple((end, cutoff) for end, cutoff in history if _reaches_past(end, resume))
+
+
+def _reaches_past(end: Frontier, resume: Frontier) -> bool:
+    """Whether a read that ended at `end` covered any record at or after `resume`."""
+    if isinstance(end, Position):
+        return end > resume
+    resume_offsets = resume.as_dict()
+    return any(o > resume_offsets.get(p, 0) for p, o in end.offsets)
 
 
 def fate_depends_on_position(state: CommittedState, span: int) -> bool:
@@ -175,7 +295,8 @@ class RunDecision:
 
 
 def decide(window: Window, state: CommittedState, run_max_event_time_ms: Optional[int],
-           candidate_spans: Iterable[int], max_spans: Optional[int] = None) -> RunDecision:
+           candidate_spans: Iterable[int], max_spans: Optional[int] = None,
+           bounds: Optional[TimeBounds] = None) -> RunDecision:
     """Which spans a run emits.
 
     `candidate_spans` are the spans newer than `state.last_span` that hold at
@@ -189,7 +310,9 @@ def decide(window: Window, state: CommittedState, run_max_event_time_ms: Optiona
     """
     if max_spans is not None and max_spans < 1:
         raise ValueError(f"max_spans must be >= 1 or None, got {max_spans}")
-    times = [t for t in (state.max_event_time_ms, run_max_event_time_ms) if t is not None]
+    # `run_max_event_time_ms` is over events within `bounds`; a committed maximum beyond them is not trusted.
+    committed_max = state.max_event_time_ms if bounds is None else bounds.trusted_max_event_time_ms
+    times = [t for t in (committed_max, run_max_event_time_ms) if t is not None]
     max_time = max(times) if times else None
     closed = window.closed_through(max_time)
     emitted = sorted(s for s in candidate_spans
@@ -202,19 +325,22 @@ def decide(window: Window, state: CommittedState, run_max_event_time_ms: Optiona
 
 
 def next_state(state: CommittedState, decision: RunDecision, read_end: Frontier,
-               first_pending: Optional[Frontier]) -> CommittedState:
+               first_pending: Optional[Frontier], bounds: Optional[TimeBounds] = None) -> CommittedState:
     """The state a run commits when it publishes its spans.
 
     `first_pending` is a frontier at the earliest record left pending (per
-    partition, for Kafka), or None when nothing is.
+    partition, for Kafka), or None when nothing is. `bounds` are the run's
+    time bounds, whose cutoff the state keeps while its lines may be re-read.
     """
     if not decision.emits:
         return state
+    resume = read_end.with_pending(first_pending)
     return CommittedState(
         end=read_end,
-        resume=read_end.with_pending(first_pending),
+        resume=resume,
         last_span=max(decision.emitted_spans),
         max_event_time_ms=decision.max_event_time_ms,
+        cutoffs=bounds.next_cutoffs(read_end, resume) if bounds is not None else (),
     )
 
 
@@ -228,6 +354,8 @@ class SpanStats:
     eval: int = 0
     min_event_time_ms: Optional[int] = None
     max_event_time_ms: Optional[int] = None
+    # Events kept out of the span because their event id was already emitted (within the horizon).
+    duplicates: int = 0
 
     def add(self, event_time_ms: int, split: str, late: bool) -> None:
         self.add_many((event_time_ms,), split, late)
@@ -253,7 +381,8 @@ class SpanStats:
         mins = [t for t in (self.min_event_time_ms, other.min_event_time_ms) if t is not None]
         maxs = [t for t in (self.max_event_time_ms, other.max_event_time_ms) if t is not None]
         return SpanStats(self.events + other.events, self.late + other.late, self.train + other.train,
-                         self.eval + other.eval, min(mins) if mins else None, max(maxs) if maxs else None)
+                         self.eval + other.eval, min(mins) if mins else None, max(maxs) if maxs else None,
+                         self.duplicates + other.duplicates)
 
     def to_dict(self) -> Dict[str, Optional[int]]:
         return dataclasses.asdict(self)
