@@ -9,16 +9,27 @@ Reading goes through ``tf.io.gfile`` so a log may live on ``gs://``. Writing
 (the simulator) is local: it relies on O_APPEND so that a concurrent reader
 only ever sees whole lines, apart from a partial line at the very tail of the
 newest segment, which readers leave for the next run.
+
+Several writers may share a folder. Every writer takes an exclusive
+``flock`` on ``<log_dir>/.writer.lock`` around each append and rotation and
+appends only to the newest segment: once a segment is older than the newest,
+it never changes again.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import re
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 SEGMENT_SUFFIX = ".jsonl"
 SEGMENT_PREFIX = "segment-"
+_SEGMENT_NAME = re.compile(re.escape(SEGMENT_PREFIX) + r"(\d+)" + re.escape(SEGMENT_SUFFIX) + "$")
+# The file every writer flocks; it does not end in SEGMENT_SUFFIX, so readers never see it.
+WRITER_LOCK_FILE = ".writer.lock"
 _TAIL_BLOCK = 64 * 1024
 
 
@@ -223,9 +234,16 @@ def read_chunk(log_dir: str, chunk: Chunk) -> Iterator[Tuple[int, bytes]]:
 class EventLogWriter:
     """Appends JSON Lines to a local log folder, rotating segments by size.
 
-    Each line is written with one ``write`` on an O_APPEND descriptor, so a
-    reader never sees a torn line except at the tail of the newest segment.
-    Reopening a folder continues its newest segment.
+    Each batch of lines is written with one ``write`` on an O_APPEND
+    descriptor, so a reader never sees a torn line except at the tail of the
+    newest segment. Any number of writers, in any processes, may share a
+    folder: each batch and each rotation runs under an exclusive ``flock`` on
+    ``<log_dir>/.writer.lock``, and under it the writer re-finds the newest
+    segment and its size, so it never appends to a segment another writer has
+    rotated away from, and rotation decisions see every writer's lines. A
+    newest segment that does not end in a newline (a writer died mid-line)
+    gets one first, so the next line starts whole; the torn fragment stays a
+    line of its own, which ingestion dead-letters.
     """
 
     def __init__(self, log_dir: str, max_segment_bytes: int = 16 << 20):
@@ -234,40 +252,80 @@ class EventLogWriter:
         self.log_dir = log_dir
         self.max_segment_bytes = max_segment_bytes
         os.makedirs(log_dir, exist_ok=True)
-        existing = sorted(n for n in os.listdir(log_dir)
-                          if n.startswith(SEGMENT_PREFIX) and n.endswith(SEGMENT_SUFFIX))
-        self._index = int(existing[-1][len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)]) if existing else 0
+        self._lock_fd: Optional[int] = os.open(os.path.join(log_dir, WRITER_LOCK_FILE), os.O_RDWR | os.O_CREAT,
+                                               0o644)
         self._fd: Optional[int] = None
+        self._index = -1
         self._size = 0
-        self._open()
+        with self._locked():
+            pass  # opens (creates) the newest segment now, and ends a line a crashed writer left torn
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._lock_fd is None:
+            raise ValueError(f"the writer of {self.log_dir!r} is closed")
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            self._attach()
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _newest_index(self) -> int:
+        if self._index < 0:
+            indices = [int(m.group(1)) for m in map(_SEGMENT_NAME.match, os.listdir(self.log_dir)) if m]
+            return max(indices, default=0)
+        # Writers rotate one index at a time under the lock, so probing the next names finds the newest
+        # without listing a folder of many segments on every batch.
+        index = self._index
+        while os.path.exists(os.path.join(self.log_dir, segment_name(index + 1))):
+            index += 1
+        return index
+
+    def _attach(self) -> None:
+        """Under the lock: open the newest segment (another writer may have rotated), learn its size,
+        and end a torn last line."""
+        index = self._newest_index()
+        if index != self._index or self._fd is None:
+            self._close_segment()
+            self._index = index
+            self._open()
+        self._size = os.fstat(self._fd).st_size
+        if self._size and os.pread(self._fd, 1, self._size - 1) != b"\n":
+            self._write_all(b"\n")
 
     def _open(self) -> None:
         path = os.path.join(self.log_dir, segment_name(self._index))
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # Read as well as append: _attach looks at the last byte.
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = os.fstat(self._fd).st_size
 
     def write_lines(self, lines: Sequence[bytes]) -> None:
         """Appends lines (each without its newline), rotating between lines."""
-        batch: List[bytes] = []
-        batch_size = 0
-        for line in lines:
-            record = line + b"\n"
-            if self._size + batch_size > 0 and self._size + batch_size + len(record) > self.max_segment_bytes:
-                self._flush(batch)
-                batch, batch_size = [], 0
-                self._rotate()
-            batch.append(record)
-            batch_size += len(record)
-        self._flush(batch)
+        records = [line + b"\n" for line in lines]
+        if not records:
+            return
+        with self._locked():
+            batch: List[bytes] = []
+            batch_size = 0
+            for record in records:
+                if self._size + batch_size > 0 and self._size + batch_size + len(record) > self.max_segment_bytes:
+                    self._flush(batch)
+                    batch, batch_size = [], 0
+                    self._rotate()
+                batch.append(record)
+                batch_size += len(record)
+            self._flush(batch)
 
     def write_events(self, events: Sequence[dict]) -> None:
         self.write_lines([json.dumps(e, separators=(",", ":")).encode() for e in events])
 
     def _flush(self, batch: List[bytes]) -> None:
-        if not batch:
-            return
-        data = b"".join(batch)
-        # Whole lines in one write: O_APPEND makes it land as a unit at the end.
+        if batch:
+            # Whole lines in one write: O_APPEND makes it land as a unit at the end.
+            self._write_all(b"".join(batch))
+
+    def _write_all(self, data: bytes) -> None:
         written = os.write(self._fd, data)
         while written < len(data):
             written += os.write(self._fd, data[written:])
@@ -275,14 +333,20 @@ class EventLogWriter:
 
     def _rotate(self) -> None:
         os.fsync(self._fd)
-        os.close(self._fd)
+        self._close_segment()
         self._index += 1
         self._open()
 
-    def close(self) -> None:
+    def _close_segment(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def close(self) -> None:
+        self._close_segment()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> "EventLogWriter":
         return self

@@ -1,9 +1,19 @@
+import json
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 
 from components.event_log import EventLogError, EventLogWriter, Position, plan_read, read_chunk, segment_name
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def segments(log_dir):
+    """The segment names, oldest first (the folder also holds the writers' lock file)."""
+    return sorted(n for n in os.listdir(log_dir) if n.endswith(".jsonl"))
 
 
 def read_all(log_dir, start=None, chunk_bytes=1 << 20):
@@ -25,11 +35,12 @@ def test_every_line_is_read_exactly_once_whatever_the_chunking(tmp_path, chunk_b
     lines = write_random_log(str(tmp_path), 300)
     plan, read = read_all(str(tmp_path), chunk_bytes=chunk_bytes)
     assert [line for _, line in read] == lines
-    assert len(os.listdir(tmp_path)) > 5  # rotated
+    assert len(segments(tmp_path)) > 5  # rotated
     # Positions are line starts, strictly increasing in log order.
     positions = [p for p, _ in read]
     assert positions == sorted(positions) and len(set(positions)) == len(positions)
-    assert plan.end == Position(sorted(os.listdir(tmp_path))[-1], os.path.getsize(tmp_path / sorted(os.listdir(tmp_path))[-1]))
+    newest = segments(tmp_path)[-1]
+    assert plan.end == Position(newest, os.path.getsize(tmp_path / newest))
 
 
 def test_reading_resumes_from_any_line_start(tmp_path):
@@ -73,7 +84,7 @@ def test_writer_continues_the_newest_segment_and_never_splits_a_line(tmp_path):
         w.write_lines([b"aaaa", b"bbbbbbbbbbbbbbb", b"cc"])
     with EventLogWriter(log, max_segment_bytes=10) as w:
         w.write_lines([b"d"])
-    contents = [open(os.path.join(log, n), "rb").read() for n in sorted(os.listdir(log))]
+    contents = [open(os.path.join(log, n), "rb").read() for n in segments(log)]
     assert contents == [b"aaaa\n", b"bbbbbbbbbbbbbbb\n", b"cc\nd\n"]
 
 
@@ -101,3 +112,73 @@ def test_position_json_and_order():
     p = Position(segment_name(3), 17)
     assert Position.from_json(p.to_json()) == p
     assert Position(segment_name(2), 999) < Position(segment_name(3), 0) < Position(segment_name(3), 1)
+
+
+# -- several writers, torn lines --------------------------------------------------------------------------------
+
+
+def read_on(log_dir, plan, chunk_bytes=1 << 20):
+    """The next plan after `plan` (as a published run would commit it), and the lines it reads."""
+    nxt = plan_read(log_dir, plan.end, chunk_bytes=chunk_bytes)
+    return nxt, [line for c in nxt.chunks for _, line in read_chunk(log_dir, c)]
+
+
+def test_a_second_writer_appends_to_the_segment_the_first_one_rotated_to(tmp_path):
+    log = str(tmp_path)
+    a = EventLogWriter(log, max_segment_bytes=16)
+    b = EventLogWriter(log, max_segment_bytes=16)  # both open while segment 0 is the newest
+    a.write_lines([b"a1-------"])
+    a.write_lines([b"a2-------"])  # rotates to segment 1
+    plan, read = read_all(log)
+    assert [line for _, line in read] == [b"a1-------", b"a2-------"]
+    b.write_lines([b"b1"])  # must not go into segment 0, which the reader has passed
+    a.write_lines([b"a3"])
+    b.write_lines([b"b2-------"])  # segment 1 is full (a2, b1, a3): b rotates, a follows
+    a.write_lines([b"a4"])
+    a.close()
+    b.close()
+    _, rest = read_on(log, plan)
+    assert rest == [b"b1", b"a3", b"b2-------", b"a4"]
+    assert [open(os.path.join(log, n), "rb").read() for n in segments(log)] == [
+        b"a1-------\n", b"a2-------\nb1\na3\n", b"b2-------\na4\n"]
+
+
+def test_a_new_writer_starts_on_a_new_line_after_a_torn_one(tmp_path):
+    log = str(tmp_path)
+    with EventLogWriter(log) as w:
+        w.write_events([{"event_id": "e1"}])
+    with open(os.path.join(log, segment_name(0)), "ab") as f:
+        f.write(b'{"event_id":"e2","ev')  # a writer died mid-line
+    with EventLogWriter(log) as w:
+        w.write_events([{"event_id": "e3"}])
+    _, read = read_all(log)
+    assert [line for _, line in read] == [b'{"event_id":"e1"}', b'{"event_id":"e2","ev', b'{"event_id":"e3"}']
+    assert json.loads(read[-1][1]) == {"event_id": "e3"}
+
+
+def test_a_running_writer_starts_on_a_new_line_after_another_writer_died_mid_line(tmp_path):
+    log = str(tmp_path)
+    w = EventLogWriter(log)
+    w.write_lines([b"one"])
+    with open(os.path.join(log, segment_name(0)), "ab") as f:
+        f.write(b"tor")  # another writer, killed mid-line while `w` stays open
+    w.write_lines([b"two"])
+    w.close()
+    _, read = read_all(log)
+    assert [line for _, line in read] == [b"one", b"tor", b"two"]
+
+
+def test_a_writer_that_died_mid_line_leaves_the_next_writer_a_whole_line(tmp_path):
+    # A real process killed in the middle of its write: the lock dies with it.
+    log = str(tmp_path)
+    code = ("import os, sys; from components.event_log import EventLogWriter\n"
+            "w = EventLogWriter(sys.argv[1]); w.write_lines([b'first'])\n"
+            "with w._locked():\n"
+            "    os.write(w._fd, b'{\"half'); os.kill(os.getpid(), 9)\n")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    proc = subprocess.run([sys.executable, "-c", code, log], env=env, cwd=REPO_ROOT)
+    assert proc.returncode == -9
+    with EventLogWriter(log) as w:
+        w.write_lines([b'{"whole":1}'])
+    _, read = read_all(log)
+    assert [line for _, line in read] == [b"first", b'{"half', b'{"whole":1}']
