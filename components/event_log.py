@@ -13,7 +13,9 @@ newest segment, which readers leave for the next run.
 Several writers may share a folder. Every writer takes an exclusive
 ``flock`` on ``<log_dir>/.writer.lock`` around each append and rotation and
 appends only to the newest segment: once a segment is older than the newest,
-it never changes again.
+it never changes again. The reader relies on that, and stops with an
+:class:`EventLogError` when a segment it has already read to its end grows
+(a writer appending without the lock).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import fcntl
 import json
 import os
 import re
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Mapping, Optional, Sequence, Tuple
 
 SEGMENT_SUFFIX = ".jsonl"
 SEGMENT_PREFIX = "segment-"
@@ -31,6 +33,8 @@ _SEGMENT_NAME = re.compile(re.escape(SEGMENT_PREFIX) + r"(\d+)" + re.escape(SEGM
 # The file every writer flocks; it does not end in SEGMENT_SUFFIX, so readers never see it.
 WRITER_LOCK_FILE = ".writer.lock"
 _TAIL_BLOCK = 64 * 1024
+# How many passed segments (older than the newest) a committed state remembers the size of.
+PASSED_SEGMENTS_KEPT = 64
 
 
 class EventLogError(RuntimeError):
@@ -89,6 +93,10 @@ class ReadPlan:
     start: Position
     end: Position
     chunks: Tuple[Chunk, ...]
+    # (name, size) of the newest PASSED_SEGMENTS_KEPT segments older than the newest, as this
+    # plan saw them: read to their end by now, so they must never grow. The committed state
+    # keeps them for the next plan's check (CommittedState.segment_sizes).
+    segment_sizes: Tuple[Tuple[str, int], ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -143,17 +151,52 @@ def _last_newline_end(path: str, size: int) -> int:
     return 0
 
 
-def plan_read(log_dir: str, start: Optional[Position], chunk_bytes: int = 8 << 20) -> ReadPlan:
+def check_passed_segments(log_dir: str, segments: Sequence[Tuple[str, int]],
+                          passed_sizes: Mapping[str, int]) -> None:
+    """Raises EventLogError when a segment read to its end by an earlier plan has grown since.
+
+    `segments` is the log as listed now, `passed_sizes` the sizes an earlier
+    plan recorded (ReadPlan.segment_sizes). A segment that is gone is not an
+    error here: what was read of it was read. A grown one is: the reader never
+    goes back to a passed segment, and the committed end covers every position
+    in it, so the appended lines would be lost without a word.
+    """
+    grown = [(name, passed_sizes[name], size) for name, size in segments
+             if name in passed_sizes and size > passed_sizes[name]]
+    if not grown:
+        return
+    newest = segments[-1][0]
+    name, before, after = grown[0]
+    others = (f" ({len(grown) - 1} more segment(s) grew too: {', '.join(n for n, _, _ in grown[1:])})"
+              if grown[1:] else "")
+    raise EventLogError(
+        f"segment {name!r} in {log_dir!r} grew from {before} to {after} bytes after ingestion had read it to its "
+        f"end{others}. A second writer appended to a segment that another writer had already rotated away from, "
+        f"without the writer lock; the reader never goes back to a passed segment, so those lines would be lost. "
+        f"Make every producer append through components.event_log.EventLogWriter, or take an exclusive flock on "
+        f"{os.path.join(log_dir, WRITER_LOCK_FILE)!r} around each append and rotation and append only to the "
+        f"newest segment. To keep the stray lines, move them under that lock: append bytes {before}..{after} of "
+        f"{name!r} to the newest segment {newest!r} (starting on a new line), truncate {name!r} back to {before} "
+        f"bytes, and run ingestion again.")
+
+
+def plan_read(log_dir: str, start: Optional[Position], chunk_bytes: int = 8 << 20,
+              passed_sizes: Sequence[Tuple[str, int]] = ()) -> ReadPlan:
     """Splits what lies between `start` and the end of the log into chunks.
 
     The end is the end of the last complete line of the newest segment: a
     line the producer is still writing is left for the next run. In older
     segments the producer has moved on, so a missing final newline is a
     truncated line; it is read (and dead-lettered if it does not parse).
+
+    `passed_sizes` are the `segment_sizes` of the plan whose end the
+    committed state holds: a segment among them that has grown since is an
+    EventLogError (see `check_passed_segments`).
     """
     if chunk_bytes < 1:
         raise ValueError("chunk_bytes must be >= 1")
     segments = list_segments(log_dir)
+    check_passed_segments(log_dir, segments, dict(passed_sizes))
     if start is not None:
         names = [n for n, _ in segments]
         if start.segment and start.segment not in names:
@@ -178,7 +221,11 @@ def plan_read(log_dir: str, start: Optional[Position], chunk_bytes: int = 8 << 2
         end = Position(name, limit)
     if start is None:
         start = Position(segments[0][0], 0) if segments else Position("", 0)
-    return ReadPlan(start=start, end=end or start, chunks=tuple(chunks))
+    # Every segment but the newest has been read to its end once this plan is done (earlier plans
+    # read those before `start`); only the newest may still grow. The sizes of passed segments
+    # that were recorded before equal these, or check_passed_segments stopped above.
+    passed = tuple(segments[:-1][-PASSED_SEGMENTS_KEPT:])
+    return ReadPlan(start=start, end=end or start, chunks=tuple(chunks), segment_sizes=passed)
 
 
 def read_chunk(log_dir: str, chunk: Chunk) -> Iterator[Tuple[int, bytes]]:

@@ -114,12 +114,12 @@ def test_position_json_and_order():
     assert Position(segment_name(2), 999) < Position(segment_name(3), 0) < Position(segment_name(3), 1)
 
 
-# -- several writers, torn lines --------------------------------------------------------------------------------
+# -- several writers, torn lines, segments that grow after they were passed -------------------------------------
 
 
 def read_on(log_dir, plan, chunk_bytes=1 << 20):
     """The next plan after `plan` (as a published run would commit it), and the lines it reads."""
-    nxt = plan_read(log_dir, plan.end, chunk_bytes=chunk_bytes)
+    nxt = plan_read(log_dir, plan.end, chunk_bytes=chunk_bytes, passed_sizes=plan.segment_sizes)
     return nxt, [line for c in nxt.chunks for _, line in read_chunk(log_dir, c)]
 
 
@@ -182,3 +182,45 @@ def test_a_writer_that_died_mid_line_leaves_the_next_writer_a_whole_line(tmp_pat
         w.write_lines([b'{"whole":1}'])
     _, read = read_all(log)
     assert [line for _, line in read] == [b"first", b'{"half', b'{"whole":1}']
+
+
+def test_a_segment_that_grows_after_it_was_passed_stops_the_read_with_the_cause(tmp_path):
+    log = str(tmp_path)
+    with EventLogWriter(log, max_segment_bytes=10) as w:
+        w.write_lines([b"aaaaaaa", b"bbbbbbb", b"ccccccc"])  # three segments
+    plan, _ = read_all(log)
+    assert plan.segment_sizes == ((segment_name(0), 8), (segment_name(1), 8))
+    with EventLogWriter(log, max_segment_bytes=10) as w:
+        w.write_lines([b"d"])
+    plan, rest = read_on(log, plan)  # a locked writer appends to the newest only: fine
+    assert rest == [b"d"]
+    # A writer without the lock, still holding segment 1, appends to it.
+    with open(os.path.join(log, segment_name(1)), "ab") as f:
+        f.write(b"lost\n")
+    with pytest.raises(EventLogError) as e:
+        read_on(log, plan)
+    message = str(e.value)
+    assert f"segment {segment_name(1)!r}" in message and "grew from 8 to 13 bytes" in message
+    assert "without the writer lock" in message and ".writer.lock" in message
+    assert f"truncate {segment_name(1)!r} back to 8" in message
+    # The repair the message names: the stray line moves to the newest segment, the passed one is cut back.
+    with open(os.path.join(log, segment_name(1)), "r+b") as f:
+        f.truncate(8)
+    with EventLogWriter(log, max_segment_bytes=10) as w:
+        w.write_lines([b"lost"])
+    _, rest = read_on(log, plan)
+    assert rest == [b"lost"]
+
+
+def test_passed_segment_sizes_are_bounded_and_a_deleted_passed_segment_is_no_error(tmp_path):
+    log = str(tmp_path)
+    with EventLogWriter(log, max_segment_bytes=2) as w:
+        w.write_lines([b"%d" % (i % 10) for i in range(100)])  # 100 segments of one line each
+    plan, read = read_all(log)
+    assert len(read) == 100
+    assert [n for n, _ in plan.segment_sizes] == [segment_name(i) for i in range(35, 99)]
+    os.remove(os.path.join(log, segment_name(40)))
+    with EventLogWriter(log, max_segment_bytes=2) as w:
+        w.write_lines([b"x"])
+    nxt, rest = read_on(log, plan)
+    assert rest == [b"x"] and len(nxt.segment_sizes) == 64

@@ -397,5 +397,7 @@ def run_ingest(make_pipeline, *, source, schema: EventSchema, window: windowing.
     result = read_summary(summary_path)
     # Committing `plan.end` after a unit was lost would skip its events forever.
     source.check_complete(plan, result.units)
-    committed = windowing.next_state(state, result.decision, plan.end, result.first_pending)
+    # An event-log plan carries the sizes of the segments it passed, for the next plan's check.
+    committed = windowing.next_state(state, result.decision, plan.end, result.first_pending,
+                                     segment_sizes=getattr(plan, "segment_sizes", ()))
     return IngestRun(plan, state, committed, result, time.monotonic() - started)

@@ -58,7 +58,8 @@ class EventLogSource:
     def plan(self, state: windowing.CommittedState) -> event_log.ReadPlan:
         if _switched_source(state, event_log.Position):
             raise event_log.EventLogError(_switch_message("a Kafka source", self.describe()))
-        return event_log.plan_read(self.log_dir, state.resume, chunk_bytes=self.chunk_bytes)
+        return event_log.plan_read(self.log_dir, state.resume, chunk_bytes=self.chunk_bytes,
+                                   passed_sizes=state.segment_sizes)
 
     def read(self, chunk: event_log.Chunk) -> Iterator[RawRecord]:
         for offset, line in event_log.read_chunk(self.log_dir, chunk):

@@ -10,7 +10,10 @@ its ``Examples`` artifacts in ML Metadata:
 * ``resume``: the earliest position holding an event that was read but not
   yet emitted because its span had not closed (``end`` when there is none);
 * ``last_span``: the newest span emitted;
-* ``max_event_time_ms``: the newest event time seen, which drives the watermark.
+* ``max_event_time_ms``: the newest event time seen, which drives the watermark;
+* ``segment_sizes`` (event log only): the sizes of the newest segments that the
+  run read to their end; the next plan stops if one of them has grown
+  (:func:`components.event_log.check_passed_segments`).
 
 A run re-reads from ``resume`` and decides each event's fate from the state
 and its own position alone, which is why a crashed run can simply be redone:
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, FrozenSet, Iterable, Optional, Sequence, Union
+from typing import Any, Dict, FrozenSet, Iterable, Optional, Sequence, Tuple, Union
 
 from components.event_log import Position
 from components.kafka_log import KafkaOffsets, PartitionOffset
@@ -102,18 +105,23 @@ class CommittedState:
     resume: Optional[Frontier] = None
     last_span: Optional[int] = None
     max_event_time_ms: Optional[int] = None
+    # (segment, size) of passed event-log segments (ReadPlan.segment_sizes); empty for Kafka.
+    segment_sizes: Tuple[Tuple[str, int], ...] = ()
 
     @property
     def is_initial(self) -> bool:
         return self.end is None
 
     def to_json(self) -> str:
-        return json.dumps({
+        d = {
             "end": None if self.end is None else self.end.to_json_value(),
             "resume": None if self.resume is None else self.resume.to_json_value(),
             "last_span": self.last_span,
             "max_event_time_ms": self.max_event_time_ms,
-        }, sort_keys=True)
+        }
+        if self.segment_sizes:  # absent when empty: a Kafka state reads as before
+            d["segment_sizes"] = [[name, size] for name, size in self.segment_sizes]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: Optional[str]) -> "CommittedState":
@@ -122,7 +130,13 @@ class CommittedState:
         d = json.loads(text)
         pos = frontier_from_json_value
         return cls(end=pos(d.get("end")), resume=pos(d.get("resume")),
-                   last_span=d.get("last_span"), max_event_time_ms=d.get("max_event_time_ms"))
+                   last_span=d.get("last_span"), max_event_time_ms=d.get("max_event_time_ms"),
+                   # States committed before segment sizes were recorded have none.
+                   segment_sizes=segment_sizes_from_json_value(d.get("segment_sizes")))
+
+
+def segment_sizes_from_json_value(value: Any) -> Tuple[Tuple[str, int], ...]:
+    return tuple((str(name), int(size)) for name, size in value or ())
 
 
 def fate_depends_on_position(state: CommittedState, span: int) -> bool:
@@ -202,11 +216,13 @@ def decide(window: Window, state: CommittedState, run_max_event_time_ms: Optiona
 
 
 def next_state(state: CommittedState, decision: RunDecision, read_end: Frontier,
-               first_pending: Optional[Frontier]) -> CommittedState:
+               first_pending: Optional[Frontier],
+               segment_sizes: Sequence[Tuple[str, int]] = ()) -> CommittedState:
     """The state a run commits when it publishes its spans.
 
     `first_pending` is a frontier at the earliest record left pending (per
-    partition, for Kafka), or None when nothing is.
+    partition, for Kafka), or None when nothing is. `segment_sizes` are the
+    event-log plan's sizes of passed segments (none for Kafka).
     """
     if not decision.emits:
         return state
@@ -215,6 +231,7 @@ def next_state(state: CommittedState, decision: RunDecision, read_end: Frontier,
         resume=read_end.with_pending(first_pending),
         last_span=max(decision.emitted_spans),
         max_event_time_ms=decision.max_event_time_ms,
+        segment_sizes=tuple((str(n), int(s)) for n, s in segment_sizes),
     )
 
 
