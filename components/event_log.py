@@ -16,6 +16,10 @@ appends only to the newest segment: once a segment is older than the newest,
 it never changes again. The reader relies on that, and stops with an
 :class:`EventLogError` when a segment it has already read to its end grows
 (a writer appending without the lock).
+
+A line longer than ``max_line_bytes`` is never held whole: the reader yields
+an :class:`OverlongLine`, a bounded prefix that carries the line's length, so
+the parser dead-letters it.
 """
 from __future__ import annotations
 
@@ -33,12 +37,39 @@ _SEGMENT_NAME = re.compile(re.escape(SEGMENT_PREFIX) + r"(\d+)" + re.escape(SEGM
 # The file every writer flocks; it does not end in SEGMENT_SUFFIX, so readers never see it.
 WRITER_LOCK_FILE = ".writer.lock"
 _TAIL_BLOCK = 64 * 1024
+# A line longer than this is yielded as an OverlongLine (configurable per read).
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+# How much of an over-long line is kept, for its dead letter.
+OVERLONG_PREFIX_BYTES = 1024
 # How many passed segments (older than the newest) a committed state remembers the size of.
 PASSED_SEGMENTS_KEPT = 64
 
 
 class EventLogError(RuntimeError):
     """The log cannot be read as configured; the message says what to fix."""
+
+
+class OverlongLine(bytes):
+    """A line longer than the read's ``max_line_bytes``: its first bytes only, and its true length.
+
+    The content is a prefix (at most ``OVERLONG_PREFIX_BYTES``), enough for a
+    dead letter to show what the line was; ``full_length`` is the length of
+    the whole line without its newline. The line is never held whole.
+    """
+
+    full_length: int
+
+    def __new__(cls, prefix: bytes, full_length: int) -> "OverlongLine":
+        self = super().__new__(cls, prefix)
+        self.full_length = full_length
+        return self
+
+    def __reduce__(self):
+        # bytes' own pickling would call __new__ without full_length (Beam pickles what crosses a stage).
+        return (OverlongLine, (bytes(self), self.full_length))
+
+    def __repr__(self) -> str:
+        return f"OverlongLine({bytes(self)!r}, full_length={self.full_length})"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -228,8 +259,68 @@ def plan_read(log_dir: str, start: Optional[Position], chunk_bytes: int = 8 << 2
     return ReadPlan(start=start, end=end or start, chunks=tuple(chunks), segment_sizes=passed)
 
 
-def read_chunk(log_dir: str, chunk: Chunk) -> Iterator[Tuple[int, bytes]]:
-    """Yields (offset, line without newline) for each line starting in the chunk."""
+def _is_blank(line: bytes) -> bool:
+    # bytes.isspace tests without copying; strip() would copy a long line.
+    return not line or line.isspace()
+
+
+def _bounded(line: bytes, max_line_bytes: int) -> bytes:
+    """The line itself, or its OverlongLine when it is longer than max_line_bytes."""
+    if len(line) <= max_line_bytes:
+        return line
+    return OverlongLine(line[:min(OVERLONG_PREFIX_BYTES, max_line_bytes)], len(line))
+
+
+def _finish_line(f, head: bytes, pos: int, limit: int, max_line_bytes: int) -> Optional[bytes]:
+    """Reads on from `pos` (where `f` stands) to the end of a line begun by `head`, or to `limit`.
+
+    Returns the line, its OverlongLine when longer than max_line_bytes, or
+    None when it is blank. At most max_line_bytes plus one block of what lies
+    past `pos` is held, however long the line runs.
+    """
+    parts = [head]
+    kept = length = len(head)
+    blank = _is_blank(head)
+    while pos < limit:
+        block = f.read(min(_TAIL_BLOCK, limit - pos))
+        if not block:
+            break
+        nl = block.find(b"\n")
+        piece = block if nl < 0 else block[:nl]
+        length += len(piece)
+        pos += len(block)
+        blank = blank and _is_blank(piece)
+        if kept <= max_line_bytes:
+            # Until the line is known to be over-long, keep it whole; after, only its length counts.
+            parts.append(piece)
+            kept += len(piece)
+        if nl >= 0:
+            break
+    if blank:
+        return None
+    if length <= max_line_bytes:
+        return b"".join(parts)
+    prefix_bytes = min(OVERLONG_PREFIX_BYTES, max_line_bytes)
+    prefix, have = [], 0
+    for part in parts:
+        if have >= prefix_bytes:
+            break
+        prefix.append(part[:prefix_bytes - have])
+        have += len(prefix[-1])
+    return OverlongLine(b"".join(prefix), length)
+
+
+def read_chunk(log_dir: str, chunk: Chunk, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Tuple[int, bytes]]:
+    """Yields (offset, line without newline) for each line starting in the chunk.
+
+    A line longer than `max_line_bytes` comes out as an :class:`OverlongLine`
+    (a prefix and its true length), and is never read whole: the chunk itself
+    is read at once (at most `chunk.end - chunk.start` bytes), and a line that
+    runs past the chunk's end is finished block by block, keeping at most
+    `max_line_bytes` of it.
+    """
+    if max_line_bytes < 1:
+        raise ValueError("max_line_bytes must be >= 1")
     path = os.path.join(log_dir, chunk.segment)
     with _gfile().GFile(path, "rb") as f:
         begin = chunk.start
@@ -253,29 +344,23 @@ def read_chunk(log_dir: str, chunk: Chunk) -> Iterator[Tuple[int, bytes]]:
         if begin >= chunk.end:
             # The whole chunk lies inside a line owned by an earlier chunk.
             return
-        # The last line may run past the chunk's end: finish it.
-        if data and not data.endswith(b"\n") and chunk.end < chunk.segment_limit:
-            extra = []
-            pos = chunk.end
-            while pos < chunk.segment_limit:
-                block = f.read(min(_TAIL_BLOCK, chunk.segment_limit - pos))
-                if not block:
-                    break
-                nl = block.find(b"\n")
-                if nl >= 0:
-                    extra.append(block[:nl + 1])
-                    break
-                extra.append(block)
-                pos += len(block)
-            data += b"".join(extra)
-    offset = begin
-    for line in data.split(b"\n"):
-        if offset >= chunk.end:
-            break
-        length = len(line) + 1
-        if line.strip():
-            yield offset, line
-        offset += length
+        # `data` is [begin, chunk.end): whole lines, then what follows the last newline, a line
+        # that runs on past the chunk's end (or the truncated last line of an older segment).
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        del data
+        offset = begin
+        for line in lines:
+            if len(line) > max_line_bytes:
+                if not _is_blank(line):
+                    yield offset, _bounded(line, max_line_bytes)
+            elif line.strip():
+                yield offset, line
+            offset += len(line) + 1
+        if rest:
+            last = _finish_line(f, rest, chunk.end, chunk.segment_limit, max_line_bytes)
+            if last is not None:
+                yield offset, last
 
 
 class EventLogWriter:

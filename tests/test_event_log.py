@@ -1,12 +1,15 @@
 import json
 import os
+import pickle
 import random
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
-from components.event_log import EventLogError, EventLogWriter, Position, plan_read, read_chunk, segment_name
+from components.event_log import (
+    OVERLONG_PREFIX_BYTES, EventLogError, EventLogWriter, OverlongLine, Position, plan_read, read_chunk, segment_name)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -224,3 +227,83 @@ def test_passed_segment_sizes_are_bounded_and_a_deleted_passed_segment_is_no_err
         w.write_lines([b"x"])
     nxt, rest = read_on(log, plan)
     assert rest == [b"x"] and len(nxt.segment_sizes) == 64
+
+
+# -- over-long lines --------------------------------------------------------------------------------------------
+
+
+def test_an_overlong_line_is_a_bounded_prefix_with_its_length_and_its_neighbours_are_intact(tmp_path):
+    log = str(tmp_path)
+    long_line = b'{"x":"' + b"y" * (3 << 20) + b'"}'
+    with EventLogWriter(log) as w:
+        w.write_lines([b"before", long_line, b"after"])
+    for chunk_bytes in (1 << 20, 8 << 20):  # the line runs past a chunk's end / lies inside one chunk
+        _, read = read_all(log, chunk_bytes=chunk_bytes)
+        assert [(p.offset, bytes(line)) for p, line in read] == [
+            (0, b"before"), (7, long_line[:OVERLONG_PREFIX_BYTES]), (7 + len(long_line) + 1, b"after")]
+        assert not isinstance(read[0][1], OverlongLine) and not isinstance(read[2][1], OverlongLine)
+        assert isinstance(read[1][1], OverlongLine) and read[1][1].full_length == len(long_line)
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 64, 1000, 1 << 20])
+def test_long_lines_across_chunk_boundaries_are_each_read_once_at_their_offsets(tmp_path, chunk_bytes):
+    rng = random.Random(5)
+    lines = [(b"%d:" % i) + b"z" * rng.choice([0, 3, 40, 150, 900, 5000]) for i in range(120)]
+    log = str(tmp_path)
+    with EventLogWriter(log, max_segment_bytes=30_000) as w:
+        w.write_lines(lines)
+    max_line_bytes = 100
+    read = []
+    for c in plan_read(log, None, chunk_bytes=chunk_bytes).chunks:
+        read += [(c.segment, off, line) for off, line in read_chunk(log, c, max_line_bytes=max_line_bytes)]
+    # The truth by plain splitting of the files.
+    expected = []
+    for name in segments(log):
+        offset = 0
+        for line in open(os.path.join(log, name), "rb").read().split(b"\n")[:-1]:
+            expected.append((name, offset, line))
+            offset += len(line) + 1
+    assert [(s, o) for s, o, _ in read] == [(s, o) for s, o, _ in expected]
+    for (_, _, got), (_, _, line) in zip(read, expected):
+        if len(line) > max_line_bytes:
+            assert isinstance(got, OverlongLine) and got.full_length == len(line) and got == line[:max_line_bytes]
+        else:
+            assert got == line and not isinstance(got, OverlongLine)
+
+
+def test_a_blank_overlong_line_is_skipped_like_any_blank_line(tmp_path):
+    log = str(tmp_path)
+    with open(os.path.join(log, segment_name(0)), "wb") as f:
+        f.write(b"a\n" + b" " * 5000 + b"\nb\n")
+    for chunk_bytes in (3, 1000, 1 << 20):
+        plan = plan_read(log, None, chunk_bytes=chunk_bytes)
+        assert [line for c in plan.chunks for _, line in read_chunk(log, c, max_line_bytes=10)] == [b"a", b"b"]
+
+
+def test_reading_a_50_mib_line_holds_a_bounded_part_of_it(tmp_path):
+    log = str(tmp_path)
+    size = 50 << 20
+    with open(os.path.join(log, segment_name(0)), "wb") as f:
+        f.write(b"head\n")
+        block = b"q" * (1 << 20)
+        for _ in range(size >> 20):
+            f.write(block)
+        f.write(b"\ntail\n")
+    plan = plan_read(log, None)  # the default 8 MiB chunks
+    read_chunk(log, plan.chunks[0]).__next__()  # imports TensorFlow before measuring
+    tracemalloc.start()
+    try:
+        read = [(off, line) for c in plan.chunks for off, line in read_chunk(log, c)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(off, bytes(line)) for off, line in read] == [(0, b"head"), (5, b"q" * 1024), (5 + size + 1, b"tail")]
+    assert read[1][1].full_length == size
+    # Two chunks' worth at most (a chunk and its split lines); the whole line would be 50 MiB.
+    assert peak < 20 << 20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_an_overlong_line_pickles_with_its_length():
+    line = OverlongLine(b"abc", 12345)
+    back = pickle.loads(pickle.dumps(line))
+    assert isinstance(back, OverlongLine) and back == b"abc" and back.full_length == 12345

@@ -45,9 +45,11 @@ class EventLogSource:
     kind = "event_log"
     event_time_from_record = False
 
-    def __init__(self, log_dir: str, chunk_bytes: int):
+    def __init__(self, log_dir: str, chunk_bytes: int, max_line_bytes: int = event_log.DEFAULT_MAX_LINE_BYTES):
         self.log_dir = log_dir
         self.chunk_bytes = chunk_bytes
+        # A longer line is read as an OverlongLine (a prefix and its length), never whole.
+        self.max_line_bytes = max_line_bytes
 
     def describe(self) -> str:
         return f"event log {self.log_dir}"
@@ -62,7 +64,7 @@ class EventLogSource:
                                    passed_sizes=state.segment_sizes)
 
     def read(self, chunk: event_log.Chunk) -> Iterator[RawRecord]:
-        for offset, line in event_log.read_chunk(self.log_dir, chunk):
+        for offset, line in event_log.read_chunk(self.log_dir, chunk, self.max_line_bytes):
             yield offset, line, None
 
     def expand_read(self, pipeline: beam.Pipeline, units: Sequence[event_log.Chunk], schema_json: str,
