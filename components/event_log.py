@@ -9,21 +9,68 @@ Reading goes through ``tf.io.gfile`` so a log may live on ``gs://``. Writing
 (the simulator) is local: it relies on O_APPEND so that a concurrent reader
 only ever sees whole lines, apart from a partial line at the very tail of the
 newest segment, which readers leave for the next run.
+
+Several writers may share a folder. Every writer takes an exclusive
+``flock`` on ``<log_dir>/.writer.lock`` around each append and rotation and
+appends only to the newest segment: once a segment is older than the newest,
+it never changes again. The reader relies on that, and stops with an
+:class:`EventLogError` when a segment it has already read to its end grows
+(a writer appending without the lock).
+
+A line longer than ``max_line_bytes`` is never held whole: the reader yields
+an :class:`OverlongLine`, a bounded prefix that carries the line's length, so
+the parser dead-letters it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
-from typing import Iterator, List, Optional, Sequence, Tuple
+import re
+from typing import Iterator, List, Mapping, Optional, Sequence, Tuple
+
+# A line longer than this is yielded as an OverlongLine (configurable per read: the schema's max_line_bytes).
+from components.event_schema import DEFAULT_MAX_LINE_BYTES
 
 SEGMENT_SUFFIX = ".jsonl"
 SEGMENT_PREFIX = "segment-"
+_SEGMENT_NAME = re.compile(re.escape(SEGMENT_PREFIX) + r"(\d+)" + re.escape(SEGMENT_SUFFIX) + "$")
+# The file every writer flocks; it does not end in SEGMENT_SUFFIX, so readers never see it.
+WRITER_LOCK_FILE = ".writer.lock"
 _TAIL_BLOCK = 64 * 1024
+# How much of an over-long line is kept, for its dead letter.
+OVERLONG_PREFIX_BYTES = 1024
+# How many passed segments (older than the newest) a committed state remembers the size of.
+PASSED_SEGMENTS_KEPT = 64
 
 
 class EventLogError(RuntimeError):
     """The log cannot be read as configured; the message says what to fix."""
+
+
+class OverlongLine(bytes):
+    """A line longer than the read's ``max_line_bytes``: its first bytes only, and its true length.
+
+    The content is a prefix (at most ``OVERLONG_PREFIX_BYTES``), enough for a
+    dead letter to show what the line was; ``full_length`` is the length of
+    the whole line without its newline. The line is never held whole.
+    """
+
+    full_length: int
+
+    def __new__(cls, prefix: bytes, full_length: int) -> "OverlongLine":
+        self = super().__new__(cls, prefix)
+        self.full_length = full_length
+        return self
+
+    def __reduce__(self):
+        # bytes' own pickling would call __new__ without full_length (Beam pickles what crosses a stage).
+        return (OverlongLine, (bytes(self), self.full_length))
+
+    def __repr__(self) -> str:
+        return f"OverlongLine({bytes(self)!r}, full_length={self.full_length})"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -78,6 +125,10 @@ class ReadPlan:
     start: Position
     end: Position
     chunks: Tuple[Chunk, ...]
+    # (name, size) of the newest PASSED_SEGMENTS_KEPT segments older than the newest, as this
+    # plan saw them: read to their end by now, so they must never grow. The committed state
+    # keeps them for the next plan's check (CommittedState.segment_sizes).
+    segment_sizes: Tuple[Tuple[str, int], ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -132,17 +183,52 @@ def _last_newline_end(path: str, size: int) -> int:
     return 0
 
 
-def plan_read(log_dir: str, start: Optional[Position], chunk_bytes: int = 8 << 20) -> ReadPlan:
+def check_passed_segments(log_dir: str, segments: Sequence[Tuple[str, int]],
+                          passed_sizes: Mapping[str, int]) -> None:
+    """Raises EventLogError when a segment read to its end by an earlier plan has grown since.
+
+    `segments` is the log as listed now, `passed_sizes` the sizes an earlier
+    plan recorded (ReadPlan.segment_sizes). A segment that is gone is not an
+    error here: what was read of it was read. A grown one is: the reader never
+    goes back to a passed segment, and the committed end covers every position
+    in it, so the appended lines would be lost without a word.
+    """
+    grown = [(name, passed_sizes[name], size) for name, size in segments
+             if name in passed_sizes and size > passed_sizes[name]]
+    if not grown:
+        return
+    newest = segments[-1][0]
+    name, before, after = grown[0]
+    others = (f" ({len(grown) - 1} more segment(s) grew too: {', '.join(n for n, _, _ in grown[1:])})"
+              if grown[1:] else "")
+    raise EventLogError(
+        f"segment {name!r} in {log_dir!r} grew from {before} to {after} bytes after ingestion had read it to its "
+        f"end{others}. A second writer appended to a segment that another writer had already rotated away from, "
+        f"without the writer lock; the reader never goes back to a passed segment, so those lines would be lost. "
+        f"Make every producer append through components.event_log.EventLogWriter, or take an exclusive flock on "
+        f"{os.path.join(log_dir, WRITER_LOCK_FILE)!r} around each append and rotation and append only to the "
+        f"newest segment. To keep the stray lines, move them under that lock: append bytes {before}..{after} of "
+        f"{name!r} to the newest segment {newest!r} (starting on a new line), truncate {name!r} back to {before} "
+        f"bytes, and run ingestion again.")
+
+
+def plan_read(log_dir: str, start: Optional[Position], chunk_bytes: int = 8 << 20,
+              passed_sizes: Sequence[Tuple[str, int]] = ()) -> ReadPlan:
     """Splits what lies between `start` and the end of the log into chunks.
 
     The end is the end of the last complete line of the newest segment: a
     line the producer is still writing is left for the next run. In older
     segments the producer has moved on, so a missing final newline is a
     truncated line; it is read (and dead-lettered if it does not parse).
+
+    `passed_sizes` are the `segment_sizes` of the plan whose end the
+    committed state holds: a segment among them that has grown since is an
+    EventLogError (see `check_passed_segments`).
     """
     if chunk_bytes < 1:
         raise ValueError("chunk_bytes must be >= 1")
     segments = list_segments(log_dir)
+    check_passed_segments(log_dir, segments, dict(passed_sizes))
     if start is not None:
         names = [n for n, _ in segments]
         if start.segment and start.segment not in names:
@@ -167,11 +253,75 @@ def plan_read(log_dir: str, start: Optional[Position], chunk_bytes: int = 8 << 2
         end = Position(name, limit)
     if start is None:
         start = Position(segments[0][0], 0) if segments else Position("", 0)
-    return ReadPlan(start=start, end=end or start, chunks=tuple(chunks))
+    # Every segment but the newest has been read to its end once this plan is done (earlier plans
+    # read those before `start`); only the newest may still grow. The sizes of passed segments
+    # that were recorded before equal these, or check_passed_segments stopped above.
+    passed = tuple(segments[:-1][-PASSED_SEGMENTS_KEPT:])
+    return ReadPlan(start=start, end=end or start, chunks=tuple(chunks), segment_sizes=passed)
 
 
-def read_chunk(log_dir: str, chunk: Chunk) -> Iterator[Tuple[int, bytes]]:
-    """Yields (offset, line without newline) for each line starting in the chunk."""
+def _is_blank(line: bytes) -> bool:
+    # bytes.isspace tests without copying; strip() would copy a long line.
+    return not line or line.isspace()
+
+
+def _bounded(line: bytes, max_line_bytes: int) -> bytes:
+    """The line itself, or its OverlongLine when it is longer than max_line_bytes."""
+    if len(line) <= max_line_bytes:
+        return line
+    return OverlongLine(line[:min(OVERLONG_PREFIX_BYTES, max_line_bytes)], len(line))
+
+
+def _finish_line(f, head: bytes, pos: int, limit: int, max_line_bytes: int) -> Optional[bytes]:
+    """Reads on from `pos` (where `f` stands) to the end of a line begun by `head`, or to `limit`.
+
+    Returns the line, its OverlongLine when longer than max_line_bytes, or
+    None when it is blank. At most max_line_bytes plus one block of what lies
+    past `pos` is held, however long the line runs.
+    """
+    parts = [head]
+    kept = length = len(head)
+    blank = _is_blank(head)
+    while pos < limit:
+        block = f.read(min(_TAIL_BLOCK, limit - pos))
+        if not block:
+            break
+        nl = block.find(b"\n")
+        piece = block if nl < 0 else block[:nl]
+        length += len(piece)
+        pos += len(block)
+        blank = blank and _is_blank(piece)
+        if kept <= max_line_bytes:
+            # Until the line is known to be over-long, keep it whole; after, only its length counts.
+            parts.append(piece)
+            kept += len(piece)
+        if nl >= 0:
+            break
+    if blank:
+        return None
+    if length <= max_line_bytes:
+        return b"".join(parts)
+    prefix_bytes = min(OVERLONG_PREFIX_BYTES, max_line_bytes)
+    prefix, have = [], 0
+    for part in parts:
+        if have >= prefix_bytes:
+            break
+        prefix.append(part[:prefix_bytes - have])
+        have += len(prefix[-1])
+    return OverlongLine(b"".join(prefix), length)
+
+
+def read_chunk(log_dir: str, chunk: Chunk, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Tuple[int, bytes]]:
+    """Yields (offset, line without newline) for each line starting in the chunk.
+
+    A line longer than `max_line_bytes` comes out as an :class:`OverlongLine`
+    (a prefix and its true length), and is never read whole: the chunk itself
+    is read at once (at most `chunk.end - chunk.start` bytes), and a line that
+    runs past the chunk's end is finished block by block, keeping at most
+    `max_line_bytes` of it.
+    """
+    if max_line_bytes < 1:
+        raise ValueError("max_line_bytes must be >= 1")
     path = os.path.join(log_dir, chunk.segment)
     with _gfile().GFile(path, "rb") as f:
         begin = chunk.start
@@ -195,37 +345,38 @@ def read_chunk(log_dir: str, chunk: Chunk) -> Iterator[Tuple[int, bytes]]:
         if begin >= chunk.end:
             # The whole chunk lies inside a line owned by an earlier chunk.
             return
-        # The last line may run past the chunk's end: finish it.
-        if data and not data.endswith(b"\n") and chunk.end < chunk.segment_limit:
-            extra = []
-            pos = chunk.end
-            while pos < chunk.segment_limit:
-                block = f.read(min(_TAIL_BLOCK, chunk.segment_limit - pos))
-                if not block:
-                    break
-                nl = block.find(b"\n")
-                if nl >= 0:
-                    extra.append(block[:nl + 1])
-                    break
-                extra.append(block)
-                pos += len(block)
-            data += b"".join(extra)
-    offset = begin
-    for line in data.split(b"\n"):
-        if offset >= chunk.end:
-            break
-        length = len(line) + 1
-        if line.strip():
-            yield offset, line
-        offset += length
+        # `data` is [begin, chunk.end): whole lines, then what follows the last newline, a line
+        # that runs on past the chunk's end (or the truncated last line of an older segment).
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        del data
+        offset = begin
+        for line in lines:
+            if len(line) > max_line_bytes:
+                if not _is_blank(line):
+                    yield offset, _bounded(line, max_line_bytes)
+            elif line.strip():
+                yield offset, line
+            offset += len(line) + 1
+        if rest:
+            last = _finish_line(f, rest, chunk.end, chunk.segment_limit, max_line_bytes)
+            if last is not None:
+                yield offset, last
 
 
 class EventLogWriter:
     """Appends JSON Lines to a local log folder, rotating segments by size.
 
-    Each line is written with one ``write`` on an O_APPEND descriptor, so a
-    reader never sees a torn line except at the tail of the newest segment.
-    Reopening a folder continues its newest segment.
+    Each batch of lines is written with one ``write`` on an O_APPEND
+    descriptor, so a reader never sees a torn line except at the tail of the
+    newest segment. Any number of writers, in any processes, may share a
+    folder: each batch and each rotation runs under an exclusive ``flock`` on
+    ``<log_dir>/.writer.lock``, and under it the writer re-finds the newest
+    segment and its size, so it never appends to a segment another writer has
+    rotated away from, and rotation decisions see every writer's lines. A
+    newest segment that does not end in a newline (a writer died mid-line)
+    gets one first, so the next line starts whole; the torn fragment stays a
+    line of its own, which ingestion dead-letters.
     """
 
     def __init__(self, log_dir: str, max_segment_bytes: int = 16 << 20):
@@ -234,40 +385,80 @@ class EventLogWriter:
         self.log_dir = log_dir
         self.max_segment_bytes = max_segment_bytes
         os.makedirs(log_dir, exist_ok=True)
-        existing = sorted(n for n in os.listdir(log_dir)
-                          if n.startswith(SEGMENT_PREFIX) and n.endswith(SEGMENT_SUFFIX))
-        self._index = int(existing[-1][len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)]) if existing else 0
+        self._lock_fd: Optional[int] = os.open(os.path.join(log_dir, WRITER_LOCK_FILE), os.O_RDWR | os.O_CREAT,
+                                               0o644)
         self._fd: Optional[int] = None
+        self._index = -1
         self._size = 0
-        self._open()
+        with self._locked():
+            pass  # opens (creates) the newest segment now, and ends a line a crashed writer left torn
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._lock_fd is None:
+            raise ValueError(f"the writer of {self.log_dir!r} is closed")
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            self._attach()
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _newest_index(self) -> int:
+        if self._index < 0:
+            indices = [int(m.group(1)) for m in map(_SEGMENT_NAME.match, os.listdir(self.log_dir)) if m]
+            return max(indices, default=0)
+        # Writers rotate one index at a time under the lock, so probing the next names finds the newest
+        # without listing a folder of many segments on every batch.
+        index = self._index
+        while os.path.exists(os.path.join(self.log_dir, segment_name(index + 1))):
+            index += 1
+        return index
+
+    def _attach(self) -> None:
+        """Under the lock: open the newest segment (another writer may have rotated), learn its size,
+        and end a torn last line."""
+        index = self._newest_index()
+        if index != self._index or self._fd is None:
+            self._close_segment()
+            self._index = index
+            self._open()
+        self._size = os.fstat(self._fd).st_size
+        if self._size and os.pread(self._fd, 1, self._size - 1) != b"\n":
+            self._write_all(b"\n")
 
     def _open(self) -> None:
         path = os.path.join(self.log_dir, segment_name(self._index))
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # Read as well as append: _attach looks at the last byte.
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = os.fstat(self._fd).st_size
 
     def write_lines(self, lines: Sequence[bytes]) -> None:
         """Appends lines (each without its newline), rotating between lines."""
-        batch: List[bytes] = []
-        batch_size = 0
-        for line in lines:
-            record = line + b"\n"
-            if self._size + batch_size > 0 and self._size + batch_size + len(record) > self.max_segment_bytes:
-                self._flush(batch)
-                batch, batch_size = [], 0
-                self._rotate()
-            batch.append(record)
-            batch_size += len(record)
-        self._flush(batch)
+        records = [line + b"\n" for line in lines]
+        if not records:
+            return
+        with self._locked():
+            batch: List[bytes] = []
+            batch_size = 0
+            for record in records:
+                if self._size + batch_size > 0 and self._size + batch_size + len(record) > self.max_segment_bytes:
+                    self._flush(batch)
+                    batch, batch_size = [], 0
+                    self._rotate()
+                batch.append(record)
+                batch_size += len(record)
+            self._flush(batch)
 
     def write_events(self, events: Sequence[dict]) -> None:
         self.write_lines([json.dumps(e, separators=(",", ":")).encode() for e in events])
 
     def _flush(self, batch: List[bytes]) -> None:
-        if not batch:
-            return
-        data = b"".join(batch)
-        # Whole lines in one write: O_APPEND makes it land as a unit at the end.
+        if batch:
+            # Whole lines in one write: O_APPEND makes it land as a unit at the end.
+            self._write_all(b"".join(batch))
+
+    def _write_all(self, data: bytes) -> None:
         written = os.write(self._fd, data)
         while written < len(data):
             written += os.write(self._fd, data[written:])
@@ -275,14 +466,20 @@ class EventLogWriter:
 
     def _rotate(self) -> None:
         os.fsync(self._fd)
-        os.close(self._fd)
+        self._close_segment()
         self._index += 1
         self._open()
 
-    def close(self) -> None:
+    def _close_segment(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def close(self) -> None:
+        self._close_segment()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> "EventLogWriter":
         return self

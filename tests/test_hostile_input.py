@@ -275,3 +275,15 @@ def test_without_the_horizon_a_retry_in_a_later_run_is_not_caught(tmp_path):
     runs.run(NOW)
     with pytest.raises(AssertionError, match=f"{events[3]['event_id']} published twice"):
         runs.examples()
+
+
+def test_an_overlong_line_is_a_dead_letter_with_its_first_bytes_and_its_neighbours_are_read(tmp_path):
+    runs = Runs(tmp_path, windowing.Window(SPAN_MS, 0, 0.2))
+    events = _minutes(BASE_MS, 15, 10, "a")
+    huge = json.dumps(dict(ad_click_event("huge", BASE_MS + 1, random.Random(7)), pad="z" * (3 << 20))).encode()
+    _write(runs.log_dir, [_line(e) for e in events[:20]] + [huge] + [_line(e) for e in events[20:]])
+    runs.run(NOW)
+    [dead] = runs.dead_letters()
+    assert dead["reason"] == f"line of {len(huge)} bytes exceeds max_line_bytes={1 << 20}"
+    assert huge.startswith(dead["line"].encode()) and len(dead["line"]) <= 1024
+    assert set(runs.examples()) == {e["event_id"] for e in events if e["event_time"] < BASE_MS + SPAN_MS}

@@ -51,6 +51,12 @@ def _first_position(lines, valid, predicate):
     return None
 
 
+def _passed_segment_sizes(log_dir):
+    """[name, size] of every segment but the newest: read to their end, they must never grow (at most 64)."""
+    names = sorted(n for n in os.listdir(log_dir) if n.endswith(".jsonl"))
+    return [[n, os.path.getsize(os.path.join(log_dir, n))] for n in names[:-1]][-64:]
+
+
 def _live(store, type_name):
     from ml_metadata.proto import metadata_store_pb2
 
@@ -159,6 +165,7 @@ def test_two_runs_with_stock_statistics_and_schema(tmp_path):
     pending_from1 = _first_position(lines1, valid1, lambda t: t // SPAN_MS > S0 + 2)
     committed1 = {"end": [end1.segment, end1.offset], "resume": pending_from1, "last_span": S0 + 2,
                   "max_event_time_ms": max1}
+    committed1["segment_sizes"] = _passed_segment_sizes(config.source.log_dir)
     for i, ps in enumerate(spans1):
         expected = {e for e, t in valid1.items() if t // SPAN_MS == ps.span}
         _check_span(ps, expected_ids=expected, late_ids=set(), first_of_run=(i == 0),
@@ -201,6 +208,7 @@ def test_two_runs_with_stock_statistics_and_schema(tmp_path):
     pending_from2 = _first_position(lines2, log.valid, lambda t: t // SPAN_MS > S0 + 5)
     committed2 = {"end": [end2.segment, end2.offset], "resume": pending_from2, "last_span": S0 + 5,
                   "max_event_time_ms": max2}
+    committed2["segment_sizes"] = _passed_segment_sizes(config.source.log_dir)
     for i, ps in enumerate(spans2):
         expected = {e for e, t in log.valid.items() if t // SPAN_MS == ps.span}
         if i == 0:

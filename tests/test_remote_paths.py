@@ -23,7 +23,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_ONLY = {
     # The simulator's writer appends to a local log with O_APPEND (whole lines for a concurrent reader);
     # the reader (plan_read, read_chunk) uses tf.io.gfile, so a log may be uploaded to gs://.
-    ("components/event_log.py", "EventLogWriter.__init__"): {"os.makedirs", "os.listdir"},
+    # Writers share a folder under an flock on a lock file in it (local by nature).
+    ("components/event_log.py", "EventLogWriter.__init__"): {"os.makedirs", "os.open"},
+    ("components/event_log.py", "EventLogWriter._newest_index"): {"os.listdir", "os.path.exists"},
+    ("components/event_log.py", "EventLogWriter._attach"): {"os.fstat"},
     ("components/event_log.py", "EventLogWriter._open"): {"os.open", "os.fstat"},
     ("components/event_log.py", "EventLogWriter._rotate"): {"os.fsync"},
     ("pipelines/simulator.py", "_segment_sizes"): {"os.path.isdir", "os.path.getsize", "os.listdir"},

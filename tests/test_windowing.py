@@ -5,6 +5,7 @@ graph uses (classify, decide, next_state), so these tests pin down the rules
 themselves on adversarial streams, with crashes modelled as runs that never
 publish.
 """
+import dataclasses
 import random
 
 import pytest
@@ -189,6 +190,23 @@ def test_state_json_round_trip():
     s = CommittedState(end=Position("a", 1), resume=Position("a", 0), last_span=7, max_event_time_ms=99)
     assert CommittedState.from_json(s.to_json()) == s
     assert CommittedState.from_json(None) == CommittedState() and CommittedState().is_initial
+
+
+def test_state_carries_passed_segment_sizes_and_reads_states_written_without_them():
+    sizes = (("segment-000000000003.jsonl", 700), ("segment-000000000004.jsonl", 812))
+    s = CommittedState(end=Position("segment-000000000005.jsonl", 9), resume=Position("segment-000000000004.jsonl", 0),
+                       last_span=2, max_event_time_ms=99, segment_sizes=sizes)
+    assert CommittedState.from_json(s.to_json()) == s
+    # A state committed before sizes were recorded (as stored in ML Metadata then) loads with none.
+    old = '{"end": ["segment-000000000005.jsonl", 9], "last_span": 2, "max_event_time_ms": 99, ' \
+          '"resume": ["segment-000000000004.jsonl", 0]}'
+    assert CommittedState.from_json(old) == dataclasses.replace(s, segment_sizes=())
+    # A state without sizes writes the same JSON as before (Kafka states have none).
+    assert CommittedState.from_json(old).to_json() == old
+    d = decide(W, s, 9000, {5})
+    assert next_state(s, d, Position("segment-000000000006.jsonl", 1), None, segment_sizes=sizes[1:]).segment_sizes \
+        == sizes[1:]
+    assert next_state(s, d, Position("segment-000000000006.jsonl", 1), None).segment_sizes == ()
 
 
 def test_span_stats_merge():

@@ -152,7 +152,8 @@ class RecordParser:
             try:
                 event = event_of(payload, record_time_ms)
             except InvalidEvent as e:
-                invalid.append((offset, _bounded(payload), str(e)))
+                # An over-long log line arrives as its first bytes (event_log.OverlongLine): all a dead letter keeps.
+                invalid.append((offset, payload, str(e)))
                 continue
             t = event[time_field]
             span = span_of(t)
@@ -163,7 +164,7 @@ class RecordParser:
                     continue  # dead-lettered by the published run that first read it
                 if verdict is not None:
                     reason, always = verdict
-                    invalid.append((offset, _bounded(payload), reason))
+                    invalid.append((offset, payload, reason))
                     if always:
                         regardless.add(offset)
                     continue
@@ -191,15 +192,6 @@ def time_verdict(bounds: windowing.TimeBounds, position: Any, t: int, span: int)
         return (f"{windowing.TOO_LATE}: event time {t} is more than {bounds.window.max_lateness_ms} ms "
                 f"behind the watermark {too_late_before + bounds.window.max_lateness_ms}"), False
     return None
-
-
-def _bounded(payload: bytes) -> bytes:
-    """What a dead letter keeps of a record: all of it, unless it is over-long (the source still holds it)."""
-    return bytes(payload[:DEAD_LETTER_PREFIX_BYTES]) if hasattr(payload, "full_length") else payload
-
-
-# An over-long line is dead-lettered with its first bytes; its position says where the rest is.
-DEAD_LETTER_PREFIX_BYTES = 1024
 
 
 class ParseChunk(beam.DoFn):
@@ -589,5 +581,7 @@ def run_ingest(make_pipeline, *, source, schema: EventSchema, window: windowing.
     result = read_summary(summary_path)
     # Committing `plan.end` after a unit was lost would skip its events forever.
     source.check_complete(plan, result.units)
-    committed = windowing.next_state(state, result.decision, plan.end, result.first_pending, bounds)
+    # An event-log plan carries the sizes of the segments it passed, for the next plan's check.
+    committed = windowing.next_state(state, result.decision, plan.end, result.first_pending, bounds,
+                                     segment_sizes=getattr(plan, "segment_sizes", ()))
     return IngestRun(plan, state, committed, result, time.monotonic() - started)

@@ -45,9 +45,11 @@ class EventLogSource:
     kind = "event_log"
     event_time_from_record = False
 
-    def __init__(self, log_dir: str, chunk_bytes: int):
+    def __init__(self, log_dir: str, chunk_bytes: int, max_line_bytes: int = event_log.DEFAULT_MAX_LINE_BYTES):
         self.log_dir = log_dir
         self.chunk_bytes = chunk_bytes
+        # A longer line is read as an OverlongLine (a prefix and its length), never whole.
+        self.max_line_bytes = max_line_bytes
 
     def describe(self) -> str:
         return f"event log {self.log_dir}"
@@ -58,10 +60,11 @@ class EventLogSource:
     def plan(self, state: windowing.CommittedState) -> event_log.ReadPlan:
         if _switched_source(state, event_log.Position):
             raise event_log.EventLogError(_switch_message("a Kafka source", self.describe()))
-        return event_log.plan_read(self.log_dir, state.resume, chunk_bytes=self.chunk_bytes)
+        return event_log.plan_read(self.log_dir, state.resume, chunk_bytes=self.chunk_bytes,
+                                   passed_sizes=state.segment_sizes)
 
     def read(self, chunk: event_log.Chunk) -> Iterator[RawRecord]:
-        for offset, line in event_log.read_chunk(self.log_dir, chunk):
+        for offset, line in event_log.read_chunk(self.log_dir, chunk, self.max_line_bytes):
             yield offset, line, None
 
     def expand_read(self, pipeline: beam.Pipeline, units: Sequence[event_log.Chunk], schema_json: str,
@@ -269,11 +272,13 @@ class ReadKafkaRange(beam.DoFn, beam.transforms.core.RestrictionProvider):
 def from_config(source: SourceConfig):
     if source.kind == "kafka":
         return KafkaSource(source.kafka)
-    return EventLogSource(source.log_dir, source.chunk_bytes)
+    return EventLogSource(source.log_dir, source.chunk_bytes, source.schema.max_line_bytes)
 
 
 def from_exec_properties(exec_properties: Dict[str, Any]):
     kafka_json = exec_properties.get(KAFKA_SOURCE_KEY)
     if kafka_json:
         return KafkaSource(KafkaConfig.from_json(kafka_json))
-    return EventLogSource(exec_properties["log_dir"], exec_properties["chunk_bytes"])
+    # The schema's line bound, so the reader never holds more of a line than the parser would accept.
+    return EventLogSource(exec_properties["log_dir"], exec_properties["chunk_bytes"],
+                          EventSchema.from_json(exec_properties["event_schema"]).max_line_bytes)

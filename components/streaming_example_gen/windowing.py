@@ -10,7 +10,10 @@ its ``Examples`` artifacts in ML Metadata:
 * ``resume``: the earliest position holding an event that was read but not
   yet emitted because its span had not closed (``end`` when there is none);
 * ``last_span``: the newest span emitted;
-* ``max_event_time_ms``: the newest event time seen, which drives the watermark.
+* ``max_event_time_ms``: the newest event time seen, which drives the watermark;
+* ``segment_sizes`` (event log only): the sizes of the newest segments that the
+  run read to their end; the next plan stops if one of them has grown
+  (:func:`components.event_log.check_passed_segments`).
 
 A run re-reads from ``resume`` and decides each event's fate from the state
 and its own position alone, which is why a crashed run can simply be redone:
@@ -125,6 +128,8 @@ class CommittedState:
     # first entry whose end covers a line is the run that first read it. A cutoff of None: read with no
     # future bound (also what a state written before cutoffs existed means for everything before `end`).
     cutoffs: Tuple[Tuple[Frontier, Optional[int]], ...] = ()
+    # (segment, size) of passed event-log segments (ReadPlan.segment_sizes); empty for Kafka.
+    segment_sizes: Tuple[Tuple[str, int], ...] = ()
 
     @property
     def is_initial(self) -> bool:
@@ -154,6 +159,8 @@ class CommittedState:
         }
         if self.cutoffs:
             d["cutoffs"] = [[end.to_json_value(), cutoff] for end, cutoff in self.cutoffs]
+        if self.segment_sizes:  # absent when empty: a Kafka state reads as before
+            d["segment_sizes"] = [[name, size] for name, size in self.segment_sizes]
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -164,7 +171,13 @@ class CommittedState:
         pos = frontier_from_json_value
         return cls(end=pos(d.get("end")), resume=pos(d.get("resume")),
                    last_span=d.get("last_span"), max_event_time_ms=d.get("max_event_time_ms"),
-                   cutoffs=tuple((pos(end), cutoff) for end, cutoff in d.get("cutoffs", ())))
+                   cutoffs=tuple((pos(end), cutoff) for end, cutoff in d.get("cutoffs", ())),
+                   # States committed before segment sizes were recorded have none.
+                   segment_sizes=segment_sizes_from_json_value(d.get("segment_sizes")))
+
+
+def segment_sizes_from_json_value(value: Any) -> Tuple[Tuple[str, int], ...]:
+    return tuple((str(name), int(size)) for name, size in value or ())
 
 
 # Why a line is dead-lettered for its event time: `ingest` counts these reasons apart.
@@ -325,12 +338,14 @@ def decide(window: Window, state: CommittedState, run_max_event_time_ms: Optiona
 
 
 def next_state(state: CommittedState, decision: RunDecision, read_end: Frontier,
-               first_pending: Optional[Frontier], bounds: Optional[TimeBounds] = None) -> CommittedState:
+               first_pending: Optional[Frontier], bounds: Optional[TimeBounds] = None,
+               segment_sizes: Sequence[Tuple[str, int]] = ()) -> CommittedState:
     """The state a run commits when it publishes its spans.
 
     `first_pending` is a frontier at the earliest record left pending (per
     partition, for Kafka), or None when nothing is. `bounds` are the run's
     time bounds, whose cutoff the state keeps while its lines may be re-read.
+    `segment_sizes` are the event-log plan's sizes of passed segments (none for Kafka).
     """
     if not decision.emits:
         return state
@@ -341,6 +356,7 @@ def next_state(state: CommittedState, decision: RunDecision, read_end: Frontier,
         last_span=max(decision.emitted_spans),
         max_event_time_ms=decision.max_event_time_ms,
         cutoffs=bounds.next_cutoffs(read_end, resume) if bounds is not None else (),
+        segment_sizes=tuple((str(n), int(s)) for n, s in segment_sizes),
     )
 
 
