@@ -40,10 +40,10 @@ class WindowConfig:
     # A late event older than the watermark by more than this is dead-lettered as "too late". Off by
     # default (None), so that a historical replay, whose events all lie far behind, still works.
     max_lateness_seconds: Optional[int] = None
-    # A valid event whose id was already emitted in this run or in the newest N emitted spans is a
-    # duplicate (a producer's retry): counted and kept out of the examples. None: the trainer's replay
-    # window (trainer.replay_spans, at least 1); 0: only within one ingest run.
-    dedup_horizon_spans: Optional[int] = None
+    # A valid event whose id was already emitted in this ingest run or in the spans the newest N runs
+    # published is a duplicate (a producer's retry): counted and kept out of the examples. None: as many
+    # runs as the trainer's replay window has spans (trainer.replay_spans, at least 1); 0: only within one run.
+    dedup_horizon_runs: Optional[int] = None
 
     def validate(self) -> None:
         if self.span_seconds < 1:
@@ -58,9 +58,9 @@ class WindowConfig:
         if self.max_lateness_seconds is not None and self.max_lateness_seconds < 0:
             raise ConfigError(f"window.max_lateness_seconds must be >= 0 or None (no bound), got "
                               f"{self.max_lateness_seconds}")
-        if self.dedup_horizon_spans is not None and self.dedup_horizon_spans < 0:
-            raise ConfigError(f"window.dedup_horizon_spans must be >= 0 or None (the replay window), got "
-                              f"{self.dedup_horizon_spans}")
+        if self.dedup_horizon_runs is not None and self.dedup_horizon_runs < 0:
+            raise ConfigError(f"window.dedup_horizon_runs must be >= 0 or None (the replay window), got "
+                              f"{self.dedup_horizon_runs}")
 
     def runtime(self):
         """The plain windowing rules these settings give (components/streaming_example_gen/windowing.py)."""

@@ -63,10 +63,10 @@ def _pipeline(config: DriftlineConfig, components: List, target: str = LOCAL) ->
     )
 
 
-def dedup_horizon_spans(config: DriftlineConfig) -> int:
-    """The window's dedup horizon, by default the replay window (whose spans retention keeps, ids and all)."""
-    if config.window.dedup_horizon_spans is not None:
-        return config.window.dedup_horizon_spans
+def dedup_horizon_runs(config: DriftlineConfig) -> int:
+    """The window's dedup horizon in ingest runs; by default as many as the replay window has spans."""
+    if config.window.dedup_horizon_runs is not None:
+        return config.window.dedup_horizon_runs
     return max(config.trainer.replay_spans, 1)
 
 
@@ -78,7 +78,7 @@ def create_ingest_pipeline(config: DriftlineConfig, with_statistics: bool = Fals
     """
     config.validate()
     example_gen = StreamingExampleGen.from_config(
-        config.source, config.window, dedup_horizon_spans=dedup_horizon_spans(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
+        config.source, config.window, dedup_horizon_runs=dedup_horizon_runs(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
     components: List = [example_gen]
     if with_statistics:
         from tfx.dsl.input_resolution.canned_resolver_functions import latest_created
@@ -136,7 +136,7 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
             previous_examples=latest_examples.outputs["examples"]).with_id(STREAMING_EXAMPLE_GEN_ID)
     else:
         example_gen = StreamingExampleGen.from_config(
-            config.source, config.window, dedup_horizon_spans=dedup_horizon_spans(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
+            config.source, config.window, dedup_horizon_runs=dedup_horizon_runs(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
     if vertex:
         from components.event_schema_gen import EventSchemaGen
 

@@ -56,22 +56,38 @@ def latest_committed_state(store: metadata_store.MetadataStore, pipeline_name: s
     return windowing.CommittedState(), None
 
 
-def horizon_span_uris(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str,
-                      last_span: Optional[int], horizon_spans: int) -> List[str]:
-    """URIs of the live `Examples` of the newest `horizon_spans` emitted spans: their event ids are the dedup's.
+def recent_run_span_uris(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str,
+                         runs: int) -> List[str]:
+    """URIs of the live `Examples` published by the newest `runs` ingest runs: the dedup's horizon.
 
-    A span whose payload retention already deleted cannot be checked; retention keeps the replay
-    window's spans, which is the default horizon.
+    By run, not by span number: a retry arrives soon after its original in wall time, so one of the
+    last runs read the original, but a late original lands in the first span its run emitted, which
+    can be several spans back when that run caught up on many. The artifacts of one run carry the
+    same committed state. A span whose payload retention deleted cannot be checked; retention keeps
+    the newest cycles' artifacts, more than the default horizon.
     """
-    if last_span is None or horizon_spans < 1:
+    if runs < 1:
         return []
     context = store.get_context_by_type_and_name(NODE_CONTEXT_TYPE, node_context_name(pipeline_name, node_id))
     if context is None:
         return []
-    uris = []
-    for artifact in store.get_artifacts_by_context(context.id):
-        span = artifact.properties["span"].int_value if "span" in artifact.properties else None
-        if (artifact.state == metadata_store_pb2.Artifact.LIVE and span is not None
-                and last_span - horizon_spans < span <= last_span):
-            uris.append(artifact.uri)
+    uris: List[str] = []
+    states: List[str] = []
+    # Newest first; one run publishes a bounded number of spans, so a page of artifacts is the usual need.
+    for limit in (64 * runs, None):
+        options = metadata_store.ListOptions(limit=limit, order_by=metadata_store.OrderByField.ID, is_asc=False)
+        artifacts = store.get_artifacts_by_context(context.id, list_options=options)
+        uris, states = [], []
+        for artifact in artifacts:
+            if artifact.state not in _COMMITTED_STATES or COMMITTED_STATE_PROPERTY not in artifact.custom_properties:
+                continue  # never published
+            state = artifact.custom_properties[COMMITTED_STATE_PROPERTY].string_value
+            if state not in states:
+                if len(states) == runs:
+                    return sorted(uris)
+                states.append(state)
+            if artifact.state == metadata_store_pb2.Artifact.LIVE:
+                uris.append(artifact.uri)
+        if limit is not None and len(artifacts) < limit:
+            break
     return sorted(uris)

@@ -23,10 +23,10 @@ class StreamingExampleGenSpec(types.ComponentSpec):
         "allowed_lateness_seconds": ExecutionParameter(type=int),
         "eval_fraction": ExecutionParameter(type=float),
         "chunk_bytes": ExecutionParameter(type=int),
-        # Event-time bounds in seconds, and the dedup horizon in spans (windowing.py); absent: off.
+        # Event-time bounds in seconds (windowing.py; absent: off), and the dedup horizon in ingest runs.
         "max_future_seconds": ExecutionParameter(type=int, optional=True),
         "max_lateness_seconds": ExecutionParameter(type=int, optional=True),
-        "dedup_horizon_spans": ExecutionParameter(type=int, optional=True),
+        "dedup_horizon_runs": ExecutionParameter(type=int, optional=True),
         # KafkaConfig JSON when the source is a Kafka topic (log_dir is then empty).
         "kafka_source": ExecutionParameter(type=str, optional=True),
         executor_module.DRIVERLESS_KEY: ExecutionParameter(type=int, optional=True),  # 0 / 1
@@ -69,7 +69,7 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
     def __init__(self, log_dir: str = "", schema: Optional[EventSchema] = None,
                  window: Optional[WindowConfig] = None, chunk_bytes: Optional[int] = None,
                  kafka: Optional[KafkaConfig] = None, driverless: bool = False,
-                 previous_examples: Optional[types.BaseChannel] = None, dedup_horizon_spans: Optional[int] = None):
+                 previous_examples: Optional[types.BaseChannel] = None, dedup_horizon_runs: Optional[int] = None):
         source = SourceConfig(log_dir=log_dir, **({"schema": schema} if schema else {}),
                               **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}),
                               **({"kind": "kafka", "kafka": kafka} if kafka is not None else {}))
@@ -88,8 +88,8 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
             chunk_bytes=source.chunk_bytes,
             max_future_seconds=window.max_future_seconds,
             max_lateness_seconds=window.max_lateness_seconds,
-            # The window's horizon, else the caller's (create_pipeline passes the replay window), else 1 span.
-            dedup_horizon_spans=next(h for h in (window.dedup_horizon_spans, dedup_horizon_spans, 1) if h is not None),
+            # The window's horizon, else the caller's (create_pipeline passes the replay window's size), else 1 run.
+            dedup_horizon_runs=next(h for h in (window.dedup_horizon_runs, dedup_horizon_runs, 1) if h is not None),
             kafka_source=source.kafka.to_json() if source.kafka is not None else None,
             driverless=1 if driverless else None,
             previous_examples=previous_examples,
@@ -100,8 +100,8 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
     @classmethod
     def from_config(cls, source: SourceConfig, window: WindowConfig, driverless: bool = False,
                     previous_examples: Optional[types.BaseChannel] = None,
-                    dedup_horizon_spans: Optional[int] = None) -> "StreamingExampleGen":
+                    dedup_horizon_runs: Optional[int] = None) -> "StreamingExampleGen":
         return cls(log_dir=source.log_dir, schema=source.schema, window=window, chunk_bytes=source.chunk_bytes,
                    kafka=source.kafka if source.kind == "kafka" else None,
                    driverless=driverless, previous_examples=previous_examples,
-                   dedup_horizon_spans=dedup_horizon_spans)
+                   dedup_horizon_runs=dedup_horizon_runs)

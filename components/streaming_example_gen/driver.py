@@ -15,7 +15,7 @@ from tfx.orchestration.portable import base_driver as portable_base_driver
 from tfx.orchestration.portable import data_types as portable_data_types
 from tfx.proto.orchestration import driver_output_pb2
 
-from components.streaming_example_gen.committed_state import horizon_span_uris, latest_committed_state
+from components.streaming_example_gen.committed_state import recent_run_span_uris, latest_committed_state
 
 COMMITTED_STATE_KEY = "committed_state"
 # JSON list of the URIs of the spans in the dedup horizon (the newest emitted spans).
@@ -36,10 +36,10 @@ class StreamingExampleGenDriver(base_driver.BaseDriver, portable_base_driver.Bas
     def run(self, execution_info: portable_data_types.ExecutionInfo) -> driver_output_pb2.DriverOutput:
         pipeline_name = execution_info.pipeline_info.id
         node_id = execution_info.pipeline_node.node_info.id
-        horizon = int(execution_info.exec_properties.get("dedup_horizon_spans") or 0)
+        horizon = int(execution_info.exec_properties.get("dedup_horizon_runs") or 0)
         with self._mlmd_connection as m:
             state, artifact_id = latest_committed_state(m.store, pipeline_name, node_id)
-            dedup_uris = horizon_span_uris(m.store, pipeline_name, node_id, state.last_span, horizon)
+            dedup_uris = recent_run_span_uris(m.store, pipeline_name, node_id, horizon)
         logging.info("StreamingExampleGen %s: committed state %s (from artifact %s)",
                      node_id, state.to_json(), artifact_id)
         result = driver_output_pb2.DriverOutput()

@@ -19,8 +19,9 @@ is written before the run knows what it emits:
    rewrites the same file), then reports counts.
 
 Exactly once per event id: an event whose id was already emitted, in this
-run (the first position wins) or in one of the spans of the dedup horizon
-(their ids, which every span keeps as ``event_ids/`` in its own payload), is
+run (the first position wins) or in one of the spans the newest runs published
+(the dedup horizon: their ids, which every span keeps as ``event_ids/`` in its
+own payload), is
 a duplicate: counted in the span it would have joined, listed in that span's
 ``duplicates/`` file, and kept out of the examples.
 
