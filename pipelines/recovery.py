@@ -40,7 +40,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.streaming_example_gen.committed_state import (COMMITTED_STATE_PROPERTY, NODE_CONTEXT_TYPE,
                                                              node_context_name)
-from components.warm_start_trainer.quarantine import has_key
+from components.warm_start_trainer.quarantine import failed_span_states, has_key
 from pipelines.config import DriftlineConfig
 from pipelines.metadata import PUSHER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, node_of_execution, open_store, prop
 
@@ -103,6 +103,11 @@ def untrained_spans(store: metadata_store.MetadataStore, pipeline_name: str) -> 
     `ModelBlessing`, blessed or not. Spans at or before the newest judged span
     are never returned: older spans that only an ingest run published stay
     replay material, as before.
+
+    Spans quarantined after failing cycles (`pipelines/failures.py`) are left
+    out, so a span that keeps failing does not hold back the ones after it;
+    a span `driftline replay` released is returned until it is judged, even
+    when newer spans were judged meanwhile.
     """
     ingest = store.get_context_by_type_and_name(NODE_CONTEXT_TYPE,
                                                 node_context_name(pipeline_name, STREAMING_EXAMPLE_GEN_ID))
@@ -116,8 +121,10 @@ def untrained_spans(store: metadata_store.MetadataStore, pipeline_name: str) -> 
     frontier = None
     if judged:
         frontier = max(a.properties["span"].int_value for a in store.get_artifacts_by_id(sorted(judged)))
-    return sorted((a for a in spans if a.id not in judged
-                   and (frontier is None or a.properties["span"].int_value > frontier)),
+    failed = failed_span_states(store)
+    return sorted((a for a in spans if a.id not in judged and failed.get(a.id) != "quarantined"
+                   and (frontier is None or a.properties["span"].int_value > frontier
+                        or failed.get(a.id) == "released")),
                   key=lambda a: (a.properties["span"].int_value, a.id))
 
 
