@@ -418,7 +418,7 @@ def run_run(args: argparse.Namespace) -> int:
         # The controller's crash recovery, then cycles (resumed ones first while spans are untrained).
         try:
             reports = run_cycles(config, args.cycles)
-        except CycleFailed as e:
+        except (CycleFailed, EventLogError) as e:
             raise CommandError(str(e)) from None
     rows = [DemoRow(n, report, appended_at_ms=None, poisoned=False) for n, report in enumerate(reports, 1)]
     print(cycle_table(rows))
@@ -471,7 +471,7 @@ def run_replay(args: argparse.Namespace) -> int:
         from pipelines.controller import CycleFailed, run_cycles
 
         try:
-            reports = run_cycles(config, 1)
+            reports = run_cycles(config, 1, check_source=False)
         except CycleFailed as e:
             raise CommandError(f"{e} (span {args.span} stays released: the next run tries it again)") from None
     print(cycle_table([DemoRow(1, reports[0], appended_at_ms=None, poisoned=False)]))

@@ -202,24 +202,28 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     cycles = 0
     attempt = 0  # failed attempts at the current cycle, in this process
-    recovered = False
     idle, stopped = "idle", "stopped"
 
+    def start():
+        # Retried like a cycle when ML Metadata or the folders fail: recovery is idempotent.
+        try:
+            report = recovery.recover_interrupted(config)
+            if report.anything:
+                say(f"recovery: {report.describe()}")
+            if config.retention.enabled:
+                say(retention.apply(config).describe())
+        except Exception as e:
+            emit(json.dumps({"cycle": 0, **record_failed_cycle(config, e, resumed=False, trigger="start-up recovery",
+                                                               say=say)}, sort_keys=True))
+            say(f"start-up recovery failed: {type(e).__name__}: {e}")
+            raise
+
     def step():
-        nonlocal cycles, attempt, recovered
+        nonlocal cycles, attempt
         if stop.is_set():
             return stopped
-        check = Due(False, "start-up recovery")
+        check = Due(False, "checking whether a cycle is due")
         try:
-            if not recovered:
-                # On start, and again after a failure here: recovery is idempotent.
-                report = recovery.recover_interrupted(config)
-                if report.anything:
-                    say(f"recovery: {report.describe()}")
-                if config.retention.enabled:
-                    say(retention.apply(config).describe())
-                recovered = True
-            check = Due(False, "checking whether a cycle is due")
             check = due(config, min_new_events)
             if not check.run:
                 return check
@@ -266,6 +270,8 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
     try:
         with single_instance(config.home):
             say(f"controller {os.getpid()} on {config.home}: watching {config.source.describe()}")
+            if retrying(start) == stopped:
+                stop.set()
             while not stop.is_set() and (max_cycles is None or cycles < max_cycles):
                 result = retrying(step)
                 if result == stopped:
@@ -282,20 +288,27 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
     return cycles
 
 
-def run_cycles(config: DriftlineConfig, cycles: int, say: Optional[Callable[[str], None]] = None) -> list:
+def run_cycles(config: DriftlineConfig, cycles: int, say: Optional[Callable[[str], None]] = None,
+               check_source: bool = True) -> list:
     """`driftline run --cycles N`: N cycles with the controller's crash recovery, without retries.
 
     Call it while holding the home's lock. Recovery first (an interrupted
     push finished, dead executions CANCELED), then each cycle is a resumed
     one while spans are published but untrained, as under `run --continuous`.
     A failed cycle is recorded in ML Metadata like the controller's and
-    raises `CycleFailed`; returns the CycleReports.
+    raises `CycleFailed`; returns the CycleReports. A source that cannot
+    be read before the first cycle raises its EventLogError unrecorded
+    (`check_source=False`: not checked, for `replay`, whose resumed cycle
+    reads no source).
     """
     from pipelines import recovery
-    from pipelines.local_runner import run_cycle
+    from pipelines.local_runner import preflight, run_cycle
     from pipelines.metadata import open_store
 
     say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    # A source that cannot be read at all is a misconfiguration: it stops here, before anything is recorded.
+    if check_source:
+        preflight(config)
     report = recovery.recover_interrupted(config)
     if report.anything:
         say(f"recovery: {report.describe()}")
