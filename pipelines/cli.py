@@ -463,8 +463,7 @@ def run_replay(args: argparse.Namespace) -> int:
         except failures.NotQuarantined as e:
             raise CommandError(str(e)) from None
         for q in released:
-            print(f"span {q.span} released from quarantine (Examples {q.artifact_id}; it was: {q.reason})",
-                  file=sys.stderr, flush=True)
+            print(f"span {q.span} (Examples {q.artifact_id}) {q.reason}", file=sys.stderr, flush=True)
         if args.no_run:
             print(f"span {args.span} will be trained by the next `driftline run` on {config.home}")
             return 0

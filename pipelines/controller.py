@@ -15,6 +15,21 @@
   finishes an interrupted push or records that there was none to finish,
   marks the dead run's executions CANCELED, and then runs a resumed cycle
   over any span that was published but never trained, before new ones.
+* A failed cycle (any exception: a broker timeout, a GCS or ML Metadata
+  error, a component that raised) prints a JSON line with "outcome":
+  "failed" and the error, is recorded in ML Metadata as a
+  `driftline.CycleFailure` (`pipelines/failures.py`; `driftline status`
+  shows it), and is retried after an exponential backoff with jitter
+  (`ControllerConfig`, through tenacity). A span on which
+  `quarantine_after_failures` cycles in a row failed is quarantined, so
+  later spans get their cycles; `driftline replay --span S` trains it later.
+  A failure before any span was published (the source cannot be read) is
+  retried forever and quarantines nothing. Only a misconfiguration
+  (`retryable`: ConfigError, SchemaError, ControllerRunning) ends the
+  controller; so do SIGTERM and Ctrl-C, cleanly, also during a backoff.
+  The event log or topic is checked once before the controller starts
+  (`driftline run` calls `local_runner.preflight`): a wrong --log stops it
+  there, and once it runs, an unreadable source is retried.
 * Retention (`pipelines/retention.py`), after each cycle and on start:
   the payload of artifacts older than `retention.keep_cycles` cycles that
   nothing needs any more is deleted, their records stay; so are the folders

@@ -33,7 +33,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 from ml_metadata import errors as mlmd_errors
 from ml_metadata.metadata_store import metadata_store
@@ -338,7 +338,3 @@ def _first_line(text: str) -> str:
 
 def _utc(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
-
-
-def spans_text(spans: Sequence[int]) -> str:
-    return ", ".join(str(s) for s in spans) or "none"

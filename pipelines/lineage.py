@@ -39,6 +39,9 @@ Where each fact comes from:
 * The trainer's input events: the `TransformGraph` a model was trained with
   (`transform_graph_uri`).
 * The latest `pipeline_run` context: the last cycle's outcome.
+* `driftline.CycleFailure` executions (pipelines/failures.py): the last
+  failed cycle and the failures in a row; `driftline.SpanQuarantine` and
+  `driftline.SpanReplay`: the spans quarantined after failing cycles.
 
 Retention (pipelines/retention.py) deletes old payloads but keeps every
 record, marked DELETED: such artifacts are read like any other, and

@@ -13,7 +13,9 @@ killed cycle leaves behind is:
   before the gate judged a model trained on them. `untrained_spans` finds
   them, and the controller's next cycle is a resumed one over exactly these
   spans (`create_pipeline(config, resume=True)`), before anything new: no
-  span is lost, none is trained twice.
+  span is lost, none is trained twice. A span on which resumed cycles keep
+  failing is quarantined after `controller.quarantine_after_failures` and
+  left out (`pipelines/failures.py`), until `driftline replay` releases it.
 * **A push cut short.** The pusher copies into a hidden folder and renames it
   into place atomically, then TFX records the `PushedModel`. Killed in
   between, serving holds a complete version ML Metadata does not know.

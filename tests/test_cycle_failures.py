@@ -15,7 +15,7 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2 as pb
 
 from mlmd_history import History
-from pipelines import failures, lineage, retention
+from pipelines import cli, failures, lineage, retention
 from pipelines.config import ControllerConfig, ConfigError, default_config
 from pipelines.recovery import untrained_spans
 
@@ -38,7 +38,7 @@ def failed_cycle(h: History, spans=None):
     return spans
 
 
-def test_a_span_that_keeps_failing_is_quarantined_and_the_stream_moves_on(tmp_path):
+def test_a_span_that_keeps_failing_is_quarantined_and_the_stream_moves_on(tmp_path, capsys):
     h = History(str(tmp_path))
     h.cycle()
     config = config_for(h, quarantine_after=3)
@@ -79,14 +79,18 @@ def test_a_span_that_keeps_failing_is_quarantined_and_the_stream_moves_on(tmp_pa
     # a newer span was judged meanwhile.
     with pytest.raises(failures.NotQuarantined, match=r"span 102 is not quarantined .*quarantined spans: 101"):
         failures.release(config, 102)
-    [released] = failures.release(config, 101)
-    assert released.artifact_id == span and "released by `driftline replay`" in released.reason
+    assert cli.main(["replay", "--home", h.home, "--span", "101", "--no-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "span 101 will be trained by the next `driftline run`" in out
+    assert f"span 101 (Examples {span}) released by `driftline replay`" in err
+    assert "after: 3 cycles in a row failed on it" in err
     assert untrained(h) == [span] and lineage.status(config).quarantined_spans == []
     assert failures.failures_since_release(h.store, span) == 0
-    replays = h.store.get_executions_by_type("driftline.SpanReplay")
-    assert len(replays) == 1 and replays[0].properties["span"].int_value == 101
+    [replay] = h.store.get_executions_by_type("driftline.SpanReplay")
+    assert replay.properties["span"].int_value == 101
+    assert "released by `driftline replay`" in replay.properties["reason"].string_value
     # Failing again after the replay counts from zero: quarantined again only after three more.
-    for n in (1, 2):
+    for _ in range(2):
         failed_cycle(h, [span])
         assert failures.record_failure(config, error, resumed=True).quarantined == []
     failed_cycle(h, [span])
