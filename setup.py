@@ -21,6 +21,8 @@ STACK = [
     "orjson>=3.9.7,<4",
     # The Kafka source (components/kafka_log.py); also needed on remote Beam workers.
     "confluent-kafka>=2.16,<3",
+    # The controller's retries: exponential backoff with jitter (pipelines/controller.py).
+    "tenacity>=9.1,<10",
 ]
 
 setup(

@@ -324,7 +324,39 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--until-idle", action="store_true",
                    help="with --continuous: stop as soon as no cycle is due (after resuming what a crash left)")
     _add_retention_arguments(p, "with --continuous: ")
+    _add_controller_arguments(p)
     p.set_defaults(handler=run_run)
+
+
+def _add_controller_arguments(p: argparse.ArgumentParser) -> None:
+    from pipelines.config import ControllerConfig
+
+    c = ControllerConfig()
+    p.add_argument("--retry-initial-seconds", type=_positive_float, metavar="S",
+                   help=f"with --continuous: wait this long before retrying a failed cycle, doubling per failure "
+                        f"in a row, plus jitter (default {c.retry_initial_seconds:g})")
+    p.add_argument("--retry-max-seconds", type=_positive_float, metavar="S",
+                   help=f"with --continuous: the longest wait between retries (default {c.retry_max_seconds:g})")
+    p.add_argument("--quarantine-after", type=_int_at_least(1), metavar="N",
+                   help=f"quarantine a span after N failed cycles in a row on it, so later spans get their cycles "
+                        f"(default {c.quarantine_after_failures}; `driftline replay` trains it later)")
+
+
+def _with_controller(config, args: argparse.Namespace):
+    import dataclasses
+
+    from pipelines.config import ConfigError
+
+    changes = {field: getattr(args, arg) for field, arg in (
+        ("retry_initial_seconds", "retry_initial_seconds"), ("retry_max_seconds", "retry_max_seconds"),
+        ("quarantine_after_failures", "quarantine_after")) if getattr(args, arg, None) is not None}
+    if not changes:
+        return config
+    config = config.replace(controller=dataclasses.replace(config.controller, **changes))
+    try:
+        return config.validate()
+    except ConfigError as e:
+        raise CommandError(str(e), exit_code=2) from None
 
 
 def _add_retention_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -351,11 +383,11 @@ def run_run(args: argparse.Namespace) -> int:
 
     quiet_tensorflow()
     from pipelines.demo import DemoRow, cycle_table
-    from pipelines.local_runner import run_cycle
 
-    config = _config_from_args(args)
-    rows = []
+    config = _with_controller(_config_from_args(args), args)
     from components.event_log import EventLogError
+    from components.event_schema import SchemaError
+    from pipelines.config import ConfigError
 
     if args.continuous:
         from pipelines.controller import ControllerRunning, run_continuous
@@ -368,22 +400,80 @@ def run_run(args: argparse.Namespace) -> int:
                            until_idle=args.until_idle)
         except (ControllerRunning, EventLogError) as e:
             raise CommandError(str(e)) from None
+        except (ConfigError, SchemaError) as e:  # not retryable: the controller stopped on it
+            raise CommandError(str(e), exit_code=2) from None
         return 0
     for flag in ("max_cycles", "keep_cycles"):
         if getattr(args, flag) is not None:
             raise CommandError(f"--{flag.replace('_', '-')} is for --continuous", exit_code=2)
     if args.until_idle or args.no_retention:
         raise CommandError("--until-idle and --no-retention are for --continuous", exit_code=2)
+    for flag in ("retry_initial_seconds", "retry_max_seconds"):
+        if getattr(args, flag) is not None:
+            raise CommandError(f"--{flag.replace('_', '-')} is for --continuous: `run --cycles` does not retry, "
+                               "it records the failure and exits 1", exit_code=2)
+    from pipelines.controller import CycleFailed, run_cycles
 
     with _home_lock(config):
-        for cycle in range(1, args.cycles + 1):
-            print(f"cycle {cycle}/{args.cycles} ...", file=sys.stderr, flush=True)
-            try:
-                report = run_cycle(config)
-            except EventLogError as e:
-                raise CommandError(str(e)) from None
-            rows.append(DemoRow(cycle, report, appended_at_ms=None, poisoned=False))
+        # The controller's crash recovery, then cycles (resumed ones first while spans are untrained).
+        try:
+            reports = run_cycles(config, args.cycles)
+        except (CycleFailed, EventLogError) as e:
+            raise CommandError(str(e)) from None
+    rows = [DemoRow(n, report, appended_at_ms=None, poisoned=False) for n, report in enumerate(reports, 1)]
     print(cycle_table(rows))
+    return 0
+
+
+# -- replay -----------------------------------------------------------------------------------
+
+def add_replay_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "replay", help="train a span that was quarantined after failing cycles",
+        description="A span on which --quarantine-after cycles in a row failed is quarantined, so that later "
+                    "spans get their cycles (`driftline status` lists them, with the error). Once the cause is "
+                    "fixed, replay releases the span (recorded in ML Metadata) and runs a resumed cycle that "
+                    "trains it, gated and pushed like any other. Refused while a controller runs on the home; "
+                    "with --no-run, only the release is recorded and the next `run` trains the span.")
+    _add_pipeline_arguments(p)
+    p.add_argument("--span", required=True, type=_int_at_least(0), metavar="S", help="the quarantined span")
+    p.add_argument("--no-run", action="store_true",
+                   help="only release the span; the next `driftline run` (or controller start) trains it")
+    p.add_argument("--quarantine-after", type=_int_at_least(1), metavar="N",
+                   help="if the replayed cycle fails, quarantine the span again after N failures in a row "
+                        "(default 3)")
+    p.set_defaults(handler=run_replay)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    import os
+
+    from pipelines.report import quiet_tensorflow
+
+    quiet_tensorflow()
+    from pipelines import failures
+    from pipelines.demo import DemoRow, cycle_table
+
+    config = _with_controller(_config_from_args(args), args)
+    if not os.path.isfile(config.metadata_path):
+        raise CommandError(f"no ML Metadata at {config.metadata_path}: nothing has run in this home yet")
+    with _home_lock(config):
+        try:
+            released = failures.release(config, args.span)
+        except failures.NotQuarantined as e:
+            raise CommandError(str(e)) from None
+        for q in released:
+            print(f"span {q.span} (Examples {q.artifact_id}) {q.reason}", file=sys.stderr, flush=True)
+        if args.no_run:
+            print(f"span {args.span} will be trained by the next `driftline run` on {config.home}")
+            return 0
+        from pipelines.controller import CycleFailed, run_cycles
+
+        try:
+            reports = run_cycles(config, 1, check_source=False)
+        except CycleFailed as e:
+            raise CommandError(f"{e} (span {args.span} stays released: the next run tries it again)") from None
+    print(cycle_table([DemoRow(1, reports[0], appended_at_ms=None, poisoned=False)]))
     return 0
 
 
@@ -515,6 +605,7 @@ def run_lineage(args: argparse.Namespace) -> int:
             model_id = lineage.latest_pushed_model_id(records)
         chain = lineage.chain(store, config.pipeline_name, model_id=model_id, records=records) \
             if model_id is not None else []
+        quarantined = lineage.quarantined_spans(store, config.pipeline_name)
     except lineage.LineageError as e:
         raise CommandError(str(e)) from None
     if args.plot:
@@ -525,10 +616,10 @@ def run_lineage(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CommandError(f"cannot write the plot {args.plot!r}: {e}") from None
     if args.json:
-        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name), indent=2, sort_keys=True,
-                         allow_nan=False))
+        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name, quarantined), indent=2,
+                         sort_keys=True, allow_nan=False))
     else:
-        print(lineage.format_lineage(chain, serving))
+        print(lineage.format_lineage(chain, serving, quarantined, home=config.home))
         if args.plot:
             print(f"\nplot: {args.plot}")
     return 0
@@ -674,6 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_command(subparsers)
     add_ingest_command(subparsers)
     add_run_command(subparsers)
+    add_replay_command(subparsers)
     add_rollback_command(subparsers)
     add_gc_command(subparsers)
     add_status_command(subparsers)

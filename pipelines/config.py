@@ -400,6 +400,34 @@ class RetentionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+    """How the controller (pipelines/controller.py) rides out failing cycles.
+
+    A failed cycle is retried after an exponential backoff with jitter,
+    `retry_initial_seconds` doubling per failure in a row up to
+    `retry_max_seconds`. Spans on which `quarantine_after_failures` cycles in
+    a row failed are quarantined (pipelines/failures.py) so the stream moves
+    on; `driftline replay --span S` trains one later.
+    """
+
+    retry_initial_seconds: float = 5.0
+    retry_max_seconds: float = 300.0
+    quarantine_after_failures: int = 3
+
+    def validate(self) -> None:
+        if not self.retry_initial_seconds > 0:
+            raise ConfigError(f"controller.retry_initial_seconds (--retry-initial-seconds) must be > 0, "
+                              f"got {self.retry_initial_seconds}")
+        if not self.retry_max_seconds >= self.retry_initial_seconds:
+            raise ConfigError(f"controller.retry_max_seconds (--retry-max-seconds, {self.retry_max_seconds:g}) must "
+                              f"be >= controller.retry_initial_seconds ({self.retry_initial_seconds:g})")
+        if isinstance(self.quarantine_after_failures, bool) or not isinstance(self.quarantine_after_failures, int) \
+                or self.quarantine_after_failures < 1:
+            raise ConfigError(f"controller.quarantine_after_failures (--quarantine-after) must be an integer >= 1, "
+                              f"got {self.quarantine_after_failures!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class LatencyConfig:
     """The LatencyValidator's load test: what a request is, how it is replayed, and the SLO.
 
@@ -594,6 +622,7 @@ class DriftlineConfig:
     beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
     retention: RetentionConfig = dataclasses.field(default_factory=RetentionConfig)
     cloud: CloudConfig = dataclasses.field(default_factory=CloudConfig)
+    controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
 
     @property
     def pipeline_root(self) -> str:
@@ -620,6 +649,7 @@ class DriftlineConfig:
         self.pusher.validate()
         self.retention.validate()
         self.latency.validate()
+        self.controller.validate()
         return self
 
     @property

@@ -15,6 +15,21 @@
   finishes an interrupted push or records that there was none to finish,
   marks the dead run's executions CANCELED, and then runs a resumed cycle
   over any span that was published but never trained, before new ones.
+* A failed cycle (any exception: a broker timeout, a GCS or ML Metadata
+  error, a component that raised) prints a JSON line with "outcome":
+  "failed" and the error, is recorded in ML Metadata as a
+  `driftline.CycleFailure` (`pipelines/failures.py`; `driftline status`
+  shows it), and is retried after an exponential backoff with jitter
+  (`ControllerConfig`, through tenacity). A span on which
+  `quarantine_after_failures` cycles in a row failed is quarantined, so
+  later spans get their cycles; `driftline replay --span S` trains it later.
+  A failure before any span was published (the source cannot be read) is
+  retried forever and quarantines nothing. Only a misconfiguration
+  (`retryable`: ConfigError, SchemaError, ControllerRunning) ends the
+  controller; so do SIGTERM and Ctrl-C, cleanly, also during a backoff.
+  The event log or topic is checked once before the controller starts
+  (`driftline run` calls `local_runner.preflight`): a wrong --log stops it
+  there, and once it runs, an unreadable source is retried.
 * Retention (`pipelines/retention.py`), after each cycle and on start:
   the payload of artifacts older than `retention.keep_cycles` cycles that
   nothing needs any more is deleted, their records stay; so are the folders
@@ -138,6 +153,47 @@ def due(config: DriftlineConfig, min_new_events: Optional[int] = None) -> Due:
     return Due(False, f"no span closed; {new_events} new events waiting")
 
 
+# Errors that no retry can fix: a configuration that is wrong stays wrong. Everything else (a broker
+# timeout, a GCS or ML Metadata error, a component that raised) is retried, and recorded each time.
+NON_RETRYABLE = ("ConfigError", "SchemaError", "ControllerRunning")
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether the controller retries after `error`: any Exception but a misconfiguration (NON_RETRYABLE).
+
+    KeyboardInterrupt and SystemExit are not Exceptions: they stop the controller.
+    """
+    from components.event_schema import SchemaError
+    from pipelines.config import ConfigError
+
+    return isinstance(error, Exception) and not isinstance(error, (ConfigError, SchemaError, ControllerRunning))
+
+
+def record_failed_cycle(config: DriftlineConfig, error: BaseException, *, resumed: bool, trigger: str,
+                        say: Callable[[str], None]) -> dict:
+    """Records a failed cycle in ML Metadata (pipelines/failures.py); returns its JSON line's fields.
+
+    Never raises: when ML Metadata cannot take the record either, the line says so.
+    """
+    from pipelines import failures
+
+    line = {"outcome": "failed", "error": {"type": type(error).__name__, "message": failures.error_text(error)},
+            "retryable": retryable(error), "resumed": resumed, "trigger": trigger}
+    try:
+        recorded = failures.record_failure(config, error, resumed=resumed, trigger=trigger)
+    except Exception as e:  # noqa: BLE001: the cycle's own error is what matters; say why it is not recorded
+        line["record_error"] = f"{type(e).__name__}: {e}"
+        say(f"could not record the failure in ML Metadata: {type(e).__name__}: {e}")
+        return line
+    r = recorded.record
+    line.update(consecutive_failures=r.consecutive, spans=r.spans, failure_execution_id=r.execution_id,
+                quarantined=[q.span for q in recorded.quarantined])
+    for q in recorded.quarantined:
+        say(f"span {q.span} quarantined: {q.reason}; `driftline replay --home {config.home} --span {q.span}` "
+            "trains it later")
+    return line
+
+
 def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_new_events: Optional[int] = None,
                    max_cycles: Optional[int] = None, until_idle: bool = False,
                    stop: Optional[threading.Event] = None, emit: Optional[Callable[[str], None]] = None,
@@ -145,49 +201,161 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
     """Runs cycles as spans close until stopped (SIGTERM, Ctrl-C, `stop`) or `max_cycles`; returns cycles run.
 
     With `until_idle` it also returns as soon as no cycle is due. Prints one
-    JSON line per cycle through `emit` and a human line through `say`.
+    JSON line per cycle through `emit` ("outcome": "ok" or "failed") and a
+    human line through `say`. A failed cycle is recorded in ML Metadata and
+    retried after an exponential backoff with jitter (`config.controller`);
+    only a misconfiguration (`retryable`) ends the controller, by raising.
+    `max_cycles` counts cycles that succeeded.
     """
+    import tenacity
+
     from pipelines import recovery, retention
     from pipelines.local_runner import run_cycle
 
     say = say or (lambda m: print(m, file=sys.stderr, flush=True))
     emit = emit or (lambda line: print(line, flush=True))
     stop = stop or threading.Event()
+    settings = config.controller
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     cycles = 0
+    attempt = 0  # failed attempts at the current cycle, in this process
+    idle, stopped = "idle", "stopped"
+
+    def start():
+        # Retried like a cycle when ML Metadata or the folders fail: recovery is idempotent.
+        try:
+            report = recovery.recover_interrupted(config)
+            if report.anything:
+                say(f"recovery: {report.describe()}")
+            if config.retention.enabled:
+                say(retention.apply(config).describe())
+        except Exception as e:
+            emit(json.dumps({"cycle": 0, **record_failed_cycle(config, e, resumed=False, trigger="start-up recovery",
+                                                               say=say)}, sort_keys=True))
+            say(f"start-up recovery failed: {type(e).__name__}: {e}")
+            raise
+
+    def step():
+        nonlocal cycles, attempt
+        if stop.is_set():
+            return stopped
+        check = Due(False, "checking whether a cycle is due")
+        try:
+            check = due(config, min_new_events)
+            if not check.run:
+                return check
+            say(f"cycle {cycles + 1}: {check.why}" + (f" (attempt {attempt + 1})" if attempt else ""))
+            cycle = run_cycle(config, resume=check.resume)
+        except Exception as e:
+            attempt += 1
+            line = {"cycle": cycles + 1, "attempt": attempt,
+                    **record_failed_cycle(config, e, resumed=check.resume, trigger=check.why, say=say)}
+            emit(json.dumps(line, sort_keys=True))
+            say(f"cycle {cycles + 1} failed (attempt {attempt}): {type(e).__name__}: "
+                f"{line['error']['message'].splitlines()[0] if line['error']['message'] else ''}")
+            raise
+        cycles += 1
+        attempt = 0
+        line = {"cycle": cycles, "outcome": "ok", "trigger": check.why, **dataclasses.asdict(cycle)}
+        if config.retention.enabled:
+            try:
+                kept = retention.apply(config)
+                line["retention"] = {"deleted": kept.deleted, "unused_folders": len(kept.unused_folders),
+                                     "freed_bytes": kept.freed_bytes, "seconds": kept.seconds}
+            except Exception as e:  # noqa: BLE001: the cycle succeeded; the next one retries retention
+                line["retention"] = {"error": f"{type(e).__name__}: {e}"}
+        emit(json.dumps(line, sort_keys=True))
+        say(f"cycle {cycles}: spans {cycle.spans}{' (resumed)' if cycle.resumed else ''}, "
+            f"{cycle.start or 'no training'}, {cycle.reason or cycle.start_reason or 'nothing to train'}, "
+            f"pushed {cycle.pushed_version or 'nothing'} ({cycle.wall_seconds:.0f} s)")
+        return None
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        say(f"retrying in {state.next_action.sleep:.3g} s")
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(retryable),
+        # initial * 2^(n-1) plus up to `initial` of jitter, capped: controllers that failed together
+        # (a shared broker went down) do not all come back at the same moment.
+        wait=tenacity.wait_exponential_jitter(initial=settings.retry_initial_seconds,
+                                              max=settings.retry_max_seconds,
+                                              jitter=settings.retry_initial_seconds),
+        stop=tenacity.stop_when_event_set(stop),
+        sleep=stop.wait,  # SIGTERM ends the wait at once
+        before_sleep=before_sleep,
+        retry_error_callback=lambda state: stopped)  # stopped while failing: exit cleanly
     try:
         with single_instance(config.home):
             say(f"controller {os.getpid()} on {config.home}: watching {config.source.describe()}")
-            recovered = recovery.recover_interrupted(config)
-            if recovered.anything:
-                say(f"recovery: {recovered.describe()}")
-            if config.retention.enabled:
-                say(retention.apply(config).describe())
+            if retrying(start) == stopped:
+                stop.set()
             while not stop.is_set() and (max_cycles is None or cycles < max_cycles):
-                check = due(config, min_new_events)
-                if not check.run:
+                result = retrying(step)
+                if result == stopped:
+                    break
+                if isinstance(result, Due):
                     if until_idle:
-                        say(f"idle: {check.why}")
+                        say(f"idle: {result.why}")
                         break
                     stop.wait(poll_seconds)
-                    continue
-                say(f"cycle {cycles + 1}: {check.why}")
-                report = run_cycle(config, resume=check.resume)
-                cycles += 1
-                line = {"cycle": cycles, "trigger": check.why, **dataclasses.asdict(report)}
-                if config.retention.enabled:
-                    kept = retention.apply(config)
-                    line["retention"] = {"deleted": kept.deleted, "unused_folders": len(kept.unused_folders),
-                                         "freed_bytes": kept.freed_bytes, "seconds": kept.seconds}
-                emit(json.dumps(line, sort_keys=True))
-                say(f"cycle {cycles}: spans {report.spans}{' (resumed)' if report.resumed else ''}, "
-                    f"{report.start or 'no training'}, {report.reason or report.start_reason or 'nothing to train'}, "
-                    f"pushed {report.pushed_version or 'nothing'} ({report.wall_seconds:.0f} s)")
             say(f"controller {os.getpid()}: stopping after {cycles} cycle(s)")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return cycles
+
+
+def run_cycles(config: DriftlineConfig, cycles: int, say: Optional[Callable[[str], None]] = None,
+               check_source: bool = True) -> list:
+    """`driftline run --cycles N`: N cycles with the controller's crash recovery, without retries.
+
+    Call it while holding the home's lock. Recovery first (an interrupted
+    push finished, dead executions CANCELED), then each cycle is a resumed
+    one while spans are published but untrained, as under `run --continuous`.
+    A failed cycle is recorded in ML Metadata like the controller's and
+    raises `CycleFailed`; returns the CycleReports. A source that cannot
+    be read before the first cycle raises its EventLogError unrecorded
+    (`check_source=False`: not checked, for `replay`, whose resumed cycle
+    reads no source).
+    """
+    from pipelines import recovery
+    from pipelines.local_runner import preflight, run_cycle
+    from pipelines.metadata import open_store
+
+    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    # A source that cannot be read at all is a misconfiguration: it stops here, before anything is recorded.
+    if check_source:
+        preflight(config)
+    report = recovery.recover_interrupted(config)
+    if report.anything:
+        say(f"recovery: {report.describe()}")
+    reports = []
+    for n in range(1, cycles + 1):
+        untrained = recovery.untrained_spans(open_store(config.metadata_path), config.pipeline_name)
+        why = (f"spans {recovery.spans_text(untrained)} published but never trained: resuming" if untrained
+               else "whatever spans have closed")
+        say(f"cycle {n}/{cycles}: {why} ...")
+        try:
+            reports.append(run_cycle(config, resume=bool(untrained)))
+        except Exception as e:
+            line = record_failed_cycle(config, e, resumed=bool(untrained), trigger=why, say=say)
+            raise CycleFailed(n, line) from e
+    return reports
+
+
+class CycleFailed(RuntimeError):
+    """A cycle of `run_cycles` failed; `line` is what the controller would print for it, recorded in ML Metadata."""
+
+    def __init__(self, cycle: int, line: dict):
+        error = line["error"]
+        recorded = ("recorded in ML Metadata (driftline status)" if "record_error" not in line
+                    else f"not recorded: {line['record_error']}")
+        quarantined = (f"; span{'s' if len(line['quarantined']) > 1 else ''} "
+                       f"{', '.join(map(str, line['quarantined']))} quarantined (driftline replay --span S)"
+                       if line.get("quarantined") else "")
+        super().__init__(f"cycle {cycle} failed: {error['type']}: {error['message']}; {recorded}{quarantined}")
+        self.cycle = cycle
+        self.line = line

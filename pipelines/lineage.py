@@ -39,6 +39,9 @@ Where each fact comes from:
 * The trainer's input events: the `TransformGraph` a model was trained with
   (`transform_graph_uri`).
 * The latest `pipeline_run` context: the last cycle's outcome.
+* `driftline.CycleFailure` executions (pipelines/failures.py): the last
+  failed cycle and the failures in a row; `driftline.SpanQuarantine` and
+  `driftline.SpanReplay`: the spans quarantined after failing cycles.
 
 Retention (pipelines/retention.py) deletes old payloads but keeps every
 record, marked DELETED: such artifacts are read like any other, and
@@ -62,6 +65,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from pipelines.metadata import (EVALUATOR_ID, PUSHER_ID, RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID,
                                 ingested_spans, open_store, prop, run_outputs)
+from pipelines.failures import FailureRecord, QuarantinedSpan, consecutive_failures, last_failure, quarantined_spans
 
 PIPELINE_CONTEXT_TYPE = "pipeline"
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
@@ -315,6 +319,12 @@ class Status:
     # Records whose payload retention deleted (pipelines/retention.py).
     spans_payload_deleted: int = 0
     models_payload_deleted: int = 0
+    # The newest failed cycle (pipelines/failures.py), and how many failed since the last run that
+    # completed (0: the controller has recovered since last_failure).
+    last_failure: Optional[FailureRecord] = None
+    consecutive_failures: int = 0
+    # Spans quarantined after failing cycles; `driftline replay --span S` trains one.
+    quarantined_spans: List[QuarantinedSpan] = dataclasses.field(default_factory=list)
 
     @property
     def serving_version(self) -> Optional[int]:
@@ -722,6 +732,7 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
     newest_event_ms = serving_model.max_event_time_ms if serving_model is not None else None
     spans = ingested_spans(store, config.pipeline_name)
     cycle = last_cycle(store, config.pipeline_name)
+    failure = last_failure(store, config.pipeline_name)
     if cycle is not None and cycle.outcome == "running" and not controller.running:
         # Nothing holds the home's lock, so no process is running that cycle any more.
         cycle = dataclasses.replace(cycle, outcome="interrupted", reason=(
@@ -741,7 +752,9 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
         rollbacks=sum(len(m.rollbacks) for m in records), controller=controller,
         serving_latency=serving_model.latency if serving_model is not None else None,
         spans_payload_deleted=sum(1 for s in spans if s.payload_deleted),
-        models_payload_deleted=sum(1 for m in records if m.payload_deleted))
+        models_payload_deleted=sum(1 for m in records if m.payload_deleted),
+        last_failure=failure, consecutive_failures=consecutive_failures(store, config.pipeline_name, failure),
+        quarantined_spans=quarantined_spans(store, config.pipeline_name))
 
 
 # -- JSON ------------------------------------------------------------------------------------
@@ -753,10 +766,12 @@ def to_json(obj: Any, indent: Optional[int] = 2) -> str:
 
 
 def lineage_to_dict(chain_records: Sequence[ModelRecord], serving_info: Optional[ServingInfo] = None,
-                    pipeline_name: Optional[str] = None) -> Dict[str, Any]:
-    """What `driftline lineage --json` prints: {"pipeline_name", "serving", "chain" (newest first)}."""
+                    pipeline_name: Optional[str] = None,
+                    quarantined: Sequence[QuarantinedSpan] = ()) -> Dict[str, Any]:
+    """What `driftline lineage --json` prints: {"pipeline_name", "serving", "chain" (newest first),
+    "quarantined_spans" (spans quarantined after failing cycles: no model trained on them)}."""
     return _plain({"pipeline_name": pipeline_name, "serving": serving_info,
-                   "chain": list(chain_records)})
+                   "chain": list(chain_records), "quarantined_spans": list(quarantined)})
 
 
 def _plain(obj: Any) -> Any:
@@ -893,7 +908,25 @@ def format_status(st: Status) -> str:
         lines.append(f"               payload deleted by retention for {st.models_payload_deleted} of the models "
                      "(records kept)")
     lines.append(f"  controller:  {st.controller.describe()}")
+    f = st.last_failure
+    if f is not None:
+        lines.append(f"  failures:    {st.consecutive_failures} in a row" + (
+            " (recovered: a run completed since)" if not st.consecutive_failures else "")
+            + f"; the last at {format_ms(f.at_ms)} UTC{', resumed cycle' if f.resumed else ''}")
+        lines.append(f"               {f.describe()}")
+    lines += quarantine_lines(st.quarantined_spans, st.home)
     return "\n".join(lines)
+
+
+def quarantine_lines(quarantined: Sequence[QuarantinedSpan], home: str) -> List[str]:
+    """What `status` and `lineage` print about spans quarantined after failing cycles."""
+    lines = []
+    for q in quarantined:
+        lines.append(f"  quarantined: span {q.span} since {format_ms(q.at_ms)} UTC (Examples {q.artifact_id}): "
+                     f"{q.reason}")
+    if quarantined:
+        lines.append(f"               train one with `driftline replay --home {home} --span S`")
+    return lines
 
 
 def _examples(m: ModelRecord) -> str:
@@ -926,8 +959,21 @@ def _latency_cells(m: ModelRecord) -> tuple:
     return (f"{_f(lat.p50_ms, '.1f')}/{_f(lat.p99_ms, '.1f')}", _f(lat.candidates_per_second, ",.0f"), verdict)
 
 
-def format_lineage(chain_records: Sequence[ModelRecord], serving_info: Optional[ServingInfo] = None) -> str:
-    """The table and reasons `driftline lineage` prints, for a chain (newest first)."""
+def format_lineage(chain_records: Sequence[ModelRecord], serving_info: Optional[ServingInfo] = None,
+                   quarantined: Sequence[QuarantinedSpan] = (), home: str = "HOME") -> str:
+    """The table and reasons `driftline lineage` prints, for a chain (newest first).
+
+    `quarantined`: spans quarantined after failing cycles, listed after the
+    chain since no model in it trained on them.
+    """
+    text = _format_chain(chain_records, serving_info)
+    if quarantined:
+        text += "\n\nSpans no model trained on, quarantined after failing cycles:\n" + "\n".join(
+            quarantine_lines(quarantined, home))
+    return text
+
+
+def _format_chain(chain_records: Sequence[ModelRecord], serving_info: Optional[ServingInfo] = None) -> str:
     from pipelines.report import format_table
 
     if not chain_records:

@@ -13,7 +13,9 @@ killed cycle leaves behind is:
   before the gate judged a model trained on them. `untrained_spans` finds
   them, and the controller's next cycle is a resumed one over exactly these
   spans (`create_pipeline(config, resume=True)`), before anything new: no
-  span is lost, none is trained twice.
+  span is lost, none is trained twice. A span on which resumed cycles keep
+  failing is quarantined after `controller.quarantine_after_failures` and
+  left out (`pipelines/failures.py`), until `driftline replay` releases it.
 * **A push cut short.** The pusher copies into a hidden folder and renames it
   into place atomically, then TFX records the `PushedModel`. Killed in
   between, serving holds a complete version ML Metadata does not know.
@@ -40,7 +42,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.streaming_example_gen.committed_state import (COMMITTED_STATE_PROPERTY, NODE_CONTEXT_TYPE,
                                                              node_context_name)
-from components.warm_start_trainer.quarantine import has_key
+from components.warm_start_trainer.quarantine import failed_span_states, has_key
 from pipelines.config import DriftlineConfig
 from pipelines.metadata import PUSHER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, node_of_execution, open_store, prop
 
@@ -103,6 +105,11 @@ def untrained_spans(store: metadata_store.MetadataStore, pipeline_name: str) -> 
     `ModelBlessing`, blessed or not. Spans at or before the newest judged span
     are never returned: older spans that only an ingest run published stay
     replay material, as before.
+
+    Spans quarantined after failing cycles (`pipelines/failures.py`) are left
+    out, so a span that keeps failing does not hold back the ones after it;
+    a span `driftline replay` released is returned until it is judged, even
+    when newer spans were judged meanwhile.
     """
     ingest = store.get_context_by_type_and_name(NODE_CONTEXT_TYPE,
                                                 node_context_name(pipeline_name, STREAMING_EXAMPLE_GEN_ID))
@@ -116,8 +123,10 @@ def untrained_spans(store: metadata_store.MetadataStore, pipeline_name: str) -> 
     frontier = None
     if judged:
         frontier = max(a.properties["span"].int_value for a in store.get_artifacts_by_id(sorted(judged)))
-    return sorted((a for a in spans if a.id not in judged
-                   and (frontier is None or a.properties["span"].int_value > frontier)),
+    failed = failed_span_states(store)
+    return sorted((a for a in spans if a.id not in judged and failed.get(a.id) != "quarantined"
+                   and (frontier is None or a.properties["span"].int_value > frontier
+                        or failed.get(a.id) == "released")),
                   key=lambda a: (a.properties["span"].int_value, a.id))
 
 

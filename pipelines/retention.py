@@ -10,7 +10,8 @@ folder at the artifact's URI) of every artifact older than the newest
   base model and baseline), the span it was judged on, the replay window
   (the newest `trainer.replay_spans + 1` spans that are not quarantined, as
   the replay resolver counts them), spans not trained yet
-  (`recovery.untrained_spans`), and the newest artifact of every type;
+  (`recovery.untrained_spans`) or quarantined after failing cycles (for
+  `driftline replay`), and the newest artifact of every type;
 * **serving**: for each version in the serving folder (the serving one and
   those a rollback can return to), the `PushedModel` that put it there (its
   payload is that version, which the pusher's own `keep_versions` bounds) and
@@ -42,7 +43,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
-from components.warm_start_trainer.quarantine import rejected_spans
+from components.warm_start_trainer.quarantine import quarantined_after_failures, rejected_spans
 from pipelines.config import DriftlineConfig
 from pipelines.metadata import open_store, prop
 from pipelines.recovery import interrupted_executions, untrained_spans
@@ -174,7 +175,7 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
 
     # The replay window, counted the way the replay resolver counts it.
     spans = [a for a in by_type.get("Examples", []) if COMMITTED_STATE_PROPERTY in a.custom_properties]
-    quarantined = rejected_spans(store, [a.id for a in spans])
+    quarantined = rejected_spans(store, [a.id for a in spans]) | quarantined_after_failures(store)
     newest_per_span: Dict[int, metadata_store_pb2.Artifact] = {}
     for a in spans:
         if a.id in quarantined:
@@ -186,6 +187,7 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
     protect((newest_per_span[s].id for s in window), "in the replay window")
     protect((a.id for a in untrained_spans(store, config.pipeline_name)),
             "published but not trained yet: the next cycle resumes on it")
+    protect(quarantined_after_failures(store), "quarantined after failing cycles: `driftline replay` trains it")
     for name, rows in by_type.items():
         protect([max(a.id for a in rows)], f"the newest {name}")
 

@@ -49,3 +49,48 @@ def rejected_spans(store, examples_ids: Iterable[int]) -> Set[int]:
         if model_id in model_to_examples and props["blessed"].int_value != 1:
             rejected |= model_to_examples[model_id]
     return rejected
+
+
+# -- spans quarantined after failing cycles --------------------------------------------------------------
+#
+# Not the gate's quarantine above (data whose candidate was refused): these are spans on which
+# `quarantine_after_failures` cycles in a row failed (a component raised), set aside so that the
+# stream moves on. `pipelines/failures.py` writes the records; `driftline replay --span S` releases
+# one. Every record is an execution attributed to the pipeline's context, taking the span's
+# `Examples` as an INPUT under this key, so its state is the newest such execution.
+FAILURE_EXECUTION_TYPE = "driftline.CycleFailure"
+QUARANTINE_EXECUTION_TYPE = "driftline.SpanQuarantine"
+REPLAY_EXECUTION_TYPE = "driftline.SpanReplay"
+SPAN_EVENT_KEY = "span"
+
+
+def _executions_of_type(store, type_name: str):
+    from ml_metadata import errors as mlmd_errors
+
+    try:
+        return store.get_executions_by_type(type_name)
+    except mlmd_errors.NotFoundError:  # the type is registered with the first record
+        return []
+
+
+def failed_span_states(store) -> Dict[int, str]:
+    """{Examples id: "quarantined" or "released"} for every span ever quarantined after failures.
+
+    "released": `driftline replay` let it be trained again after its last
+    quarantine. Spans never quarantined are not in the map.
+    """
+    executions = {e.id: kind for kind, name in (("quarantined", QUARANTINE_EXECUTION_TYPE),
+                                                 ("released", REPLAY_EXECUTION_TYPE))
+                  for e in _executions_of_type(store, name)}
+    if not executions:
+        return {}
+    newest: Dict[int, int] = {}
+    for event in store.get_events_by_execution_ids(sorted(executions)):
+        if event.type == _INPUT and has_key(event, SPAN_EVENT_KEY):
+            newest[event.artifact_id] = max(newest.get(event.artifact_id, 0), event.execution_id)
+    return {artifact_id: executions[execution_id] for artifact_id, execution_id in newest.items()}
+
+
+def quarantined_after_failures(store) -> Set[int]:
+    """Ids of the `Examples` quarantined now because cycles over them kept failing."""
+    return {a for a, state in failed_span_states(store).items() if state == "quarantined"}

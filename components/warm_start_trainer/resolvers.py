@@ -1,6 +1,7 @@
 """Resolver strategies over spans in ML Metadata.
 
-* `LatestSpansStrategy`, the replay window: the newest spans, minus quarantined ones.
+* `LatestSpansStrategy`, the replay window: the newest spans, minus quarantined ones (refused by
+  the gate, or quarantined after failing cycles).
 * `UntrainedSpansStrategy`, a resumed cycle's new spans: the spans an
   interrupted cycle published but no judged model trained on.
 """
@@ -13,7 +14,7 @@ from tfx.dsl.components.common import resolver
 
 # The quarantine rule lives in a module without TFX, so retention applies the same one.
 from components.warm_start_trainer.quarantine import has_key as _has_key  # noqa: F401  (re-exported)
-from components.warm_start_trainer.quarantine import rejected_spans
+from components.warm_start_trainer.quarantine import quarantined_after_failures, rejected_spans
 
 
 class LatestSpansStrategy(resolver.ResolverStrategy):
@@ -41,6 +42,8 @@ class LatestSpansStrategy(resolver.ResolverStrategy):
         result = {}
         for key, artifacts in input_dict.items():
             quarantined = rejected_spans(store, [a.id for a in artifacts]) if self._exclude_rejected else set()
+            # A span cycles kept failing on would fail the cycles that replay it, too.
+            quarantined |= quarantined_after_failures(store)
             newest_per_span: Dict[int, types.Artifact] = {}
             for a in artifacts:
                 if a.id in quarantined:
@@ -59,8 +62,9 @@ class UntrainedSpansStrategy(resolver.ResolverStrategy):
     A cycle killed after StreamingExampleGen published its spans (their
     position is committed) but before the gate judged a model trained on
     them leaves such spans; a resumed cycle (`create_pipeline(config,
-    resume=True)`) trains on exactly these. The rule is
-    `pipelines.recovery.untrained_spans`::
+    resume=True)`) trains on exactly these, and on spans `driftline replay`
+    released from quarantine; spans quarantined after failing cycles are
+    left out. The rule is `pipelines.recovery.untrained_spans`::
 
         Resolver(strategy_class=UntrainedSpansStrategy, config={"pipeline_name": "driftline"},
                  examples=Channel(type=Examples)).with_id("untrained_spans_resolver")
