@@ -45,7 +45,10 @@ class StreamingExampleGen(base_beam_component.BaseBeamComponent):
     (a segment and byte offset, or per-partition Kafka offsets)
     and emits one `Examples` artifact (with TFX's `span` property and `train`
     / `eval` splits) for every span the watermark has closed. Malformed
-    events go to a dead-letter folder inside the first emitted span.
+    events, events from the future and events far too late go to a
+    dead-letter folder inside the first emitted span, with their reason. An
+    event whose id was already emitted (in this run, or in a span of the
+    newest `dedup_horizon_runs` runs) is counted as a duplicate and kept out.
 
     Orchestrators that run no custom drivers and take one artifact per output
     (Vertex AI Pipelines) need `driverless=True` and `previous_examples`: a
