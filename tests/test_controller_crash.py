@@ -1,10 +1,12 @@
-"""The continuous controller survives SIGKILL at any moment (issue #5: resume after a crash).
+"""The continuous controller survives SIGKILL at any moment and hostile producers (issue #5: resume after
+a crash; issue #19: hostile producers).
 
-What is run: `driftline simulate --live` appends a real-time ad-click stream
-(short 30 s spans, late and malformed lines) while the real controller
-(`pipelines.controller.run_continuous`: TFX LocalDagRunner, Beam
-DirectRunner, SQLite ML Metadata, retention on) runs cycles on it, and is
-SIGKILLed four times, then restarted:
+What is run: two `driftline simulate --live` processes append real-time ad-click streams into one log
+(short 30 s spans, late and malformed lines), beside a hostile producer (tests/hostile_producer.py) that
+adds garbage, 5,000-level nesting, events a year in the future and two hours too late, retries of recent
+lines (duplicate ids), and half-written lines after which it dies mid-write and is restarted. The real
+controller (`pipelines.controller.run_continuous`: TFX LocalDagRunner, Beam DirectRunner, SQLite ML
+Metadata, retention on) runs cycles on it, and is SIGKILLed four times, then restarted:
 
 1. as soon as ML Metadata shows a newly published span (the cycle dies in
    Transform or training: its spans are committed but untrained);
@@ -17,9 +19,12 @@ serving one loads as a SavedModel. Then the stream stops, and a last
 controller runs until nothing is due; one more finds nothing to do. The
 whole run is then checked against the log, ML Metadata and the folders:
 
-* every valid event written before the committed position whose span has
-  closed is in exactly one published span (read back from the TFRecords),
-  every later one in none; every malformed line in exactly one dead-letter file;
+* every line written before the committed position is in exactly one place:
+  a valid, unique, in-bounds event whose span has closed in exactly one
+  published span (read back from the TFRecords), every later one in none;
+  every malformed line, event from the future and event too late in exactly
+  one dead-letter file, with its reason; every repeat of an event id in
+  exactly one span's duplicates list, and counted once;
 * every published span was trained as a new span by exactly one model the
   gate judged (no span lost to a crash, none trained twice);
 * every version in the serving folder is a push ML Metadata recorded, and its
@@ -63,7 +68,8 @@ def controller_config(home: str, log_dir: str):
                                   default_config)
 
     return default_config(home, log_dir).replace(
-        window=WindowConfig(span_seconds=SPAN_S, allowed_lateness_seconds=LATENESS_S),
+        # Ten minutes: far beyond the simulators' lateness (at most 3 min), far short of the hostile 2 hours.
+        window=WindowConfig(span_seconds=SPAN_S, allowed_lateness_seconds=LATENESS_S, max_lateness_seconds=600),
         trainer=TrainerConfig(cold_epochs=3, warm_epochs=2, replay_spans=2),
         # Mechanics, not model quality, are under test: a short span clears these, so most cycles push.
         gate=GateConfig(min_auc=0.5, min_calibration=0.3, max_calibration=3.0, max_log_loss=1.0, max_auc_drop=0.2,
@@ -166,13 +172,51 @@ def versions(serving_dir: str):
         return []
 
 
-def cycle_lines(out_paths):
+def cycle_lines(out_paths, outcome: str = "ok"):
     rows = []
     for path in out_paths:
         if os.path.exists(path):
             with open(path) as f:
                 rows += [json.loads(line) for line in f if line.startswith("{")]
-    return rows
+    return [r for r in rows if r.get("outcome") == outcome]
+
+
+class HostileProducer:
+    """Runs tests/hostile_producer.py, and restarts it each time it dies mid-write, until stopped."""
+
+    def __init__(self, log_dir: str, err_path: str, seed: int):
+        import threading
+
+        from hostile_producer import TORN_EXIT
+
+        self.torn_exits, self.exits = 0, []
+        self._stop = threading.Event()
+        self._proc = None
+
+        def supervise():
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                self._proc = subprocess.Popen([sys.executable, os.path.join(TESTS, "hostile_producer.py"), log_dir,
+                                               str(seed + n)], cwd=REPO, stdout=subprocess.DEVNULL,
+                                              stderr=open(err_path, "ab"))
+                code = self._proc.wait()
+                self.exits.append(code)
+                if code == TORN_EXIT:
+                    self.torn_exits += 1
+                elif not self._stop.is_set():
+                    return  # died of something else: the test fails on `exits`
+
+        self._thread = threading.Thread(target=supervise, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + 30
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGTERM)
+            self._thread.join(0.2)
 
 
 class Serving:
@@ -205,10 +249,12 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
     logs.mkdir()
     config = controller_config(home, log_dir)
     t0 = time.monotonic()
-    sim = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "simulate", "--log", log_dir, "--live",
-                            "--events-per-minute", str(EVENTS_PER_MINUTE), "--seed", "3", "--bad-fraction", "0.003",
-                            "--no-hot-ad"], cwd=REPO, stdout=subprocess.DEVNULL,
-                           stderr=open(logs / "simulate.err", "wb"))
+    # Two well-behaved writers (distinct seeds: distinct event ids) share the log through its lock.
+    sims = [subprocess.Popen([sys.executable, "-m", "pipelines.cli", "simulate", "--log", log_dir, "--live",
+                              "--events-per-minute", str(EVENTS_PER_MINUTE // 2), "--seed", str(seed),
+                              "--bad-fraction", "0.003", "--no-hot-ad"], cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=open(logs / f"simulate-{seed}.err", "wb")) for seed in (3, 4)]
+    hostile = HostileProducer(log_dir, str(logs / "hostile.err"), seed=SEED)
     server = Server(home, log_dir, str(logs / "server.err"))
     serving = Serving(config.serving_dir)
     outs, history, pid = [], [], None
@@ -259,9 +305,12 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
 
             kill(name, f"{delay:.1f} s into a cycle", due_now)
 
-        # The stream stops (flushing late events it held back); the last controller finishes what is due.
-        sim.send_signal(signal.SIGTERM)
-        assert sim.wait(timeout=60) == 0, H.tail(str(logs / "simulate.err"))
+        # The streams stop (flushing late events they held back); the last controller finishes what is due.
+        hostile.stop()
+        for sim in sims:
+            sim.send_signal(signal.SIGTERM)
+        for sim, seed in zip(sims, (3, 4)):
+            assert sim.wait(timeout=60) == 0, H.tail(str(logs / f"simulate-{seed}.err"))
         for name in ("final", "again"):
             start(name, until_idle=True)
             code = server.wait(pid)
@@ -275,9 +324,11 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
             os.kill(pid, signal.SIGKILL)
             server.wait(pid)
         server.close()
-        if sim.poll() is None:
-            sim.kill()
-            sim.wait()
+        hostile.stop()
+        for sim in sims:
+            if sim.poll() is None:
+                sim.kill()
+                sim.wait()
     cycles = cycle_lines(outs)
     print(f"\n{len(cycles)} cycles in {time.monotonic() - t0:.0f} s; kills: {history}")
     for r in cycles:
@@ -305,7 +356,7 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
     print("kill 2 " + ("cut a push short" if any("push of model" in line for line in recoveries)
                        else "came after the push was recorded"))
 
-    # ---- every valid event in exactly one span, every bad line in one dead-letter file -----------------------
+    # ---- every line in exactly one place: one span, one dead-letter file or one duplicates list ------------
     published = H.published_spans(config.metadata_path, config.pipeline_name)
     assert published and untrained_spans(store, config.pipeline_name) == []
     state, _ = latest_committed_state(store, config.pipeline_name, "StreamingExampleGen")
@@ -313,25 +364,56 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
     lines, _ = H.scan_log(log_dir)
     schema = config.source.schema
     seen = collections.Counter(e for p in published for e in p.all_ids)
-    expected, bad = set(), {}
     from components.event_log import Position
     from components.event_schema import InvalidEvent
 
+    # What the writers wrote, classified from the log alone (the hostile producer's ids say what it meant).
+    audit_ms = time.time_ns() // 1_000_000
+    expected, bad, future, too_late, repeats, first_at = set(), {}, {}, {}, {}, {}
     for ln in lines:
-        before_end = Position(ln.segment, ln.offset) < state.end
+        where = (ln.segment, ln.offset)
+        if not Position(ln.segment, ln.offset) < state.end:
+            continue
         try:
             event = schema.parse(ln.line)
         except InvalidEvent:
-            if before_end:
-                bad[(ln.segment, ln.offset)] = ln.line
+            bad[where] = ln.line
             continue
-        if before_end and window.span_of(event["event_time"]) <= state.last_span:
-            expected.add(event["event_id"])
+        event_id, t = event["event_id"], event["event_time"]
+        if t > audit_ms + 24 * 3_600_000:
+            future[where] = ln.line
+        elif event_id.startswith("too_late-"):
+            too_late[where] = ln.line
+        elif window.span_of(t) <= state.last_span:
+            if event_id in first_at:
+                repeats[where] = event_id
+            else:
+                first_at[event_id] = where
+                expected.add(event_id)
     assert not [e for e, k in seen.items() if k > 1], "an event is in two spans"
     assert set(seen) == expected, (f"{len(expected - set(seen))} events missing, e.g. {sorted(expected - set(seen))[:3]}; "
-                                   f"{len(set(seen) - expected)} unexpected")
+                                   f"{len(set(seen) - expected)} unexpected, e.g. {sorted(set(seen) - expected)[:3]}")
     rows = [r for p in published for r in p.dead_letters]
-    assert {(r["segment"], r["offset"]): H.dead_letter_bytes(r) for r in rows} == bad and len(rows) == len(bad)
+    dead = {(r["segment"], r["offset"]): r for r in rows}
+    assert len(dead) == len(rows), "a line is in two dead-letter files"
+    assert {w: H.dead_letter_bytes(r) for w, r in dead.items()} == {**bad, **future, **too_late}
+    assert all(not dead[w]["reason"].startswith((windowing.FROM_THE_FUTURE, windowing.TOO_LATE)) for w in bad)
+    assert all(dead[w]["reason"].startswith(windowing.FROM_THE_FUTURE) for w in future)
+    assert all(dead[w]["reason"].startswith(windowing.TOO_LATE) for w in too_late)
+    # Every repeat of an id (the hostile producer's retries) is listed once, by where it was, and counted once.
+    listed = [(d["segment"], d["offset"]) for p in published
+              for path in glob.glob(os.path.join(p.uri, "duplicates", "*.jsonl")) for d in map(json.loads, open(path))]
+    assert len(listed) == len(set(listed)) and set(listed) == set(repeats), (len(listed), len(repeats))
+    assert sum(H.int_prop(p.artifact, "duplicate_count") for p in published) == len(repeats)
+    # The producers were as hostile as meant: each kind made it into the audited part of the log.
+    kinds = {"garbage or torn": bad, "future": future, "too late": too_late, "duplicates": repeats}
+    assert all(kinds.values()), {k: len(v) for k, v in kinds.items()}
+    assert any(line.startswith(b"[" * 100) or line.startswith(b'{"a":' * 20) for line in bad.values())
+    assert any(line.startswith(b'{"event_id":"torn-') for line in bad.values()), "no torn line was audited"
+    assert hostile.torn_exits >= 1 and set(hostile.exits) <= {0, 17}, hostile.exits
+    print(f"audited {len(lines)} lines: {len(expected)} events, {len(bad)} malformed or torn, {len(future)} from "
+          f"the future, {len(too_late)} too late, {len(repeats)} duplicates; hostile producer died mid-write "
+          f"{hostile.torn_exits} times")
     spans = [p.span for p in published]
     assert len(spans) == len(set(spans)) and sorted(spans) == list(range(min(spans), max(spans) + 1))
 
@@ -368,6 +450,12 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
                                                                                  len(rows))
     assert st.models_trained == len(models) and st.pushes == sum(1 for m in models.values() if m.pushed_version)
     assert st.controller.state == "not running"
+    # Hostile input never failed a cycle; the controller went on cycling after the kills, and what serves is fresh.
+    assert not cycle_lines(outs, "failed"), cycle_lines(outs, "failed")
+    assert cycle_lines([outs[-2]]), "the controller started after the last kill ran no cycle"
+    assert models[st.serving.model_id].newest_span >= state.last_span - 3, (
+        f"serving model {st.serving.model_id} learned up to span {models[st.serving.model_id].newest_span}, "
+        f"the stream up to {state.last_span}")
     last = cycles[-1]
     assert (st.last_cycle.spans, st.last_cycle.pushed_version, st.last_cycle.resumed) == (
         last["spans"], last["pushed_version"], last["resumed"])
