@@ -432,10 +432,12 @@ def run_gc(args: argparse.Namespace) -> int:
 
 def add_rollback_command(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "rollback", help="serve an earlier pushed version again, atomically, recorded in ML Metadata",
+        "rollback", help="serve an earlier pushed version again, atomically, and pin its model",
         description="Copies an earlier version in the serving folder into place as a new, highest version "
                     "(TF Serving switches to it atomically) and records the rollback in ML Metadata. Without "
-                    "--to it rolls back to the version below the one serving now.")
+                    "--to it rolls back to the version below the one serving now. The model rolled back to is "
+                    "pinned: until `driftline unpin`, every cycle warm-starts from it and is judged against it, "
+                    "so a candidate is pushed only if it beats it. Refused while a controller runs on the home.")
     p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
     p.add_argument("--to", type=_int_at_least(1), metavar="VERSION", help="version to serve again")
     p.set_defaults(handler=run_rollback)
@@ -448,10 +450,45 @@ def run_rollback(args: argparse.Namespace) -> int:
 
     config = default_config(args.home)
     try:
-        result = rollback_and_record(config.metadata_path, config.pipeline_name, config.serving_dir, args.to)
+        # A cycle running meanwhile would resolve its base model before the pin and push over the rollback.
+        with _home_lock(config):
+            result = rollback_and_record(config.metadata_path, config.pipeline_name, config.serving_dir, args.to)
     except RollbackError as e:
         raise CommandError(str(e)) from None
     print(format_rollback(result))
+    return 0
+
+
+# -- unpin -----------------------------------------------------------------------------------
+
+def add_unpin_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "unpin", help="end the pin a rollback set: cycles continue from the latest blessed model again",
+        description="Ends the pin `driftline rollback` set on the model it rolled back to, recorded in ML Metadata "
+                    "(a driftline.Unpin execution). From the next cycle on, the base model and the baseline are "
+                    "the latest blessed model again. Serving is not changed. Refused while a controller runs on "
+                    "the home.")
+    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    p.set_defaults(handler=run_unpin)
+
+
+def run_unpin(args: argparse.Namespace) -> int:
+    import os
+
+    from components.blessing_pusher.rollback import PinError, unpin
+    from pipelines.config import default_config
+    from pipelines.metadata import open_store
+
+    config = default_config(args.home)
+    if not os.path.isfile(config.metadata_path):
+        raise CommandError(f"no ML Metadata at {config.metadata_path}: nothing has run in this home yet")
+    try:
+        with _home_lock(config):
+            ended = unpin(open_store(config.metadata_path), config.pipeline_name)
+    except PinError as e:
+        raise CommandError(str(e)) from None
+    print(f"Unpinned model {ended.model_id} (pinned by the rollback to version {ended.to_version}): from the next "
+          "cycle on, the base model and the baseline are the latest blessed model again.")
     return 0
 
 
@@ -515,6 +552,7 @@ def run_lineage(args: argparse.Namespace) -> int:
             model_id = lineage.latest_pushed_model_id(records)
         chain = lineage.chain(store, config.pipeline_name, model_id=model_id, records=records) \
             if model_id is not None else []
+        pin = lineage.current_pin(store, config.pipeline_name)
     except lineage.LineageError as e:
         raise CommandError(str(e)) from None
     if args.plot:
@@ -525,10 +563,10 @@ def run_lineage(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CommandError(f"cannot write the plot {args.plot!r}: {e}") from None
     if args.json:
-        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name), indent=2, sort_keys=True,
-                         allow_nan=False))
+        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name, pin), indent=2,
+                         sort_keys=True, allow_nan=False))
     else:
-        print(lineage.format_lineage(chain, serving))
+        print(lineage.format_lineage(chain, serving, pin))
         if args.plot:
             print(f"\nplot: {args.plot}")
     return 0
@@ -675,6 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ingest_command(subparsers)
     add_run_command(subparsers)
     add_rollback_command(subparsers)
+    add_unpin_command(subparsers)
     add_gc_command(subparsers)
     add_status_command(subparsers)
     add_lineage_command(subparsers)
