@@ -355,7 +355,9 @@ class RetentionConfig:
     deleted unless the next cycle needs it (the replay window's spans, the
     base model, untrained spans) or serving does (the models behind the
     versions in the serving folder). Its ML Metadata record stays, marked
-    DELETED, so lineage and status still read it.
+    DELETED, so lineage and status still read it. Only payloads under the
+    pipeline root are ever deleted, and a span's dead letters are kept
+    unless `dead_letter_keep_cycles` says otherwise.
     """
 
     enabled: bool = True
@@ -363,11 +365,20 @@ class RetentionConfig:
     # Also keep every model that was ever pushed, not only those still in the
     # serving folder: disk then grows by one model per push.
     keep_all_pushed_models: bool = False
+    # A span's dead letters (its `dead_letter/` folder) outlive its examples:
+    # None keeps them for ever (for Kafka they are the only copy of the bad
+    # records); K deletes them once the span is older than the newest K cycles.
+    dead_letter_keep_cycles: Optional[int] = None
 
     def validate(self) -> None:
         if self.keep_cycles < 1:
             raise ConfigError(f"retention.keep_cycles must be >= 1 (the cycle just run is always kept), "
                               f"got {self.keep_cycles}")
+        if self.dead_letter_keep_cycles is not None and (
+                isinstance(self.dead_letter_keep_cycles, bool) or not isinstance(self.dead_letter_keep_cycles, int)
+                or self.dead_letter_keep_cycles < 1):
+            raise ConfigError(f"retention.dead_letter_keep_cycles must be None (keep dead letters for ever) or an "
+                              f"integer >= 1, got {self.dead_letter_keep_cycles!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,11 +52,14 @@ LOCAL_ONLY = {
     # The local controller's crash recovery and retention: they read SQLite ML Metadata in the local
     # home, and remote artifact URIs take the tf.io.gfile branch beside each os call (`_is_local`).
     ("pipelines/cli.py", "run_gc"): {"os.path.isfile"},
+    ("pipelines/cli.py", "run_unpin"): {"os.path.isfile"},
     ("pipelines/recovery.py", "recover_interrupted"): {"os.path.isfile"},
     ("pipelines/recovery.py", "_publish_push"): {"os.makedirs"},
     ("pipelines/retention.py", "apply"): {"os.path.isfile"},
     ("pipelines/retention.py", "_tree_bytes"): {"os.walk"},
-    ("pipelines/retention.py", "_delete_payload"): {"shutil.rmtree"},
+    ("pipelines/retention.py", "_delete_payload"): {"shutil.rmtree", "os.listdir", "os.path.isdir", "os.path.islink",
+                                                    "os.remove"},
+    ("pipelines/retention.py", "_exists"): {"os.path.isdir"},
     ("pipelines/retention.py", "remove_unused_folders"): {"os.path.isdir", "os.listdir"},
     ("pipelines/retention.py", "remove_unused_folders.drop"): {"shutil.rmtree"},
     # The continuous-vs-batch comparison (the notebook) runs the local pipeline in a fresh local home.
