@@ -575,28 +575,37 @@ def run_lineage(args: argparse.Namespace) -> int:
 # -- demo ---------------------------------------------------------------------------------
 
 def add_demo_command(subparsers: Any) -> None:
-    p = subparsers.add_parser("demo", help="the main job on the built-in stream (what `make demo` runs)")
+    p = subparsers.add_parser(
+        "demo", help="the main job on the built-in stream (what `make demo` runs)",
+        description="Replays the built-in drifting stream into --home, one cycle per span. It starts from an "
+                    "empty home: a previous demo's home is replaced, any other existing folder is refused "
+                    "unless --force.")
     p.add_argument("--home", default="demo_home", metavar="DIR", help="folder for the log, MLMD and artifacts")
     p.add_argument("--cycles", type=_int_at_least(1), default=8, help="cycles to run, one new span each")
     p.add_argument("--events-per-minute", type=_int_at_least(1), default=1000)
     p.add_argument("--poison-cycle", type=_int_at_least(0), default=5,
                    help="the cycle whose span has every label flipped (0: none)")
+    p.add_argument("--force", action="store_true",
+                   help="delete --home even if the demo did not create it (a previous demo's home is always "
+                        "replaced)")
     p.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     import os
-    import shutil
 
+    from pipelines.demo import DemoHomeError, prepare_home
+
+    try:
+        # The demo replays a stream from its start: a previous run's state would skip it.
+        prepare_home(args.home, force=args.force)
+    except DemoHomeError as e:
+        raise CommandError(str(e)) from None
     from pipelines.report import quiet_tensorflow
 
     quiet_tensorflow()
     from pipelines.demo import cycle_table, run_demo as demo
 
-    if os.path.exists(args.home):
-        # The demo replays a stream from its start: a previous run's state would skip it.
-        print(f"[demo] removing the previous demo in {args.home}", file=sys.stderr)
-        shutil.rmtree(args.home)
     rows = demo(args.home, cycles=args.cycles, events_per_minute=args.events_per_minute,
                 poison_cycle=args.poison_cycle or None)
     print("\n" + cycle_table(rows))

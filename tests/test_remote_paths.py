@@ -67,7 +67,9 @@ LOCAL_ONLY = {
     # The continuous-vs-batch comparison (the notebook) runs the local pipeline in a fresh local home.
     ("pipelines/regimes.py", "_compare"): {"os.path.exists", "os.listdir"},
     # The demo's own local home; this checkout's setup.py for Beam packaging.
-    ("pipelines/cli.py", "run_demo"): {"os.path.exists", "shutil.rmtree"},
+    ("pipelines/demo.py", "is_demo_home"): {"open"},
+    ("pipelines/demo.py", "prepare_home"): {"os.path.lexists", "os.path.isdir", "os.path.islink", "os.listdir",
+                                            "shutil.rmtree", "os.remove", "os.makedirs", "open"},
     ("pipelines/config.py", "driftline_setup_file"): {"os.path.exists"},
 }
 
