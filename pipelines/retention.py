@@ -247,7 +247,7 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
         return dl_recent is None or a.id in dl_recent
 
     keep_dead_letters = {a.id: _dead_letter_dir(a) for a in delete
-                         if _dead_letter_dir(a) and dead_letters_stay(a)}
+                         if _dead_letter_dir(a) and dead_letters_stay(a) and _exists(_dead_letter_dir(a))}
     expired = []
     if dl_recent is not None:
         for a in _by_state(artifacts, _DELETED):

@@ -262,7 +262,12 @@ def test_a_retained_away_span_keeps_its_dead_letters(tmp_path):
     h = six_cycles(tmp_path)
     folder = add_dead_letters(h, 0)
     [span] = h.cycles[0]["examples"]
+    # A run's first span names its dead-letter folder even when nothing was dead-lettered: nothing to keep.
+    [clean] = h.store.get_artifacts_by_id(h.cycles[1]["examples"])
+    clean.custom_properties["dead_letter_uri"].string_value = os.path.join(clean.uri, "dead_letter")
+    h.store.put_artifacts([clean])
     report = retention.apply(config_for(h), h.store)
+    assert not os.path.exists(os.path.dirname(clean.uri))  # its execution folder went whole
     assert span in report.deleted_ids and h.artifact(span).state == pb.Artifact.DELETED
     assert not os.path.exists(os.path.join(h.artifact(span).uri, "payload.bin"))  # the examples went
     assert os.listdir(folder) == ["dead_letter-p00000-00000000000000000000.jsonl"]  # the dead letters stayed
