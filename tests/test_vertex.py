@@ -208,14 +208,15 @@ def test_a_change_of_configuration_shows_up_in_the_spec(spec, tmp_path):
 
 
 def test_the_local_pipeline_does_not_compile_for_vertex(tmp_path):
-    """Why there is a Vertex target: the local replay resolver's custom strategy has no Vertex form."""
+    """Why there is a Vertex target: the local resolvers' custom strategies (the pin-aware base model, the replay
+    window) have no Vertex form."""
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as kv2
 
     from pipelines.pipeline import create_pipeline
 
     config = default_config(str(tmp_path / "home"))
     runner = kv2.KubeflowV2DagRunner(kv2.KubeflowV2DagRunnerConfig(default_image=IMAGE), output_dir=str(tmp_path))
-    with pytest.raises(TypeError, match="LatestSpansStrategy"):
+    with pytest.raises(TypeError, match="PinnedOrLatestBlessedModelStrategy|LatestSpansStrategy"):
         runner.run(create_pipeline(config), write_out=False)
 
 
