@@ -29,7 +29,8 @@ limits:
   go: for a Kafka topic they are the only copy of the records that failed.
   `RetentionConfig.dead_letter_keep_cycles` (default None: for ever) bounds
   how long.
- Its ML Metadata record stays with every property, so lineage,
+
+A deleted artifact's ML Metadata record stays with every property, so lineage,
 status and the quarantine of rejected spans read it as before; its state
 goes LIVE -> MARKED_FOR_DELETION -> (folder deleted) -> DELETED, so a kill
 midway is finished by the next call. TFX's input resolution considers LIVE
