@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import socket
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -148,10 +150,56 @@ class Record:
     timestamp_ms: Optional[int]
 
 
-def consumer_settings(bootstrap_servers: str, client_config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """librdkafka settings of every driftline consumer: explicit offsets, no commits, errors not resets."""
+def resolve_secrets(secret_env: Optional[Mapping[str, str]] = None, secret_files: Optional[Mapping[str, str]] = None,
+                    environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The values of the secret settings: setting -> value, read from the environment and from files, now.
+
+    Called only when a consumer is about to connect, in the process that
+    connects (the controller, a Beam worker), so a value is never part of
+    the configuration that ML Metadata or a compiled spec records. A
+    variable that is not set, or a file that cannot be read, is a
+    KafkaSourceError that names it and the setting, never the value.
+    """
+    environ = os.environ if environ is None else environ
+    resolved: Dict[str, str] = {}
+    for setting, name in sorted((secret_env or {}).items()):
+        value = environ.get(name)
+        if not value:
+            raise KafkaSourceError(
+                f"source.kafka.secret_env takes {setting!r} from the environment variable {name!r}, which is "
+                f"{'empty' if value == '' else 'not set'} in this process (pid {os.getpid()} on "
+                f"{socket.gethostname()}). Set it wherever driftline connects to Kafka: the controller or "
+                "`driftline run`, and every Beam worker.")
+        resolved[setting] = value
+    for setting, path in sorted((secret_files or {}).items()):
+        try:
+            # A mounted secret is a local file by nature (a Kubernetes or Docker secret volume).
+            with open(path, encoding="utf-8") as f:
+                value = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise KafkaSourceError(
+                f"source.kafka.secret_files takes {setting!r} from the file {path!r}, which cannot be read here "
+                f"({type(e).__name__}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}). Mount it at that path "
+                "wherever driftline connects to Kafka, readable by the user it runs as.") from None
+        value = value[:-2] if value.endswith("\r\n") else value[:-1] if value.endswith("\n") else value
+        if not value:
+            raise KafkaSourceError(f"source.kafka.secret_files takes {setting!r} from the file {path!r}, which is "
+                                   "empty: write the value into it")
+        resolved[setting] = value
+    return resolved
+
+
+def consumer_settings(bootstrap_servers: str, client_config: Optional[Mapping[str, Any]] = None,
+                      secret_env: Optional[Mapping[str, str]] = None,
+                      secret_files: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """librdkafka settings of every driftline consumer: explicit offsets, no commits, errors not resets.
+
+    Secret settings are resolved here, at connect time (`resolve_secrets`):
+    the returned dict holds them, so it is handed to the client and never stored.
+    """
     settings: Dict[str, Any] = {"group.id": DEFAULT_GROUP_ID}
     settings.update(client_config or {})
+    settings.update(resolve_secrets(secret_env, secret_files))
     settings.update({
         "bootstrap.servers": bootstrap_servers,
         "enable.auto.commit": False,

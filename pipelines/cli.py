@@ -522,10 +522,12 @@ def run_gc(args: argparse.Namespace) -> int:
 
 def add_rollback_command(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "rollback", help="serve an earlier pushed version again, atomically, recorded in ML Metadata",
+        "rollback", help="serve an earlier pushed version again, atomically, and pin its model",
         description="Copies an earlier version in the serving folder into place as a new, highest version "
                     "(TF Serving switches to it atomically) and records the rollback in ML Metadata. Without "
-                    "--to it rolls back to the version below the one serving now.")
+                    "--to it rolls back to the version below the one serving now. The model rolled back to is "
+                    "pinned: until `driftline unpin`, every cycle warm-starts from it and is judged against it, "
+                    "so a candidate is pushed only if it beats it. Refused while a controller runs on the home.")
     p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
     p.add_argument("--to", type=_int_at_least(1), metavar="VERSION", help="version to serve again")
     p.set_defaults(handler=run_rollback)
@@ -538,10 +540,45 @@ def run_rollback(args: argparse.Namespace) -> int:
 
     config = default_config(args.home)
     try:
-        result = rollback_and_record(config.metadata_path, config.pipeline_name, config.serving_dir, args.to)
+        # A cycle running meanwhile would resolve its base model before the pin and push over the rollback.
+        with _home_lock(config):
+            result = rollback_and_record(config.metadata_path, config.pipeline_name, config.serving_dir, args.to)
     except RollbackError as e:
         raise CommandError(str(e)) from None
     print(format_rollback(result))
+    return 0
+
+
+# -- unpin -----------------------------------------------------------------------------------
+
+def add_unpin_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "unpin", help="end the pin a rollback set: cycles continue from the latest blessed model again",
+        description="Ends the pin `driftline rollback` set on the model it rolled back to, recorded in ML Metadata "
+                    "(a driftline.Unpin execution). From the next cycle on, the base model and the baseline are "
+                    "the latest blessed model again. Serving is not changed. Refused while a controller runs on "
+                    "the home.")
+    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    p.set_defaults(handler=run_unpin)
+
+
+def run_unpin(args: argparse.Namespace) -> int:
+    import os
+
+    from components.blessing_pusher.rollback import PinError, unpin
+    from pipelines.config import default_config
+    from pipelines.metadata import open_store
+
+    config = default_config(args.home)
+    if not os.path.isfile(config.metadata_path):
+        raise CommandError(f"no ML Metadata at {config.metadata_path}: nothing has run in this home yet")
+    try:
+        with _home_lock(config):
+            ended = unpin(open_store(config.metadata_path), config.pipeline_name)
+    except PinError as e:
+        raise CommandError(str(e)) from None
+    print(f"Unpinned model {ended.model_id} (pinned by the rollback to version {ended.to_version}): from the next "
+          "cycle on, the base model and the baseline are the latest blessed model again.")
     return 0
 
 
@@ -606,6 +643,7 @@ def run_lineage(args: argparse.Namespace) -> int:
         chain = lineage.chain(store, config.pipeline_name, model_id=model_id, records=records) \
             if model_id is not None else []
         quarantined = lineage.quarantined_spans(store, config.pipeline_name)
+        pin = lineage.current_pin(store, config.pipeline_name)
     except lineage.LineageError as e:
         raise CommandError(str(e)) from None
     if args.plot:
@@ -616,10 +654,10 @@ def run_lineage(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CommandError(f"cannot write the plot {args.plot!r}: {e}") from None
     if args.json:
-        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name, quarantined), indent=2,
+        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name, quarantined, pin), indent=2,
                          sort_keys=True, allow_nan=False))
     else:
-        print(lineage.format_lineage(chain, serving, quarantined, home=config.home))
+        print(lineage.format_lineage(chain, serving, quarantined, home=config.home, pin=pin))
         if args.plot:
             print(f"\nplot: {args.plot}")
     return 0
@@ -628,28 +666,37 @@ def run_lineage(args: argparse.Namespace) -> int:
 # -- demo ---------------------------------------------------------------------------------
 
 def add_demo_command(subparsers: Any) -> None:
-    p = subparsers.add_parser("demo", help="the main job on the built-in stream (what `make demo` runs)")
+    p = subparsers.add_parser(
+        "demo", help="the main job on the built-in stream (what `make demo` runs)",
+        description="Replays the built-in drifting stream into --home, one cycle per span. It starts from an "
+                    "empty home: a previous demo's home is replaced, any other existing folder is refused "
+                    "unless --force.")
     p.add_argument("--home", default="demo_home", metavar="DIR", help="folder for the log, MLMD and artifacts")
     p.add_argument("--cycles", type=_int_at_least(1), default=8, help="cycles to run, one new span each")
     p.add_argument("--events-per-minute", type=_int_at_least(1), default=1000)
     p.add_argument("--poison-cycle", type=_int_at_least(0), default=5,
                    help="the cycle whose span has every label flipped (0: none)")
+    p.add_argument("--force", action="store_true",
+                   help="delete --home even if the demo did not create it (a previous demo's home is always "
+                        "replaced)")
     p.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     import os
-    import shutil
 
+    from pipelines.demo import DemoHomeError, prepare_home
+
+    try:
+        # The demo replays a stream from its start: a previous run's state would skip it.
+        prepare_home(args.home, force=args.force)
+    except DemoHomeError as e:
+        raise CommandError(str(e)) from None
     from pipelines.report import quiet_tensorflow
 
     quiet_tensorflow()
     from pipelines.demo import cycle_table, run_demo as demo
 
-    if os.path.exists(args.home):
-        # The demo replays a stream from its start: a previous run's state would skip it.
-        print(f"[demo] removing the previous demo in {args.home}", file=sys.stderr)
-        shutil.rmtree(args.home)
     rows = demo(args.home, cycles=args.cycles, events_per_minute=args.events_per_minute,
                 poison_cycle=args.poison_cycle or None)
     print("\n" + cycle_table(rows))
@@ -767,6 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(subparsers)
     add_replay_command(subparsers)
     add_rollback_command(subparsers)
+    add_unpin_command(subparsers)
     add_gc_command(subparsers)
     add_status_command(subparsers)
     add_lineage_command(subparsers)

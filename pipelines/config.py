@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Dict, List, Optional, Tuple
 
 from components.event_schema import EventSchema, ad_click_schema
@@ -86,6 +87,22 @@ KAFKA_EVENT_TIMES = ("payload", "record_timestamp")
 # live in ML Metadata, so nothing may commit to Kafka or silently reset.
 KAFKA_RESERVED_SETTINGS = ("bootstrap.servers", "enable.auto.commit", "enable.auto.offset.store",
                            "auto.offset.reset", "enable.partition.eof")
+# librdkafka settings that hold a secret. client_config travels as an execution
+# property into ML Metadata and into a compiled Vertex spec, in plain text, so
+# these (and any setting whose name says password, secret, token or credential)
+# must come through KafkaConfig.secret_env or secret_files instead.
+KAFKA_SECRET_SETTINGS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem",
+                         "sasl.oauthbearer.client.secret")
+_SECRET_WORDS = re.compile(r"pass(word|wd)|secret|token|credential", re.IGNORECASE)
+# Names that match a secret word but hold none: where to fetch a token, not the token.
+_NOT_SECRET_SETTINGS = ("sasl.oauthbearer.token.endpoint.url",)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def looks_like_secret(setting: str) -> bool:
+    """Whether a librdkafka setting name is one that holds a secret (see KAFKA_SECRET_SETTINGS)."""
+    name = setting.strip().lower()
+    return name in KAFKA_SECRET_SETTINGS or (name not in _NOT_SECRET_SETTINGS and bool(_SECRET_WORDS.search(name)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,10 +126,18 @@ class KafkaConfig:
     records_per_split: int = 100_000
     # Read timeout of the range reads: records the plan saw must arrive within it.
     read_timeout_s: float = 30.0
-    # Extra librdkafka consumer settings (security.protocol, sasl.*, ssl.*, ...).
-    # Recorded in ML Metadata as an execution property: keep secrets out (use
-    # files, e.g. ssl.key.location, readable by the workers).
+    # Extra librdkafka consumer settings (security.protocol, sasl.mechanism,
+    # sasl.username, ssl.ca.location, ...). Recorded in ML Metadata as an
+    # execution property and in a compiled Vertex spec: no secrets here
+    # (validation refuses a setting named like one, see looks_like_secret).
     client_config: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # Secret settings, read only when a consumer connects, never stored:
+    # setting -> name of the environment variable that holds its value
+    # (e.g. {"sasl.password": "KAFKA_SASL_PASSWORD"}) ...
+    secret_env: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # ... or setting -> path of a local file that holds it (a mounted secret;
+    # one trailing newline is dropped). Only the names and paths are recorded.
+    secret_files: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.bootstrap_servers:
@@ -132,11 +157,36 @@ class KafkaConfig:
                               f"({self.poll_timeout_s:g}): a range read waits for records the plan already saw")
         if self.max_records_per_partition < 1 or self.records_per_split < 1:
             raise ConfigError("source.kafka.max_records_per_partition and source.kafka.records_per_split must be >= 1")
-        reserved = sorted(set(self.client_config) & set(KAFKA_RESERVED_SETTINGS))
+        reserved = sorted((set(self.client_config) | set(self.secret_env) | set(self.secret_files))
+                          & set(KAFKA_RESERVED_SETTINGS))
         if reserved:
             raise ConfigError(f"source.kafka.client_config sets {reserved}, which driftline owns: offsets are "
                               "committed in ML Metadata, so consumers never commit to Kafka nor reset offsets. "
                               "Remove them (bootstrap.servers goes in source.kafka.bootstrap_servers).")
+        secrets = sorted(k for k in self.client_config if looks_like_secret(k))
+        if secrets:
+            example = secrets[0]
+            env = re.sub(r"[^A-Za-z0-9]+", "_", f"kafka_{example}").upper()
+            # The value is never echoed: this message may itself end up in a log.
+            raise ConfigError(
+                f"source.kafka.client_config sets {secrets}, which hold secrets: client_config is stored in plain "
+                f"text in ML Metadata and in a compiled Vertex spec. Move them out of client_config into "
+                f"source.kafka.secret_env (setting -> environment variable, e.g. "
+                f"secret_env={{{example!r}: {env!r}}}) or source.kafka.secret_files (setting -> file path); "
+                "their values are read only when a consumer connects.")
+        both = sorted((set(self.secret_env) & set(self.secret_files))
+                      | ((set(self.secret_env) | set(self.secret_files)) & set(self.client_config)))
+        if both:
+            raise ConfigError(f"source.kafka settings {both} are given twice (client_config, secret_env, "
+                              "secret_files): give each setting in one of them")
+        for setting, name in self.secret_env.items():
+            if not isinstance(name, str) or not _ENV_NAME.match(name):
+                raise ConfigError(f"source.kafka.secret_env[{setting!r}] must be the name of an environment "
+                                  "variable (letters, digits, _), not the secret itself")
+        for setting, path in self.secret_files.items():
+            if not isinstance(path, str) or not path:
+                raise ConfigError(f"source.kafka.secret_files[{setting!r}] must be the path of a file that holds "
+                                  "the value")
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -384,7 +434,9 @@ class RetentionConfig:
     deleted unless the next cycle needs it (the replay window's spans, the
     base model, untrained spans) or serving does (the models behind the
     versions in the serving folder). Its ML Metadata record stays, marked
-    DELETED, so lineage and status still read it.
+    DELETED, so lineage and status still read it. Only payloads under the
+    pipeline root are ever deleted, and a span's dead letters are kept
+    unless `dead_letter_keep_cycles` says otherwise.
     """
 
     enabled: bool = True
@@ -392,11 +444,20 @@ class RetentionConfig:
     # Also keep every model that was ever pushed, not only those still in the
     # serving folder: disk then grows by one model per push.
     keep_all_pushed_models: bool = False
+    # A span's dead letters (its `dead_letter/` folder) outlive its examples:
+    # None keeps them for ever (for Kafka they are the only copy of the bad
+    # records); K deletes them once the span is older than the newest K cycles.
+    dead_letter_keep_cycles: Optional[int] = None
 
     def validate(self) -> None:
         if self.keep_cycles < 1:
             raise ConfigError(f"retention.keep_cycles must be >= 1 (the cycle just run is always kept), "
                               f"got {self.keep_cycles}")
+        if self.dead_letter_keep_cycles is not None and (
+                isinstance(self.dead_letter_keep_cycles, bool) or not isinstance(self.dead_letter_keep_cycles, int)
+                or self.dead_letter_keep_cycles < 1):
+            raise ConfigError(f"retention.dead_letter_keep_cycles must be None (keep dead letters for ever) or an "
+                              f"integer >= 1, got {self.dead_letter_keep_cycles!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,12 +10,20 @@ Freshness here is measured on a replayed stream: from the moment the events
 that close a span land in the log to the moment its model serves. (On a
 live stream the allowed lateness comes on top: a span closes that much
 after its last event.)
+
+`driftline demo --home DIR` starts from an empty DIR, so it deletes a
+previous demo there; but only a folder the demo made itself, which it marks
+with a `.driftline-demo` file when it creates it (`prepare_home`). Any
+other folder is refused unless `--force`.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import os
+import shutil
 import sys
 import time
 from typing import Callable, Iterator, List, Optional
@@ -24,6 +32,51 @@ from pipelines.config import DriftlineConfig, default_config
 from pipelines.simulator import SimulatorConfig, format_ms, simulate
 
 Progress = Callable[[str], None]
+# Written into a demo home when `driftline demo` creates it: the proof that the folder is the demo's to delete.
+MARKER_FILE = ".driftline-demo"
+_MARKER_OWNER = "driftline demo"
+
+
+class DemoHomeError(RuntimeError):
+    """The demo home is a folder the demo did not create; the message names --force."""
+
+
+def is_demo_home(home: str) -> bool:
+    """Whether `home` is a folder `driftline demo` created (it holds the demo's marker file)."""
+    try:
+        with open(os.path.join(home, MARKER_FILE), encoding="utf-8") as f:
+            return json.load(f).get("created_by") == _MARKER_OWNER
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def prepare_home(home: str, force: bool = False, progress: Optional[Progress] = None) -> None:
+    """Leaves `home` an empty folder marked as the demo's: the demo replays its stream from the start.
+
+    A previous demo's folder (marked) is deleted, as is anything with
+    `force`; an empty folder is used as it is. Anything else raises
+    DemoHomeError and is left untouched: `--home` may name a folder that
+    holds someone's work.
+    """
+    say = progress or _stderr
+    if os.path.lexists(home):
+        empty_dir = os.path.isdir(home) and not os.path.islink(home) and not os.listdir(home)
+        if is_demo_home(home) or (force and not empty_dir):
+            say(f"removing the previous {'demo' if is_demo_home(home) else 'contents'} in {home}")
+            if os.path.isdir(home) and not os.path.islink(home):
+                shutil.rmtree(home)
+            else:  # a file, or a link (never what it points to)
+                os.remove(home)
+        elif not empty_dir:
+            what = "a symbolic link" if os.path.islink(home) else "a file" if not os.path.isdir(home) else \
+                "a folder that `driftline demo` did not create"
+            raise DemoHomeError(
+                f"{home} exists and is {what}: the demo starts from an empty home and would delete it. Give "
+                f"another --home (or none: demo_home), or add --force to delete {home} and everything in it.")
+    os.makedirs(home, exist_ok=True)
+    with open(os.path.join(home, MARKER_FILE), "w", encoding="utf-8") as f:
+        json.dump({"created_by": _MARKER_OWNER, "created_at_ms": time.time_ns() // 1_000_000, "pid": os.getpid()},
+                  f)
 
 
 def _stderr(message: str) -> None:

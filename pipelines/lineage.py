@@ -42,6 +42,9 @@ Where each fact comes from:
 * `driftline.CycleFailure` executions (pipelines/failures.py): the last
   failed cycle and the failures in a row; `driftline.SpanQuarantine` and
   `driftline.SpanReplay`: the spans quarantined after failing cycles.
+* `driftline.Rollback` and `driftline.Unpin` executions: the pin that
+  stands, the model a rollback pinned as base model and baseline
+  (`components.blessing_pusher.rollback.current_pin`).
 
 Retention (pipelines/retention.py) deletes old payloads but keeps every
 record, marked DELETED: such artifacts are read like any other, and
@@ -63,6 +66,7 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.blessing_pusher.rollback import Pin, current_pin
 from pipelines.metadata import (EVALUATOR_ID, PUSHER_ID, RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID,
                                 ingested_spans, open_store, prop, run_outputs)
 from pipelines.failures import FailureRecord, QuarantinedSpan, consecutive_failures, last_failure, quarantined_spans
@@ -325,6 +329,8 @@ class Status:
     consecutive_failures: int = 0
     # Spans quarantined after failing cycles; `driftline replay --span S` trains one.
     quarantined_spans: List[QuarantinedSpan] = dataclasses.field(default_factory=list)
+    # The model a rollback pinned as base model and baseline; None: no pin stands.
+    pin: Optional[Pin] = None
 
     @property
     def serving_version(self) -> Optional[int]:
@@ -754,7 +760,8 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
         spans_payload_deleted=sum(1 for s in spans if s.payload_deleted),
         models_payload_deleted=sum(1 for m in records if m.payload_deleted),
         last_failure=failure, consecutive_failures=consecutive_failures(store, config.pipeline_name, failure),
-        quarantined_spans=quarantined_spans(store, config.pipeline_name))
+        quarantined_spans=quarantined_spans(store, config.pipeline_name),
+        pin=current_pin(store, config.pipeline_name))
 
 
 # -- JSON ------------------------------------------------------------------------------------
@@ -767,10 +774,10 @@ def to_json(obj: Any, indent: Optional[int] = 2) -> str:
 
 def lineage_to_dict(chain_records: Sequence[ModelRecord], serving_info: Optional[ServingInfo] = None,
                     pipeline_name: Optional[str] = None,
-                    quarantined: Sequence[QuarantinedSpan] = ()) -> Dict[str, Any]:
-    """What `driftline lineage --json` prints: {"pipeline_name", "serving", "chain" (newest first),
+                    quarantined: Sequence[QuarantinedSpan] = (), pin: Optional[Pin] = None) -> Dict[str, Any]:
+    """What `driftline lineage --json` prints: {"pipeline_name", "serving", "pin", "chain" (newest first),
     "quarantined_spans" (spans quarantined after failing cycles: no model trained on them)}."""
-    return _plain({"pipeline_name": pipeline_name, "serving": serving_info,
+    return _plain({"pipeline_name": pipeline_name, "serving": serving_info, "pin": pin,
                    "chain": list(chain_records), "quarantined_spans": list(quarantined)})
 
 
@@ -881,6 +888,8 @@ def format_status(st: Status) -> str:
         if s.pushed_at_ms is not None:
             serving_text += f", since {format_ms(s.pushed_at_ms)} UTC"
     lines.append(f"  serving:     {serving_text}")
+    if st.pin is not None:
+        lines.append(f"  pinned:      {_pin_text(st.pin)}")
     if st.freshness_seconds is not None:
         lines.append(f"  freshness:   {format_duration(st.freshness_seconds)} (the serving model learned events up "
                      f"to {format_ms(st.newest_event_ms)} UTC)")
@@ -959,25 +968,32 @@ def _latency_cells(m: ModelRecord) -> tuple:
     return (f"{_f(lat.p50_ms, '.1f')}/{_f(lat.p99_ms, '.1f')}", _f(lat.candidates_per_second, ",.0f"), verdict)
 
 
+def _pin_text(pin: Pin) -> str:
+    when = f" at {format_ms(pin.at_ms)} UTC" if pin.at_ms else ""
+    return pin.describe() + when
+
+
 def format_lineage(chain_records: Sequence[ModelRecord], serving_info: Optional[ServingInfo] = None,
-                   quarantined: Sequence[QuarantinedSpan] = (), home: str = "HOME") -> str:
-    """The table and reasons `driftline lineage` prints, for a chain (newest first).
+                   quarantined: Sequence[QuarantinedSpan] = (), home: str = "HOME", pin: Optional[Pin] = None) -> str:
+    """The table and reasons `driftline lineage` prints, for a chain (newest first), and the pin if one stands.
 
     `quarantined`: spans quarantined after failing cycles, listed after the
     chain since no model in it trained on them.
     """
-    text = _format_chain(chain_records, serving_info)
+    text = _format_chain(chain_records, serving_info, pin)
     if quarantined:
         text += "\n\nSpans no model trained on, quarantined after failing cycles:\n" + "\n".join(
             quarantine_lines(quarantined, home))
     return text
 
 
-def _format_chain(chain_records: Sequence[ModelRecord], serving_info: Optional[ServingInfo] = None) -> str:
+def _format_chain(chain_records: Sequence[ModelRecord], serving_info: Optional[ServingInfo] = None,
+                  pin: Optional[Pin] = None) -> str:
     from pipelines.report import format_table
 
+    pinned = [f"pinned: {_pin_text(pin)}"] if pin is not None else []
     if not chain_records:
-        return "no models: nothing has been trained (or pushed) yet"
+        return "\n".join(["no models: nothing has been trained (or pushed) yet"] + pinned)
     head = chain_records[0]
     where = ""
     if serving_info is not None and serving_info.model_id == head.model_id and serving_info.version is not None:
@@ -987,6 +1003,7 @@ def _format_chain(chain_records: Sequence[ModelRecord], serving_info: Optional[S
     back_to = ("back to its last cold start" if tail.start == "cold"
                else f"back to model {tail.model_id} (its base model {tail.base_model_id} is not in this pipeline)")
     lines = [f"Lineage of model {head.model_id}{where}, {back_to}: {n} model{'s' if n != 1 else ''} (newest first)",
+             *pinned,
              "AUC, calibration and log loss: candidate / baseline, on the same eval span; "
              "p50/p99 ms and cand/s: the LatencyValidator's load test", ""]
     rows = []

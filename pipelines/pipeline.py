@@ -14,10 +14,15 @@ evaluator's `ModelBlessing`.
 
 The base model and the baseline are the same thing, the latest blessed
 model, resolved from ML Metadata across runs; so is the replay window.
+After `driftline rollback` they are the model rolled back to, pinned in ML
+Metadata, until `driftline unpin` (`PinnedOrLatestBlessedModelStrategy`).
 
 `target="vertex"` builds the same graph for Vertex AI Pipelines, which runs
 no custom drivers, compiles only the stock LatestArtifactStrategy and
 LatestBlessedModelStrategy resolvers, and takes one artifact per output:
+
+* the base model and the baseline are the latest blessed model: a pin
+  (a local `driftline rollback`) is not honoured there;
 
 * StreamingExampleGen is driverless: its committed position comes from the
   newest `Examples` of the pipeline (`latest_examples_resolver`), and each
@@ -106,7 +111,8 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
     from components.blessing_pusher import BlessingPusher
     from components.evaluator import DriftlineEvaluator
     from components.warm_start_trainer import WarmStartTrainer
-    from components.warm_start_trainer.resolvers import LatestSpansStrategy, UntrainedSpansStrategy
+    from components.warm_start_trainer.resolvers import (LatestSpansStrategy, PinnedOrLatestBlessedModelStrategy,
+                                                         UntrainedSpansStrategy)
     from transforms import stream
     from transforms.schema import write_tfmd_schema
 
@@ -160,8 +166,15 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
         # TFDV statistics of every span would be computed here each cycle; ingestion already
         # validated every event against the event schema (the rest went to the dead-letter output).
         disable_statistics=True, **transform_kwargs).with_id(TRANSFORM_ID)
+    if vertex:
+        # A custom strategy does not compile for Vertex: there the latest blessed model, pin or not.
+        base_strategy = {"strategy_class": tfx.dsl.experimental.LatestBlessedModelStrategy}
+    else:
+        # The model a rollback pinned while the pin stands, else the latest blessed model.
+        base_strategy = {"strategy_class": PinnedOrLatestBlessedModelStrategy,
+                         "config": {"pipeline_name": config.pipeline_name}}
     latest_blessed = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        **base_strategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id(BASE_MODEL_RESOLVER_ID)

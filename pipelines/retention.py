@@ -7,7 +7,8 @@ folder at the artifact's URI) of every artifact older than the newest
 `RetentionConfig.keep_cycles` cycles unless something still needs it:
 
 * **the next cycle**: the latest blessed model and its blessing (the next
-  base model and baseline), the span it was judged on, the replay window
+  base model and baseline), and the model a rollback pinned while the pin
+  stands, each with the span it was judged on; the replay window
   (the newest `trainer.replay_spans + 1` spans that are not quarantined, as
   the replay resolver counts them), spans not trained yet
   (`recovery.untrained_spans`) or quarantined after failing cycles (for
@@ -17,9 +18,20 @@ folder at the artifact's URI) of every artifact older than the newest
   payload is that version, which the pusher's own `keep_versions` bounds) and
   the model behind it; with `keep_all_pushed_models`, every model ever pushed.
 
-Everything else (old spans with their dead letters, transform graphs and
-statistics, models, model runs, evaluations, blessings, schemas) loses its
-payload. Its ML Metadata record stays with every property, so lineage,
+Everything else (old spans, transform graphs and statistics, models,
+model runs, evaluations, blessings, schemas) loses its payload, with two
+limits:
+
+* only what lies under the pipeline root is ever deleted (the serving
+  folder's versions are the pusher's, as before). An artifact whose URI
+  points elsewhere (an imported model, a folder a user named) is left
+  alone, and the report says so (`outside_root`);
+* a span's dead letters (its `dead_letter/` folder) stay when its examples
+  go: for a Kafka topic they are the only copy of the records that failed.
+  `RetentionConfig.dead_letter_keep_cycles` (default None: for ever) bounds
+  how long.
+
+A deleted artifact's ML Metadata record stays with every property, so lineage,
 status and the quarantine of rejected spans read it as before; its state
 goes LIVE -> MARKED_FOR_DELETION -> (folder deleted) -> DELETED, so a kill
 midway is finished by the next call. TFX's input resolution considers LIVE
@@ -42,6 +54,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.blessing_pusher.rollback import current_pin
 from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
 from components.warm_start_trainer.quarantine import quarantined_after_failures, rejected_spans
 from pipelines.config import DriftlineConfig
@@ -57,6 +70,8 @@ _PUBLISHED = (_LIVE, _MARKED, _DELETED)
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 # Folders under <pipeline_root>/<node>/.system/ that hold one entry per execution.
 _SCRATCH = ("executor_execution", "driver_execution", "stateful_working_dir")
+# Set by StreamingExampleGen on the first span of a run: <span uri>/dead_letter.
+DEAD_LETTER_URI_PROPERTY = "dead_letter_uri"
 
 
 @dataclasses.dataclass
@@ -67,6 +82,12 @@ class RetentionPlan:
     delete: List[metadata_store_pb2.Artifact]
     type_names: Dict[int, str]
     recent_runs: List[str]
+    # Artifact id -> URI of payloads that would go but lie outside the pipeline root: never deleted.
+    outside_root: Dict[int, str] = dataclasses.field(default_factory=dict)
+    # Spans in `delete` whose dead-letter folder stays: artifact id -> that folder.
+    keep_dead_letters: Dict[int, str] = dataclasses.field(default_factory=dict)
+    # Dead-letter folders of spans deleted earlier whose `dead_letter_keep_cycles` are up.
+    expired_dead_letters: List[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -82,6 +103,10 @@ class RetentionReport:
     unused_folders: List[str]
     freed_bytes: int
     seconds: float
+    # "artifact <id> (<type>) at <uri>" for each payload left alone because it lies outside the pipeline root.
+    outside_root: List[str] = dataclasses.field(default_factory=list)
+    dead_letters_kept: int = 0  # spans whose payload went but whose dead letters stay
+    dead_letters_deleted: int = 0  # dead-letter folders deleted (dead_letter_keep_cycles)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -92,7 +117,16 @@ class RetentionReport:
         text = f"retention (keep {self.keep_cycles} cycles): {verb} the payload of {what}"
         if self.unused_folders:
             text += f"; {'would remove' if self.dry_run else 'removed'} {len(self.unused_folders)} unused folders"
-        return text + f"; {self.freed_bytes / 1e6:.1f} MB {'to free' if self.dry_run else 'freed'}"
+        if self.dead_letters_kept:
+            text += f"; kept the dead letters of {self.dead_letters_kept} of those spans"
+        if self.dead_letters_deleted:
+            text += (f"; {'would delete' if self.dry_run else 'deleted'} {self.dead_letters_deleted} dead-letter "
+                     "folders past dead_letter_keep_cycles")
+        text += f"; {self.freed_bytes / 1e6:.1f} MB {'to free' if self.dry_run else 'freed'}"
+        if self.outside_root:
+            text += (f"; left {len(self.outside_root)} payloads outside the pipeline root alone (never deleted): "
+                     + ", ".join(self.outside_root))
+        return text
 
 
 def _pipeline_context(store: metadata_store.MetadataStore, pipeline_name: str):
@@ -155,6 +189,15 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
         judged_on = prop(base, "newest_examples_id")
         if judged_on is not None:
             protect([judged_on], "the span the base model was judged on: the next cycle trains on its eval split")
+    # A rollback's pin replaces it as base model and baseline while it stands, however old the model.
+    pin = current_pin(store, config.pipeline_name)
+    if pin is not None:
+        pinned = {a.id: a for a in by_type.get("Model", []) if a.id == pin.model_id}
+        protect([pin.model_id] + ([blessed[pin.model_id]] if pin.model_id in blessed else []),
+                "the pinned model (rollback): the next cycle's base model and baseline")
+        judged_on = prop(pinned[pin.model_id], "newest_examples_id") if pinned else None
+        if judged_on is not None:
+            protect([judged_on], "the span the pinned model was judged on: the next cycle trains on its eval split")
 
     # The versions in the serving folder (serving, or ready for a rollback): their push records and models.
     pushes = [a for a in artifacts if type_names.get(a.type_id) == "PushedModel" and a.state in _PUBLISHED
@@ -191,11 +234,42 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
     for name, rows in by_type.items():
         protect([max(a.id for a in rows)], f"the newest {name}")
 
-    delete = [a for a in artifacts
-              if a.state == _MARKED  # a deletion a kill interrupted: always finished
-              or (a.state == _LIVE and a.id not in keep)]
+    candidates = [a for a in artifacts
+                  if a.state == _MARKED  # a deletion a kill interrupted: always finished
+                  or (a.state == _LIVE and a.id not in keep)]
+    # Deleted only under the pipeline root (or, as a record only, in the serving folder: see _delete_payload).
+    outside = {a.id: a.uri for a in candidates
+               if not _under(a.uri, config.pipeline_root) and not _under(a.uri, config.serving_dir)}
+    delete = [a for a in candidates if a.id not in outside]
+
+    # Dead letters outlive their span's examples, for ever or for dead_letter_keep_cycles cycles.
+    dl_cycles = config.retention.dead_letter_keep_cycles
+    dl_recent = None if dl_cycles is None else _outputs_of_runs(store, recent_runs(store, context, dl_cycles))
+
+    def dead_letters_stay(a: metadata_store_pb2.Artifact) -> bool:
+        return dl_recent is None or a.id in dl_recent
+
+    keep_dead_letters = {a.id: _dead_letter_dir(a) for a in delete
+                         if _dead_letter_dir(a) and dead_letters_stay(a) and _exists(_dead_letter_dir(a))}
+    expired = []
+    if dl_recent is not None:
+        for a in _by_state(artifacts, _DELETED):
+            folder = _dead_letter_dir(a)
+            if folder and not dead_letters_stay(a) and _under(folder, config.pipeline_root) and _exists(folder):
+                expired.append(folder)
     return RetentionPlan(keep=keep, delete=sorted(delete, key=lambda a: a.id), type_names=type_names,
-                         recent_runs=[r.name for r in runs])
+                         recent_runs=[r.name for r in runs], outside_root=outside,
+                         keep_dead_letters=keep_dead_letters, expired_dead_letters=expired)
+
+
+def _by_state(artifacts: Iterable[metadata_store_pb2.Artifact], state: int) -> List[metadata_store_pb2.Artifact]:
+    return [a for a in artifacts if a.state == state]
+
+
+def _dead_letter_dir(a: metadata_store_pb2.Artifact) -> str:
+    """The span's dead-letter folder (`dead_letter_uri`, set on the first span of a run), or ""."""
+    value = prop(a, DEAD_LETTER_URI_PROPERTY)
+    return value if isinstance(value, str) else ""
 
 
 def apply(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] = None, *,
@@ -215,20 +289,33 @@ def apply(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore]
             # without a payload, and the next call finishes them.
             _set_state(store, [a for a in p.delete if a.state == _LIVE], _MARKED)
         for a in p.delete:
-            freed += _tree_bytes(a.uri)
+            spared = p.keep_dead_letters.get(a.id)
+            freed += _tree_bytes(a.uri) - (_tree_bytes(spared) if spared and _under(spared, a.uri) else 0)
             if not dry_run:
-                _delete_payload(a.uri, config.serving_dir)
+                _delete_payload(a.uri, config.serving_dir, spare=spared)
             name = p.type_names.get(a.type_id, "?")
             deleted[name] = deleted.get(name, 0) + 1
         if not dry_run:
             _set_state(store, p.delete, _DELETED)
+    for folder in p.expired_dead_letters:
+        freed += _tree_bytes(folder)
+        if not dry_run:
+            _delete_payload(folder, config.serving_dir)
     unused, unused_bytes = remove_unused_folders(config, store, dry_run=dry_run)
     kept: Dict[str, int] = {}
     for reason in p.keep.values():
         kept[reason] = kept.get(reason, 0) + 1
+    outside = [f"artifact {a.id} ({p.type_names.get(a.type_id, '?')}) at {a.uri}"
+               for a in _artifacts_by_id(store, sorted(p.outside_root))]
     return RetentionReport(dry_run=dry_run, keep_cycles=keep_cycles, deleted=deleted,
                            deleted_ids=[a.id for a in p.delete], kept=kept, unused_folders=unused,
-                           freed_bytes=freed + unused_bytes, seconds=round(time.monotonic() - started, 3))
+                           freed_bytes=freed + unused_bytes, seconds=round(time.monotonic() - started, 3),
+                           outside_root=outside, dead_letters_kept=len(p.keep_dead_letters),
+                           dead_letters_deleted=len(p.expired_dead_letters))
+
+
+def _artifacts_by_id(store: metadata_store.MetadataStore, ids: List[int]) -> List[metadata_store_pb2.Artifact]:
+    return store.get_artifacts_by_id(ids) if ids else []
 
 
 def _set_state(store: metadata_store.MetadataStore, artifacts: List[metadata_store_pb2.Artifact], state: int) -> None:
@@ -263,24 +350,63 @@ def _tree_bytes(uri: str) -> int:
     return total
 
 
-def _delete_payload(uri: str, serving_dir: str) -> None:
-    if _is_local(uri) and _is_local(serving_dir) and _inside(_local(uri), _local(serving_dir)):
+def _delete_payload(uri: str, serving_dir: str, spare: Optional[str] = None) -> None:
+    """Deletes the folder at `uri`, except `spare` (a span's dead letters) when it is a child of it."""
+    if _under(uri, serving_dir):
         # A rollback's PushedModel names its serving version: that folder is the pusher's to keep or drop.
         return
+    spare_name = os.path.basename(spare.rstrip("/")) if spare and _under(spare, uri) and \
+        _norm(os.path.dirname(spare.rstrip("/"))) == _norm(uri) else None
     if not _is_local(uri):
         import tensorflow as tf  # remote payloads (gs://...) only
 
-        if tf.io.gfile.exists(uri):
+        if not tf.io.gfile.exists(uri):
+            return
+        if spare_name is None:
             tf.io.gfile.rmtree(uri)
+            return
+        for child in tf.io.gfile.listdir(uri):
+            child = child.rstrip("/")
+            if child != spare_name:
+                path = os.path.join(uri, child)
+                (tf.io.gfile.rmtree if tf.io.gfile.isdir(path) else tf.io.gfile.remove)(path)
         return
     # The execution's folder around it (<root>/<node>/<key>/<execution id>) goes with
-    # `remove_unused_folders` once no artifact that keeps its payload is in it.
-    shutil.rmtree(_local(uri), ignore_errors=True)
+    # `remove_unused_folders` once no artifact that keeps its payload (or dead letters) is in it.
+    path = _local(uri)
+    if spare_name is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in sorted(os.listdir(path)) if os.path.isdir(path) else []:
+        if child == spare_name:
+            continue
+        target = os.path.join(path, child)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            os.remove(target)
 
 
-def _inside(path: str, folder: str) -> bool:
-    path, folder = os.path.abspath(path), os.path.abspath(folder)
-    return os.path.commonpath([path, folder]) == folder
+def _norm(uri: str) -> str:
+    return os.path.realpath(_local(uri)) if _is_local(uri) else uri.rstrip("/")
+
+
+def _under(uri: str, folder: str) -> bool:
+    """Whether `uri` lies strictly inside `folder` (symbolic links resolved; never the folder itself)."""
+    if not uri or not folder or _is_local(uri) != _is_local(folder):
+        return False
+    path, top = _norm(uri), _norm(folder)
+    if _is_local(uri):
+        return path != top and os.path.commonpath([path, top]) == top
+    return path.startswith(top + "/")
+
+
+def _exists(uri: str) -> bool:
+    if _is_local(uri):
+        return os.path.isdir(_local(uri))
+    import tensorflow as tf  # remote payloads (gs://...) only
+
+    return tf.io.gfile.exists(uri)
 
 
 def _parts(path: str, root: str) -> Tuple[str, ...]:
@@ -307,8 +433,10 @@ def remove_unused_folders(config: DriftlineConfig, store: metadata_store.Metadat
     active = {e.id for e in interrupted_executions(store, config.pipeline_name)}
     referenced: Set[Tuple[str, ...]] = set()
     for a in store.get_artifacts():
-        if a.uri and _is_local(a.uri) and a.state != _DELETED:
-            parts = _parts(os.path.abspath(_local(a.uri)), root)
+        # A span whose examples went may keep its dead letters in its folder (RetentionConfig.dead_letter_keep_cycles).
+        kept = a.uri if a.state != _DELETED else _dead_letter_dir(a)
+        if kept and _is_local(kept) and (a.state != _DELETED or os.path.isdir(_local(kept))):
+            parts = _parts(os.path.abspath(_local(kept)), root)
             if parts:
                 referenced.add(parts[:3])
     removed: List[str] = []

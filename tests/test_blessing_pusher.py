@@ -209,7 +209,8 @@ def test_local_dag_runner_pushes_only_blessed_models_and_records_them(pipeline_h
 def test_rollback_is_recorded_in_ml_metadata(pipeline_home):
     from ml_metadata.proto import metadata_store_pb2
 
-    from components.blessing_pusher.rollback import format_rollback, rollback_and_record
+    from components.blessing_pusher.rollback import (PinError, current_pin, format_rollback, rollback_and_record,
+                                                     unpin)
     from components.blessing_pusher.serving import RollbackError
     from pipelines.metadata import open_store
 
@@ -236,7 +237,7 @@ def test_rollback_is_recorded_in_ml_metadata(pipeline_home):
     assert execution.id == result.execution_id
     assert execution.last_known_state == metadata_store_pb2.Execution.COMPLETE
     assert {k: v.int_value for k, v in execution.properties.items() if k != "at_ms"} == {
-        "from_version": 2, "to_version": 1, "new_version": 3}
+        "from_version": 2, "to_version": 1, "new_version": 3, "pinned_model_id": custom(first_push, "model_id")}
     assert execution.properties["at_ms"].int_value > 0
     pipeline_context = store.get_context_by_type_and_name("pipeline", PIPELINE)
     assert execution.id in [e.id for e in store.get_executions_by_context(pipeline_context.id)]
@@ -258,6 +259,10 @@ def test_rollback_is_recorded_in_ml_metadata(pipeline_home):
 
     text = format_rollback(result)
     assert "version 3 now serves the model of version 1" in text and f"execution {execution.id}" in text
+    assert f"pinned: model {result.model_id}" in text and "until `driftline unpin`" in text
+    pin = current_pin(store, PIPELINE)
+    assert (pin.model_id, pin.execution_id, pin.to_version, pin.new_version) == (result.model_id, execution.id, 1, 3)
+    assert current_pin(store, "another pipeline") is None
 
     # An explicit version: its input is the PushedModel that pushed it, here the pipeline's second push ...
     again = rollback_and_record(db, PIPELINE, sd, to_version=2)
@@ -272,6 +277,19 @@ def test_rollback_is_recorded_in_ml_metadata(pipeline_home):
             if e.type == metadata_store_pb2.Event.INPUT] == [new.id]
     assert third.model_id == custom(first_push, "model_id")
     assert len(store.get_executions_by_type("driftline.Rollback")) == 3
+    # The newest rollback's model is pinned; an unpin ends it, recorded against that model.
+    assert current_pin(store, PIPELINE).execution_id == third.execution_id
+    ended = unpin(store, PIPELINE)
+    assert ended.model_id == third.model_id and current_pin(store, PIPELINE) is None
+    [record] = store.get_executions_by_type("driftline.Unpin")
+    assert record.properties["pinned_model_id"].int_value == third.model_id
+    assert [e.artifact_id for e in store.get_events_by_execution_ids([record.id])] == [third.model_id]
+    assert record.id in [e.id for e in store.get_executions_by_context(pipeline_context.id)]
+    with pytest.raises(PinError, match="no pin stands"):
+        unpin(store, PIPELINE)
+    # A later rollback pins again.
+    fourth = rollback_and_record(db, PIPELINE, sd, to_version=4)
+    assert current_pin(store, PIPELINE).model_id == fourth.model_id == custom(pusher_outputs(store)[1], "model_id")
 
 
 def test_rollback_with_no_push_recorded_creates_the_context_and_still_records(model_roots, tmp_path):
@@ -295,3 +313,8 @@ def test_rollback_with_no_push_recorded_creates_the_context_and_still_records(mo
     [new] = store.get_artifacts_by_id([events[0].artifact_id])
     assert custom(new, "rollback_of") == 1 and "model_id" not in new.custom_properties
     assert "model unknown" in format_rollback(result)
+    # No model, no pin: the next cycles continue from the latest blessed model, and say so.
+    assert "not pinned" in format_rollback(result) and "pinned_model_id" not in execution.properties
+    from components.blessing_pusher.rollback import current_pin
+
+    assert current_pin(store, "fresh") is None

@@ -106,6 +106,21 @@ def test_changed_feature_set_cold_starts_with_the_reason(run):
     assert "the feature set changed" in r5.start_reason
 
 
+def test_the_cycle_after_the_rollback_is_judged_against_the_pinned_model(run):
+    """The rollback pinned cycle 2's model: cycle 5 resolved it as base model and baseline, not cycle 4's."""
+    from pipelines.metadata import open_store, prop
+
+    config, reports = run["config"], run["reports"]
+    pinned = reports[1].model_id
+    assert run["rolled"].model_id == pinned
+    store = open_store(config.metadata_path)
+    [m5] = store.get_artifacts_by_id([reports[4].model_id])
+    assert prop(m5, "candidate_base_model_id") == pinned  # resolved as base (then cold: the feature set changed)
+    [blessing] = [b for b in store.get_artifacts_by_type("ModelBlessing")
+                  if prop(b, "current_model_id") == reports[4].model_id]
+    assert prop(blessing, "baseline_model_id") == pinned != reports[3].model_id
+
+
 def test_served_model_scores_serialized_examples(run):
     import glob
 

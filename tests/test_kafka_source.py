@@ -94,6 +94,84 @@ def test_kafka_config_validation_names_the_fix():
             config.validate()
 
 
+@pytest.mark.parametrize("setting", ["sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem",
+                                     "sasl.oauthbearer.client.secret", "my.api.token", "Some.Credentials",
+                                     "ssl.truststore.passwd"])
+def test_a_secret_in_client_config_stops_validation_with_the_fix(setting):
+    config = KafkaConfig("b:9092", "t", client_config={"security.protocol": "SASL_SSL", setting: "hunter2"})
+    with pytest.raises(ConfigError) as e:
+        SourceConfig(kind="kafka", kafka=config).validate()
+    message = str(e.value)
+    assert setting in message and "secret_env" in message and "secret_files" in message
+    assert "hunter2" not in message
+
+
+def test_secret_settings_are_validated_and_ordinary_ones_pass():
+    ok = KafkaConfig("b:9092", "t", client_config={"sasl.username": "driftline", "sasl.mechanism": "PLAIN",
+                                                   "sasl.oauthbearer.token.endpoint.url": "https://idp/token"},
+                     secret_env={"sasl.password": "KAFKA_SASL_PASSWORD"},
+                     secret_files={"ssl.key.password": "/var/run/secrets/kafka/key-password"})
+    ok.validate()
+    assert KafkaConfig.from_json(ok.to_json()) == ok
+    cases = [
+        (KafkaConfig("b", "t", secret_env={"sasl.password": "hunter 2!"}), "name of an environment variable"),
+        (KafkaConfig("b", "t", secret_files={"sasl.password": ""}), "path of a file"),
+        (KafkaConfig("b", "t", secret_env={"sasl.password": "A"}, secret_files={"sasl.password": "/f"}),
+         "given twice"),
+        (KafkaConfig("b", "t", secret_env={"enable.auto.commit": "A"}), "never commit to Kafka"),
+    ]
+    for config, fix in cases:
+        with pytest.raises(ConfigError, match=fix):
+            config.validate()
+
+
+def test_consumer_settings_read_secrets_from_the_environment_and_files_at_connect_time(tmp_path, monkeypatch):
+    from components.kafka_log import consumer_settings
+
+    key_file = tmp_path / "key-password"
+    key_file.write_text("from-a-file\n")
+    monkeypatch.setenv("DRIFTLINE_TEST_SASL_PASSWORD", "from-the-env")
+    settings = consumer_settings("b:9092", {"sasl.username": "u"}, {"sasl.password": "DRIFTLINE_TEST_SASL_PASSWORD"},
+                                 {"ssl.key.password": str(key_file)})
+    assert settings["sasl.password"] == "from-the-env" and settings["ssl.key.password"] == "from-a-file"
+    assert settings["sasl.username"] == "u" and settings["enable.auto.commit"] is False
+    # Read at each call, not when the config was made: a rotated secret is picked up at the next connect.
+    monkeypatch.setenv("DRIFTLINE_TEST_SASL_PASSWORD", "rotated")
+    key_file.write_text("rotated-file")
+    settings = consumer_settings("b:9092", {}, {"sasl.password": "DRIFTLINE_TEST_SASL_PASSWORD"},
+                                 {"ssl.key.password": str(key_file)})
+    assert (settings["sasl.password"], settings["ssl.key.password"]) == ("rotated", "rotated-file")
+
+    monkeypatch.delenv("DRIFTLINE_TEST_SASL_PASSWORD")
+    with pytest.raises(KafkaSourceError, match="environment variable 'DRIFTLINE_TEST_SASL_PASSWORD', which is not "
+                                               "set") as e:
+        consumer_settings("b:9092", {}, {"sasl.password": "DRIFTLINE_TEST_SASL_PASSWORD"})
+    assert "'sasl.password'" in str(e.value)
+    with pytest.raises(KafkaSourceError, match="cannot be read here"):
+        consumer_settings("b:9092", {}, None, {"ssl.key.password": str(tmp_path / "missing")})
+
+
+def test_a_kafka_source_connects_with_a_secret_from_the_environment_and_stores_none(tansu, monkeypatch):
+    """On a real broker: the secret is resolved when the source connects; the exec property carries its name only."""
+    from components.streaming_example_gen import StreamingExampleGen
+    from components.streaming_example_gen.sources import KafkaSource
+
+    topic = _topic(tansu, 1)
+    tansu.produce(topic, [(0, v, None) for v in _values(3, "s")])
+    # A PLAINTEXT broker ignores sasl.password; what matters is that it is resolved at connect time and not stored.
+    config = KafkaConfig(tansu.bootstrap, topic, poll_timeout_s=1.0,
+                         secret_env={"sasl.password": "DRIFTLINE_TEST_SASL_PASSWORD"})
+    source = KafkaSource(config)
+    with pytest.raises(KafkaSourceError, match="DRIFTLINE_TEST_SASL_PASSWORD"):
+        source.plan(windowing.CommittedState())
+    monkeypatch.setenv("DRIFTLINE_TEST_SASL_PASSWORD", "s3cret-value-4417")
+    assert source.plan(windowing.CommittedState()).total_records == 3
+    component = StreamingExampleGen(kafka=config)
+    stored = component.exec_properties["kafka_source"]
+    assert "s3cret-value-4417" not in stored
+    assert json.loads(stored)["secret_env"] == {"sasl.password": "DRIFTLINE_TEST_SASL_PASSWORD"}
+
+
 def test_record_timestamp_is_the_event_time_when_configured():
     from components.event_schema import ad_click_schema
     from components.streaming_example_gen.ingest import NO_RECORD_TIMESTAMP, RecordParser

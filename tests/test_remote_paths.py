@@ -55,17 +55,24 @@ LOCAL_ONLY = {
     # The local controller's crash recovery and retention: they read SQLite ML Metadata in the local
     # home, and remote artifact URIs take the tf.io.gfile branch beside each os call (`_is_local`).
     ("pipelines/cli.py", "run_gc"): {"os.path.isfile"},
+    ("pipelines/cli.py", "run_unpin"): {"os.path.isfile"},
     ("pipelines/recovery.py", "recover_interrupted"): {"os.path.isfile"},
     ("pipelines/recovery.py", "_publish_push"): {"os.makedirs"},
     ("pipelines/retention.py", "apply"): {"os.path.isfile"},
     ("pipelines/retention.py", "_tree_bytes"): {"os.walk"},
-    ("pipelines/retention.py", "_delete_payload"): {"shutil.rmtree"},
+    ("pipelines/retention.py", "_delete_payload"): {"shutil.rmtree", "os.listdir", "os.path.isdir", "os.path.islink",
+                                                    "os.remove"},
+    ("pipelines/retention.py", "_exists"): {"os.path.isdir"},
     ("pipelines/retention.py", "remove_unused_folders"): {"os.path.isdir", "os.listdir"},
     ("pipelines/retention.py", "remove_unused_folders.drop"): {"shutil.rmtree"},
+    # A Kafka secret file is mounted into the process that connects (a Kubernetes or Docker secret volume).
+    ("components/kafka_log.py", "resolve_secrets"): {"open"},
     # The continuous-vs-batch comparison (the notebook) runs the local pipeline in a fresh local home.
     ("pipelines/regimes.py", "_compare"): {"os.path.exists", "os.listdir"},
     # The demo's own local home; this checkout's setup.py for Beam packaging.
-    ("pipelines/cli.py", "run_demo"): {"os.path.exists", "shutil.rmtree"},
+    ("pipelines/demo.py", "is_demo_home"): {"open"},
+    ("pipelines/demo.py", "prepare_home"): {"os.path.lexists", "os.path.isdir", "os.path.islink", "os.listdir",
+                                            "shutil.rmtree", "os.remove", "os.makedirs", "open"},
     ("pipelines/config.py", "driftline_setup_file"): {"os.path.exists"},
 }
 

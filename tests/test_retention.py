@@ -216,3 +216,99 @@ def test_retention_flags_belong_to_the_controller(tmp_path, capsys):
 
     assert cli.main(["run", "--home", str(tmp_path), "--keep-cycles", "2"]) == 2
     assert "--keep-cycles is for --continuous" in capsys.readouterr().err
+
+
+def test_an_artifact_outside_the_pipeline_root_is_never_deleted(tmp_path):
+    """An artifact may name a folder the pipeline does not own (an imported model, a user's data): left alone."""
+    h = six_cycles(tmp_path)
+    elsewhere = tmp_path / "elsewhere" / "my_model"
+    h.put_model_files(str(elsewhere))
+    victim = h.cycles[0]["model"]  # an old model nothing needs: its payload would go
+    h.store.put_artifacts([pb.Artifact(id=victim, type_id=h.type_ids["Model"], uri=str(elsewhere))],
+                          field_mask_paths=["uri"])
+    # Also through a symbolic link under the root that leads outside it.
+    linked = tmp_path / "elsewhere" / "linked"
+    h.put_model_files(str(linked))
+    link = os.path.join(h.root, "Transform", "transform_graph", "link")
+    os.symlink(str(linked), link)
+    via_link = h.cycles[0]["transform_graph"]
+    h.store.put_artifacts([pb.Artifact(id=via_link, type_id=h.type_ids["TransformGraph"], uri=link)],
+                          field_mask_paths=["uri"])
+    report = retention.apply(config_for(h), h.store)
+    assert os.path.isfile(elsewhere / "saved_model.pb") and os.path.isfile(linked / "saved_model.pb")
+    assert victim not in report.deleted_ids and via_link not in report.deleted_ids
+    assert h.artifact(victim).state == pb.Artifact.LIVE
+    assert f"artifact {victim} (Model) at {elsewhere}" in report.outside_root
+    assert f"artifact {via_link} (TransformGraph) at {link}" in report.outside_root
+    assert "outside the pipeline root alone (never deleted)" in report.describe()
+    # What lies under the root still goes.
+    assert h.cycles[1]["model"] in report.deleted_ids and not os.path.exists(h.artifact(h.cycles[1]["model"]).uri)
+
+
+def add_dead_letters(h: History, cycle: int) -> str:
+    """The first span of a run carries `dead_letter_uri` = <span uri>/dead_letter, as StreamingExampleGen sets it."""
+    [span] = h.cycles[cycle]["examples"]
+    a = h.artifact(span)
+    folder = os.path.join(a.uri, "dead_letter")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "dead_letter-p00000-00000000000000000000.jsonl"), "w") as f:
+        f.write('{"line": "garbage", "reason": "not JSON"}\n')
+    a.custom_properties["dead_letter_uri"].string_value = folder
+    h.store.put_artifacts([a])
+    return folder
+
+
+def test_a_retained_away_span_keeps_its_dead_letters(tmp_path):
+    h = six_cycles(tmp_path)
+    folder = add_dead_letters(h, 0)
+    [span] = h.cycles[0]["examples"]
+    # A run's first span names its dead-letter folder even when nothing was dead-lettered: nothing to keep.
+    [clean] = h.store.get_artifacts_by_id(h.cycles[1]["examples"])
+    clean.custom_properties["dead_letter_uri"].string_value = os.path.join(clean.uri, "dead_letter")
+    h.store.put_artifacts([clean])
+    report = retention.apply(config_for(h), h.store)
+    assert not os.path.exists(os.path.dirname(clean.uri))  # its execution folder went whole
+    assert span in report.deleted_ids and h.artifact(span).state == pb.Artifact.DELETED
+    assert not os.path.exists(os.path.join(h.artifact(span).uri, "payload.bin"))  # the examples went
+    assert os.listdir(folder) == ["dead_letter-p00000-00000000000000000000.jsonl"]  # the dead letters stayed
+    assert report.dead_letters_kept == 1 and "kept the dead letters of 1 of those spans" in report.describe()
+    # Its execution folder holds them, so it is not an unused folder, now or later.
+    again = retention.apply(config_for(h), h.store)
+    assert os.path.isdir(folder) and again.unused_folders == [] and again.dead_letters_deleted == 0
+
+
+def test_dead_letters_go_after_dead_letter_keep_cycles(tmp_path):
+    h = six_cycles(tmp_path)
+    folder = add_dead_letters(h, 0)
+    retention.apply(config_for(h), h.store)
+    assert os.path.isdir(folder)
+    report = retention.apply(config_for(h, dead_letter_keep_cycles=3), h.store)
+    assert report.dead_letters_deleted == 1 and not os.path.exists(folder)
+    # Then the emptied execution folder goes too.
+    assert not os.path.exists(os.path.dirname(os.path.dirname(folder)))
+
+
+def test_dead_letter_keep_cycles_is_validated():
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError, match="dead_letter_keep_cycles must be None"):
+        default_config("h", "l").replace(retention=RetentionConfig(dead_letter_keep_cycles=0)).validate()
+
+
+def test_the_pinned_model_and_its_span_are_kept_however_old(tmp_path):
+    """A rollback pins its model as the next base model and baseline: retention keeps it until unpinned."""
+    from components.blessing_pusher import rollback
+    from components.blessing_pusher.serving import RollbackResult
+
+    h = six_cycles(tmp_path)
+    first = h.cycles[0]
+    [pushed] = h.store.get_artifacts_by_id([first["pushed"]])  # version 1, no longer in the serving folder
+    rollback.record_rollback(h.store, h.pipeline, h.serving_dir,
+                             RollbackResult(from_version=5, to_version=1, new_version=6), pushed)
+    plan = retention.plan(config_for(h), h.store)
+    assert plan.keep[first["model"]].startswith("the pinned model (rollback)")
+    assert plan.keep[first["blessing"]].startswith("the pinned model (rollback)")
+    assert plan.keep[first["examples"][0]].startswith("the span the pinned model was judged on")
+    rollback.unpin(h.store, h.pipeline)
+    plan = retention.plan(config_for(h), h.store)
+    assert first["model"] in {a.id for a in plan.delete}

@@ -208,14 +208,15 @@ def test_a_change_of_configuration_shows_up_in_the_spec(spec, tmp_path):
 
 
 def test_the_local_pipeline_does_not_compile_for_vertex(tmp_path):
-    """Why there is a Vertex target: the local replay resolver's custom strategy has no Vertex form."""
+    """Why there is a Vertex target: the local resolvers' custom strategies (the pin-aware base model, the replay
+    window) have no Vertex form."""
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as kv2
 
     from pipelines.pipeline import create_pipeline
 
     config = default_config(str(tmp_path / "home"))
     runner = kv2.KubeflowV2DagRunner(kv2.KubeflowV2DagRunnerConfig(default_image=IMAGE), output_dir=str(tmp_path))
-    with pytest.raises(TypeError, match="LatestSpansStrategy"):
+    with pytest.raises(TypeError, match="PinnedOrLatestBlessedModelStrategy|LatestSpansStrategy"):
         runner.run(create_pipeline(config), write_out=False)
 
 
@@ -506,11 +507,21 @@ def kafka_cloud_config(**kafka):
                                                      kafka=KafkaConfig(**settings)))
 
 
-def test_a_kafka_source_compiles_for_vertex(spec, tmp_path):
+def test_a_kafka_source_compiles_for_vertex(spec, tmp_path, monkeypatch):
     from pipelines.config import KafkaConfig
 
-    config = kafka_cloud_config()
+    # Secrets are named, never carried: the spec holds the variable's name and the file's path, not the values.
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret-from-env-9931")
+    secret_file = tmp_path / "key-password"
+    secret_file.write_text("s3cret-from-file-5120\n")
+    config = kafka_cloud_config(client_config={"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+                                               "sasl.username": "driftline"},
+                                secret_env={"sasl.password": "KAFKA_SASL_PASSWORD"},
+                                secret_files={"ssl.key.password": str(secret_file)})
     kafka_spec = compile_to(config, tmp_path / "kafka.json")
+    text = (tmp_path / "kafka.json").read_text()
+    assert "s3cret-from-env-9931" not in text and "s3cret-from-file-5120" not in text
+    assert "KAFKA_SASL_PASSWORD" in text
     assert KafkaConfig.from_json(param(kafka_spec, "StreamingExampleGen", "kafka_source")) == config.source.kafka
     assert param(kafka_spec, "StreamingExampleGen", "driverless") == 1
     assert producer(kafka_spec, "StreamingExampleGen", "previous_examples") == \

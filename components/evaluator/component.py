@@ -38,7 +38,8 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
     `examples` may carry several spans; the one with the largest `span` is
     used, so both models are judged on identical data that is later than
     anything the candidate trained on (when the pipeline wires the spans so).
-    `baseline_model` is the latest blessed model; without one (the first
+    `baseline_model` is the latest blessed model (or the model a rollback
+    pinned, see `PinnedOrLatestBlessedModelStrategy`); without one (the first
     model) only the absolute bounds of `GateConfig` apply. Outputs are stock
     TFX artifacts: `evaluation` (a `ModelEvaluation`, standard TFMA output
     that `tfma.load_eval_result` reads) and `blessing` (a `ModelBlessing` with

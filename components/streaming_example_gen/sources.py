@@ -121,7 +121,9 @@ class KafkaSource:
 
     @property
     def settings(self) -> Dict[str, Any]:
-        return kafka_log.consumer_settings(self.config.bootstrap_servers, self.config.client_config)
+        # Resolved on every connect, in the connecting process: secrets never travel in the config.
+        return kafka_log.consumer_settings(self.config.bootstrap_servers, self.config.client_config,
+                                           self.config.secret_env, self.config.secret_files)
 
     def describe(self) -> str:
         return f"Kafka topic {self.config.topic!r} at {self.config.bootstrap_servers}"

@@ -55,7 +55,8 @@ class WarmStartTrainer(base_component.BaseComponent):
 
     `examples` are the new spans (the newest one's eval split is held out for
     the gate), `replay_examples` earlier spans to replay, `base_model` the
-    latest blessed model (resolve it with `LatestBlessedModelStrategy`).
+    latest blessed model, or the model a rollback pinned (resolve it with
+    `resolvers.PinnedOrLatestBlessedModelStrategy`, or stock `LatestBlessedModelStrategy`).
     `replay_judged_only` is for a replay resolver that cannot leave out
     refused spans itself (on Vertex AI Pipelines). The
     `Model` records warm or cold and why, the base model's id, the spans and

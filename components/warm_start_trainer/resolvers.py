@@ -1,9 +1,11 @@
-"""Resolver strategies over spans in ML Metadata.
+"""Resolver strategies over ML Metadata.
 
 * `LatestSpansStrategy`, the replay window: the newest spans, minus quarantined ones (refused by
   the gate, or quarantined after failing cycles).
 * `UntrainedSpansStrategy`, a resumed cycle's new spans: the spans an
   interrupted cycle published but no judged model trained on.
+* `PinnedOrLatestBlessedModelStrategy`, the base model and the baseline:
+  the model a rollback pinned while the pin stands, else the latest blessed model.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Dict, List, Optional
 
 from tfx import types
 from tfx.dsl.components.common import resolver
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 
 # The quarantine rule lives in a module without TFX, so retention applies the same one.
 from components.warm_start_trainer.quarantine import has_key as _has_key  # noqa: F401  (re-exported)
@@ -80,3 +83,54 @@ class UntrainedSpansStrategy(resolver.ResolverStrategy):
         wanted = {a.id for a in untrained_spans(store, self._pipeline_name)}
         return {key: sorted((a for a in artifacts if a.id in wanted), key=lambda a: (a.span, a.id))
                 for key, artifacts in input_dict.items()}
+
+
+class PinnedOrLatestBlessedModelStrategy(LatestBlessedModelStrategy):
+    """Resolves the pinned `Model` (and its `ModelBlessing`) while a pin stands, else the latest blessed one.
+
+    `driftline rollback` pins the model it rolls back to, in ML Metadata
+    (`components.blessing_pusher.rollback.current_pin`). Without this, the
+    next cycle would warm-start from, and be judged against, the latest
+    blessed model, which is the very model rolled back from, and push its
+    successor over the rollback. Used exactly as the stock strategy::
+
+        Resolver(strategy_class=PinnedOrLatestBlessedModelStrategy, config={"pipeline_name": "driftline"},
+                 model=Channel(type=Model), model_blessing=Channel(type=ModelBlessing))
+
+    A pinned model whose payload is gone (not LIVE, so TFX does not offer it)
+    is an error that says to unpin: falling back to the latest blessed model
+    would silently undo the rollback. Retention keeps the pinned model.
+    """
+
+    def __init__(self, pipeline_name: str):
+        self._pipeline_name = pipeline_name
+
+    def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]
+                          ) -> Optional[Dict[str, List[types.Artifact]]]:
+        from components.blessing_pusher.rollback import current_pin
+
+        pin = current_pin(store, self._pipeline_name)
+        if pin is None:
+            return super().resolve_artifacts(store, input_dict)
+        model_key = blessing_key = None
+        for key, artifacts in input_dict.items():
+            type_name = artifacts[0].type_name if artifacts else None
+            if type_name == "Model":
+                model_key = key
+            elif type_name == "ModelBlessing":
+                blessing_key = key
+        pinned = [a for a in input_dict.get(model_key) or [] if a.id == pin.model_id] if model_key else []
+        if not pinned:
+            raise RuntimeError(
+                f"model {pin.model_id} is pinned (rollback execution {pin.execution_id}) but ML Metadata offers no "
+                f"live Model {pin.model_id} for pipeline {self._pipeline_name!r} (its payload was deleted?). Roll "
+                "back to a version whose model is there, or end the pin with `driftline unpin`.")
+        blessings = [b for b in (input_dict.get(blessing_key) or []) if blessing_key
+                     and b.has_custom_property("current_model_id")
+                     and b.get_int_custom_property("current_model_id") == pin.model_id
+                     and b.has_custom_property("blessed") and b.get_int_custom_property("blessed") == 1]
+        result = {key: [] for key in input_dict}
+        result[model_key] = pinned
+        if blessing_key is not None:
+            result[blessing_key] = sorted(blessings, key=lambda b: b.id)[-1:]
+        return result
