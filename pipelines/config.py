@@ -711,6 +711,12 @@ class DriftlineConfig:
         self.retention.validate()
         self.latency.validate()
         self.controller.validate()
+        horizon = self.window.dedup_horizon_runs
+        if self.retention.enabled and horizon is not None and horizon > self.retention.keep_cycles:
+            raise ConfigError(
+                f"window.dedup_horizon_runs ({horizon}) is more than retention.keep_cycles "
+                f"({self.retention.keep_cycles}): retention would delete the event ids of spans the dedup still "
+                "compares against. Raise retention.keep_cycles to at least the horizon, or lower the horizon.")
         return self
 
     @property

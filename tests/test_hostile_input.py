@@ -287,3 +287,24 @@ def test_an_overlong_line_is_a_dead_letter_with_its_first_bytes_and_its_neighbou
     assert dead["reason"] == f"line of {len(huge)} bytes exceeds max_line_bytes={1 << 20}"
     assert huge.startswith(dead["line"].encode()) and len(dead["line"]) <= 1024
     assert set(runs.examples()) == {e["event_id"] for e in events if e["event_time"] < BASE_MS + SPAN_MS}
+
+
+@pytest.mark.parametrize("window, message", [
+    (dict(max_future_seconds=-1), "window.max_future_seconds must be >= 0 or None"),
+    (dict(max_lateness_seconds=-5), "window.max_lateness_seconds must be >= 0 or None"),
+    (dict(dedup_horizon_runs=-1), "window.dedup_horizon_runs must be >= 0 or None"),
+    (dict(dedup_horizon_runs=9), r"window.dedup_horizon_runs \(9\) is more than retention.keep_cycles \(3\)"),
+])
+def test_bad_time_bound_and_dedup_settings_stop_with_the_setting_named(window, message):
+    from pipelines.config import ConfigError, WindowConfig, default_config
+
+    with pytest.raises(ConfigError, match=message):
+        default_config("home").replace(window=WindowConfig(**window)).validate()
+
+
+def test_the_window_settings_become_the_runtime_bounds():
+    from pipelines.config import WindowConfig
+
+    assert WindowConfig().runtime() == windowing.Window(600_000, 30_000, 0.2, max_future_ms=300_000,
+                                                          max_lateness_ms=None)
+    assert WindowConfig(max_future_seconds=None, max_lateness_seconds=60).runtime().max_lateness_ms == 60_000

@@ -5,8 +5,10 @@ Cycle 1 pushes model 1 as version 1, cycle 2 model 2 as version 2. Then
 again as version 3 and pins it in ML Metadata. Cycle 3 must warm-start
 from model 1 and be judged against model 1; before the pin existed it
 continued model 2, the model rolled back from, was judged against it and
-pushed its successor over the rollback. After `driftline unpin` the base
-model resolves to the latest blessed model again.
+pushed its successor over the rollback. A candidate blessed after the pin
+becomes the base from then on (learning goes on from the pin), never a
+model blessed before it. After `driftline unpin` the base model resolves
+to the latest blessed model again.
 """
 import dataclasses
 import os
@@ -115,8 +117,9 @@ def test_rollback_pins_and_the_next_cycle_continues_and_is_judged_against_the_pi
     else:
         assert r3.blessed and (served.version, served.model_id) == (4, r3.model_id)
     assert served.model_id != m2
-    # The pin stands until unpinned, whatever cycle 3 did.
-    assert resolve_base(config)[0] == [m1]
+    # While the pin stands, models blessed before it are passed over: the base is model 3 if it beat
+    # the pinned model, else model 1 still; never model 2.
+    assert resolve_base(config)[0] == ([r3.model_id] if r3.blessed else [m1])
 
     # Unpin: a record in ML Metadata, and the base model is the latest blessed one again.
     with single_instance(config.home):

@@ -86,13 +86,18 @@ class UntrainedSpansStrategy(resolver.ResolverStrategy):
 
 
 class PinnedOrLatestBlessedModelStrategy(LatestBlessedModelStrategy):
-    """Resolves the pinned `Model` (and its `ModelBlessing`) while a pin stands, else the latest blessed one.
+    """Resolves the latest blessed `Model` (and its `ModelBlessing`), counting from the pin while one stands.
 
     `driftline rollback` pins the model it rolls back to, in ML Metadata
     (`components.blessing_pusher.rollback.current_pin`). Without this, the
     next cycle would warm-start from, and be judged against, the latest
     blessed model, which is the very model rolled back from, and push its
-    successor over the rollback. Used exactly as the stock strategy::
+    successor over the rollback. While the pin stands, the models blessed
+    before it are passed over: the base model and the baseline are the
+    newest model blessed after the pin (a candidate that beat the pinned
+    model, or one that beat that one), else the pinned model itself. So the
+    rollback holds, and learning goes on from the pinned model instead of
+    restarting from it every cycle. Used exactly as the stock strategy::
 
         Resolver(strategy_class=PinnedOrLatestBlessedModelStrategy, config={"pipeline_name": "driftline"},
                  model=Channel(type=Model), model_blessing=Channel(type=ModelBlessing))
@@ -119,16 +124,26 @@ class PinnedOrLatestBlessedModelStrategy(LatestBlessedModelStrategy):
                 model_key = key
             elif type_name == "ModelBlessing":
                 blessing_key = key
-        pinned = [a for a in input_dict.get(model_key) or [] if a.id == pin.model_id] if model_key else []
+        models = {a.id: a for a in input_dict.get(model_key) or []} if model_key else {}
+        blessed = [b for b in (input_dict.get(blessing_key) or []) if blessing_key
+                   and b.has_custom_property("current_model_id") and b.has_custom_property("blessed")
+                   and b.get_int_custom_property("blessed") == 1
+                   and b.get_int_custom_property("current_model_id") in models]
+        pinned_at_ms = pin.at_ms or 0
+        after_pin = [b for b in blessed if b.mlmd_artifact.create_time_since_epoch >= pinned_at_ms]
+        if after_pin:
+            newest = max(after_pin, key=lambda b: (b.get_int_custom_property("current_model_id"), b.id))
+            result = {key: [] for key in input_dict}
+            result[model_key] = [models[newest.get_int_custom_property("current_model_id")]]
+            result[blessing_key] = [newest]
+            return result
+        pinned = [models[pin.model_id]] if pin.model_id in models else []
         if not pinned:
             raise RuntimeError(
                 f"model {pin.model_id} is pinned (rollback execution {pin.execution_id}) but ML Metadata offers no "
                 f"live Model {pin.model_id} for pipeline {self._pipeline_name!r} (its payload was deleted?). Roll "
                 "back to a version whose model is there, or end the pin with `driftline unpin`.")
-        blessings = [b for b in (input_dict.get(blessing_key) or []) if blessing_key
-                     and b.has_custom_property("current_model_id")
-                     and b.get_int_custom_property("current_model_id") == pin.model_id
-                     and b.has_custom_property("blessed") and b.get_int_custom_property("blessed") == 1]
+        blessings = [b for b in blessed if b.get_int_custom_property("current_model_id") == pin.model_id]
         result = {key: [] for key in input_dict}
         result[model_key] = pinned
         if blessing_key is not None:
