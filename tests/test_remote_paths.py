@@ -56,6 +56,7 @@ LOCAL_ONLY = {
     # home, and remote artifact URIs take the tf.io.gfile branch beside each os call (`_is_local`).
     ("pipelines/cli.py", "run_gc"): {"os.path.isfile"},
     ("pipelines/cli.py", "run_unpin"): {"os.path.isfile"},
+    ("pipelines/cli.py", "run_replay"): {"os.path.isfile"},
     ("pipelines/recovery.py", "recover_interrupted"): {"os.path.isfile"},
     ("pipelines/recovery.py", "_publish_push"): {"os.makedirs"},
     ("pipelines/retention.py", "apply"): {"os.path.isfile"},
