@@ -322,6 +322,10 @@ class Status:
     serving_latency: Optional[LatencyRecord] = None
     # Records whose payload retention deleted (pipelines/retention.py).
     spans_payload_deleted: int = 0
+    # Of dead_lettered_events, those refused for their event time; and the repeated event ids kept out.
+    future_events: int = 0
+    too_late_events: int = 0
+    duplicate_events: int = 0
     models_payload_deleted: int = 0
     # The newest failed cycle (pipelines/failures.py), and how many failed since the last run that
     # completed (0: the controller has recovered since last_failure).
@@ -751,6 +755,8 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
         last_cycle=cycle,
         spans_ingested=len(spans), events_ingested=sum(s.event_count for s in spans),
         late_events=sum(s.late_count for s in spans), dead_lettered_events=sum(s.dead_letter_count for s in spans),
+        future_events=sum(s.future_count for s in spans), too_late_events=sum(s.too_late_count for s in spans),
+        duplicate_events=sum(s.duplicate_count for s in spans),
         newest_span=max((s.span for s in spans), default=None),
         models_trained=len(records), models_blessed=sum(1 for m in records if m.blessed is True),
         models_rejected=sum(1 for m in records if m.blessed is False),
@@ -907,6 +913,9 @@ def format_status(st: Status) -> str:
     newest = f", newest span {st.newest_span}" if st.newest_span is not None else ""
     lines.append(f"  ingested:    {st.spans_ingested} spans, {st.events_ingested:,} events, {st.late_events:,} late, "
                  f"{st.dead_lettered_events:,} dead-lettered{newest}")
+    if st.future_events or st.too_late_events or st.duplicate_events:
+        lines.append(f"               of the dead letters {st.future_events:,} from the future and "
+                     f"{st.too_late_events:,} too late; {st.duplicate_events:,} duplicate event ids kept out")
     if st.spans_payload_deleted:
         lines.append(f"               payload deleted by retention for {st.spans_payload_deleted} of the spans "
                      "(records kept)")

@@ -71,6 +71,10 @@ class SpanRecord:
     create_time_ms: int
     # Retention deleted the TFRecords; the record and its counts stay.
     payload_deleted: bool = False
+    # Of dead_letter_count, the events refused for their event time; and the repeated event ids kept out.
+    future_count: int = 0
+    too_late_count: int = 0
+    duplicate_count: int = 0
 
 
 def _prop(artifact: metadata_store_pb2.Artifact, key: str):
@@ -102,7 +106,9 @@ def ingested_spans(store: metadata_store.MetadataStore, pipeline_name: str,
             start_position=_prop(a, "start_position") or "", end_position=_prop(a, "end_position") or "",
             ingest_wall_seconds=float(_prop(a, "ingest_wall_seconds") or 0.0),
             dead_letter_uri=_prop(a, "dead_letter_uri") or "", create_time_ms=a.create_time_since_epoch,
-            payload_deleted=a.state != metadata_store_pb2.Artifact.LIVE))
+            payload_deleted=a.state != metadata_store_pb2.Artifact.LIVE,
+            future_count=_prop(a, "future_count") or 0, too_late_count=_prop(a, "too_late_count") or 0,
+            duplicate_count=_prop(a, "duplicate_count") or 0))
     return sorted(rows, key=lambda r: (r.span, r.artifact_id))
 
 

@@ -448,6 +448,7 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
     # ---- status tells the truth --------------------------------------------------------------------------------
     assert (st.spans_ingested, st.events_ingested, st.dead_lettered_events) == (len(published), sum(seen.values()),
                                                                                  len(rows))
+    assert (st.future_events, st.too_late_events, st.duplicate_events) == (len(future), len(too_late), len(repeats))
     assert st.models_trained == len(models) and st.pushes == sum(1 for m in models.values() if m.pushed_version)
     assert st.controller.state == "not running"
     # Hostile input never failed a cycle; the controller went on cycling after the kills, and what serves is fresh.
