@@ -103,8 +103,8 @@ class ParsedChunk:
     valid: List[Tuple[int, int, int, str, bytes]]
     # (offset, raw payload, reason)
     invalid: List[Tuple[int, bytes, str]]
-    # `id_hash` of each valid event's id, in the order of `valid`.
-    id_hashes: List[int] = dataclasses.field(default_factory=list)
+    # `id_hash` of each valid event's id, in the order of `valid` (uint64).
+    id_hashes: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype="<u8"))
     # Offsets of invalid records to dead-letter even where a published run read them already: from the
     # future by this run's clock, first read before any cutoff was recorded (windowing.TimeBounds).
     dead_letter_regardless: FrozenSet[int] = frozenset()
@@ -174,7 +174,7 @@ class RecordParser:
             hashes.append(id_hash(event[id_field]))
         # All of a unit's events at once: serializing is most of ingest, and is in C++ in bulk.
         valid = [(*where, example) for where, example in zip(placed, self._encoder.encode_many(events))]
-        return valid, invalid, hashes, frozenset(regardless)
+        return valid, invalid, np.asarray(hashes, dtype="<u8"), frozenset(regardless)
 
 
 def time_verdict(bounds: windowing.TimeBounds, position: Any, t: int, span: int):
@@ -214,50 +214,64 @@ class ParseChunk(beam.DoFn):
         yield ParsedChunk(chunk, *self._parser.parse(source.read(chunk), source.lane(chunk), source.position))
 
 
-# (newest event time, candidate spans, {id hash: first position} of events this run may write,
-#  id hashes read more than once among them)
-Facts = Tuple[Optional[int], frozenset, Dict[int, Tuple[Any, int]], frozenset]
+# (newest event time, candidate spans, {unit key: the sorted unique id hashes of the events this run may
+#  write from that unit}, id hashes read more than once within one unit). Arrays, not dicts of ints: all
+#  of a run's ids pass through the global combine, and numpy keeps that a copy of bytes.
+Facts = Tuple[Optional[int], frozenset, Dict[Any, np.ndarray], np.ndarray]
+_NO_IDS = np.zeros(0, dtype="<u8")
+
+
+def _unit_order(source, unit) -> Any:
+    """A key that orders a source's units as their records are ordered (log chunks, Kafka ranges)."""
+    key = source.unit_key(unit)
+    return tuple(key) if isinstance(key, list) else key
 
 
 def _chunk_facts(parsed: ParsedChunk, state: windowing.CommittedState, source) -> Facts:
     last_span = state.last_span
     times = [v[1] for v in parsed.valid]
     spans = frozenset(v[2] for v in parsed.valid if last_span is None or v[2] > last_span)
-    lane, position = source.lane(parsed.chunk), source.position
-    first: Dict[int, Tuple[Any, int]] = {}
-    repeated = set()
-    for row, h in zip(parsed.valid, parsed.id_hashes):
-        offset, span = row[0], row[2]
-        if windowing.fate_depends_on_position(state, span) and not windowing.is_new_line(state, position(lane, offset)):
-            continue  # emitted by an earlier run: skipped, not a candidate for this one
-        if h in first:
-            repeated.add(h)  # offsets rise within a unit: the first one seen stays first
-        else:
-            first[h] = (lane, offset)
-    return (max(times) if times else None), spans, first, frozenset(repeated)
+    hashes = np.asarray(parsed.id_hashes, dtype="<u8")
+    if last_span is not None and len(hashes):
+        # Events an earlier run emitted (an emitted span, a line read before) are skipped, not candidates.
+        lane, position = source.lane(parsed.chunk), source.position
+        keep = [not (row[2] <= last_span and not windowing.is_new_line(state, position(lane, row[0])))
+                for row in parsed.valid]
+        hashes = hashes[np.asarray(keep, dtype=bool)]
+    unique, counts = np.unique(hashes, return_counts=True)
+    return ((max(times) if times else None), spans, {_unit_order(source, parsed.chunk): unique},
+            unique[counts > 1])
 
 
 def _merge_facts(facts: Sequence[Facts]) -> Facts:
     times = [f[0] for f in facts if f[0] is not None]
     spans = frozenset().union(*[f[1] for f in facts]) if facts else frozenset()
-    first: Dict[int, Tuple[Any, int]] = {}
-    repeated = set()
-    for _, _, ids, again in facts:
-        repeated |= again
-        for h, where in ids.items():
-            seen = first.get(h)
-            if seen is None:
-                first[h] = where
-            else:
-                repeated.add(h)
-                if where < seen:
-                    first[h] = where
-    return (max(times) if times else None), spans, first, frozenset(repeated)
+    ids: Dict[Any, np.ndarray] = {}
+    for f in facts:
+        ids.update(f[2])
+    repeated = np.concatenate([f[3] for f in facts]) if facts else _NO_IDS
+    return (max(times) if times else None), spans, ids, repeated
 
 
-def _run_duplicates(facts: Facts) -> Dict[int, Tuple[Any, int]]:
-    """{id hash: the position that keeps it} for every id read more than once in this run."""
-    return {h: facts[2][h] for h in facts[3]}
+def _run_duplicates(facts: Facts) -> Dict[int, Any]:
+    """{id hash: the unit whose first copy keeps it} for every id this run read more than once.
+
+    The first position wins: the earliest unit holding the id, and the first offset within it
+    (which `WriteChunk` finds as it reads its unit in order).
+    """
+    units = facts[2]
+    if not units:
+        return {}
+    every, counts = np.unique(np.concatenate(list(units.values())), return_counts=True)
+    left = np.union1d(every[counts > 1], facts[3])
+    winners: Dict[int, Any] = {}
+    for key in sorted(units):
+        if not len(left):
+            break
+        here = np.isin(left, units[key], assume_unique=True)
+        winners.update((h, key) for h in left[here].tolist())
+        left = left[~here]
+    return winners
 
 
 def _write_atomically(path: str, write_fn, tmp_root: str) -> None:
@@ -329,7 +343,7 @@ class WriteChunk(beam.DoFn):
         self._state = windowing.CommittedState.from_json(self._state_json)
 
     def process(self, parsed: ParsedChunk, decision: windowing.RunDecision,
-                run_duplicates: Optional[Dict[int, Tuple[Any, int]]] = None) -> Iterator[Dict[str, Any]]:
+                run_duplicates: Optional[Dict[int, Any]] = None) -> Iterator[Dict[str, Any]]:
         chunk, state, source = parsed.chunk, self._state, self._source
         lane, position, name = source.lane(chunk), source.position, source.unit_name(chunk)
         result: Dict[str, Any] = {"chunk": source.unit_key(chunk), "spans": {}, "dead_letters": 0,
@@ -339,10 +353,14 @@ class WriteChunk(beam.DoFn):
             yield result
             return
         first_span, closed_through = decision.first_span, decision.closed_through
+        # {id hash: the unit whose first copy keeps it}, for ids this run read more than once.
         run_duplicates = run_duplicates or {}
-        hashes = parsed.id_hashes
-        emitted_before = (np.isin(np.asarray(hashes, dtype="<u8"), self._emitted_ids)
-                          if len(self._emitted_ids) and hashes else None)
+        unit = _unit_order(source, chunk)
+        kept_here = set()
+        hashes = np.asarray(parsed.id_hashes, dtype="<u8")
+        emitted_before = (np.isin(hashes, self._emitted_ids).tolist() if len(self._emitted_ids) and len(hashes)
+                          else None)
+        hash_list = hashes.tolist()
         records: Dict[Tuple[int, str], List[bytes]] = {}
         ids: Dict[int, List[int]] = {}
         duplicates: Dict[int, List[Dict[str, Any]]] = {}
@@ -360,14 +378,19 @@ class WriteChunk(beam.DoFn):
                     fate = fate_of_span[span] = windowing.classify(state, None, span, closed_through)
             if fate == windowing.SKIP:
                 continue
+            h = hash_list[i]
+            # A repeated id: the first copy in the first unit holding it is the one kept (pending or not).
+            repeat = False
+            if h in run_duplicates:
+                repeat = run_duplicates[h] != unit or h in kept_here
+                kept_here.add(h)
             if fate == windowing.PENDING:
                 if first_pending is None or offset < first_pending:
                     first_pending = offset
                 continue
             late = fate == windowing.LATE
             dest_span, dest_split = (first_span, windowing.TRAIN) if late else (span, split)
-            h = hashes[i]
-            if (emitted_before is not None and emitted_before[i]) or run_duplicates.get(h, (lane, offset)) != (lane, offset):
+            if repeat or (emitted_before is not None and emitted_before[i]):
                 duplicates.setdefault(dest_span, []).append(dict(source.dead_letter_where(chunk, offset), id_hash=h))
                 continue
             records.setdefault((dest_span, dest_split), []).append(example)
