@@ -308,3 +308,27 @@ def test_the_window_settings_become_the_runtime_bounds():
     assert WindowConfig().runtime() == windowing.Window(600_000, 30_000, 0.2, max_future_ms=300_000,
                                                           max_lateness_ms=None)
     assert WindowConfig(max_future_seconds=None, max_lateness_seconds=60).runtime().max_lateness_ms == 60_000
+
+
+def test_lines_first_judged_now_keep_this_runs_cutoff_so_a_dead_letter_is_not_written_twice():
+    """Lines read before any cutoff (older code, or the bound off) are judged by the first run with one;
+    the state it commits must say so, or a re-read would judge them again (and dead-letter them again)."""
+    seg = "segment-000000000000.jsonl"
+    legacy = windowing.CommittedState(end=Position(seg, 1000), resume=Position(seg, 100), last_span=5,
+                                      max_event_time_ms=NOW + YEAR_MS)
+    window = windowing.Window(SPAN_MS, 0, 0.2, max_future_ms=5 * MINUTE_MS)
+    bounds = windowing.TimeBounds.for_run(window, legacy, NOW)
+    future_line = Position(seg, 500)
+    assert legacy.first_read_cutoff(future_line) == (True, None)
+    assert bounds.future(future_line, NOW + YEAR_MS) == windowing.DEAD_LETTER
+    assert bounds.trusted_max_event_time_ms is None  # the legacy watermark is not trusted
+    # This run read on to 2000 and left a pending line at 120: everything from 120 on may be re-read.
+    committed = windowing.CommittedState(end=Position(seg, 2000), resume=Position(seg, 120), last_span=6,
+                                         max_event_time_ms=NOW - MINUTE_MS,
+                                         cutoffs=bounds.next_cutoffs(Position(seg, 2000), Position(seg, 120)))
+    assert committed.first_read_cutoff(future_line) == (True, bounds.cutoff_ms)
+    later = windowing.TimeBounds.for_run(window, committed, NOW + 2 * YEAR_MS)
+    assert later.future(future_line, NOW + YEAR_MS) == windowing.SKIP  # dead-lettered once, by the run above
+    assert later.cutoff_ms == NOW + 2 * YEAR_MS + 5 * MINUTE_MS
+    # And a clock that steps back never lowers the cutoff.
+    assert windowing.TimeBounds.for_run(window, committed, NOW - YEAR_MS).cutoff_ms == bounds.cutoff_ms

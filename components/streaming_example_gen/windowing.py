@@ -244,8 +244,11 @@ class TimeBounds:
         """The cutoffs a run that read up to `read_end` commits, dropping runs nothing after `resume` was read by."""
         history = list(self.state.cutoffs)
         if self.state.end is not None and not history:
-            # Everything before the old end was read with no bound.
+            # Everything before the old end was read with no bound (a state older than cutoffs).
             history.append((self.state.end, None))
+        # Lines read with no bound that this run re-read were judged by this run's cutoff: from now on
+        # that is the cutoff they were first judged by, so a line dead-lettered now is not again later.
+        history = [(end, self.cutoff_ms if cutoff is None else cutoff) for end, cutoff in history]
         history.append((read_end, self.cutoff_ms))
         return tuple((end, cutoff) for end, cutoff in history if _reaches_past(end, resume))
 
