@@ -235,8 +235,8 @@ def _chunk_facts(parsed: ParsedChunk, state: windowing.CommittedState, source) -
     if last_span is not None and len(hashes):
         # Events an earlier run emitted (an emitted span, a line read before) are skipped, not candidates.
         lane, position = source.lane(parsed.chunk), source.position
-        keep = [not (row[2] <= last_span and not windowing.is_new_line(state, position(lane, row[0])))
-                for row in parsed.valid]
+        keep = [not (windowing.fate_depends_on_position(state, row[2])
+                     and not windowing.is_new_line(state, position(lane, row[0]))) for row in parsed.valid]
         hashes = hashes[np.asarray(keep, dtype=bool)]
     unique, counts = np.unique(hashes, return_counts=True)
     return ((max(times) if times else None), spans, {_unit_order(source, parsed.chunk): unique},
