@@ -139,10 +139,10 @@ def span_table(config: DriftlineConfig, since_artifact_id: int = 0) -> str:
         if r.artifact_id <= since_artifact_id:
             continue
         rows.append((r.span, format_ms(r.span_start_ms)[11:16], r.event_count, r.train_count, r.eval_count,
-                     r.late_count, r.dead_letter_count, describe_position(r.start_position),
+                     r.late_count, r.dead_letter_count, r.duplicate_count, describe_position(r.start_position),
                      describe_position(r.end_position)))
-    return format_table(("span", "start", "events", "train", "eval", "late", "dead-letter", "read from",
-                         "read to"), rows)
+    return format_table(("span", "start", "events", "train", "eval", "late", "dead-letter", "duplicates",
+                         "read from", "read to"), rows)
 
 
 @dataclasses.dataclass
