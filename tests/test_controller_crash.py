@@ -54,6 +54,7 @@ import time
 import pytest
 
 import ingest_helpers as H
+from hostile_producer import TORN_EXIT
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -186,8 +187,6 @@ class HostileProducer:
 
     def __init__(self, log_dir: str, err_path: str, seed: int):
         import threading
-
-        from hostile_producer import TORN_EXIT
 
         self.torn_exits, self.exits = 0, []
         self._stop = threading.Event()
@@ -410,7 +409,10 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
     assert all(kinds.values()), {k: len(v) for k, v in kinds.items()}
     assert any(line.startswith(b"[" * 100) or line.startswith(b'{"a":' * 20) for line in bad.values())
     assert any(line.startswith(b'{"event_id":"torn-') for line in bad.values()), "no torn line was audited"
-    assert hostile.torn_exits >= 1 and set(hostile.exits) <= {0, 17}, hostile.exits
+    # Every run of the producer but the last died mid-write; the last was stopped, or died mid-write too
+    # (SIGTERM may land before its handler is installed, as the process starts).
+    assert hostile.torn_exits >= 1 and set(hostile.exits[:-1]) <= {TORN_EXIT}, hostile.exits
+    assert hostile.exits[-1] in (0, -signal.SIGTERM, TORN_EXIT), hostile.exits
     print(f"audited {len(lines)} lines: {len(expected)} events, {len(bad)} malformed or torn, {len(future)} from "
           f"the future, {len(too_late)} too late, {len(repeats)} duplicates; hostile producer died mid-write "
           f"{hostile.torn_exits} times")
