@@ -29,6 +29,9 @@ setup(
     name="driftline",
     version="0.1.0",
     description="Continuous training on TFX and Apache Beam: streaming ingestion, warm start, TFMA gate, blessing pusher, lineage.",
+    license="Apache-2.0",
+    # Packed into the wheel's .dist-info (tests/test_install.py checks it is there).
+    license_files=["LICENSE"],
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["components", "components.*", "pipelines", "pipelines.*", "transforms", "transforms.*"]),
     install_requires=STACK,

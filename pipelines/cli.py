@@ -808,6 +808,9 @@ def run_submit(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="driftline", description="driftline: continuous training on TFX and Apache Beam.")
+    from pipelines.version import driftline_version
+
+    parser.add_argument("--version", action="version", version=f"driftline {driftline_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     add_simulate_command(subparsers)
     add_ingest_command(subparsers)

@@ -559,9 +559,28 @@ _PACKAGING_FLAGS = ("--setup_file", "--extra_package", "--extra_packages", "--re
 
 
 def driftline_setup_file() -> Optional[str]:
-    """This checkout's setup.py, when driftline runs from one (an editable install)."""
+    """This checkout's setup.py, when driftline runs from one (an editable install); None when installed.
+
+    Installed from a wheel, `pipelines/` sits in site-packages, where another
+    distribution may have left a stray setup.py: only driftline's own counts.
+    """
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
-    return path if os.path.exists(path) else None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return path if re.search(r"""name\s*=\s*["']driftline["']""", f.read()) else None
+    except OSError:
+        return None
+
+
+def beam_default_sdk_image() -> str:
+    """The container image Beam itself defaults to for this SDK and Python (DockerEnvironment.default_docker_image).
+
+    Read from the installed distribution's metadata, so building Beam arguments does not import Beam.
+    """
+    import importlib.metadata
+    import sys
+
+    return f"apache/beam_python{sys.version_info[0]}.{sys.version_info[1]}_sdk:{importlib.metadata.version('apache-beam')}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -586,12 +605,19 @@ class BeamConfig:
         else:
             base = [f"--runner={self.runner}"]
         packaging = [a for a in self.extra_args if a.split("=")[0] in _PACKAGING_FLAGS]
+        # Without one of these flags TFX's Beam executors build and stage an
+        # sdist of TFX itself (a copy of the whole tfx tree, "tfx_ephemeral")
+        # in every Beam component of every cycle, which a local runner never needs.
         setup_file = driftline_setup_file()
         if not packaging and setup_file:
-            # Names our package for remote workers, and stops TFX from building
-            # and staging an sdist of TFX itself in every Beam component of
-            # every cycle (seconds each), which a local runner never needs.
+            # From a checkout: names our package for remote workers too.
             base.append(f"--setup_file={setup_file}")
+        elif not packaging and self.runner == "DirectRunner":
+            # Installed as a library (no setup.py to name): DirectRunner runs every step
+            # with this interpreter, which already imports driftline and TFX, so nothing
+            # needs staging. Beam's own default image changes no choice Beam makes (the
+            # DirectRunner starts no container); TFX only checks that a flag is set.
+            base.append(f"--sdk_container_image={beam_default_sdk_image()}")
         return base + list(self.extra_args)
 
 
