@@ -23,6 +23,8 @@ STACK = [
     "confluent-kafka>=2.16,<3",
     # The controller's retries: exponential backoff with jitter (pipelines/controller.py).
     "tenacity>=9.1,<10",
+    # The controller's /metrics (driftline run --continuous --metrics-port, pipelines/metrics.py).
+    "prometheus-client>=0.20,<1",
 ]
 
 setup(

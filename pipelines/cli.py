@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
+
+log = logging.getLogger("driftline.cli")
 
 
 class CommandError(Exception):
@@ -204,7 +207,16 @@ def add_ingest_command(subparsers: Any) -> None:
     _add_pipeline_arguments(p)
     p.add_argument("--with-statistics", action="store_true",
                    help="also run stock StatisticsGen and SchemaGen on the newest span")
+    _add_log_level_argument(p)
     p.set_defaults(handler=run_ingest)
+
+
+def _add_log_level_argument(p: argparse.ArgumentParser) -> None:
+    from pipelines.report import LOG_LEVELS
+
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="driftline's lines on stderr, timestamped, at this level and above (default info); "
+                        "TensorFlow, absl and Beam stay at error")
 
 
 def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -271,11 +283,19 @@ def run_ingest(args: argparse.Namespace) -> int:
     from pipelines import demo, local_runner
     from pipelines.metadata import ingested_spans, open_store
 
+    from pipelines.controller import closed_spans
+
     config = _config_from_args(args)
-    before = max([r.artifact_id for r in ingested_spans(open_store(config.metadata_path), config.pipeline_name)],
-                 default=0)
     try:
         with _home_lock(config):
+            # The controller's question first: with no closed span, TFX is not launched and nothing is recorded.
+            local_runner.preflight(config)
+            check = closed_spans(config)
+            if not check.run:
+                log.info("nothing to do: %s", check.why)
+                return 0
+            before = max([r.artifact_id for r in ingested_spans(open_store(config.metadata_path),
+                                                                config.pipeline_name)], default=0)
             local_runner.run_ingest(config, with_statistics=args.with_statistics)
     except EventLogError as e:
         raise CommandError(str(e)) from None
@@ -325,6 +345,12 @@ def add_run_command(subparsers: Any) -> None:
                    help="with --continuous: stop as soon as no cycle is due (after resuming what a crash left)")
     _add_retention_arguments(p, "with --continuous: ")
     _add_controller_arguments(p)
+    p.add_argument("--metrics-port", type=_int_at_least(0), default=0, metavar="P",
+                   help="with --continuous: serve Prometheus metrics on this port at /metrics (default 0: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR",
+                   help="with --metrics-port: the address to listen on (default 127.0.0.1; 0.0.0.0 for every "
+                        "interface)")
+    _add_log_level_argument(p)
     p.set_defaults(handler=run_run)
 
 
@@ -392,13 +418,15 @@ def run_run(args: argparse.Namespace) -> int:
     if args.continuous:
         from pipelines.controller import ControllerRunning, run_continuous
         from pipelines.local_runner import preflight
+        from pipelines.metrics import MetricsError
 
         try:
             preflight(config)
             run_continuous(_with_retention(config, args), poll_seconds=args.poll_seconds,
                            min_new_events=args.min_new_events, max_cycles=args.max_cycles,
-                           until_idle=args.until_idle)
-        except (ControllerRunning, EventLogError) as e:
+                           until_idle=args.until_idle, metrics_port=args.metrics_port,
+                           metrics_host=args.metrics_host)
+        except (ControllerRunning, EventLogError, MetricsError) as e:
             raise CommandError(str(e)) from None
         except (ConfigError, SchemaError) as e:  # not retryable: the controller stopped on it
             raise CommandError(str(e), exit_code=2) from None
@@ -408,6 +436,9 @@ def run_run(args: argparse.Namespace) -> int:
             raise CommandError(f"--{flag.replace('_', '-')} is for --continuous", exit_code=2)
     if args.until_idle or args.no_retention:
         raise CommandError("--until-idle and --no-retention are for --continuous", exit_code=2)
+    if args.metrics_port:
+        raise CommandError("--metrics-port is for --continuous: `run --cycles` exits after its cycles",
+                           exit_code=2)
     for flag in ("retry_initial_seconds", "retry_max_seconds"):
         if getattr(args, flag) is not None:
             raise CommandError(f"--{flag.replace('_', '-')} is for --continuous: `run --cycles` does not retry, "
@@ -420,6 +451,8 @@ def run_run(args: argparse.Namespace) -> int:
             reports = run_cycles(config, args.cycles)
         except (CycleFailed, EventLogError) as e:
             raise CommandError(str(e)) from None
+    if not reports:  # nothing was due: run_cycles logged the one line that says why
+        return 0
     rows = [DemoRow(n, report, appended_at_ms=None, poisoned=False) for n, report in enumerate(reports, 1)]
     print(cycle_table(rows))
     return 0
@@ -442,6 +475,7 @@ def add_replay_command(subparsers: Any) -> None:
     p.add_argument("--quarantine-after", type=_int_at_least(1), metavar="N",
                    help="if the replayed cycle fails, quarantine the span again after N failures in a row "
                         "(default 3)")
+    _add_log_level_argument(p)
     p.set_defaults(handler=run_replay)
 
 
@@ -463,7 +497,7 @@ def run_replay(args: argparse.Namespace) -> int:
         except failures.NotQuarantined as e:
             raise CommandError(str(e)) from None
         for q in released:
-            print(f"span {q.span} (Examples {q.artifact_id}) {q.reason}", file=sys.stderr, flush=True)
+            log.info("span %s (Examples %s) %s", q.span, q.artifact_id, q.reason)
         if args.no_run:
             print(f"span {args.span} will be trained by the next `driftline run` on {config.home}")
             return 0
@@ -473,6 +507,8 @@ def run_replay(args: argparse.Namespace) -> int:
             reports = run_cycles(config, 1, check_source=False)
         except CycleFailed as e:
             raise CommandError(f"{e} (span {args.span} stays released: the next run tries it again)") from None
+        if not reports:  # cannot happen for a released span, which is untrained; say so rather than crash
+            raise CommandError(f"span {args.span} was released but no cycle was due; `driftline status` shows why")
     print(cycle_table([DemoRow(1, reports[0], appended_at_ms=None, poisoned=False)]))
     return 0
 
@@ -679,6 +715,7 @@ def add_demo_command(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true",
                    help="delete --home even if the demo did not create it (a previous demo's home is always "
                         "replaced)")
+    _add_log_level_argument(p)
     p.set_defaults(handler=run_demo)
 
 
@@ -836,6 +873,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    from pipelines.report import configure_logging
+
+    configure_logging(getattr(args, "log_level", "info"))
     try:
         return int(args.handler(args))
     except CommandError as e:

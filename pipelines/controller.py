@@ -30,6 +30,12 @@
   The event log or topic is checked once before the controller starts
   (`driftline run` calls `local_runner.preflight`): a wrong --log stops it
   there, and once it runs, an unreadable source is retried.
+* Nothing to do is quiet: `due` is asked before TFX is launched (here, in
+  `run_cycles` and by `driftline ingest`), so a poll or a `run --cycles`
+  with no closed span logs one line and records nothing in ML Metadata.
+* Human lines go to the "driftline.controller" logger (levels, timestamps:
+  `driftline run --log-level`); the JSON lines stay on stdout. With
+  `metrics_port`, Prometheus metrics are served (`pipelines/metrics.py`).
 * Retention (`pipelines/retention.py`), after each cycle and on start:
   the payload of artifacts older than `retention.keep_cycles` cycles that
   nothing needs any more is deleted, their records stay; so are the folders
@@ -44,6 +50,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import signal
 import sys
@@ -52,6 +59,23 @@ import time
 from typing import Callable, Iterator, Optional
 
 from pipelines.config import DriftlineConfig
+
+# The controller's human lines; `driftline run` gives them a handler (pipelines/report.configure_logging).
+log = logging.getLogger("driftline.controller")
+
+
+def _teller(say: Optional[Callable[[str], None]]) -> Callable[..., None]:
+    """tell(message, level=INFO): to the logger, or to `say` when a caller gave one (tests, benchmarks:
+    then only lines at INFO and above, as the logger's default level shows them)."""
+    def tell(message: str, level: int = logging.INFO) -> None:
+        if say is not None:
+            if level >= logging.INFO:
+                say(message)
+        else:
+            log.log(level, message)
+
+    return tell
+
 
 class ControllerRunning(RuntimeError):
     """Another controller holds this home."""
@@ -106,20 +130,31 @@ class Due:
 def due(config: DriftlineConfig, min_new_events: Optional[int] = None) -> Due:
     """Whether a cycle would have a closed span to emit now (or enough new events are waiting).
 
-    Spans that an interrupted cycle published but no judged model trained on
-    come first: then a resumed cycle is due.
+    Spans that an interrupted or failed cycle published but no judged model
+    trained on come first: then a resumed cycle is due. Every caller asks this
+    before it launches TFX, so a cycle with nothing to do never runs (a TFX
+    run without a span would record a run and log an InsufficientInputError
+    per downstream component).
     """
+    from pipelines.metadata import open_store
+    from pipelines.recovery import spans_text, untrained_spans
+
+    untrained = untrained_spans(open_store(config.metadata_path), config.pipeline_name)
+    if untrained:
+        return Due(True, f"span{'s' if len(untrained) > 1 else ''} {spans_text(untrained)} published but never "
+                         f"trained: resuming", resume=True)
+    return closed_spans(config, min_new_events)
+
+
+def closed_spans(config: DriftlineConfig, min_new_events: Optional[int] = None) -> Due:
+    """Whether ingestion would emit a closed span now (`windowing.decide` on the events after the committed
+    position), or at least `min_new_events` new events wait. Reads the source; writes nothing."""
     from components.event_schema import InvalidEvent
     from components.streaming_example_gen import ingest, sources, windowing
     from components.streaming_example_gen.committed_state import latest_committed_state
     from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID, open_store
-    from pipelines.recovery import spans_text, untrained_spans
 
     store = open_store(config.metadata_path)
-    untrained = untrained_spans(store, config.pipeline_name)
-    if untrained:
-        return Due(True, f"span{'s' if len(untrained) > 1 else ''} {spans_text(untrained)} published by an "
-                         f"interrupted cycle, never trained: resuming", resume=True)
     state, _ = latest_committed_state(store, config.pipeline_name, STREAMING_EXAMPLE_GEN_ID)
     window = config.window.runtime()
     schema = config.source.schema
@@ -170,52 +205,64 @@ def retryable(error: BaseException) -> bool:
 
 
 def record_failed_cycle(config: DriftlineConfig, error: BaseException, *, resumed: bool, trigger: str,
-                        say: Callable[[str], None]) -> dict:
+                        say: Optional[Callable[..., None]] = None) -> dict:
     """Records a failed cycle in ML Metadata (pipelines/failures.py); returns its JSON line's fields.
 
     Never raises: when ML Metadata cannot take the record either, the line says so.
+    `say(message, level)` gets the human lines (default: the controller's logger).
     """
     from pipelines import failures
 
+    say = say or _teller(None)
     line = {"outcome": "failed", "error": {"type": type(error).__name__, "message": failures.error_text(error)},
             "retryable": retryable(error), "resumed": resumed, "trigger": trigger}
     try:
         recorded = failures.record_failure(config, error, resumed=resumed, trigger=trigger)
     except Exception as e:  # noqa: BLE001: the cycle's own error is what matters; say why it is not recorded
         line["record_error"] = f"{type(e).__name__}: {e}"
-        say(f"could not record the failure in ML Metadata: {type(e).__name__}: {e}")
+        say(f"could not record the failure in ML Metadata: {type(e).__name__}: {e}", logging.ERROR)
         return line
     r = recorded.record
     line.update(consecutive_failures=r.consecutive, spans=r.spans, failure_execution_id=r.execution_id,
                 quarantined=[q.span for q in recorded.quarantined])
     for q in recorded.quarantined:
         say(f"span {q.span} quarantined: {q.reason}; `driftline replay --home {config.home} --span {q.span}` "
-            "trains it later")
+            "trains it later", logging.WARNING)
     return line
 
 
 def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_new_events: Optional[int] = None,
                    max_cycles: Optional[int] = None, until_idle: bool = False,
                    stop: Optional[threading.Event] = None, emit: Optional[Callable[[str], None]] = None,
-                   say: Optional[Callable[[str], None]] = None) -> int:
+                   say: Optional[Callable[[str], None]] = None, metrics_port: int = 0,
+                   metrics_host: str = "127.0.0.1") -> int:
     """Runs cycles as spans close until stopped (SIGTERM, Ctrl-C, `stop`) or `max_cycles`; returns cycles run.
 
     With `until_idle` it also returns as soon as no cycle is due. Prints one
-    JSON line per cycle through `emit` ("outcome": "ok" or "failed") and a
-    human line through `say`. A failed cycle is recorded in ML Metadata and
-    retried after an exponential backoff with jitter (`config.controller`);
-    only a misconfiguration (`retryable`) ends the controller, by raising.
-    `max_cycles` counts cycles that succeeded.
+    JSON line per cycle through `emit` ("outcome": "ok" or "failed"); the
+    human lines go to the "driftline.controller" logger (to `say` when given).
+    A poll with nothing due launches no TFX run and records nothing. A failed
+    cycle is recorded in ML Metadata and retried after an exponential backoff
+    with jitter (`config.controller`); only a misconfiguration (`retryable`)
+    ends the controller, by raising. `max_cycles` counts cycles that succeeded.
+    `metrics_port` > 0 serves Prometheus metrics on metrics_host:metrics_port
+    (pipelines/metrics.py) while the controller runs; a port that cannot be
+    bound raises MetricsError before the first cycle.
     """
     import tenacity
 
     from pipelines import recovery, retention
     from pipelines.local_runner import run_cycle
 
-    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    tell = _teller(say)
     emit = emit or (lambda line: print(line, flush=True))
     stop = stop or threading.Event()
     settings = config.controller
+    metrics = None
+    if metrics_port:
+        from pipelines.metrics import ControllerMetrics
+
+        metrics = ControllerMetrics(config)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -224,38 +271,54 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
     attempt = 0  # failed attempts at the current cycle, in this process
     idle, stopped = "idle", "stopped"
 
+    def refresh_metrics() -> None:
+        if metrics is not None:
+            problem = metrics.refresh()
+            if problem:
+                tell(f"metrics not refreshed from ML Metadata: {problem}", logging.WARNING)
+
     def start():
         # Retried like a cycle when ML Metadata or the folders fail: recovery is idempotent.
         try:
             report = recovery.recover_interrupted(config)
             if report.anything:
-                say(f"recovery: {report.describe()}")
+                tell(f"recovery: {report.describe()}", logging.WARNING)
             if config.retention.enabled:
-                say(retention.apply(config).describe())
+                tell(retention.apply(config).describe())
         except Exception as e:
             emit(json.dumps({"cycle": 0, **record_failed_cycle(config, e, resumed=False, trigger="start-up recovery",
-                                                               say=say)}, sort_keys=True))
-            say(f"start-up recovery failed: {type(e).__name__}: {e}")
+                                                               say=tell)}, sort_keys=True))
+            tell(f"start-up recovery failed: {type(e).__name__}: {e}", logging.ERROR)
             raise
+        finally:
+            refresh_metrics()
 
     def step():
         nonlocal cycles, attempt
         if stop.is_set():
             return stopped
         check = Due(False, "checking whether a cycle is due")
+        started = None
         try:
             check = due(config, min_new_events)
             if not check.run:
+                if metrics is not None:
+                    metrics.nothing_to_do()
+                tell(f"nothing to do: {check.why}", logging.DEBUG)
                 return check
-            say(f"cycle {cycles + 1}: {check.why}" + (f" (attempt {attempt + 1})" if attempt else ""))
+            tell(f"cycle {cycles + 1}: {check.why}" + (f" (attempt {attempt + 1})" if attempt else ""))
+            started = time.monotonic()
             cycle = run_cycle(config, resume=check.resume)
         except Exception as e:
             attempt += 1
             line = {"cycle": cycles + 1, "attempt": attempt,
-                    **record_failed_cycle(config, e, resumed=check.resume, trigger=check.why, say=say)}
+                    **record_failed_cycle(config, e, resumed=check.resume, trigger=check.why, say=tell)}
             emit(json.dumps(line, sort_keys=True))
-            say(f"cycle {cycles + 1} failed (attempt {attempt}): {type(e).__name__}: "
-                f"{line['error']['message'].splitlines()[0] if line['error']['message'] else ''}")
+            tell(f"cycle {cycles + 1} failed (attempt {attempt}): {type(e).__name__}: "
+                 f"{line['error']['message'].splitlines()[0] if line['error']['message'] else ''}", logging.ERROR)
+            if metrics is not None:
+                metrics.cycle_failed(None if started is None else time.monotonic() - started)
+            refresh_metrics()
             raise
         cycles += 1
         attempt = 0
@@ -267,14 +330,18 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
                                      "freed_bytes": kept.freed_bytes, "seconds": kept.seconds}
             except Exception as e:  # noqa: BLE001: the cycle succeeded; the next one retries retention
                 line["retention"] = {"error": f"{type(e).__name__}: {e}"}
+                tell(f"retention failed (the next cycle retries it): {type(e).__name__}: {e}", logging.WARNING)
         emit(json.dumps(line, sort_keys=True))
-        say(f"cycle {cycles}: spans {cycle.spans}{' (resumed)' if cycle.resumed else ''}, "
-            f"{cycle.start or 'no training'}, {cycle.reason or cycle.start_reason or 'nothing to train'}, "
-            f"pushed {cycle.pushed_version or 'nothing'} ({cycle.wall_seconds:.0f} s)")
+        tell(f"cycle {cycles}: spans {cycle.spans}{' (resumed)' if cycle.resumed else ''}, "
+             f"{cycle.start or 'no training'}, {cycle.reason or cycle.start_reason or 'nothing to train'}, "
+             f"pushed {cycle.pushed_version or 'nothing'} ({cycle.wall_seconds:.0f} s)")
+        if metrics is not None:
+            metrics.cycle_ok(cycle.wall_seconds)
+        refresh_metrics()
         return None
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
-        say(f"retrying in {state.next_action.sleep:.3g} s")
+        tell(f"retrying in {state.next_action.sleep:.3g} s", logging.WARNING)
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(retryable),
@@ -288,8 +355,12 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
         before_sleep=before_sleep,
         retry_error_callback=lambda state: stopped)  # stopped while failing: exit cleanly
     try:
-        with single_instance(config.home):
-            say(f"controller {os.getpid()} on {config.home}: watching {config.source.describe()}")
+        with single_instance(config.home), contextlib.ExitStack() as serving_metrics:
+            if metrics is not None:
+                refresh_metrics()  # the first scrape already reports what ML Metadata says
+                address = serving_metrics.enter_context(metrics.serve(metrics_host, metrics_port))
+                tell(f"metrics on http://{address}/metrics")
+            tell(f"controller {os.getpid()} on {config.home}: watching {config.source.describe()}")
             if retrying(start) == stopped:
                 stop.set()
             while not stop.is_set() and (max_cycles is None or cycles < max_cycles):
@@ -298,10 +369,10 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
                     break
                 if isinstance(result, Due):
                     if until_idle:
-                        say(f"idle: {result.why}")
+                        tell(f"idle: {result.why}")
                         break
                     stop.wait(poll_seconds)
-            say(f"controller {os.getpid()}: stopping after {cycles} cycle(s)")
+            tell(f"controller {os.getpid()}: stopping after {cycles} cycle(s)")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -310,38 +381,40 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
 
 def run_cycles(config: DriftlineConfig, cycles: int, say: Optional[Callable[[str], None]] = None,
                check_source: bool = True) -> list:
-    """`driftline run --cycles N`: N cycles with the controller's crash recovery, without retries.
+    """`driftline run --cycles N`: up to N cycles with the controller's crash recovery, without retries.
 
     Call it while holding the home's lock. Recovery first (an interrupted
-    push finished, dead executions CANCELED), then each cycle is a resumed
-    one while spans are published but untrained, as under `run --continuous`.
+    push finished, dead executions CANCELED), then before each cycle the
+    controller's question (`due`): a resumed cycle while spans are published
+    but untrained, a cycle when a span has closed, and otherwise one line
+    ("nothing to do: ...") and no more cycles: no TFX run, nothing recorded.
     A failed cycle is recorded in ML Metadata like the controller's and
-    raises `CycleFailed`; returns the CycleReports. A source that cannot
-    be read before the first cycle raises its EventLogError unrecorded
-    (`check_source=False`: not checked, for `replay`, whose resumed cycle
-    reads no source).
+    raises `CycleFailed`; returns the CycleReports of the cycles that ran
+    (none when nothing was due). A source that cannot be read before the
+    first cycle raises its EventLogError unrecorded (`check_source=False`:
+    not checked, for `replay`, whose resumed cycle reads no source).
     """
     from pipelines import recovery
     from pipelines.local_runner import preflight, run_cycle
-    from pipelines.metadata import open_store
 
-    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    tell = _teller(say)
     # A source that cannot be read at all is a misconfiguration: it stops here, before anything is recorded.
     if check_source:
         preflight(config)
     report = recovery.recover_interrupted(config)
     if report.anything:
-        say(f"recovery: {report.describe()}")
+        tell(f"recovery: {report.describe()}", logging.WARNING)
     reports = []
     for n in range(1, cycles + 1):
-        untrained = recovery.untrained_spans(open_store(config.metadata_path), config.pipeline_name)
-        why = (f"spans {recovery.spans_text(untrained)} published but never trained: resuming" if untrained
-               else "whatever spans have closed")
-        say(f"cycle {n}/{cycles}: {why} ...")
+        check = due(config)
+        if not check.run:
+            tell(f"nothing to do: {check.why}" + (f" (after {n - 1} of {cycles} cycles)" if n > 1 else ""))
+            break
+        tell(f"cycle {n}/{cycles}: {check.why} ...")
         try:
-            reports.append(run_cycle(config, resume=bool(untrained)))
+            reports.append(run_cycle(config, resume=check.resume))
         except Exception as e:
-            line = record_failed_cycle(config, e, resumed=bool(untrained), trigger=why, say=say)
+            line = record_failed_cycle(config, e, resumed=check.resume, trigger=check.why, say=tell)
             raise CycleFailed(n, line) from e
     return reports
 

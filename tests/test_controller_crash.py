@@ -92,6 +92,7 @@ def server_main(home: str, log_dir: str) -> None:
     import tensorflow_transform  # noqa: F401
     from pipelines import local_runner, pipeline  # noqa: F401
     from pipelines.controller import run_continuous
+    from pipelines.report import configure_logging
 
     config = controller_config(home, log_dir)
     print("READY", flush=True)
@@ -107,6 +108,7 @@ def server_main(home: str, log_dir: str) -> None:
                     os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
                     sys.stdout = os.fdopen(1, "w", buffering=1)
                     sys.stderr = os.fdopen(2, "w", buffering=1)
+                    configure_logging("info")  # the controller's lines, as `driftline run` logs them
                     run_continuous(config, poll_seconds=0.5, until_idle=idle == "1")
                     code = 0
                 except BaseException:  # noqa: BLE001: the exit code and the log tell the test
@@ -297,7 +299,7 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
             def due_now(err=err, state=state, delay=delay) -> bool:
                 if state["started"] is None:
                     text = open(err).read() if os.path.exists(err) else ""
-                    if re.search(r"^cycle \d+: (?!spans \[)", text, re.M):
+                    if re.search(r" driftline\.controller: cycle \d+: (?!spans \[)", text):
                         state["started"] = time.monotonic()
                     return False
                 return time.monotonic() - state["started"] >= delay
@@ -333,7 +335,8 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
     for r in cycles:
         print(f"  spans {r['spans']} {'(resumed) ' if r['resumed'] else ''}{r['start']} blessed {r['blessed']} "
               f"pushed {r['pushed_version']} {r['wall_seconds']} s")
-    recoveries = [line for p in glob.glob(str(logs / "*.err")) for line in open(p) if line.startswith("recovery:")]
+    recoveries = [line for p in glob.glob(str(logs / "*.err")) for line in open(p)
+                  if " driftline.controller: recovery:" in line]
     print("\n".join(recoveries))
 
     # ---- ML Metadata after the run ----------------------------------------------------------------------------
