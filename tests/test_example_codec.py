@@ -92,3 +92,19 @@ def test_encode_many_on_the_default_schema_parses_back_with_tensorflow():
     assert parsed["event_time"].numpy().tolist() == [e["event_time"] for e in events]
     assert parsed["price"].numpy().tolist() == [float(tf.constant(e["price"], tf.float32)) for e in events]
     assert parsed["clicked"].numpy().tolist() == [e["clicked"] for e in events]
+
+
+def test_an_iso8601_or_epoch_seconds_event_time_is_written_as_int64_milliseconds():
+    # The producer writes a string (or float seconds); the parsed event and so its example hold int ms.
+    for fmt, time_type, written in (("iso8601", "string", "2026-01-01T02:00:00.250+02:00"),
+                                    ("epoch_s", "float", 1767225600.25)):
+        schema = EventSchema(name="plays", id_field="id", event_time_field="at", label_field="y",
+                             fields=(FieldSpec("id", "string"), FieldSpec("at", time_type), FieldSpec("y", "int"),
+                                     FieldSpec("note", "string", required=False)),
+                             event_time_format=fmt)
+        encoder = ExampleEncoder(schema)
+        events = [schema.parse(f'{{"id": "p{i}", "at": {written!r}, "y": 1{note}}}'.replace("'", '"').encode())
+                  for i, note in enumerate(("", ', "note": "n"'))]
+        # Both encoders: encode_many writes the complete event in C++, the one missing `note` in Python.
+        parsed = tf.io.parse_example(encoder.encode_many(events), {"at": tf.io.FixedLenFeature([], tf.int64)})
+        assert parsed["at"].numpy().tolist() == [1767225600250, 1767225600250], fmt

@@ -94,3 +94,22 @@ def test_tfmd_schema_matches_the_event_schema():
     s = tfmd_schema(ad_click_schema())
     assert {f.name: f.type for f in s.feature}["price"] == schema_pb2.FLOAT
     assert all(f.presence.min_fraction == 1.0 for f in s.feature)
+
+
+def test_an_iso8601_event_time_reaches_the_transforms_as_int_milliseconds():
+    # Declared as the producer's string, but the examples (and so the transform's inputs) hold int64 ms:
+    # the TFMD schema says INT, and a categorical event time hashes the decimal string of its ms.
+    from components.event_schema import EventSchema, FieldSpec
+
+    schema = EventSchema(name="plays", id_field="id", event_time_field="at", label_field="y",
+                         event_time_format="iso8601",
+                         fields=(FieldSpec("id", "string"), FieldSpec("y", "int"),
+                                 FieldSpec("at", "string", feature="categorical", hash_buckets=7)))
+    assert {f.name: f.type for f in tfmd_schema(schema).feature}["at"] == schema_pb2.INT
+    events = [schema.parse(b'{"id": "a", "y": 1, "at": "2026-01-01T00:00:00Z"}'),
+              schema.parse(b'{"id": "b", "y": 0, "at": "2026-01-01T01:00:00.5+01:00"}')]
+    inputs = {name: tf.constant([[e[name]] for e in events]) for name in ("id", "y", "at")}
+    assert inputs["at"].dtype == tf.int64
+    out = stream.preprocessing_fn(inputs, stream.custom_config(schema, TransformConfig(numeric={})))
+    expected = tf.strings.to_hash_bucket_fast(["1767225600000", "1767225600500"], 7).numpy().tolist()
+    assert out["at_xf"].numpy().tolist() == expected

@@ -16,7 +16,8 @@ _TYPES = {"int": schema_pb2.INT, "float": schema_pb2.FLOAT, "string": schema_pb2
 
 def tfmd_schema(schema: EventSchema) -> schema_pb2.Schema:
     result = schema_pb2.Schema()
-    for field in schema.fields:
+    # The types of the examples: the event time is INT (epoch ms) however the producer writes it.
+    for field in schema.stored_fields:
         feature = result.feature.add(name=field.name, type=_TYPES[field.type])
         if field.required:
             # A fixed shape makes the field a dense FixedLenFeature([1]) downstream.

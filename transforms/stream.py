@@ -102,9 +102,11 @@ def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]
     transform = TransformConfig.from_dict(custom_config[CUSTOM_CONFIG_TRANSFORM])
     outputs: Dict[str, Any] = {}
     for field in schema.feature_fields("categorical"):
-        default = "" if field.type == "string" else 0
+        # The examples' type (an ISO-8601 event time is int ms in them), not the producer's.
+        kind = schema.stored_type(field)
+        default = "" if kind == "string" else 0
         x = _dense(inputs[field.name], default)
-        if field.type != "string":
+        if kind != "string":
             x = tf.strings.as_string(x)
         outputs[transformed_name(field.name)] = tf.strings.to_hash_bucket_fast(
             x, field.hash_buckets or transform.default_hash_buckets)

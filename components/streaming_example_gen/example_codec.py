@@ -71,12 +71,14 @@ class ExampleEncoder:
     """Encodes events of one schema; missing optional fields are left out."""
 
     def __init__(self, schema: EventSchema):
+        # Parsed events, not producer's types: the event time is int milliseconds whatever its declared format.
+        fields = schema.stored_fields
         self._fields: List[Tuple[str, bytes, Callable[[Any], bytes]]] = [
             (f.name, _length_delimited(_ENTRY_KEY, f.name.encode("utf-8")), _ENCODERS[f.type])
-            for f in schema.fields
+            for f in fields
         ]
-        self._kinds: List[Tuple[str, str]] = [(f.name, f.type) for f in schema.fields]
-        self._optional: List[str] = [f.name for f in schema.fields if not f.required]
+        self._kinds: List[Tuple[str, str]] = [(f.name, f.type) for f in fields]
+        self._optional: List[str] = [f.name for f in fields if not f.required]
 
     def encode(self, event: Dict[str, Any]) -> bytes:
         entries = []
