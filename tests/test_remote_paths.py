@@ -44,6 +44,9 @@ LOCAL_ONLY = {
     ("components/blessing_pusher/serving.py", "_rename_no_replace"): {"os.path.exists", "os.rename"},
     ("components/blessing_pusher/serving.py", "_is_stale"): {"os.stat"},
     ("components/blessing_pusher/serving.py", "apply_retention"): {"os.rename"},
+    # driftline's own setup.py, read from the checkout the code runs from (version, Beam packaging).
+    ("pipelines/config.py", "driftline_setup_file"): {"open"},
+    ("pipelines/version.py", "driftline_version"): {"open"},
     # SQLite ML Metadata and the controller's flock live on a local disk by nature (on Vertex AI
     # Pipelines, Vertex ML Metadata takes their place and none of this runs).
     ("pipelines/metadata.py", "open_store"): {"os.makedirs"},
