@@ -45,7 +45,6 @@ LOCAL_ONLY = {
     ("components/blessing_pusher/serving.py", "_is_stale"): {"os.stat"},
     ("components/blessing_pusher/serving.py", "apply_retention"): {"os.rename"},
     # driftline's own setup.py, read from the checkout the code runs from (version, Beam packaging).
-    ("pipelines/config.py", "driftline_setup_file"): {"open"},
     ("pipelines/version.py", "driftline_version"): {"open"},
     # SQLite ML Metadata and the controller's flock live on a local disk by nature (on Vertex AI
     # Pipelines, Vertex ML Metadata takes their place and none of this runs).
@@ -77,7 +76,7 @@ LOCAL_ONLY = {
     ("pipelines/demo.py", "is_demo_home"): {"open"},
     ("pipelines/demo.py", "prepare_home"): {"os.path.lexists", "os.path.isdir", "os.path.islink", "os.listdir",
                                             "shutil.rmtree", "os.remove", "os.makedirs", "open"},
-    ("pipelines/config.py", "driftline_setup_file"): {"os.path.exists"},
+    ("pipelines/config.py", "driftline_setup_file"): {"open"},
 }
 
 _OS = {"makedirs", "mkdir", "listdir", "rename", "replace", "remove", "unlink", "rmdir", "stat", "walk", "scandir",
