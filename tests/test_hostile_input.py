@@ -332,3 +332,18 @@ def test_lines_first_judged_now_keep_this_runs_cutoff_so_a_dead_letter_is_not_wr
     assert later.cutoff_ms == NOW + 2 * YEAR_MS + 5 * MINUTE_MS
     # And a clock that steps back never lowers the cutoff.
     assert windowing.TimeBounds.for_run(window, committed, NOW - YEAR_MS).cutoff_ms == bounds.cutoff_ms
+
+
+def test_kafka_record_timestamps_are_bounded_like_payload_times():
+    """A Kafka source takes event time from record timestamps: a producer's clock a year ahead is refused the same way."""
+    from components.kafka_log import PartitionOffset
+
+    window = windowing.Window(SPAN_MS, 0, 0.2, max_future_ms=5 * MINUTE_MS)
+    bounds = windowing.TimeBounds.for_run(window, windowing.CommittedState(), NOW)
+    parser = ingest.RecordParser(ad_click_schema(), window, event_time_from_record=True, bounds=bounds)
+    event = _line(ad_click_event("k", BASE_MS, random.Random(3)))
+    records = [(0, event, NOW - MINUTE_MS), (1, event, NOW + YEAR_MS), (2, event, NOW + MINUTE_MS)]
+    valid, invalid, hashes, regardless = parser.parse(records, 0, lambda lane, offset: PartitionOffset(lane, offset))
+    assert [(v[0], v[1]) for v in valid] == [(0, NOW - MINUTE_MS), (2, NOW + MINUTE_MS)]
+    assert [(o, r.split(":")[0]) for o, _, r in invalid] == [(1, windowing.FROM_THE_FUTURE)]
+    assert regardless == {1} and len(hashes) == 2
