@@ -327,35 +327,6 @@ def _home_config(args: argparse.Namespace):
         raise CommandError(str(e), exit_code=2) from None
 
 
-def _persist_config(config) -> None:
-    """Writes the config into its home as driftline.yaml unless one is there: the home then describes itself.
-
-    Written once, at the home's first run; a later run with other flags does not rewrite it.
-    """
-    import os
-    import tempfile
-
-    from pipelines.config_file import HOME_CONFIG_NAME, dump_config, home_config_path
-
-    path = home_config_path(config.home)
-    if os.path.exists(path):
-        return
-    os.makedirs(config.home, exist_ok=True)
-    text = (f"# The configuration of the first run in this home, written by driftline. Commands given only\n"
-            f"# --home read it; edit it to change the pipeline (flags given explicitly still override it).\n"
-            + dump_config(config))
-    # Atomic: a reader never sees half a file, and a concurrent first run cannot leave a torn one.
-    fd, tmp = tempfile.mkstemp(dir=config.home, prefix=f".{HOME_CONFIG_NAME}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _config_from_args(args: argparse.Namespace):
     import dataclasses
 
@@ -415,7 +386,6 @@ def run_ingest(args: argparse.Namespace) -> int:
         with _home_lock(config):
             # The controller's question first: with no closed span, TFX is not launched and nothing is recorded.
             local_runner.preflight(config)
-            _persist_config(config)
             check = closed_spans(config)
             if not check.run:
                 log.info("nothing to do: %s", check.why)
@@ -548,7 +518,6 @@ def run_run(args: argparse.Namespace) -> int:
 
         try:
             preflight(config)
-            _persist_config(config)
             run_continuous(_with_retention(config, args), poll_seconds=args.poll_seconds,
                            min_new_events=args.min_new_events, max_cycles=args.max_cycles,
                            until_idle=args.until_idle, metrics_port=args.metrics_port,
@@ -576,12 +545,8 @@ def run_run(args: argparse.Namespace) -> int:
         # The controller's crash recovery, then cycles (resumed ones first while spans are untrained).
         try:
             reports = run_cycles(config, args.cycles)
-        except CycleFailed as e:
-            _persist_config(config)  # the source was readable: this home's pipeline has run
+        except (CycleFailed, EventLogError) as e:
             raise CommandError(str(e)) from None
-        except EventLogError as e:
-            raise CommandError(str(e)) from None
-        _persist_config(config)
     if not reports:  # nothing was due: run_cycles logged the one line that says why
         return 0
     rows = [DemoRow(n, report, appended_at_ms=None, poisoned=False) for n, report in enumerate(reports, 1)]

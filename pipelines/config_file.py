@@ -257,6 +257,37 @@ def dump_config(config: DriftlineConfig) -> str:
     return yaml.safe_dump(config_dict(config), sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
+def persist_config(config: DriftlineConfig) -> Optional[str]:
+    """Writes the config into its home as driftline.yaml unless one is there; the path written, or None.
+
+    Called at every pipeline run (local_runner.run), so a home's first run leaves the file that lets
+    `status`, `lineage`, `gc`, `rollback` and the controller, given only --home, see that pipeline. It is
+    written once: a later run with other settings does not rewrite it.
+    """
+    import tempfile
+
+    path = home_config_path(config.home)
+    if os.path.exists(path):
+        return None
+    os.makedirs(config.home, exist_ok=True)
+    text = ("# The configuration of the first run in this home, written by driftline. Commands given only\n"
+            "# --home read it; edit it to change the pipeline (flags given explicitly still override it).\n"
+            + dump_config(config))
+    # Atomic: a reader never sees half a file, and two first runs cannot leave a torn one.
+    fd, tmp = tempfile.mkstemp(dir=config.home, prefix=f".{HOME_CONFIG_NAME}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
 def _section_yaml(name: str, value: Any) -> str:
     return yaml.safe_dump({name: value}, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
