@@ -25,6 +25,9 @@ STACK = [
     "tenacity>=9.1,<10",
     # The controller's /metrics (driftline run --continuous --metrics-port, pipelines/metrics.py).
     "prometheus-client>=0.20,<1",
+    # The config file (pipelines/config_file.py): YAML, checked by pydantic models over the config dataclasses.
+    "pyyaml>=6.0.3,<7",
+    "pydantic>=2.14.3,<3",
 ]
 
 setup(

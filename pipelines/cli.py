@@ -196,6 +196,41 @@ def format_summary(summary: Any) -> str:
     return "\n".join(lines)
 
 
+# -- init ---------------------------------------------------------------------------------------
+
+def add_init_command(subparsers: Any) -> None:
+    from pipelines.config_file import HOME_CONFIG_NAME
+
+    p = subparsers.add_parser(
+        "init", help=f"write a commented starter config file, HOME/{HOME_CONFIG_NAME}",
+        description=f"Writes HOME/{HOME_CONFIG_NAME}: every setting of the pipeline with its default (the built-in "
+                    "ad-click stream), commented section by section. Edit it (pipeline name, event schema, "
+                    "trainer run_fn, gate bounds, ...); every command given --home HOME then uses it, and "
+                    "--config FILE names a file kept elsewhere. Refuses to overwrite an existing file unless "
+                    "--force.")
+    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder (created if missing)")
+    p.add_argument("--log", metavar="DIR", help="event log folder (default: HOME/events)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing config file")
+    p.set_defaults(handler=run_init)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    import os
+
+    from pipelines.config_file import home_config_path, init_text
+
+    # Absolute paths: the file keeps meaning the same folders when used from another directory.
+    home = os.path.abspath(args.home)
+    path = home_config_path(home)
+    if os.path.exists(path) and not args.force:
+        raise CommandError(f"{path} already exists; edit it, or pass --force to replace it with the defaults")
+    os.makedirs(home, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(init_text(home, os.path.abspath(args.log) if args.log else None))
+    print(f"wrote {path}\nedit it, then: driftline run --home {args.home}   (or --config {path})")
+    return 0
+
+
 # -- ingest -------------------------------------------------------------------------------
 
 def add_ingest_command(subparsers: Any) -> None:
@@ -219,9 +254,21 @@ def _add_log_level_argument(p: argparse.ArgumentParser) -> None:
                         "TensorFlow, absl and Beam stay at error")
 
 
+def _add_home_arguments(p: argparse.ArgumentParser,
+                        home_help: str = "the pipeline's home folder (default: the config file's home)") -> None:
+    """--home and --config: where a command finds the pipeline's configuration (see _base_config)."""
+    from pipelines.config_file import HOME_CONFIG_NAME
+
+    p.add_argument("--home", metavar="DIR", help=home_help)
+    p.add_argument("--config", metavar="FILE",
+                   help=f"the pipeline's YAML config file (`driftline init` writes one); flags given explicitly "
+                        f"override it. Default: HOME/{HOME_CONFIG_NAME} when it exists (the first run writes it), "
+                        "else the built-in stream's defaults")
+
+
 def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     """The settings shared by commands that run the pipeline; the rest come from DriftlineConfig."""
-    p.add_argument("--home", required=True, metavar="DIR", help="folder for ML Metadata, artifacts and serving/")
+    _add_home_arguments(p, "folder for ML Metadata, artifacts and serving/ (default: the config file's home)")
     p.add_argument("--log", metavar="DIR", help="event log folder (default: HOME/events)")
     p.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,...]",
                    help="read a Kafka topic instead of an event log: the brokers (needs --kafka-topic); offsets "
@@ -237,12 +284,55 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"watermark delay (default {window.allowed_lateness_seconds})")
 
 
+def _base_config(args: argparse.Namespace):
+    """The configuration a command starts from, before its other flags.
+
+    --config FILE if given; else HOME/driftline.yaml if the home has one (the
+    first run persisted it, so every command given only --home sees the
+    pipeline that ran there); else today's `default_config(home)`. --home and
+    --log, when given, override the file's.
+    """
+    import dataclasses
+    import os
+
+    from pipelines.config import ConfigError, default_config
+    from pipelines.config_file import home_config_path, load_config
+
+    home, path, log_dir = getattr(args, "home", None), getattr(args, "config", None), getattr(args, "log", None)
+    if path is None and home and os.path.isfile(home_config_path(home)):
+        path = home_config_path(home)
+    if path is None:
+        if not home:
+            raise CommandError("give --home DIR (or --config FILE, whose home is used)", exit_code=2)
+        return default_config(home, log_dir)
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        raise CommandError(str(e), exit_code=2) from None
+    if home:
+        config = config.replace(home=home)
+    if log_dir:
+        config = config.replace(source=dataclasses.replace(config.source, log_dir=log_dir, kind="event_log",
+                                                           kafka=None))
+    return config
+
+
+def _home_config(args: argparse.Namespace):
+    """_base_config, validated: for the commands that only read or repair a home (status, gc, ...)."""
+    from pipelines.config import ConfigError
+
+    try:
+        return _base_config(args).validate()
+    except ConfigError as e:
+        raise CommandError(str(e), exit_code=2) from None
+
+
 def _config_from_args(args: argparse.Namespace):
     import dataclasses
 
-    from pipelines.config import ConfigError, default_config
+    from pipelines.config import ConfigError
 
-    config = default_config(args.home, getattr(args, "log", None))
+    config = _base_config(args)
     config = _with_kafka_source(config, args)
     window = {k: v for k, v in (("span_seconds", getattr(args, "span_seconds", None)),
                                 ("allowed_lateness_seconds", getattr(args, "allowed_lateness_seconds", None)))
@@ -271,6 +361,12 @@ def _with_kafka_source(config, args: argparse.Namespace):
         raise CommandError("a Kafka source needs both --kafka-bootstrap and --kafka-topic", exit_code=2)
     if getattr(args, "log", None):
         raise CommandError("--log and --kafka-* name two sources; a pipeline reads one", exit_code=2)
+    if config.source.kind == "kafka" and config.source.kafka is not None:
+        # A Kafka source from the config file: the flags override only what they name.
+        kafka = dataclasses.replace(config.source.kafka, bootstrap_servers=bootstrap or config.source.kafka.bootstrap_servers,
+                                    topic=topic or config.source.kafka.topic,
+                                    **({"event_time": event_time} if event_time else {}))
+        return config.replace(source=dataclasses.replace(config.source, log_dir="", kind="kafka", kafka=kafka))
     kafka = KafkaConfig(bootstrap_servers=bootstrap, topic=topic, **({"event_time": event_time} if event_time else {}))
     return config.replace(source=dataclasses.replace(config.source, log_dir="", kind="kafka", kafka=kafka))
 
@@ -523,7 +619,7 @@ def add_gc_command(subparsers: Any) -> None:
                     "marked CANCELED); then it deletes the payload of artifacts older than the newest K cycles "
                     "unless the next cycle or serving needs them, keeping their records (marked DELETED), and "
                     "the output folders of killed runs. Refused while a controller runs on the home.")
-    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    _add_home_arguments(p)
     p.add_argument("--keep-cycles", type=_int_at_least(1), metavar="K",
                    help="keep the payload of everything the newest K cycles made (default 3)")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted; change nothing")
@@ -536,9 +632,8 @@ def run_gc(args: argparse.Namespace) -> int:
     import os
 
     from pipelines import recovery, retention
-    from pipelines.config import default_config
 
-    config = default_config(args.home)
+    config = _home_config(args)
     if not os.path.isfile(config.metadata_path):
         raise CommandError(f"no ML Metadata at {config.metadata_path}: nothing has run in this home yet")
     with _home_lock(config):
@@ -564,7 +659,7 @@ def add_rollback_command(subparsers: Any) -> None:
                     "--to it rolls back to the version below the one serving now. The model rolled back to is "
                     "pinned: until `driftline unpin`, every cycle warm-starts from it and is judged against it, "
                     "so a candidate is pushed only if it beats it. Refused while a controller runs on the home.")
-    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    _add_home_arguments(p)
     p.add_argument("--to", type=_int_at_least(1), metavar="VERSION", help="version to serve again")
     p.set_defaults(handler=run_rollback)
 
@@ -572,9 +667,8 @@ def add_rollback_command(subparsers: Any) -> None:
 def run_rollback(args: argparse.Namespace) -> int:
     from components.blessing_pusher.rollback import format_rollback, rollback_and_record
     from components.blessing_pusher.serving import RollbackError
-    from pipelines.config import default_config
 
-    config = default_config(args.home)
+    config = _home_config(args)
     try:
         # A cycle running meanwhile would resolve its base model before the pin and push over the rollback.
         with _home_lock(config):
@@ -594,7 +688,7 @@ def add_unpin_command(subparsers: Any) -> None:
                     "(a driftline.Unpin execution). From the next cycle on, the base model and the baseline are "
                     "the latest blessed model again. Serving is not changed. Refused while a controller runs on "
                     "the home.")
-    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    _add_home_arguments(p)
     p.set_defaults(handler=run_unpin)
 
 
@@ -602,10 +696,9 @@ def run_unpin(args: argparse.Namespace) -> int:
     import os
 
     from components.blessing_pusher.rollback import PinError, unpin
-    from pipelines.config import default_config
     from pipelines.metadata import open_store
 
-    config = default_config(args.home)
+    config = _home_config(args)
     if not os.path.isfile(config.metadata_path):
         raise CommandError(f"no ML Metadata at {config.metadata_path}: nothing has run in this home yet")
     try:
@@ -627,17 +720,16 @@ def add_status_command(subparsers: Any) -> None:
                     "freshness (now minus the newest event time the serving model learned from), the last "
                     "cycle's outcome and reason, totals of spans, late and dead-lettered events, and whether "
                     "a controller holds HOME/controller.lock.")
-    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    _add_home_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of the summary")
     p.set_defaults(handler=run_status)
 
 
 def run_status(args: argparse.Namespace) -> int:
     from pipelines import lineage
-    from pipelines.config import default_config
 
     try:
-        st = lineage.status(default_config(args.home))
+        st = lineage.status(_home_config(args))
     except lineage.LineageError as e:
         raise CommandError(str(e)) from None
     print(lineage.to_json(st) if args.json else lineage.format_status(st))
@@ -653,7 +745,7 @@ def add_lineage_command(subparsers: Any) -> None:
                     "to the last cold start; per model the spans and example counts it trained on, its eval "
                     "metrics next to the baseline's on the same data, the gate's verdict and why, and the "
                     "pushed version and when.")
-    p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder")
+    _add_home_arguments(p)
     p.add_argument("--model", type=_int_at_least(1), metavar="ID", help="start from this Model artifact id "
                    "(default: the model serving now)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -666,9 +758,8 @@ def run_lineage(args: argparse.Namespace) -> int:
     import json
 
     from pipelines import lineage
-    from pipelines.config import default_config
 
-    config = default_config(args.home)
+    config = _home_config(args)
     try:
         store = lineage.connect(config.metadata_path)
         records = lineage.models(store, config.pipeline_name)
@@ -773,7 +864,8 @@ def _add_cloud_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-workers", type=_int_at_least(1), help="Dataflow autoscaling limit")
 
 
-def _cloud_config_from_args(args: argparse.Namespace):
+def _cloud_config_from_args(args: argparse.Namespace, base=None):
+    """`base` (the config file's cloud section; default CloudConfig()) with the cloud flags given."""
     import dataclasses
 
     from pipelines.config import CloudConfig
@@ -783,13 +875,14 @@ def _cloud_config_from_args(args: argparse.Namespace):
         ("service_account", "service_account"), ("dataflow_packaging", "dataflow_packaging"),
         ("beam_runner", "beam_runner"), ("machine_type", "machine_type"), ("max_num_workers", "max_num_workers"))
         if getattr(args, arg, None) is not None}
-    return dataclasses.replace(CloudConfig(), **given)
+    return dataclasses.replace(base if base is not None else CloudConfig(), **given)
 
 
 def run_compile(args: argparse.Namespace) -> int:
     from pipelines.config import ConfigError
 
-    config = _config_from_args(args).replace(cloud=_cloud_config_from_args(args))
+    config = _config_from_args(args)
+    config = config.replace(cloud=_cloud_config_from_args(args, config.cloud))
     if args.pipeline_name:
         config = config.replace(pipeline_name=args.pipeline_name)
     try:
@@ -850,6 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"driftline {driftline_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     add_simulate_command(subparsers)
+    add_init_command(subparsers)
     add_ingest_command(subparsers)
     add_run_command(subparsers)
     add_replay_command(subparsers)

@@ -1,8 +1,9 @@
 """The one configuration object of driftline.
 
 Every default lives here. Components take these dataclasses (or the plain
-values in them) so that a setting has exactly one home; the CLI and
-`create_pipeline(config)` build them, and nothing else invents values.
+values in them) so that a setting has exactly one home; the CLI, the YAML
+config file (pipelines/config_file.py, which reads into these same classes)
+and `create_pipeline(config)` build them, and nothing else invents values.
 This module imports nothing heavy, so it is cheap to load anywhere.
 """
 from __future__ import annotations

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import List, Optional
@@ -9,6 +10,8 @@ from typing import List, Optional
 from tfx import v1 as tfx
 
 from pipelines.config import DriftlineConfig
+
+log = logging.getLogger("driftline.local_runner")
 
 
 def preflight(config: DriftlineConfig) -> None:
@@ -24,7 +27,23 @@ def preflight(config: DriftlineConfig) -> None:
 def run(pipeline: tfx.dsl.Pipeline, config: DriftlineConfig) -> None:
     preflight(config)
     os.makedirs(config.home, exist_ok=True)
+    _persist_config(config)
     tfx.orchestration.LocalDagRunner().run(pipeline)
+
+
+def _persist_config(config: DriftlineConfig) -> None:
+    """The home's driftline.yaml at its first run (pipelines/config_file.py: persist_config)."""
+    import yaml
+
+    from pipelines.config_file import persist_config
+
+    try:
+        persist_config(config)
+    except (OSError, yaml.YAMLError) as e:
+        # A setting YAML cannot hold (an object in trainer.model, say) costs the file, not the cycle:
+        # commands then need --config to see this pipeline.
+        log.warning("could not write %s/driftline.yaml (%s); pass --config FILE to commands on this home",
+                    config.home, e)
 
 
 def run_ingest(config: DriftlineConfig, with_statistics: bool = False) -> None:

@@ -77,6 +77,14 @@ LOCAL_ONLY = {
     ("pipelines/demo.py", "prepare_home"): {"os.path.lexists", "os.path.isdir", "os.path.islink", "os.listdir",
                                             "shutil.rmtree", "os.remove", "os.makedirs", "open"},
     ("pipelines/config.py", "driftline_setup_file"): {"open"},
+    # The config file and its schema_file are read by the command on the user's machine (`--config FILE`);
+    # the home's own copy is written by the local runner and `init` into the local home (SQLite ML Metadata's
+    # folder), and looked for there. A gs:// home (compile) has none: its commands take --config.
+    ("pipelines/config_file.py", "load_config"): {"open"},
+    ("pipelines/config_file.py", "_schema"): {"open"},
+    ("pipelines/config_file.py", "persist_config"): {"os.path.exists", "os.makedirs", "os.replace", "os.unlink"},
+    ("pipelines/cli.py", "_base_config"): {"os.path.isfile"},
+    ("pipelines/cli.py", "run_init"): {"os.path.exists", "os.makedirs", "open"},
 }
 
 _OS = {"makedirs", "mkdir", "listdir", "rename", "replace", "remove", "unlink", "rmdir", "stat", "walk", "scandir",
