@@ -53,7 +53,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Callable, Iterator, Optional
@@ -269,7 +268,7 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     cycles = 0
     attempt = 0  # failed attempts at the current cycle, in this process
-    idle, stopped = "idle", "stopped"
+    stopped = "stopped"  # what a step returns once the controller is asked to stop
 
     def refresh_metrics() -> None:
         if metrics is not None:
