@@ -728,12 +728,28 @@ def add_status_command(subparsers: Any) -> None:
 def run_status(args: argparse.Namespace) -> int:
     from pipelines import lineage
 
+    config = _home_config(args)
     try:
-        st = lineage.status(_home_config(args))
+        st = lineage.status(config)
     except lineage.LineageError as e:
         raise CommandError(str(e)) from None
-    print(lineage.to_json(st) if args.json else lineage.format_status(st))
+    _print_with_config_versions(config, lineage.to_json(st) if args.json else lineage.format_status(st), args.json)
     return 0
+
+
+def _print_with_config_versions(config, text: str, as_json: bool) -> None:
+    """`text` (status or lineage) and the config versions ML Metadata recorded: which cycle first used each."""
+    import json
+
+    from pipelines import config_history
+
+    vs, current = config_history.read_history(config.metadata_path, config.pipeline_name)
+    if as_json:
+        data = json.loads(text)
+        data["config_history"] = config_history.history_to_dict(vs, current)
+        print(json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
+    else:
+        print(text + "\n\n" + config_history.format_versions(vs, current))
 
 
 # -- lineage --------------------------------------------------------------------------------
@@ -781,12 +797,44 @@ def run_lineage(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CommandError(f"cannot write the plot {args.plot!r}: {e}") from None
     if args.json:
-        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name, quarantined, pin), indent=2,
-                         sort_keys=True, allow_nan=False))
+        _print_with_config_versions(config, json.dumps(lineage.lineage_to_dict(
+            chain, serving, config.pipeline_name, quarantined, pin), allow_nan=False), True)
     else:
-        print(lineage.format_lineage(chain, serving, quarantined, home=config.home, pin=pin))
+        _print_with_config_versions(config, lineage.format_lineage(chain, serving, quarantined, home=config.home,
+                                                                   pin=pin), False)
         if args.plot:
             print(f"\nplot: {args.plot}")
+    return 0
+
+
+# -- config-history -------------------------------------------------------------------------
+
+def add_config_history_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "config-history", help="every config the pipeline ran with, the cycle that first used it, and the diffs",
+        description="Reads ML Metadata under --home: each distinct configuration a run of the pipeline used "
+                    "(recorded when the run ended), the run and spans that first used it, and between each "
+                    "version and the next the settings that changed and a unified diff. The home's driftline.yaml "
+                    "is the user's file; this is what actually ran.")
+    _add_home_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON (versions, changed settings, the current hash)")
+    p.set_defaults(handler=run_config_history)
+
+
+def run_config_history(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines import config_history
+
+    config = _home_config(args)
+    vs, current = config_history.read_history(config.metadata_path, config.pipeline_name)
+    if args.json:
+        data = config_history.history_to_dict(vs, current)
+        for entry, v in zip(data["versions"], vs):
+            entry["config_yaml"] = v.text
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(config_history.format_history(vs, config.pipeline_name))
     return 0
 
 
@@ -952,6 +1000,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gc_command(subparsers)
     add_status_command(subparsers)
     add_lineage_command(subparsers)
+    add_config_history_command(subparsers)
     add_demo_command(subparsers)
     add_compile_command(subparsers)
     add_submit_command(subparsers)
