@@ -799,18 +799,15 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def _print_with_config_versions(config, text: str, as_json: bool) -> None:
-    """`text` (status or lineage) and the config versions ML Metadata recorded: which cycle first used each."""
-    import json
-
+    """`text` (status or lineage), and after the summary the config versions ML Metadata recorded: which
+    cycle first used each. The JSON stays as it was; `config-history --json` has the versions."""
     from pipelines import config_history
 
-    vs, current = config_history.read_history(config.metadata_path, config.pipeline_name)
     if as_json:
-        data = json.loads(text)
-        data["config_history"] = config_history.history_to_dict(vs, current)
-        print(json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
-    else:
-        print(text + "\n\n" + config_history.format_versions(vs, current))
+        print(text)
+        return
+    vs, current = config_history.read_history(config.metadata_path, config.pipeline_name)
+    print(text + "\n\n" + config_history.format_versions(vs, current))
 
 
 # -- lineage --------------------------------------------------------------------------------
@@ -858,8 +855,8 @@ def run_lineage(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CommandError(f"cannot write the plot {args.plot!r}: {e}") from None
     if args.json:
-        _print_with_config_versions(config, json.dumps(lineage.lineage_to_dict(
-            chain, serving, config.pipeline_name, quarantined, pin), allow_nan=False), True)
+        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name, quarantined, pin), indent=2,
+                         sort_keys=True, allow_nan=False))
     else:
         _print_with_config_versions(config, lineage.format_lineage(chain, serving, quarantined, home=config.home,
                                                                    pin=pin), False)

@@ -148,5 +148,3 @@ def test_config_history_status_and_lineage_show_which_run_first_used_each_versio
 
     assert main(["lineage", "--config", path]) == 0
     assert "by run run-1 (spans 10..12)" in capsys.readouterr().out
-    assert main(["status", "--config", path, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["config_history"]["versions"][0]["first_spans"] == [10, 11, 12]

@@ -68,9 +68,11 @@ def test_the_music_example_runs_from_its_shipped_config_through_the_cli_alone(tm
     assert status["models_trained"] == 2 and status["models_blessed"] == 2 and status["pushes"] == 2
     assert status["serving"]["version"] is not None
     assert status["newest_event_ms"] == max(t for t in times if t < start_ms + 40 * 60_000)
-    history = status["config_history"]
+    history = json.loads(_driftline(cwd, "config-history", "--home", "music_home", "--json"))
+    # One record for the first config, a second for the edited gate, attributed to the cycle that first used it.
     assert [v["first_spans"] for v in history["versions"]] == [[span_0, span_0 + 1, span_0 + 2], [span_0 + 3]]
     assert history["versions"][1]["changed"] == ["gate.min_slice_auc: 0.55 -> 0.52"]
+    assert history["current_hash"] == history["versions"][1]["config_hash"]
     text_status = _driftline(cwd, "status", "--home", "music_home")
     assert "(pipeline music)" in text_status and "config: 2 versions recorded" in text_status
 
