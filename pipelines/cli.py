@@ -75,7 +75,7 @@ def _float(text: str) -> float:
 
 def add_simulate_command(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "simulate", help="write the built-in drifting ad-click stream into an event log",
+        "simulate", help="write the built-in drifting ad-click stream (or --stream music) into an event log",
         description="Writes the built-in ad-click stream (drifting ad popularity, a hot ad that appears "
                     "mid-stream, late and optionally malformed events) into an event log folder. Batch mode "
                     "writes --minutes of event time at once and is deterministic for a seed; --live appends "
@@ -780,7 +780,7 @@ def add_status_command(subparsers: Any) -> None:
         description="Reads ML Metadata under --home (never writes it): the serving version and its model, "
                     "freshness (now minus the newest event time the serving model learned from), the last "
                     "cycle's outcome and reason, totals of spans, late and dead-lettered events, and whether "
-                    "a controller holds HOME/controller.lock.")
+                    "a controller holds HOME/controller.lock; then the config versions the runs recorded.")
     _add_home_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of the summary")
     p.set_defaults(handler=run_status)
