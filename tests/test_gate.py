@@ -153,6 +153,10 @@ def test_empty_eval_split_is_not_blessed():
     assert "interval is undefined on 0 examples" in v.reason
     assert math.isnan(v.candidate_auc)
     json.loads(v.to_json())  # undefined metrics still serialise (as null)
+    # With the default, relative log loss bound too: undefined without a label rate, still serialisable.
+    v = G.decide(empty, empty, GateConfig())
+    assert not v.blessed and math.isnan(by_name(v)["max_log_loss_factor"].threshold)
+    assert math.isnan(by_name(G.Verdict.from_json(v.to_json()))["max_log_loss_factor"].threshold)
 
 
 # -- absolute bounds --------------------------------------------------------------------
@@ -465,3 +469,15 @@ def test_an_absolute_max_log_loss_below_the_streams_no_skill_loss_says_so_and_na
     # At a rate where 0.6 is a fair bound, no such note.
     v = G.decide(metrics(examples=2000, positives=200, log_loss=0.65), None, GATE)
     assert v.reason == "not blessed: log loss 0.650 above the maximum 0.600"
+
+
+def test_a_wide_difference_interval_that_shows_the_candidate_better_is_evidence_enough():
+    # Good candidate, poor baseline: the difference varies most (se 0.04, width 0.132), but its lower bound
+    # +0.134 is far above 0: decided.
+    base = metrics(auc=0.60)
+    v = G.decide(paired_with(metrics(auc=0.80), base, auc_diff_se=0.04), base, GATE)
+    assert v.blessed, v.reason
+    assert by_name(v)["max_auc_interval_width"].value == pytest.approx(0.1316, abs=1e-4)
+    # Centred on zero with that width it decides nothing: too little evidence.
+    v = G.decide(paired_with(metrics(auc=0.60), base, auc_diff_se=0.04), base, GATE)
+    assert not v.blessed and v.reason.startswith("not blessed: too little evidence: the AUC difference's interval")

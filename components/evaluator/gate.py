@@ -27,7 +27,9 @@ The rules (thresholds from `pipelines.config.GateConfig`):
    negatives (so the AUC is defined), and the AUC interval no wider than
    max_auc_interval_width: the interval of the AUC difference when a
    baseline exists, else of the candidate's AUC; each end is a one-sided
-   bound at `confidence`. Otherwise not blessed, "too little evidence".
+   bound at `confidence`. (With a baseline, a wider interval whose lower end
+   is above -max_auc_drop has decided already and passes.) Otherwise not
+   blessed, "too little evidence".
    (min_eval_examples, deprecated, is an extra floor when set.)
 2. absolute bounds: AUC >= min_auc, min_calibration <= calibration <=
    max_calibration, and log loss <= max_log_loss_factor x the no-skill log
@@ -84,7 +86,7 @@ class Check:
     message: str  # why it failed, in words (also set when it passed)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "value": _json_number(self.value), "threshold": self.threshold,
+        return {"name": self.name, "value": _json_number(self.value), "threshold": _json_number(self.threshold),
                 "passed": self.passed, "comparison": self.comparison, "message": self.message}
 
 
@@ -144,7 +146,7 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Verdict":
-        checks = [Check(name=c["name"], value=_from_json_number(c["value"]), threshold=c["threshold"],
+        checks = [Check(name=c["name"], value=_from_json_number(c["value"]), threshold=_from_json_number(c["threshold"]),
                         passed=c["passed"], comparison=c["comparison"], message=c["message"]) for c in d["checks"]]
         baseline = d.get("baseline_metrics")
         return cls(blessed=d["blessed"], reason=d["reason"], checks=checks,
@@ -237,7 +239,16 @@ def evidence_checks(overall: Metrics, gate: GateConfig, has_baseline: bool = Fal
                    f"{_count(examples)} examples (need <= {_f3(gate.max_auc_interval_width)})")
     else:
         message = f"the {what}'s interval is undefined on {_count(examples)} examples (needs both classes)"
-    checks.append(_at_most("max_auc_interval_width", width, gate.max_auc_interval_width, message))
+    check = _at_most("max_auc_interval_width", width, gate.max_auc_interval_width, message)
+    if has_baseline and not check.passed and _is_number(width):
+        # A wide interval that lies wholly above -max_auc_drop has decided already: the candidate is
+        # confidently no worse (a good candidate against a poor baseline: their difference varies most).
+        lower, _ = paired.bounds(paired.PairedEstimate(_metric(overall, "auc_diff"), _metric(overall, "auc_diff_se")),
+                                 gate.confidence)
+        if _is_number(lower) and lower >= -gate.max_auc_drop - _EPS:
+            check = dataclasses.replace(check, passed=True, message=message + f"; but its lower bound {_s3(lower)} "
+                                        f"already shows the candidate no worse")
+    checks.append(check)
     return checks
 
 
