@@ -28,6 +28,8 @@ STACK = [
     # The config file (pipelines/config_file.py): YAML, checked by pydantic models over the config dataclasses.
     "pyyaml>=6.0.3,<7",
     "pydantic>=2.14.3,<3",
+    # The gate's paired tests (components/evaluator/paired.py): normal and t quantiles (TFMA needs it too).
+    "scipy>=1.12,<2",
 ]
 
 setup(

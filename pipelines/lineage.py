@@ -194,6 +194,9 @@ class ModelRecord:
     candidate: Optional[EvalMetrics] = None
     baseline: Optional[EvalMetrics] = None  # the baseline model on the same eval data
     failed_checks: List[str] = dataclasses.field(default_factory=list)
+    # The gate's paired tests against the baseline (the verdict's "tests": test, diff, lower, upper, p_value,
+    # margin, confidence for "auc" and "log_loss"); empty for a first model or an older verdict.
+    gate_tests: Dict[str, Any] = dataclasses.field(default_factory=dict)
     # Serving: the pusher's push (not a rollback's), and the rollbacks that served this model again.
     pushed_version: Optional[str] = None
     pushed_at_ms: Optional[int] = None
@@ -475,7 +478,8 @@ def _model_record(m: metadata_store_pb2.Artifact, blessing: Optional[metadata_st
             baseline_model_id=int(baseline_id) if baseline_id is not None else None,
             candidate=EvalMetrics.from_overall((verdict.get("candidate_metrics") or {}).get("overall")),
             baseline=EvalMetrics.from_overall((verdict.get("baseline_metrics") or {}).get("overall")),
-            failed_checks=list(verdict.get("failed_checks") or []))
+            failed_checks=list(verdict.get("failed_checks") or []),
+            gate_tests=dict(verdict.get("tests") or {}))
     if push is not None:
         fields["push_reason"] = prop(push, "reason")
         if prop(push, "pushed") == 1:
@@ -982,6 +986,22 @@ def _pin_text(pin: Pin) -> str:
     return pin.describe() + when
 
 
+def gate_tests_text(tests: Dict[str, Any]) -> str:
+    """"AUC -0.012 [-0.030, +0.006] (DeLong, p=0.12); log loss ..." : candidate - baseline, one-sided bounds."""
+    parts = []
+    for key, what in (("auc", "AUC"), ("log_loss", "log loss")):
+        t = tests.get(key)
+        if not isinstance(t, dict):
+            continue
+        # Undefined numbers are null (or "inf") in the verdict's JSON: shown as "-".
+        t = {k: (v if isinstance(v, (int, float)) or k == "test" else None) for k, v in t.items()}
+        conf = t.get("confidence")
+        parts.append(f"{what} {_f(t.get('diff'), '+.3f')} [{_f(t.get('lower'), '+.3f')}, {_f(t.get('upper'), '+.3f')}]"
+                     f" at {_f(conf * 100 if isinstance(conf, (int, float)) else None, '.0f')}% "
+                     f"({t.get('test', '?')}, p={_f(t.get('p_value'), '.3g')} for worse by > {_f(t.get('margin'), '.3f')})")
+    return "candidate - baseline: " + "; ".join(parts) if parts else "-"
+
+
 def format_lineage(chain_records: Sequence[ModelRecord], serving_info: Optional[ServingInfo] = None,
                    quarantined: Sequence[QuarantinedSpan] = (), home: str = "HOME", pin: Optional[Pin] = None) -> str:
     """The table and reasons `driftline lineage` prints, for a chain (newest first), and the pin if one stands.
@@ -1036,6 +1056,8 @@ def _format_chain(chain_records: Sequence[ModelRecord], serving_info: Optional[S
         lines.append(f"model {m.model_id}{deleted}: {m.start_reason or m.start or 'start unknown'}")
         if m.blessing_reason:
             lines.append(f"  gate:  {m.blessing_reason}")
+        if m.gate_tests:
+            lines.append(f"  tests: {gate_tests_text(m.gate_tests)}")
         if m.latency is not None:
             lines.append(f"  latency: {m.latency.reason or m.latency.describe()}")
         if m.pushed_version is not None:

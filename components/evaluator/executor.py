@@ -41,6 +41,15 @@ EVAL_EXAMPLES_PROPERTY = "eval_examples"
 EVAL_POSITIVES_PROPERTY = "eval_positives"
 CANDIDATE_AUC_PROPERTY = "candidate_auc"
 BASELINE_AUC_PROPERTY = "baseline_auc"
+# The paired tests against the baseline (only when there is one): the test's name, the difference
+# (candidate - baseline), its one-sided bounds at the gate's confidence, and the p-value of "worse".
+AUC_TEST_PROPERTY = "auc_test"
+LOG_LOSS_TEST_PROPERTY = "log_loss_test"
+CONFIDENCE_PROPERTY = "gate_confidence"
+PAIRED_PROPERTIES = {  # property prefix -> Verdict.tests key
+    "auc_diff": "auc",
+    "log_loss_diff": "log_loss",
+}
 
 
 class Executor(stock_evaluator_executor.Executor):
@@ -141,6 +150,18 @@ def record_blessing(blessing: types.Artifact, verdict: gate_lib.Verdict, candida
     blessing.set_float_custom_property(EVAL_POSITIVES_PROPERTY, _or_minus_one(verdict.eval_positives))
     blessing.set_float_custom_property(CANDIDATE_AUC_PROPERTY, _or_minus_one(verdict.candidate_auc))
     blessing.set_float_custom_property(BASELINE_AUC_PROPERTY, _or_minus_one(verdict.baseline_auc))
+    if verdict.tests:
+        blessing.set_string_custom_property(AUC_TEST_PROPERTY, verdict.tests["auc"]["test"])
+        blessing.set_string_custom_property(LOG_LOSS_TEST_PROPERTY, verdict.tests["log_loss"]["test"])
+        blessing.set_float_custom_property(CONFIDENCE_PROPERTY, float(verdict.tests["auc"]["confidence"]))
+        for prefix, key in PAIRED_PROPERTIES.items():
+            test = verdict.tests[key]
+            # NaN (undefined, e.g. one class only) is left out: ML Metadata's doubles are not JSON-safe as NaN.
+            for suffix, field in (("", "diff"), ("_lower", "lower"), ("_upper", "upper"),
+                                  ("_p_value", "p_value")):
+                value = test[field]
+                if value is not None and math.isfinite(value):
+                    blessing.set_float_custom_property(prefix + suffix, float(value))
 
 
 def _or_minus_one(value: Optional[float]) -> float:
