@@ -102,6 +102,10 @@ def test_the_music_example_runs_from_its_shipped_config_through_the_cli_alone(tm
         checks = {c["name"]: c for c in verdict["checks"]}
         # Learnt (AUC), better than the constant predictor's 0.69, calibrated: the example's own bounds.
         assert 0.6 < checks["min_auc"]["value"] < 0.95, checks
-        assert checks["max_log_loss"]["passed"] and checks["max_log_loss"]["value"] < 0.68, checks
+        # No absolute log-loss bound in the example: the bound follows the eval split's label rate (#23).
+        assert checks["max_log_loss_factor"]["passed"] and checks["max_log_loss_factor"]["value"] < 0.68, checks
+        assert 0.6 < checks["max_log_loss_factor"]["threshold"] < 0.7, checks  # no-skill at ~55 % positives
         assert 0.75 <= checks["min_calibration"]["value"] <= 1.3, checks
-        assert checks["min_eval_positives"]["value"] > 0.4 * checks["min_eval_examples"]["value"], checks
+        overall = verdict["candidate_metrics"]["overall"]
+        assert checks["min_eval_positives"]["value"] > 0.4 * overall["example_count"], checks
+        assert checks["max_auc_interval_width"]["passed"], checks
