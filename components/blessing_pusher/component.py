@@ -9,7 +9,9 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.blessing_pusher import executor as executor_module
-from pipelines.config import ConfigError, DriftlineConfig, PusherConfig
+from components.blessing_pusher.config import PusherConfig
+from components.config_base import ConfigError
+from pipelines.config import DriftlineConfig
 
 
 class BlessingPusherSpec(types.ComponentSpec):

@@ -12,7 +12,8 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from components.event_schema import ad_click_schema
 from components.evaluator import executor as executor_lib
 from components.evaluator.executor import Executor
-from pipelines.config import DriftlineConfig, GateConfig
+from components.evaluator.config import GateConfig
+from pipelines.config import DriftlineConfig
 
 
 class DriftlineEvaluatorSpec(types.ComponentSpec):

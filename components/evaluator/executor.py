@@ -15,7 +15,7 @@ from tfx.utils import io_utils
 
 from components.evaluator import gate as gate_lib
 from components.evaluator import tfma_run
-from pipelines.config import GateConfig
+from components.evaluator.config import GateConfig
 
 EXAMPLES_KEY = "examples"
 MODEL_KEY = "model"

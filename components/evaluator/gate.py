@@ -39,7 +39,7 @@ import json
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from pipelines.config import GateConfig
+from components.evaluator.config import GateConfig
 
 METRIC_NAMES = ("auc", "example_count", "positive_count", "calibration", "log_loss",
                 "mean_label", "mean_prediction")

@@ -11,7 +11,8 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.event_schema import ad_click_schema
 from components.latency_validator import executor as executor_lib
-from pipelines.config import DriftlineConfig, LatencyConfig
+from components.latency_validator.config import LatencyConfig
+from pipelines.config import DriftlineConfig
 
 
 class LatencyValidatorSpec(types.ComponentSpec):

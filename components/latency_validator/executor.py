@@ -16,7 +16,7 @@ from components.blessing_pusher.serving import PushError
 from components.evaluator.executor import CURRENT_MODEL_ID_PROPERTY, check_split, newest_span, optional_single
 from components.latency_validator import loadtest
 from components.warm_start_trainer.training_inputs import split_pattern
-from pipelines.config import LatencyConfig
+from components.latency_validator.config import LatencyConfig
 
 MODEL_KEY = "model"
 EXAMPLES_KEY = "examples"

@@ -12,7 +12,7 @@ from tfx.types import artifact_utils
 
 from components.event_schema import EventSchema
 from components.warm_start_trainer import cycle, training_inputs, warm_start
-from pipelines.config import TrainerConfig
+from components.warm_start_trainer.config import TrainerConfig
 
 
 REPLAY_JUDGED_ONLY_KEY = "replay_judged_only"
