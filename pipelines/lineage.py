@@ -67,25 +67,19 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.blessing_pusher.rollback import Pin, current_pin
+from components.mlmd_vocabulary import (BLESSING_TYPE, INFRA_BLESSING_TYPE, MODEL_TYPE,  # noqa: F401
+                                        PIPELINE_CONTEXT_TYPE, PIPELINE_RUN_CONTEXT_TYPE, PUSHED_MODEL_TYPE,
+                                        TRANSFORM_GRAPH_TYPE)
+from components.mlmd_vocabulary import PUBLISHED_STATES as _PUBLISHED
 from pipelines.metadata import (EVALUATOR_ID, PUSHER_ID, RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID,
                                 ingested_spans, open_store, prop, run_outputs)
 from pipelines.failures import FailureRecord, QuarantinedSpan, consecutive_failures, last_failure, quarantined_spans
 
-PIPELINE_CONTEXT_TYPE = "pipeline"
-PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
-MODEL_TYPE = "Model"
-BLESSING_TYPE = "ModelBlessing"
-INFRA_BLESSING_TYPE = "InfraBlessing"
-PUSHED_MODEL_TYPE = "PushedModel"
-TRANSFORM_GRAPH_TYPE = "TransformGraph"
 ROLLBACK_EXECUTION_TYPE = "driftline.Rollback"
 # The file a running controller holds: JSON {"pid": int, "started_at": ...}.
 CONTROLLER_LOCK_FILE = "controller.lock"
 
 
-# Artifacts that were published: PENDING / ABANDONED ones belong to runs that failed.
-_PUBLISHED = (metadata_store_pb2.Artifact.LIVE, metadata_store_pb2.Artifact.MARKED_FOR_DELETION,
-              metadata_store_pb2.Artifact.DELETED)
 
 StoreOrPath = Union[metadata_store.MetadataStore, str]
 

@@ -43,13 +43,12 @@ from ml_metadata.proto import metadata_store_pb2
 from components.streaming_example_gen.committed_state import (COMMITTED_STATE_PROPERTY, NODE_CONTEXT_TYPE,
                                                              node_context_name)
 from components.warm_start_trainer.quarantine import failed_span_states, has_key
+from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE
+from components.mlmd_vocabulary import PUBLISHED_STATES as _PUBLISHED
 from pipelines.config import DriftlineConfig
 from pipelines.metadata import PUSHER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, node_of_execution, open_store, prop
 
-PIPELINE_CONTEXT_TYPE = "pipeline"
 _ACTIVE = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)
-_PUBLISHED = (metadata_store_pb2.Artifact.LIVE, metadata_store_pb2.Artifact.MARKED_FOR_DELETION,
-              metadata_store_pb2.Artifact.DELETED)
 # Custom property on an execution this module finished or cancelled: what happened and when.
 RECOVERY_PROPERTY = "driftline_recovery"
 SERVING_SUBDIRS = ("Format-Serving", "serving_model_dir", "")
