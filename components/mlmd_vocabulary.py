@@ -19,6 +19,19 @@ PIPELINE_CONTEXT_TYPE = "pipeline"
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
 NODE_CONTEXT_TYPE = "node"
 
+# The node ids pipelines/pipeline.py gives the components; ML Metadata names a node's context after its
+# id, so the readers (the resolvers, lineage, status, the controller) need them without importing TFX.
+STREAMING_EXAMPLE_GEN_ID = "StreamingExampleGen"
+TRANSFORM_ID = "Transform"
+TRAINER_ID = "WarmStartTrainer"
+EVALUATOR_ID = "Evaluator"
+LATENCY_VALIDATOR_ID = "LatencyValidator"
+PUSHER_ID = "BlessingPusher"
+BASE_MODEL_RESOLVER_ID = "latest_blessed_model_resolver"
+REPLAY_RESOLVER_ID = "replay_resolver"
+# In a resumed cycle (pipelines.recovery), this resolver takes StreamingExampleGen's place.
+RESUME_RESOLVER_ID = "untrained_spans_resolver"
+
 # Artifacts that were published: PENDING / ABANDONED ones belong to runs that failed; retention moves
 # LIVE ones through MARKED_FOR_DELETION to DELETED, keeping the record (and what it says still stands).
 PUBLISHED_STATES = (metadata_store_pb2.Artifact.LIVE, metadata_store_pb2.Artifact.MARKED_FOR_DELETION,

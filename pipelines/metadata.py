@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import List, Optional
 
 from ml_metadata.metadata_store import metadata_store
@@ -17,32 +16,12 @@ from components.mlmd_vocabulary import (NODE_CONTEXT_TYPE, PIPELINE_RUN_CONTEXT_
                                         node_context_name, prop)  # noqa: F401  (prop: re-exported)
 from components.mlmd_vocabulary import custom_property as _prop
 
-# The node ids of pipelines.pipeline, here so that light readers of MLMD
-# (lineage, status, the controller) need not import TFX to know them.
-STREAMING_EXAMPLE_GEN_ID = "StreamingExampleGen"
-TRANSFORM_ID = "Transform"
-TRAINER_ID = "WarmStartTrainer"
-EVALUATOR_ID = "Evaluator"
-LATENCY_VALIDATOR_ID = "LatencyValidator"
-PUSHER_ID = "BlessingPusher"
-BASE_MODEL_RESOLVER_ID = "latest_blessed_model_resolver"
-REPLAY_RESOLVER_ID = "replay_resolver"
-# In a resumed cycle (pipelines.recovery), this resolver takes StreamingExampleGen's place.
-RESUME_RESOLVER_ID = "untrained_spans_resolver"
-
-
-def sqlite_connection_config(path: str) -> metadata_store_pb2.ConnectionConfig:
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    return config
-
-
-def open_store(metadata_path: str) -> metadata_store.MetadataStore:
-    parent = os.path.dirname(os.path.abspath(metadata_path))
-    os.makedirs(parent, exist_ok=True)
-    return metadata_store.MetadataStore(sqlite_connection_config(metadata_path))
-
+# The node ids of pipelines.pipeline live in components/mlmd_vocabulary.py (the resolvers read them too),
+# re-exported here so that light readers of MLMD (lineage, status, the controller) need not import TFX.
+from components.mlmd_vocabulary import (BASE_MODEL_RESOLVER_ID, EVALUATOR_ID,  # noqa: F401
+                                        LATENCY_VALIDATOR_ID, PUSHER_ID, REPLAY_RESOLVER_ID, RESUME_RESOLVER_ID,
+                                        STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, TRANSFORM_ID)
+from components.mlmd_store import open_store, sqlite_connection_config  # noqa: F401  (re-exported)
 
 _PUBLISHED_STATES = PUBLISHED_STATES
 

@@ -48,7 +48,7 @@ LOCAL_ONLY = {
     ("pipelines/version.py", "driftline_version"): {"open"},
     # SQLite ML Metadata and the controller's flock live on a local disk by nature (on Vertex AI
     # Pipelines, Vertex ML Metadata takes their place and none of this runs).
-    ("pipelines/metadata.py", "open_store"): {"os.makedirs"},
+    ("components/mlmd_store.py", "open_store"): {"os.makedirs"},
     ("pipelines/local_runner.py", "run"): {"os.makedirs"},
     ("pipelines/controller.py", "single_instance"): {"os.makedirs", "os.open", "os.fsync"},
     ("pipelines/lineage.py", "connect"): {"os.path.isfile"},

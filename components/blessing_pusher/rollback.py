@@ -29,8 +29,8 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.blessing_pusher import serving
 from components.blessing_pusher.serving import RollbackError, RollbackResult  # noqa: F401  (re-exported)
+from components.mlmd_store import open_store
 from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE, PUSHED_MODEL_TYPE
-from pipelines.metadata import open_store
 
 ROLLBACK_EXECUTION_TYPE = "driftline.Rollback"
 UNPIN_EXECUTION_TYPE = "driftline.Unpin"
