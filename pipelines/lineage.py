@@ -61,6 +61,12 @@ from __future__ import annotations
 from components.mlmd_vocabulary import (BLESSING_TYPE, INFRA_BLESSING_TYPE, MODEL_TYPE,  # noqa: F401
                                         PIPELINE_CONTEXT_TYPE, PIPELINE_RUN_CONTEXT_TYPE, PUSHED_MODEL_TYPE,
                                         TRANSFORM_GRAPH_TYPE)
+# Names this module has always offered callers (e.g. lineage.current_pin, lineage.quarantined_spans in the CLI).
+from components.blessing_pusher.rollback import Pin, current_pin  # noqa: F401
+from pipelines.failures import (FailureRecord, QuarantinedSpan, consecutive_failures,  # noqa: F401
+                                last_failure, quarantined_spans)
+from pipelines.metadata import (EVALUATOR_ID, PUSHER_ID, RESUME_RESOLVER_ID,  # noqa: F401
+                                STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, ingested_spans, open_store, prop, run_outputs)
 from pipelines.lineage_records import (  # noqa: F401
     LineageError,
     EvalMetrics,
