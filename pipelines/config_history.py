@@ -38,13 +38,13 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE
 from pipelines.metadata import (PIPELINE_RUN_CONTEXT_TYPE, RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID,
                                 open_store, prop, run_outputs)
 
 log = logging.getLogger("driftline.config_history")
 
 CONFIG_ARTIFACT_TYPE = "DriftlineConfig"
-PIPELINE_CONTEXT_TYPE = "pipeline"
 CONFIG_HASH_PROPERTY = "config_hash"
 
 

@@ -361,7 +361,7 @@ def test_component_spec_from_config():
 
     examples, model = types.Channel(type=standard_artifacts.Examples), types.Channel(type=standard_artifacts.Model)
     config = DriftlineConfig(home="h", gate=GateConfig(min_auc=0.65, slice_feature="ad_category"))
-    evaluator = DriftlineEvaluator.from_config(config, examples=examples, model=model)
+    evaluator = DriftlineEvaluator.from_config(config.gate, config.source.schema, examples=examples, model=model)
     props = evaluator.exec_properties
     assert GateConfig.from_dict(json.loads(props["gate_config"])) == config.gate
     assert props["label_key"] == config.source.schema.label_field == LABEL
@@ -370,7 +370,9 @@ def test_component_spec_from_config():
     assert set(evaluator.outputs) == {"evaluation", "blessing"}
     assert evaluator.outputs["blessing"].type is standard_artifacts.ModelBlessing
     with pytest.raises(ConfigError, match="slice_feature"):
-        DriftlineEvaluator.from_config(config.replace(gate=GateConfig(slice_feature="nope")), examples, model)
+        DriftlineEvaluator.from_config(GateConfig(slice_feature="nope"), config.source.schema, examples, model)
+    with pytest.raises(ConfigError, match="label_key"):  # no ad-stream default for another stream's label
+        DriftlineEvaluator(examples=examples, model=model, gate=config.gate)
 
 
 # -- as a TFX component: LocalDagRunner, SQLite ML Metadata -------------------------------------

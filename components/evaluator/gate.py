@@ -59,7 +59,7 @@ import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from components.evaluator import paired
-from pipelines.config import GateConfig
+from components.evaluator.config import GateConfig
 
 METRIC_NAMES = ("auc", "example_count", "positive_count", "calibration", "log_loss",
                 "mean_label", "mean_prediction", "auc_se", "auc_diff", "auc_diff_se", "log_loss_diff",
