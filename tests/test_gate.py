@@ -444,19 +444,24 @@ def test_a_slice_confidently_worse_than_the_baseline_in_that_slice_is_refused():
 
 
 def test_default_log_loss_bound_follows_the_label_rate():
-    gate = GateConfig(slice_feature=None)  # the defaults: max_log_loss None, factor 1.0
-    # Base rate 0.55: no-skill log loss -(0.55 ln 0.55 + 0.45 ln 0.45) = 0.688. The old fixed 0.6 refused 0.65.
+    gate = GateConfig(slice_feature=None)  # the defaults: max_log_loss None, factor 1.5
+    # Base rate 0.55: no-skill log loss -(0.55 ln 0.55 + 0.45 ln 0.45) = 0.688, x 1.5 = 1.032.
+    # The old fixed 0.6 refused 0.65.
     honest = metrics(examples=2000, positives=1100, log_loss=0.65)
     v = G.decide(honest, None, gate)
     assert v.blessed, v.reason
     check = by_name(v)["max_log_loss_factor"]
-    assert check.threshold == pytest.approx(0.688139, abs=1e-5)
-    worse = G.decide(metrics(examples=2000, positives=1100, log_loss=0.70), None, gate)
+    assert check.threshold == pytest.approx(1.5 * 0.688139, abs=1e-5)
+    worse = G.decide(metrics(examples=2000, positives=1100, log_loss=1.1), None, gate)
     assert not worse.blessed
-    assert worse.reason == ("not blessed: log loss 0.700 above 0.688 (1.00 x 0.688, the no-skill log loss of "
+    assert worse.reason == ("not blessed: log loss 1.100 above 1.032 (1.50 x 0.688, the no-skill log loss of "
                             "predicting the label rate 0.550)")
-    # At a 2 % rate the same default is strict: no-skill 0.098.
-    assert not G.decide(metrics(examples=5000, positives=100, log_loss=0.12), None, gate).blessed
+    # At a 2 % rate the same default is strict: no-skill 0.098, bound 0.147; the old fixed 0.6 let 0.5 through.
+    assert G.decide(metrics(examples=5000, positives=100, log_loss=0.14), None, gate).blessed
+    assert not G.decide(metrics(examples=5000, positives=100, log_loss=0.16), None, gate).blessed
+    # The factor is the user's: 1.0 asks for at least the constant predictor's log loss.
+    strict = dataclasses.replace(gate, max_log_loss_factor=1.0)
+    assert not G.decide(metrics(examples=2000, positives=1100, log_loss=0.70), None, strict).blessed
 
 
 def test_an_absolute_max_log_loss_below_the_streams_no_skill_loss_says_so_and_names_the_setting():
