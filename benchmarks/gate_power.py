@@ -228,8 +228,9 @@ def findings(cells: List[Dict]) -> List[str]:
         out.append(f"* **{name}**: a truly better candidate is refused in at most "
                    f"{worst_better['configs'][name]['refusal_rate']:.1%} of cycles (worst cell: n "
                    f"{worst_better['n']:,}, base rate {worst_better['base_rate']:.2f}, corr {worst_better['rho']:.1f}); "
-                   f"one worse by 0.02 is refused in >= 95 % of cycles in every cell "
-                   + (f"at n = {', '.join(f'{n:,}' for n in ok_worse)}" if ok_worse else "of no eval size")
+                   + (f"one worse by 0.02 is refused in >= 95 % of cycles in every cell at n = "
+                      f"{', '.join(f'{n:,}' for n in ok_worse)}" if ok_worse
+                      else "at no eval size is one worse by 0.02 refused in >= 95 % of cycles in every cell")
                    + ("" if not fail_worse else "; below 95 % in: " + ", ".join(
                        f"n {c['n']:,}/rate {c['base_rate']:.2f}/corr {c['rho']:.1f} "
                        f"({c['configs'][name]['refusal_rate']:.0%})" for c in fail_worse)) + ".")
