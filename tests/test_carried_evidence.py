@@ -51,3 +51,86 @@ def test_a_carried_span_is_never_trained_even_when_another_rule_names_it():
     inputs = plan_training_inputs([(10, "/s10"), (9, "/s9")], [(8, "/s8")], replay_spans=1, replay_fraction=0.1,
                                   previous_eval_span=8, carried=[(9, "/s9"), (8, "/s8")], released=[(8, "/s8")])
     assert [(i.span, i.split) for i in inputs if i.split == "eval"] == []
+
+
+# -- through TFX: three cycles on thin spans --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def thin_run(tmp_path_factory):
+    """Three cycles on 5-minute spans of ~300 eval examples each, against an evidence floor of 450.
+
+    1. the first spans: the newest span's eval split alone is too little evidence, not blessed, nothing served;
+    2. one new span: judged on the carried eval split of cycle 1's newest span plus its own (~600): decides;
+    3. one new span: trains on the eval split cycle 2 released.
+    """
+    import dataclasses
+
+    from pipelines.config import GateConfig, TrainerConfig, default_config
+    from pipelines.local_runner import run_cycle
+    from pipelines.simulator import SimulatorConfig, simulate
+
+    home = str(tmp_path_factory.mktemp("thin"))
+    config = default_config(home)
+    config = config.replace(
+        window=dataclasses.replace(config.window, span_seconds=300),
+        trainer=TrainerConfig(cold_epochs=2, warm_epochs=1),
+        # Evidence is what is under test: the deprecated count is a deterministic evidence check (the interval
+        # width, which also shrinks with more examples, is off); the quality bounds are off too (a cold model
+        # on one 5-minute span is no good model: it need only be decided on).
+        gate=GateConfig(min_auc=0.0, min_calibration=0.01, max_calibration=100.0, max_log_loss_factor=100.0,
+                        max_auc_drop=1.0, max_log_loss_increase=100.0, max_label_shift=100.0, slice_feature=None,
+                        max_auc_interval_width=1.0, min_eval_examples=450, max_carried_eval_spans=5))
+    sim = SimulatorConfig(minutes=11, events_per_minute=300, seed=5)
+    log = config.source.log_dir
+    simulate(log, sim)
+    reports = [run_cycle(config)]
+    for _ in range(2):
+        simulate(log, dataclasses.replace(sim, minutes=5), append=True)
+        reports.append(run_cycle(config))
+    return config, reports
+
+
+def _mlmd(config):
+    from pipelines.metadata import open_store, prop
+
+    store = open_store(config.metadata_path)
+    props = lambda a: {k: prop(a, k) for k in a.custom_properties}  # noqa: E731
+    models = {m.id: props(m) for m in store.get_artifacts_by_type("Model")}
+    blessings = {props(b)["current_model_id"]: props(b) for b in store.get_artifacts_by_type("ModelBlessing")}
+    examples = {a.properties["span"].int_value: props(a) for a in store.get_artifacts_by_type("Examples")}
+    return models, blessings, examples
+
+
+@pytest.mark.e2e
+def test_thin_spans_carry_their_eval_splits_until_a_cycle_decides(thin_run):
+    config, (r1, r2, r3) = thin_run
+    models, blessings, examples = _mlmd(config)
+    s1, s2, s3 = max(r1.spans), r2.spans[-1], r3.spans[-1]
+    assert r2.spans == [s1 + 1] and r3.spans == [s2 + 1]
+    eval_count = {s: examples[s]["eval_count"] for s in (s1, s2, s3)}
+    assert all(c < 450 for c in eval_count.values()), eval_count  # every span alone is too little evidence
+
+    b1 = blessings[r1.model_id]
+    assert r1.blessed is False and "too little evidence" in r1.reason and r1.pushed_version is None
+    assert b1["evidence_insufficient"] == 1 and json.loads(b1["eval_spans"]) == [s1]
+    assert b1["eval_examples"] == eval_count[s1]
+
+    # Cycle 2 is judged on span s1's eval split (carried) and its own: enough evidence, it decides and serves.
+    b2, m2 = blessings[r2.model_id], models[r2.model_id]
+    assert json.loads(b2["eval_spans"]) == [s1, s2] and b2["eval_span"] == s2
+    assert b2["eval_examples"] == eval_count[s1] + eval_count[s2]
+    assert b2["evidence_insufficient"] == 0 and r2.blessed, r2.reason
+    assert r2.pushed_version == "1"
+    # ... and its candidate never trained on the carried split.
+    assert json.loads(m2["carried_eval_spans"]) == [s1]
+    assert [(i["span"], i["role"]) for i in json.loads(m2["eval_inputs"])] == [(s1, "carried_eval"),
+                                                                               (s2, "newest_eval")]
+    assert not [i for i in json.loads(m2["training_inputs"]) if i["span"] == s1 and i["split"] == "eval"]
+
+    # Cycle 2 decided: cycle 3 trains on the released split s1 and on s2's (the previous eval), carries nothing.
+    m3 = models[r3.model_id]
+    trained_eval = {(i["span"], i["role"]) for i in json.loads(m3["training_inputs"]) if i["split"] == "eval"}
+    assert trained_eval == {(s1, "released_eval"), (s2, "previous_eval")}
+    assert json.loads(m3["carried_eval_spans"]) == []
+    assert json.loads(blessings[r3.model_id]["eval_spans"]) == [s3]
