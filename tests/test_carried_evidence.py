@@ -134,3 +134,52 @@ def test_thin_spans_carry_their_eval_splits_until_a_cycle_decides(thin_run):
     assert trained_eval == {(s1, "released_eval"), (s2, "previous_eval")}
     assert json.loads(m3["carried_eval_spans"]) == []
     assert json.loads(blessings[r3.model_id]["eval_spans"]) == [s3]
+
+
+# -- the resolver, over a real SQLite ML Metadata store ------------------------------------------------------
+
+
+def _set_blessing(history, blessing_id, **props):
+    from mlmd_history import _set
+
+    artifact = history.store.get_artifacts_by_id([blessing_id])[0]
+    for key, value in props.items():
+        _set(artifact.custom_properties[key], value)
+    history.store.put_artifacts([artifact])
+
+
+def _tfx_examples(history, ids):
+    from tfx.types import standard_artifacts
+
+    result = []
+    for mlmd in history.store.get_artifacts_by_id(list(ids)):
+        a = standard_artifacts.Examples()
+        a.set_mlmd_artifact(mlmd)
+        result.append(a)
+    return result
+
+
+def test_the_resolver_reads_the_newest_blessing_and_bounds_the_carry(tmp_path):
+    from components.warm_start_trainer.resolvers import CarriedEvalSpansStrategy, newest_judged_cycle
+    from mlmd_history import History
+
+    history = History(str(tmp_path))
+    assert newest_judged_cycle(history.store, "driftline") == ([], False)
+    cycles = [history.cycle(blessed=False, push=False) for _ in range(3)]  # spans 100, 101, 102
+    for i, c in enumerate(cycles):
+        _set_blessing(history, c["blessing"], eval_span=100 + i, eval_spans=json.dumps(list(range(100, 101 + i))),
+                      evidence_insufficient=1)
+    assert newest_judged_cycle(history.store, "driftline") == ([100, 101, 102], True)
+    examples = _tfx_examples(history, [e for c in cycles for e in c["examples"]])
+    resolved = CarriedEvalSpansStrategy("driftline", max_spans=2).resolve_artifacts(
+        history.store, {"carried": examples, "released": examples})
+    assert [a.span for a in resolved["carried"]] == [101, 102]
+    assert [a.span for a in resolved["released"]] == [100]
+    off = CarriedEvalSpansStrategy("driftline", max_spans=0).resolve_artifacts(
+        history.store, {"carried": examples, "released": examples})
+    assert off == {"carried": [], "released": []}
+
+    # A blessing from before carrying existed: its eval span alone, and decided (nothing carried, none released).
+    legacy = history.cycle(blessed=True, push=False)
+    _set_blessing(history, legacy["blessing"], eval_span=103)
+    assert newest_judged_cycle(history.store, "driftline") == ([103], False)
