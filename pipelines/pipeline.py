@@ -12,6 +12,13 @@ Between the evaluator and the pusher sits the LatencyValidator (when
 eval split, and the pusher needs its `InfraBlessing` as well as the
 evaluator's `ModelBlessing`.
 
+Thin spans: `carried_eval_resolver` (`CarriedEvalSpansStrategy`) hands the
+trainer and the evaluator the spans whose eval splits a verdict without
+enough evidence carried to this cycle (scored, not trained on), and the
+trainer those a decided verdict released (trained on); see
+components/warm_start_trainer/training_inputs.py. Off with
+`gate.max_carried_eval_spans: 0`.
+
 The base model and the baseline are the same thing, the latest blessed
 model, resolved from ML Metadata across runs; so is the replay window.
 After `driftline rollback` they are the model rolled back to, pinned in ML
