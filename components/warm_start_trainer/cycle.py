@@ -78,7 +78,8 @@ def train_cycle(*, config: TrainerConfig, schema: EventSchema, custom_config: Ma
     eval_inputs.append(TrainingInput(plan.split_pattern(dict(current)[newest_span], EVAL), newest_span, EVAL,
                                      role="newest_eval"))
     fn_args = WarmStartFnArgs(
-        training_inputs=inputs, eval_files=[i.file_pattern for i in eval_inputs], transform_graph_path=transform_graph_path,
+        training_inputs=inputs, eval_files=plan.eval_files(current, carried),
+        transform_graph_path=transform_graph_path,
         serving_model_dir=os.path.join(model_uri, SERVING_DIR), model_dir=model_uri, model_run_dir=model_run_uri,
         base_model=base.uri if (base and warm) else None, warm_start=warm, start_reason=reason,
         epochs=config.warm_epochs if warm else config.cold_epochs,
