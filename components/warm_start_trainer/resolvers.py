@@ -11,8 +11,7 @@
 """
 from __future__ import annotations
 
-import json
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from tfx import types
 from tfx.dsl.components.common import resolver
@@ -21,6 +20,7 @@ from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import La
 # The quarantine rule lives in a module without TFX, so retention applies the same one.
 from components.warm_start_trainer.quarantine import has_key as _has_key  # noqa: F401  (re-exported)
 from components.warm_start_trainer.quarantine import quarantined_after_failures, rejected_spans
+from components.warm_start_trainer.training_inputs import newest_judged_cycle  # noqa: F401  (re-exported)
 
 
 class LatestSpansStrategy(resolver.ResolverStrategy):
@@ -90,30 +90,6 @@ class UntrainedSpansStrategy(resolver.ResolverStrategy):
 
 CARRIED_KEY = "carried"
 RELEASED_KEY = "released"
-
-
-def newest_judged_cycle(store, pipeline_name: str) -> Tuple[List[int], bool]:
-    """(every span the newest ModelBlessing of the pipeline's evaluator was judged on, whether its verdict
-    lacked evidence); ([], False) when nothing was judged yet.
-
-    A blessing written before carrying existed has no `eval_spans` / `evidence_insufficient`: its
-    `eval_span` alone, and decided.
-    """
-    from components import mlmd_vocabulary as vocab
-
-    context = store.get_context_by_type_and_name(vocab.NODE_CONTEXT_TYPE,
-                                                 vocab.node_context_name(pipeline_name, vocab.EVALUATOR_ID))
-    if context is None:
-        return [], False
-    blessings = [a for a in store.get_artifacts_by_context(context.id)
-                 if a.state in vocab.PUBLISHED_STATES and a.type == vocab.BLESSING_TYPE
-                 and vocab.custom_property(a, vocab.EVAL_SPAN_PROPERTY) is not None]
-    if not blessings:
-        return [], False
-    newest = max(blessings, key=lambda a: a.id)
-    spans_json = vocab.custom_property(newest, vocab.EVAL_SPANS_PROPERTY)
-    spans = json.loads(spans_json) if spans_json else [vocab.custom_property(newest, vocab.EVAL_SPAN_PROPERTY)]
-    return [int(s) for s in spans], bool(vocab.custom_property(newest, vocab.EVIDENCE_INSUFFICIENT_PROPERTY) or 0)
 
 
 class CarriedEvalSpansStrategy(resolver.ResolverStrategy):

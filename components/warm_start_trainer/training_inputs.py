@@ -40,9 +40,11 @@ past as well as the present.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from components import mlmd_vocabulary as vocab
 from components.streaming_example_gen.windowing import EVAL, TRAIN
 from components.warm_start_trainer.fn_args import TrainingInput
 
@@ -113,6 +115,30 @@ def carried_and_released(newest_judged_eval_spans: Iterable[int], evidence_insuf
     if evidence_insufficient:
         return spans[-max_carried:], spans[:-max_carried]
     return [], spans[:-1]
+
+
+def newest_judged_cycle(store, pipeline_name: str) -> Tuple[List[int], bool]:
+    """(every span the newest ModelBlessing of the pipeline's evaluator was judged on, whether its verdict
+    lacked evidence); ([], False) when nothing was judged yet.
+
+    A plain ML Metadata read, no TFX: `resolvers.CarriedEvalSpansStrategy` and retention share it.
+
+    A blessing written before carrying existed has no `eval_spans` / `evidence_insufficient`: its
+    `eval_span` alone, and decided.
+    """
+    context = store.get_context_by_type_and_name(vocab.NODE_CONTEXT_TYPE,
+                                                 vocab.node_context_name(pipeline_name, vocab.EVALUATOR_ID))
+    if context is None:
+        return [], False
+    blessings = [a for a in store.get_artifacts_by_context(context.id)
+                 if a.state in vocab.PUBLISHED_STATES and a.type == vocab.BLESSING_TYPE
+                 and vocab.custom_property(a, vocab.EVAL_SPAN_PROPERTY) is not None]
+    if not blessings:
+        return [], False
+    newest = max(blessings, key=lambda a: a.id)
+    spans_json = vocab.custom_property(newest, vocab.EVAL_SPANS_PROPERTY)
+    spans = json.loads(spans_json) if spans_json else [vocab.custom_property(newest, vocab.EVAL_SPAN_PROPERTY)]
+    return [int(s) for s in spans], bool(vocab.custom_property(newest, vocab.EVIDENCE_INSUFFICIENT_PROPERTY) or 0)
 
 
 def judged_only(earlier: Sequence[SpanUri], base_newest_span: Optional[int]) -> List[SpanUri]:
