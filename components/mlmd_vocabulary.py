@@ -53,7 +53,14 @@ MAX_EVENT_TIME_MS_PROPERTY = "max_event_time_ms"  # Examples, and the Model trai
 BLESSED_PROPERTY = "blessed"  # ModelBlessing / InfraBlessing: int 1 / 0 (TFX's key)
 CURRENT_MODEL_ID_PROPERTY = "current_model_id"  # ModelBlessing: the candidate's id (TFX's key)
 REASON_PROPERTY = "reason"  # blessings and PushedModel: why, in words
-EVAL_SPAN_PROPERTY = "eval_span"  # blessings: the span the candidate was judged on
+EVAL_SPAN_PROPERTY = "eval_span"  # blessings: the span the candidate was judged on (the newest)
+# ModelBlessing: every span whose eval split the candidate was judged on, carried ones included (JSON list)
+EVAL_SPANS_PROPERTY = "eval_spans"
+# ModelBlessing: int 1 when the verdict was "too little evidence" (its eval splits are carried), else 0
+EVIDENCE_INSUFFICIENT_PROPERTY = "evidence_insufficient"
+# Model: the spans whose eval splits were carried to its gate (JSON list), and what the gate scores it on
+CARRIED_EVAL_SPANS_PROPERTY = "carried_eval_spans"
+EVAL_INPUTS_PROPERTY = "eval_inputs"
 
 # The one NaN rule: a float property that is not a finite number (NaN, inf, or None when a metric could
 # not be computed) is written as this, so every reader sees one "unknown" and MLMD never stores NaN.

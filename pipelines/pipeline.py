@@ -12,6 +12,13 @@ Between the evaluator and the pusher sits the LatencyValidator (when
 eval split, and the pusher needs its `InfraBlessing` as well as the
 evaluator's `ModelBlessing`.
 
+Thin spans: `carried_eval_resolver` (`CarriedEvalSpansStrategy`) hands the
+trainer and the evaluator the spans whose eval splits a verdict without
+enough evidence carried to this cycle (scored, not trained on), and the
+trainer those a decided verdict released (trained on); see
+components/warm_start_trainer/training_inputs.py. Off with
+`gate.max_carried_eval_spans: 0`.
+
 The base model and the baseline are the same thing, the latest blessed
 model, resolved from ML Metadata across runs; so is the replay window.
 After `driftline rollback` they are the model rolled back to, pinned in ML
@@ -31,7 +38,10 @@ LatestBlessedModelStrategy resolvers, and takes one artifact per output:
   replayed only when the base model was judged on it (`replay_judged_only`);
 * the TFMD schema is written at run time by EventSchemaGen instead of from a
   file ImportSchemaGen would need on GCS at compile time;
-* no metadata connection (Vertex ML Metadata), Beam steps on Dataflow.
+* no metadata connection (Vertex ML Metadata), Beam steps on Dataflow;
+* no carried eval splits (`carried_eval_resolver`, a custom strategy): a
+  verdict with too little evidence is not carried over; each cycle is
+  judged on its newest span's eval split alone.
 """
 from __future__ import annotations
 
@@ -52,6 +62,8 @@ TARGETS = (LOCAL, VERTEX)
 # Vertex only: the newest Examples of the pipeline (committed position and replay window).
 LATEST_EXAMPLES_RESOLVER_ID = "latest_examples_resolver"
 SCHEMA_GEN_ID = "EventSchemaGen"
+# Local only: the spans whose eval splits are carried to the gate, and released (thin spans).
+CARRIED_EVAL_RESOLVER_ID = "carried_eval_resolver"
 
 
 def _pipeline(config: DriftlineConfig, components: List, target: str = LOCAL) -> tfx.dsl.Pipeline:
@@ -111,8 +123,8 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
     from components.blessing_pusher import BlessingPusher
     from components.evaluator import DriftlineEvaluator
     from components.warm_start_trainer import WarmStartTrainer
-    from components.warm_start_trainer.resolvers import (LatestSpansStrategy, PinnedOrLatestBlessedModelStrategy,
-                                                         UntrainedSpansStrategy)
+    from components.warm_start_trainer.resolvers import (CarriedEvalSpansStrategy, LatestSpansStrategy,
+                                                         PinnedOrLatestBlessedModelStrategy, UntrainedSpansStrategy)
     from transforms import stream
     from transforms.schema import write_tfmd_schema
 
@@ -189,14 +201,27 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
             examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
         ).with_id(REPLAY_RESOLVER_ID)
         replay_examples = replay.outputs["examples"]
+    carried = None
+    if not vertex and config.gate.max_carried_eval_spans > 0:
+        # Thin spans: eval splits a verdict without evidence carried to this cycle's gate, and those a
+        # decided verdict released to training (training_inputs.carried_and_released).
+        carried = tfx.dsl.Resolver(
+            strategy_class=CarriedEvalSpansStrategy,
+            config={"pipeline_name": config.pipeline_name, "max_spans": config.gate.max_carried_eval_spans},
+            carried=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+            released=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+        ).with_id(CARRIED_EVAL_RESOLVER_ID)
     trainer = WarmStartTrainer(
         examples=example_gen.outputs["examples"], transform_graph=transform.outputs["transform_graph"],
         schema=schema, transform=config.transform, trainer=config.trainer,
         replay_examples=replay_examples, base_model=latest_blessed.outputs["model"],
-        replay_judged_only=vertex).with_id(TRAINER_ID)
+        replay_judged_only=vertex,
+        carried_eval_examples=carried.outputs["carried"] if carried is not None else None,
+        released_eval_examples=carried.outputs["released"] if carried is not None else None).with_id(TRAINER_ID)
     evaluator = DriftlineEvaluator.from_config(
         config.gate, schema, examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-        baseline_model=latest_blessed.outputs["model"]).with_id(EVALUATOR_ID)
+        baseline_model=latest_blessed.outputs["model"],
+        carried_examples=carried.outputs["carried"] if carried is not None else None).with_id(EVALUATOR_ID)
     latency = None
     if config.latency.enabled:
         from components.latency_validator import LatencyValidator
@@ -212,7 +237,9 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
     if vertex:
         components = [latest_examples, example_gen, schema_gen, transform, latest_blessed, trainer, evaluator]
     else:
-        components = [example_gen, schema_gen, transform, latest_blessed, replay, trainer, evaluator]
+        components = [example_gen, schema_gen, transform, latest_blessed, replay]
+        components += [carried] if carried is not None else []
+        components += [trainer, evaluator]
     components += [latency, pusher] if latency is not None else [pusher]
     if config.transform.uses_analyzers:
         components.insert(components.index(transform), analyzer_cache)

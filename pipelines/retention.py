@@ -12,7 +12,9 @@ folder at the artifact's URI) of every artifact older than the newest
   (the newest `trainer.replay_spans + 1` spans that are not quarantined, as
   the replay resolver counts them), spans not trained yet
   (`recovery.untrained_spans`) or quarantined after failing cycles (for
-  `driftline replay`), and the newest artifact of every type;
+  `driftline replay`), the spans whose eval splits are carried to the next
+  gate or released to the next training (thin spans,
+  `training_inputs.carried_and_released`), and the newest artifact of every type;
 * **serving**: for each version in the serving folder (the serving one and
   those a rollback can return to), the `PushedModel` that put it there (its
   payload is that version, which the pusher's own `keep_versions` bounds) and
@@ -57,6 +59,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.blessing_pusher.rollback import current_pin
 from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
 from components.warm_start_trainer.quarantine import quarantined_after_failures, rejected_spans
+from components.warm_start_trainer.training_inputs import carried_and_released, newest_judged_cycle
 from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE, PIPELINE_RUN_CONTEXT_TYPE, PUBLISHED_STATES
 from pipelines.config import DriftlineConfig
 from pipelines.metadata import open_store, prop
@@ -227,6 +230,19 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
             newest_per_span[span] = a
     window = sorted(newest_per_span)[-(config.trainer.replay_spans + 1):]
     protect((newest_per_span[s].id for s in window), "in the replay window")
+    # Thin spans: the eval splits the next cycle's gate scores on (carried) or its trainer trains on (released),
+    # as CarriedEvalSpansStrategy picks them (quarantine does not matter to it: it wants refused cycles' spans).
+    carried, released = carried_and_released(*newest_judged_cycle(store, config.pipeline_name),
+                                             config.gate.max_carried_eval_spans)
+    newest_of_span: Dict[int, metadata_store_pb2.Artifact] = {}
+    for a in spans:
+        span = a.properties["span"].int_value
+        if span in set(carried) | set(released) and (span not in newest_of_span or a.id > newest_of_span[span].id):
+            newest_of_span[span] = a
+    protect((newest_of_span[s].id for s in carried if s in newest_of_span),
+            "its eval split is carried: the next cycle's gate scores on it")
+    protect((newest_of_span[s].id for s in released if s in newest_of_span),
+            "its eval split is released: the next cycle trains on it")
     protect((a.id for a in untrained_spans(store, config.pipeline_name)),
             "published but not trained yet: the next cycle resumes on it")
     protect(quarantined_after_failures(store), "quarantined after failing cycles: `driftline replay` trains it")

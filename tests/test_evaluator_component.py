@@ -162,7 +162,7 @@ def world(tmp_path_factory):
             "model_ids": {"good": 101, "price_only": 102, "inverted": 103, "damped": 104}}
 
 
-def _run(world, tmp_path, examples, candidate, baseline=None, gate=None, eval_split="eval"):
+def _run(world, tmp_path, examples, candidate, baseline=None, gate=None, eval_split="eval", carried=None):
     """Runs the executor's Do() on real artifacts; returns (evaluation, blessing)."""
     from tfx.dsl.components.base import base_beam_executor
     from tfx.types import standard_artifacts
@@ -179,6 +179,8 @@ def _run(world, tmp_path, examples, candidate, baseline=None, gate=None, eval_sp
               "model": [_model_artifact(world["models"][candidate], world["model_ids"][candidate])]}
     if baseline is not None:
         inputs["baseline_model"] = [_model_artifact(world["models"][baseline], world["model_ids"][baseline])]
+    if carried is not None:
+        inputs["carried_examples"] = carried
     props = {"gate_config": json.dumps((gate or GateConfig()).to_dict()), "label_key": LABEL, "eval_split": eval_split}
     context = base_beam_executor.BaseBeamExecutor.Context(
         beam_pipeline_args=BeamConfig(direct_num_workers=1).args(), tmp_dir=str(tmp_path / "tmp"), unique_id="1")
@@ -329,6 +331,18 @@ def test_too_small_eval_split_is_not_blessed_for_lack_of_evidence(world, tmp_pat
     assert blessing.get_float_custom_property("baseline_auc") == -1.0
     assert "baseline_model" not in blessing.mlmd_artifact.custom_properties
     assert _verdict(blessing)["baseline_metrics"] is None
+
+
+def test_a_verdict_without_evidence_is_flagged_and_carried_splits_are_scored_with_the_newest(world, tmp_path):
+    _, thin = _run(world, tmp_path / "thin", [_examples_artifact(world["tiny_uri"], 9)], "good")
+    assert thin.get_int_custom_property("evidence_insufficient") == 1
+    assert json.loads(thin.get_string_custom_property("eval_spans")) == [9]
+    # The next cycle (span 11) gets span 9 carried: both eval splits (120 + N_SMALL examples) are one data set.
+    _, pooled = _run(world, tmp_path / "pooled", [_examples_artifact(world["small_uri"], 11, 3)], "good",
+                     carried=[_examples_artifact(world["tiny_uri"], 9)])
+    assert json.loads(pooled.get_string_custom_property("eval_spans")) == [9, 11]
+    assert pooled.get_int_custom_property("eval_span") == 11
+    assert pooled.get_float_custom_property("eval_examples") == 120 + N_SMALL
 
 
 def test_eval_split_without_files_is_no_evidence_but_still_a_readable_evaluation(world, tmp_path):

@@ -6,6 +6,7 @@ killed runs go but not those of a running execution, and that TFX's own
 input resolution never offers a DELETED artifact. The soak benchmark
 (benchmarks/soak.py) and the controller crash test run it on real cycles.
 """
+import dataclasses
 import os
 
 import pytest
@@ -312,3 +313,31 @@ def test_the_pinned_model_and_its_span_are_kept_however_old(tmp_path):
     rollback.unpin(h.store, h.pipeline)
     plan = retention.plan(config_for(h), h.store)
     assert first["model"] in {a.id for a in plan.delete}
+
+
+def test_carried_and_released_eval_splits_keep_their_spans(tmp_path):
+    """A span whose eval split the next cycle scores on (carried) or trains on (released) keeps its payload, though
+    its cycle was refused (quarantined, out of the replay window) and older than keep_cycles."""
+    from mlmd_history import _set
+
+    h = History(str(tmp_path), keep_versions=3)
+    c = [h.cycle(blessed=False, push=False) for _ in range(4)]  # spans 100-103, each refused for evidence
+
+    def judged(cycle, spans, insufficient):
+        blessing = h.store.get_artifacts_by_id([cycle["blessing"]])[0]
+        props = {"eval_span": spans[-1], "eval_spans": str(spans), "evidence_insufficient": insufficient}
+        for key, value in props.items():
+            _set(blessing.custom_properties[key], value)
+        h.store.put_artifacts([blessing])
+
+    judged(c[3], [100, 101, 102, 103], 1)
+    config = config_for(h, keep_cycles=1, replay_spans=0)
+    config = config.replace(gate=dataclasses.replace(config.gate, max_carried_eval_spans=2))
+    kept = retention.plan(config, h.store).keep
+    assert kept[c[3]["examples"][0]].startswith("made by one of the newest 1 cycles")
+    assert kept[c[2]["examples"][0]] == "its eval split is carried: the next cycle's gate scores on it"
+    assert kept[c[1]["examples"][0]] == "its eval split is released: the next cycle trains on it"
+    assert kept[c[0]["examples"][0]] == "its eval split is released: the next cycle trains on it"
+    # Off: nothing is carried, and these spans go as refused spans always did.
+    config = config.replace(gate=dataclasses.replace(config.gate, max_carried_eval_spans=0))
+    assert c[2]["examples"][0] not in retention.plan(config, h.store).keep

@@ -162,6 +162,7 @@ def test_the_newest_examples_carry_the_position_and_the_replay_window(spec):
     assert param(spec, "WarmStartTrainer", "replay_judged_only") == 1
     # The stock resolvers only: the local replay resolver's custom strategy does not compile for Vertex.
     assert "replay_resolver" not in tasks(spec)
+    assert "carried_eval_resolver" not in tasks(spec)  # so no carried eval splits there (README)
     assert producer(spec, "Transform", "schema") == ("EventSchemaGen", "schema")
 
 
@@ -209,14 +210,14 @@ def test_a_change_of_configuration_shows_up_in_the_spec(spec, tmp_path):
 
 def test_the_local_pipeline_does_not_compile_for_vertex(tmp_path):
     """Why there is a Vertex target: the local resolvers' custom strategies (the pin-aware base model, the replay
-    window) have no Vertex form."""
+    window, the carried eval splits) have no Vertex form."""
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as kv2
 
     from pipelines.pipeline import create_pipeline
 
     config = default_config(str(tmp_path / "home"))
     runner = kv2.KubeflowV2DagRunner(kv2.KubeflowV2DagRunnerConfig(default_image=IMAGE), output_dir=str(tmp_path))
-    with pytest.raises(TypeError, match="PinnedOrLatestBlessedModelStrategy|LatestSpansStrategy"):
+    with pytest.raises(TypeError, match="PinnedOrLatestBlessedModelStrategy|LatestSpansStrategy|CarriedEvalSpansStrategy"):
         runner.run(create_pipeline(config), write_out=False)
 
 

@@ -26,6 +26,7 @@ class DriftlineEvaluatorSpec(types.ComponentSpec):
         executor_lib.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
         executor_lib.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
         executor_lib.BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+        executor_lib.CARRIED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
         executor_lib.EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation),
@@ -41,7 +42,11 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
     anything the candidate trained on (when the pipeline wires the spans so).
     `baseline_model` is the latest blessed model (or the model a rollback
     pinned, see `PinnedOrLatestBlessedModelStrategy`); without one (the first
-    model) only the absolute bounds of `GateConfig` apply. Outputs are stock
+    model) only the absolute bounds of `GateConfig` apply. `carried_examples`
+    (optional) are earlier spans whose eval splits a verdict without enough
+    evidence carried to this cycle (`resolvers.CarriedEvalSpansStrategy`):
+    both models are scored on their eval splits and the newest span's, as one
+    data set. Outputs are stock
     TFX artifacts: `evaluation` (a `ModelEvaluation`, standard TFMA output
     that `tfma.load_eval_result` reads) and `blessing` (a `ModelBlessing` with
     the `BLESSED`/`NOT_BLESSED` marker and the properties stock
@@ -61,7 +66,8 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
 
     def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
                  baseline_model: Optional[types.BaseChannel] = None, gate: Optional[GateConfig] = None,
-                 label_key: Optional[str] = None, eval_split: str = executor_lib.DEFAULT_EVAL_SPLIT):
+                 label_key: Optional[str] = None, eval_split: str = executor_lib.DEFAULT_EVAL_SPLIT,
+                 carried_examples: Optional[types.BaseChannel] = None):
         gate = gate or GateConfig()
         if not label_key:
             # No default: the label is the stream's, not the built-in ad stream's.
@@ -74,6 +80,7 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
             examples=examples,
             model=model,
             baseline_model=baseline_model,
+            carried_examples=carried_examples,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
         )
@@ -81,9 +88,9 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
 
     @classmethod
     def from_config(cls, gate: GateConfig, schema: EventSchema, examples: types.BaseChannel,
-                    model: types.BaseChannel, baseline_model: Optional[types.BaseChannel] = None
-                    ) -> "DriftlineEvaluator":
+                    model: types.BaseChannel, baseline_model: Optional[types.BaseChannel] = None,
+                    carried_examples: Optional[types.BaseChannel] = None) -> "DriftlineEvaluator":
         """The gate (validated against the event schema) and the schema's label field."""
         gate.validate(schema)
         return cls(examples=examples, model=model, baseline_model=baseline_model, gate=gate,
-                   label_key=schema.label_field)
+                   label_key=schema.label_field, carried_examples=carried_examples)

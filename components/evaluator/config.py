@@ -58,6 +58,11 @@ class GateConfig:
     max_auc_interval_width: float = 0.1
     min_eval_positives: int = 10
     min_eval_negatives: int = 10
+    # Thin spans: a verdict with too little evidence carries its eval splits to
+    # the next cycle, whose candidate is scored on them as well as on the newest
+    # span's, and does not train on them; at most this many carried splits (the
+    # newest). 0: never carry. See components/warm_start_trainer/training_inputs.py.
+    max_carried_eval_spans: int = 5
     # Deprecated (a fixed count is not evidence): use max_auc_interval_width.
     # When set it is still enforced as an extra floor, with a warning.
     min_eval_examples: Optional[int] = None
@@ -83,6 +88,9 @@ class GateConfig:
             raise ConfigError(f"gate.confidence is a one-sided confidence level in (0.5, 1), got {self.confidence}")
         if not self.max_auc_interval_width > 0:
             raise ConfigError(f"gate.max_auc_interval_width must be > 0, got {self.max_auc_interval_width}")
+        if self.max_carried_eval_spans < 0:
+            raise ConfigError(f"gate.max_carried_eval_spans must be >= 0 (0: never carry eval splits), got "
+                              f"{self.max_carried_eval_spans}")
         if not 0.0 <= self.max_dead_letter_fraction <= 1.0:
             raise ConfigError(f"gate.max_dead_letter_fraction must be within [0, 1], got {self.max_dead_letter_fraction}")
         if self.min_eval_positives < 2 or self.min_eval_negatives < 2:

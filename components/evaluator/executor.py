@@ -21,6 +21,8 @@ from components.evaluator.config import GateConfig
 EXAMPLES_KEY = "examples"
 MODEL_KEY = "model"
 BASELINE_MODEL_KEY = "baseline_model"
+# The spans whose eval splits were carried to this cycle (resolvers.CarriedEvalSpansStrategy).
+CARRIED_EXAMPLES_KEY = "carried_examples"
 EVALUATION_KEY = "evaluation"
 BLESSING_KEY = "blessing"
 GATE_CONFIG_KEY = "gate_config"
@@ -38,6 +40,8 @@ BASELINE_MODEL_ID_PROPERTY = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODE
 REASON_PROPERTY = vocab.REASON_PROPERTY
 VERDICT_JSON_PROPERTY = "verdict_json"
 EVAL_SPAN_PROPERTY = vocab.EVAL_SPAN_PROPERTY
+EVAL_SPANS_PROPERTY = vocab.EVAL_SPANS_PROPERTY
+EVIDENCE_INSUFFICIENT_PROPERTY = vocab.EVIDENCE_INSUFFICIENT_PROPERTY
 EVAL_EXAMPLES_PROPERTY = "eval_examples"
 EVAL_POSITIVES_PROPERTY = "eval_positives"
 CANDIDATE_AUC_PROPERTY = "candidate_auc"
@@ -70,6 +74,7 @@ class Executor(stock_evaluator_executor.Executor):
         gate = GateConfig.from_dict(json.loads(exec_properties[GATE_CONFIG_KEY]))
         split = exec_properties.get(EVAL_SPLIT_KEY) or DEFAULT_EVAL_SPLIT
         check_split(examples, split)
+        carried = carried_eval_examples(input_dict.get(CARRIED_EXAMPLES_KEY), examples, split)
         evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
         blessing = artifact_utils.get_single_instance(output_dict[BLESSING_KEY])
 
@@ -77,14 +82,15 @@ class Executor(stock_evaluator_executor.Executor):
             self._make_beam_pipeline, examples, split, label_key=exec_properties[LABEL_KEY_KEY],
             slice_feature=gate.slice_feature, candidate_path=tfma_run.serving_model_path(candidate),
             baseline_path=tfma_run.serving_model_path(baseline) if baseline is not None else None,
-            output_path=evaluation.uri)
+            output_path=evaluation.uri, also=carried)
         verdict = gate_lib.decide(metrics[tfma_run.CANDIDATE], metrics.get(tfma_run.BASELINE), gate,
                                   ingested_counts(input_dict[EXAMPLES_KEY]), training_record(candidate))
 
         evaluation.set_string_custom_property(VERDICT_JSON_PROPERTY, verdict.to_json())
         record_blessing(blessing, verdict, candidate, baseline, examples,
-                        component_id=exec_properties.get("current_component_id"))
-        logging.info("DriftlineEvaluator on span %d (%s split): %s", examples.span, split, verdict.reason)
+                        component_id=exec_properties.get("current_component_id"), carried=carried)
+        logging.info("DriftlineEvaluator on span %d (%s split, carried spans %s): %s", examples.span, split,
+                     [a.span for a in carried], verdict.reason)
 
 
 def newest_span(examples: List[types.Artifact]) -> types.Artifact:
@@ -92,6 +98,19 @@ def newest_span(examples: List[types.Artifact]) -> types.Artifact:
     if not examples:
         raise ValueError(f"{EXAMPLES_KEY!r} is empty: the evaluator needs the newest span's Examples")
     return max(examples, key=lambda a: (a.span, a.version, a.id))
+
+
+def carried_eval_examples(carried: Optional[List[types.Artifact]], newest: types.Artifact,
+                          split: str) -> List[types.Artifact]:
+    """The carried spans' `Examples`, one per span, oldest first, without the newest span itself."""
+    by_span: Dict[int, types.Artifact] = {}
+    for a in carried or []:
+        if a.span < newest.span and (a.span not in by_span or (a.version, a.id) > (by_span[a.span].version,
+                                                                                   by_span[a.span].id)):
+            by_span[a.span] = a
+    for a in by_span.values():
+        check_split(a, split)
+    return [by_span[s] for s in sorted(by_span)]
 
 
 def ingested_counts(examples: List[types.Artifact]) -> Optional[gate_lib.Ingested]:
@@ -131,8 +150,12 @@ def check_split(examples: types.Artifact, split: str) -> None:
 
 def record_blessing(blessing: types.Artifact, verdict: gate_lib.Verdict, candidate: types.Artifact,
                     baseline: Optional[types.Artifact], examples: types.Artifact,
-                    component_id: Optional[str] = None) -> None:
-    """The stock marker file and properties (as TFX Evaluator writes them), and ours."""
+                    component_id: Optional[str] = None, carried: List[types.Artifact] = ()) -> None:
+    """The stock marker file and properties (as TFX Evaluator writes them), and ours.
+
+    `eval_span` is the newest span judged on; `eval_spans` all of them (`carried` ones too), and
+    `evidence_insufficient` says whether the next cycle carries them (`training_inputs.carried_and_released`).
+    """
     marker = evaluator_constants.BLESSED_FILE_NAME if verdict.blessed else evaluator_constants.NOT_BLESSED_FILE_NAME
     io_utils.write_string_file(os.path.join(blessing.uri, marker), "")
     blessing.set_int_custom_property(
@@ -148,6 +171,9 @@ def record_blessing(blessing: types.Artifact, verdict: gate_lib.Verdict, candida
     blessing.set_string_custom_property(REASON_PROPERTY, verdict.reason)
     blessing.set_string_custom_property(VERDICT_JSON_PROPERTY, verdict.to_json())
     blessing.set_int_custom_property(EVAL_SPAN_PROPERTY, examples.span)
+    blessing.set_string_custom_property(EVAL_SPANS_PROPERTY,
+                                        json.dumps(sorted({a.span for a in carried} | {examples.span})))
+    blessing.set_int_custom_property(EVIDENCE_INSUFFICIENT_PROPERTY, 1 if verdict.evidence_insufficient else 0)
     blessing.set_float_custom_property(EVAL_EXAMPLES_PROPERTY, _or_minus_one(verdict.eval_examples))
     blessing.set_float_custom_property(EVAL_POSITIVES_PROPERTY, _or_minus_one(verdict.eval_positives))
     blessing.set_float_custom_property(CANDIDATE_AUC_PROPERTY, _or_minus_one(verdict.candidate_auc))

@@ -111,6 +111,12 @@ class Verdict:
         return [c for c in self.checks if not c.passed]
 
     @property
+    def evidence_insufficient(self) -> bool:
+        """True when an evidence check failed ("too little evidence"): the eval splits decided nothing and
+        are carried to the next cycle (`training_inputs.carried_and_released`)."""
+        return any(c.name in EVIDENCE_CHECKS for c in self.failed_checks)
+
+    @property
     def eval_examples(self) -> float:
         return _metric(self.candidate_metrics.get("overall", {}), "example_count", default=0.0)
 
@@ -215,6 +221,11 @@ def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: Ga
         reason = blessed_reason(overall, baseline.get("overall", {}) if has_baseline else None, tests, gate)
     return Verdict(blessed=not failed, reason=reason, checks=checks, candidate_metrics=candidate,
                    baseline_metrics=baseline, thresholds=gate.to_dict(), ignored_slices=ignored, tests=tests)
+
+
+# The names of the checks `evidence_checks` makes: failing any of them is "too little evidence".
+EVIDENCE_CHECKS = frozenset({"min_eval_examples", "min_eval_positives", "min_eval_negatives",
+                             "max_auc_interval_width"})
 
 
 def evidence_checks(overall: Metrics, gate: GateConfig, has_baseline: bool = False) -> List[Check]:

@@ -99,24 +99,27 @@ def split_file_pattern(examples: types.Artifact, split: str) -> Optional[str]:
 
 
 def run_tfma(make_beam_pipeline: Callable[[], beam.Pipeline], examples: types.Artifact, split: str,
-             eval_config: tfma.EvalConfig, model_paths: Dict[str, str], output_path: str) -> None:
-    """Scores every model of `model_paths` ({TFMA model name: SavedModel dir}) on `split` of `examples`.
+             eval_config: tfma.EvalConfig, model_paths: Dict[str, str], output_path: str,
+             also: Sequence[types.Artifact] = ()) -> None:
+    """Scores every model of `model_paths` ({TFMA model name: SavedModel dir}) on `split` of `examples`
+    (and of every `Examples` in `also`: the carried eval splits, read as one data set with it).
 
     One Beam pipeline, one read of the data: TFMA feeds the same record
     batches to both models, so they are judged on identical examples.
     """
-    pattern = split_file_pattern(examples, split)
+    sources = [*also, examples]
+    patterns = [p for p in (split_file_pattern(a, split) for a in sources) if p is not None]
     models = [tfma.default_eval_shared_model(eval_saved_model_path=model_paths[spec.name], model_name=spec.name,
                                              eval_config=eval_config)
               for spec in eval_config.model_specs]
     with make_beam_pipeline() as pipeline:
-        if pattern is None:
+        if not patterns:
             # No file: no examples, but still a standard (empty) TFMA output.
             batches = pipeline | f"NoFiles[{split}]" >> beam.Create([])
         else:
             tfxio = tfxio_utils.get_tfxio_factory_from_artifact(
-                examples=[examples], telemetry_descriptors=_TELEMETRY,
-                raw_record_column_name=tfma.ARROW_INPUT_COLUMN)(pattern)
+                examples=sources, telemetry_descriptors=_TELEMETRY,
+                raw_record_column_name=tfma.ARROW_INPUT_COLUMN)(patterns)
             batches = (pipeline | f"Read[{split}]" >> tfxio.BeamSource()
                        | "KeepGateColumns" >> beam.Map(keep_columns, gate_columns(eval_config)))
         shared = models[0] if len(models) == 1 else models
@@ -248,8 +251,8 @@ def _add_positive_count(metrics: Dict[str, float]) -> None:
 
 def evaluate(make_beam_pipeline: Callable[[], beam.Pipeline], examples: types.Artifact, split: str,
              label_key: str, slice_feature: Optional[str], candidate_path: str, baseline_path: Optional[str],
-             output_path: str) -> Dict[str, SlicedMetrics]:
-    """Runs TFMA on `split` of `examples` and returns {"candidate": ..., "baseline": ...} metrics.
+             output_path: str, also: Sequence[types.Artifact] = ()) -> Dict[str, SlicedMetrics]:
+    """Runs TFMA on `split` of `examples` (and of `also`) and returns {"candidate": ..., "baseline": ...} metrics.
 
     An empty split (no file, or files without records) is not an error but no
     evidence: the models get `example_count` 0, and the gate refuses the candidate.
@@ -258,7 +261,7 @@ def evaluate(make_beam_pipeline: Callable[[], beam.Pipeline], examples: types.Ar
     names = tfma_model_names(has_baseline)
     eval_config = build_eval_config(label_key, slice_feature, has_baseline)
     paths = {names[CANDIDATE]: candidate_path, **({names[BASELINE]: baseline_path} if has_baseline else {})}
-    run_tfma(make_beam_pipeline, examples, split, eval_config, paths, output_path)
+    run_tfma(make_beam_pipeline, examples, split, eval_config, paths, output_path, also=also)
     metrics = read_metrics(output_path, slice_feature)
     missing = set(paths) - set(metrics)
     if metrics and missing:

@@ -30,6 +30,9 @@ class WarmStartTrainerSpec(types.ComponentSpec):
         "replay_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
         "transform_graph": ChannelParameter(type=standard_artifacts.TransformGraph),
         "base_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+        # Thin spans (resolvers.CarriedEvalSpansStrategy): eval splits held out for the gate, and released.
+        "carried_eval_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
+        "released_eval_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -59,7 +62,10 @@ class WarmStartTrainer(base_component.BaseComponent):
     latest blessed model, or the model a rollback pinned (resolve it with
     `resolvers.PinnedOrLatestBlessedModelStrategy`, or stock `LatestBlessedModelStrategy`).
     `replay_judged_only` is for a replay resolver that cannot leave out
-    refused spans itself (on Vertex AI Pipelines). The
+    refused spans itself (on Vertex AI Pipelines). `carried_eval_examples`
+    are spans whose eval splits the gate scores this candidate on (not
+    trained on), `released_eval_examples` spans whose eval splits are trained
+    on in full now (`training_inputs.carried_and_released`). The
     `Model` records warm or cold and why, the base model's id, the spans and
     example counts, train wall/CPU seconds and the final loss.
     """
@@ -70,7 +76,9 @@ class WarmStartTrainer(base_component.BaseComponent):
     def __init__(self, examples: types.BaseChannel, transform_graph: types.BaseChannel,
                  schema: EventSchema, transform: TransformConfig, trainer: Optional[TrainerConfig] = None,
                  replay_examples: Optional[types.BaseChannel] = None,
-                 base_model: Optional[types.BaseChannel] = None, replay_judged_only: bool = False):
+                 base_model: Optional[types.BaseChannel] = None, replay_judged_only: bool = False,
+                 carried_eval_examples: Optional[types.BaseChannel] = None,
+                 released_eval_examples: Optional[types.BaseChannel] = None):
         from transforms import stream
 
         trainer = trainer or TrainerConfig()
@@ -83,6 +91,7 @@ class WarmStartTrainer(base_component.BaseComponent):
             transform_fingerprint=stream.transform_fingerprint(schema, transform),
             examples=examples, replay_examples=replay_examples, transform_graph=transform_graph,
             base_model=base_model, replay_judged_only=1 if replay_judged_only else None,
+            carried_eval_examples=carried_eval_examples, released_eval_examples=released_eval_examples,
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun))
         super().__init__(spec=spec)

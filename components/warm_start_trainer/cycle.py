@@ -12,10 +12,12 @@ import os
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+from components import mlmd_vocabulary as vocab
 from components.event_schema import EventSchema
 from components.warm_start_trainer import training_inputs as plan
 from components.warm_start_trainer import warm_start
-from components.warm_start_trainer.fn_args import TrainResult, WarmStartFnArgs
+from components.streaming_example_gen.windowing import EVAL
+from components.warm_start_trainer.fn_args import TrainingInput, TrainResult, WarmStartFnArgs
 from components.warm_start_trainer.config import TrainerConfig
 
 SERVING_DIR = "Format-Serving"  # stock TFX's serving model folder inside a Model artifact
@@ -50,8 +52,14 @@ def feature_set(schema: EventSchema) -> Dict[str, str]:
 def train_cycle(*, config: TrainerConfig, schema: EventSchema, custom_config: Mapping[str, Any],
                 transform_fingerprint: str, transform_graph_path: str,
                 current: Sequence[Tuple[int, str]], earlier: Sequence[Tuple[int, str]],
-                base: Optional[BaseModel], model_uri: str, model_run_uri: str) -> Dict[str, Any]:
-    """Trains one cycle and returns the custom properties for its `Model` artifact."""
+                base: Optional[BaseModel], model_uri: str, model_run_uri: str,
+                carried: Sequence[Tuple[int, str]] = (), released: Sequence[Tuple[int, str]] = ()
+                ) -> Dict[str, Any]:
+    """Trains one cycle and returns the custom properties for its `Model` artifact.
+
+    `carried` / `released`: spans whose eval splits are held out for the gate / trained on in full
+    (`training_inputs.carried_and_released`).
+    """
     import tensorflow_transform as tft
 
     tft_output = tft.TFTransformOutput(transform_graph_path)
@@ -62,9 +70,16 @@ def train_cycle(*, config: TrainerConfig, schema: EventSchema, custom_config: Ma
     warm, reason = warm_start.decide_start(base.artifact_id if base else None,
                                            base.fingerprints if base else {}, current_fp)
     inputs = plan.plan_training_inputs(current, earlier, config.replay_spans, config.replay_fraction, warm,
-                                       previous_eval_span=base.newest_span if base else None)
+                                       previous_eval_span=base.newest_span if base else None,
+                                       carried=carried, released=released)
+    newest_span = max(s for s, _ in current)
+    carried = sorted((s, u) for s, u in dict(carried).items() if s < newest_span)
+    eval_inputs = [TrainingInput(plan.split_pattern(u, EVAL), s, EVAL, role="carried_eval") for s, u in carried]
+    eval_inputs.append(TrainingInput(plan.split_pattern(dict(current)[newest_span], EVAL), newest_span, EVAL,
+                                     role="newest_eval"))
     fn_args = WarmStartFnArgs(
-        training_inputs=inputs, eval_files=plan.eval_files(current), transform_graph_path=transform_graph_path,
+        training_inputs=inputs, eval_files=plan.eval_files(current, carried),
+        transform_graph_path=transform_graph_path,
         serving_model_dir=os.path.join(model_uri, SERVING_DIR), model_dir=model_uri, model_run_dir=model_run_uri,
         base_model=base.uri if (base and warm) else None, warm_start=warm, start_reason=reason,
         epochs=config.warm_epochs if warm else config.cold_epochs,
@@ -87,6 +102,9 @@ def train_cycle(*, config: TrainerConfig, schema: EventSchema, custom_config: Ma
         "newest_span": max(s for s, _ in current),
         "trained_spans": json.dumps(sorted({i.span for i in inputs})),
         "training_inputs": json.dumps([dataclasses.asdict(i) for i in inputs]),
+        # What the gate scores this model on: the carried eval splits (never trained on) and the newest's.
+        vocab.EVAL_INPUTS_PROPERTY: json.dumps([dataclasses.asdict(i) for i in eval_inputs]),
+        vocab.CARRIED_EVAL_SPANS_PROPERTY: json.dumps([s for s, _ in carried]),
         "trained_examples": result.examples,
         "trained_examples_by_role": json.dumps(result.examples_by_role, sort_keys=True),
         "train_wall_seconds": round(wall, 3),

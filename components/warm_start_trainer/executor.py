@@ -45,6 +45,8 @@ class Executor(base_executor.BaseExecutor):
             transform_fingerprint=exec_properties["transform_fingerprint"],
             transform_graph_path=artifact_utils.get_single_uri(input_dict["transform_graph"]),
             current=_spans(current), earlier=earlier,
+            carried=_spans(input_dict.get("carried_eval_examples") or []),
+            released=_spans(input_dict.get("released_eval_examples") or []),
             base=base, model_uri=model.uri, model_run_uri=model_run.uri)
         newest = max(current, key=lambda a: a.span)
         props[vocab.MAX_EVENT_TIME_MS_PROPERTY] = newest.get_int_custom_property(vocab.MAX_EVENT_TIME_MS_PROPERTY)

@@ -21,7 +21,10 @@ class TrainingInput:
     split: str
     fraction: float = 1.0
     # Why it is trained on: "new" (this cycle's spans), "previous_eval" (the
-    # split the previous cycle was evaluated on), or "replay".
+    # split the previous cycle was evaluated on), "released_eval" (a split that
+    # was carried to earlier gates for evidence, see training_inputs), or
+    # "replay". The Model's `eval_inputs` use the same record for what the gate
+    # scores on: "carried_eval" and "newest_eval".
     role: str = "new"
 
 

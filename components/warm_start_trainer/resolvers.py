@@ -4,6 +4,8 @@
   the gate, or quarantined after failing cycles).
 * `UntrainedSpansStrategy`, a resumed cycle's new spans: the spans an
   interrupted cycle published but no judged model trained on.
+* `CarriedEvalSpansStrategy`, thin spans: the spans whose eval splits are carried to this cycle's
+  gate, and those released to its training (`training_inputs.carried_and_released`).
 * `PinnedOrLatestBlessedModelStrategy`, the base model and the baseline:
   the model a rollback pinned while the pin stands, else the latest blessed model.
 """
@@ -18,6 +20,7 @@ from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import La
 # The quarantine rule lives in a module without TFX, so retention applies the same one.
 from components.warm_start_trainer.quarantine import has_key as _has_key  # noqa: F401  (re-exported)
 from components.warm_start_trainer.quarantine import quarantined_after_failures, rejected_spans
+from components.warm_start_trainer.training_inputs import newest_judged_cycle  # noqa: F401  (re-exported)
 
 
 class LatestSpansStrategy(resolver.ResolverStrategy):
@@ -83,6 +86,51 @@ class UntrainedSpansStrategy(resolver.ResolverStrategy):
         wanted = {a.id for a in untrained_spans(store, self._pipeline_name)}
         return {key: sorted((a for a in artifacts if a.id in wanted), key=lambda a: (a.span, a.id))
                 for key, artifacts in input_dict.items()}
+
+
+CARRIED_KEY = "carried"
+RELEASED_KEY = "released"
+
+
+class CarriedEvalSpansStrategy(resolver.ResolverStrategy):
+    """Resolves the `Examples` whose eval splits are carried to this cycle's gate, and those released.
+
+    The rule is `training_inputs.carried_and_released`, applied to the newest
+    judged cycle in ML Metadata (its `ModelBlessing`'s `eval_spans` and
+    `evidence_insufficient`). Give it two unbound channels::
+
+        Resolver(strategy_class=CarriedEvalSpansStrategy,
+                 config={"pipeline_name": "driftline", "max_spans": 5},
+                 carried=Channel(type=Examples), released=Channel(type=Examples)).with_id("carried_eval_resolver")
+
+    `carried` goes to the trainer (not trained on) and the evaluator (scored
+    on); `released` to the trainer (trained on in full). One artifact per
+    span, its newest version. Both are empty early on, and with max_spans 0.
+    """
+
+    def __init__(self, pipeline_name: str, max_spans: int):
+        if max_spans < 0:
+            raise ValueError(f"max_spans must be >= 0, got {max_spans}")
+        self._pipeline_name = pipeline_name
+        self._max_spans = max_spans
+
+    def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]
+                          ) -> Optional[Dict[str, List[types.Artifact]]]:
+        from components.warm_start_trainer.training_inputs import carried_and_released
+
+        spans, lacked_evidence = newest_judged_cycle(store, self._pipeline_name)
+        carried, released = carried_and_released(spans, lacked_evidence, self._max_spans)
+        wanted = {CARRIED_KEY: set(carried), RELEASED_KEY: set(released)}
+        result = {}
+        for key, artifacts in input_dict.items():
+            newest_per_span: Dict[int, types.Artifact] = {}
+            for a in artifacts:
+                if a.span in wanted.get(key, ()):
+                    kept = newest_per_span.get(a.span)
+                    if kept is None or (a.version, a.id) > (kept.version, kept.id):
+                        newest_per_span[a.span] = a
+            result[key] = [newest_per_span[s] for s in sorted(newest_per_span)]
+        return result
 
 
 class PinnedOrLatestBlessedModelStrategy(LatestBlessedModelStrategy):
