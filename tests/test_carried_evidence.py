@@ -36,8 +36,16 @@ def test_nothing_judged_or_carrying_off_changes_nothing():
 def test_carried_splits_are_scored_not_trained_and_released_ones_are_trained():
     inputs = plan_training_inputs([(10, "/s10")], [(7, "/s7"), (8, "/s8")], replay_spans=2, replay_fraction=0.1,
                                   previous_eval_span=8, carried=[(9, "/s9")])
-    assert not [i for i in inputs if i.span == 9]
+    # Span 9's eval split is scored, never trained; its train split, which the base never learned, is
+    # trained in full (and not replayed on top).
+    assert [(i.span, i.split, i.role, i.fraction) for i in inputs if i.span == 9] == [
+        (9, "train", "carried_train", 1.0)]
     assert [(i.span, i.role) for i in inputs if i.split == "eval"] == [(8, "previous_eval")]
+    # With span 9 among the replay window's spans too, it is still trained once, in full.
+    inputs = plan_training_inputs([(10, "/s10")], [(8, "/s8"), (9, "/s9")], replay_spans=2, replay_fraction=0.1,
+                                  previous_eval_span=8, carried=[(9, "/s9")])
+    assert [(i.span, i.role, i.fraction) for i in inputs if i.split == "train"] == [
+        (10, "new", 1.0), (9, "carried_train", 1.0), (8, "replay", 0.1)]
     assert eval_files([(10, "/s10")], carried=[(9, "/s9")]) == ["/s9/Split-eval/*", "/s10/Split-eval/*"]
     # Cycle 10 decided; cycle 11 trains on span 9's eval split (released) and span 10's (previous).
     inputs = plan_training_inputs([(11, "/s11")], [(8, "/s8"), (10, "/s10")], replay_spans=2, replay_fraction=0.1,
@@ -127,6 +135,16 @@ def test_thin_spans_carry_their_eval_splits_until_a_cycle_decides(thin_run):
     assert [(i["span"], i["role"]) for i in json.loads(m2["eval_inputs"])] == [(s1, "carried_eval"),
                                                                                (s2, "newest_eval")]
     assert not [i for i in json.loads(m2["training_inputs"]) if i["span"] == s1 and i["split"] == "eval"]
+    # Too little evidence says nothing against the data: span s1 is not quarantined, and the candidate of
+    # cycle 2 (whose base never learned s1) trains on its train split in full.
+    assert [(i["span"], i["role"], i["fraction"]) for i in json.loads(m2["training_inputs"])
+            if i["span"] == s1 and i["split"] == "train"] == [(s1, "carried_train", 1.0)]
+    from components.warm_start_trainer.quarantine import rejected_spans
+    from pipelines.metadata import open_store
+
+    store = open_store(config.metadata_path)
+    span_ids = {a.properties["span"].int_value: a.id for a in store.get_artifacts_by_type("Examples")}
+    assert span_ids[s1] not in rejected_spans(store, span_ids.values())
 
     # Cycle 2 decided: cycle 3 trains on the released split s1 and on s2's (the previous eval), carries nothing.
     m3 = models[r3.model_id]
@@ -183,3 +201,23 @@ def test_the_resolver_reads_the_newest_blessing_and_bounds_the_carry(tmp_path):
     legacy = history.cycle(blessed=True, push=False)
     _set_blessing(history, legacy["blessing"], eval_span=103)
     assert newest_judged_cycle(history.store, "driftline") == ([103], False)
+
+
+def test_suspect_data_is_never_carried_even_when_the_evidence_is_thin():
+    """A thin span whose labels are flipped: too little evidence AND a label shift. It is refused as suspect,
+    stays quarantined, and its eval split is not carried (the data, not the sample size, is the problem)."""
+    from components.evaluator import gate as G
+
+    def check(name, passed):
+        return G.Check(name=name, value=1.0, threshold=0.5, passed=passed, comparison="<=", message=name)
+
+    def verdict(*checks):
+        return G.Verdict(blessed=False, reason="not blessed", checks=list(checks), candidate_metrics={},
+                         baseline_metrics=None, thresholds={})
+
+    assert verdict(check("max_auc_interval_width", False), check("max_label_shift", True)).evidence_insufficient
+    assert verdict(check("min_eval_positives", False), check("min_auc", False)).evidence_insufficient
+    assert not verdict(check("max_auc_interval_width", False), check("max_label_shift", False)).evidence_insufficient
+    assert not verdict(check("min_eval_positives", False),
+                       check("max_dead_letter_fraction", False)).evidence_insufficient
+    assert not verdict(check("min_auc", False)).evidence_insufficient

@@ -112,9 +112,12 @@ class Verdict:
 
     @property
     def evidence_insufficient(self) -> bool:
-        """True when an evidence check failed ("too little evidence"): the eval splits decided nothing and
-        are carried to the next cycle (`training_inputs.carried_and_released`)."""
-        return any(c.name in EVIDENCE_CHECKS for c in self.failed_checks)
+        """True when an evidence check failed ("too little evidence") and no data check did: the eval splits
+        decided nothing and are carried to the next cycle, and the span is not quarantined
+        (`training_inputs.carried_and_released`, `quarantine.rejected_spans`). Suspect data (a label shift,
+        malformed lines) is never carried: its span stays quarantined, thin or not."""
+        failed = {c.name for c in self.failed_checks}
+        return bool(failed & EVIDENCE_CHECKS) and not failed & DATA_CHECKS
 
     @property
     def eval_examples(self) -> float:
@@ -226,6 +229,8 @@ def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: Ga
 # The names of the checks `evidence_checks` makes: failing any of them is "too little evidence".
 EVIDENCE_CHECKS = frozenset({"min_eval_examples", "min_eval_positives", "min_eval_negatives",
                              "max_auc_interval_width"})
+# Checks that find the DATA suspect, not the model (label_shift_checks, data_checks).
+DATA_CHECKS = frozenset({"max_label_shift", "max_dead_letter_fraction"})
 
 
 def evidence_checks(overall: Metrics, gate: GateConfig, has_baseline: bool = False) -> List[Check]:

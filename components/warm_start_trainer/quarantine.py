@@ -5,6 +5,8 @@ from typing import Dict, Iterable, Set
 
 from ml_metadata.proto import metadata_store_pb2
 
+from components.mlmd_vocabulary import EVIDENCE_INSUFFICIENT_PROPERTY
+
 _INPUT = metadata_store_pb2.Event.INPUT
 _OUTPUT = metadata_store_pb2.Event.OUTPUT
 
@@ -22,7 +24,9 @@ def rejected_spans(store, examples_ids: Iterable[int]) -> Set[int]:
     Lineage in MLMD: the Examples were the `examples` input of a trainer
     execution, whose output `Model` has a `ModelBlessing` with blessed == 0.
     Such data is quarantined: a poisoned span replayed at 10 % still poisons
-    the next candidate.
+    the next candidate. A refusal for too little evidence alone (the blessing's
+    `evidence_insufficient` = 1) says nothing against the data: not quarantined
+    (its eval split is carried, its train split trained: `training_inputs`).
     """
     examples_ids = list(examples_ids)
     if not examples_ids:
@@ -46,7 +50,8 @@ def rejected_spans(store, examples_ids: Iterable[int]) -> Set[int]:
         if "current_model_id" not in props or "blessed" not in props:
             continue
         model_id = props["current_model_id"].int_value
-        if model_id in model_to_examples and props["blessed"].int_value != 1:
+        thin = EVIDENCE_INSUFFICIENT_PROPERTY in props and props[EVIDENCE_INSUFFICIENT_PROPERTY].int_value == 1
+        if model_id in model_to_examples and props["blessed"].int_value != 1 and not thin:
             rejected |= model_to_examples[model_id]
     return rejected
 

@@ -7,6 +7,7 @@
   the span the base model was judged on: after a rejected candidate, that is
   older than the span just before this cycle.
 * The released eval splits in full (role "released_eval"), see below.
+* The carried spans' train splits in full (role "carried_train"), see below.
 * A replay window against forgetting: the train split of the newest
   `replay_spans` earlier spans, sampled at `replay_fraction`. A cold start
   has nothing to forget and everything to learn, so it takes those spans whole.
@@ -27,13 +28,18 @@ evidence, at most `max_carried_eval_spans` of them (the newest; 0: never
 carry). A split pushed out over that bound is released at once. Once a cycle
 decides (blessed, or refused for quality), the splits it carried are
 RELEASED: the following cycle trains on them, as it trains on the previous
-eval split, so no data is lost to training. The newest judged cycle's
+eval split, so no data is lost to training. Their TRAIN splits are not
+lost either: a refusal for too little evidence says nothing against the
+data, so it does not quarantine the span (`quarantine.rejected_spans`), and
+while a span is carried every candidate trains on its train split in full
+(role "carried_train"), because the base, blessed before it, never learned
+it; once released, it is an ordinary earlier span for the replay window. The newest judged cycle's
 blessing records every split it was judged on (`eval_spans`), so the walk is
 one read of ML Metadata (`resolvers.CarriedEvalSpansStrategy`).
 
 Honest evidence: no candidate trained on a carried split (the cycle that
-ingested it held it out; the candidates since excluded it, and its span's
-train split is quarantined with the refused candidate), nor did the baseline
+ingested it held it out and the candidates since excluded it; they train on
+its span's train split, which is earlier in event time), nor did the baseline
 (blessed before that span existed). But carried splits are earlier in event
 time than the candidate's newest training data, so they measure the recent
 past as well as the present.
@@ -74,6 +80,9 @@ def plan_training_inputs(current: Sequence[SpanUri], earlier: Sequence[SpanUri],
     # Earlier means before this cycle's spans; a resolver may also see this cycle's own.
     earlier = sorted(s for s in earlier if s[0] < first_new)
     inputs = [TrainingInput(split_pattern(uri, TRAIN), span, TRAIN) for span, uri in current]
+    # A carried span's train split: the base never learned it (its candidate lacked evidence, was not blessed).
+    inputs += [TrainingInput(split_pattern(uri, TRAIN), span, TRAIN, role="carried_train")
+               for span, uri in sorted(dict(carried).items()) if span < first_new]
     inputs += [TrainingInput(split_pattern(uri, EVAL), span, EVAL) for span, uri in current
                if span != newest and span not in held_out]
     previous = [s for s in earlier if previous_eval_span is None or s[0] == previous_eval_span]
@@ -89,6 +98,8 @@ def plan_training_inputs(current: Sequence[SpanUri], earlier: Sequence[SpanUri],
     fraction = replay_fraction if warm else 1.0
     if replay_spans and fraction > 0:
         for span, uri in earlier[-replay_spans:]:
+            if span in held_out:  # trained in full above
+                continue
             inputs.append(TrainingInput(split_pattern(uri, TRAIN), span, TRAIN, fraction=fraction, role="replay"))
     return inputs
 
