@@ -34,6 +34,10 @@ class Counts:
             self.dropped[reason] = self.dropped.get(reason, 0) + n
 
 
+def _columns(entries):
+    return {k: [e[k] for e in entries] for k in entries[0]}, len(entries)
+
+
 def _lines(folder):
     return [line for name in sorted(os.listdir(folder)) if name.endswith(".jsonl")
             for line in open(os.path.join(folder, name), "rb") if line.strip()]
@@ -50,7 +54,7 @@ def test_entries_land_in_the_event_log_and_parse_as_an_impressions_stream(tmp_pa
     counts = Counts()
     log = ImpressionLog(str(tmp_path / "imp"), on_logged=counts.on_logged, on_dropped=counts.on_dropped)
     for r in range(50):
-        log.submit([_entry(r * 10 + i) for i in range(10)])
+        log.submit(*_columns([_entry(r * 10 + i) for i in range(10)]))
     log.close()
     assert counts.logged == 500 and counts.dropped == {}
     schema = impressions_schema(SCHEMA)
@@ -83,11 +87,11 @@ def test_an_unavailable_log_is_counted_and_recovers(tmp_path):
     path = tmp_path / "imp"
     path.write_text("a file where the folder should be")
     log = ImpressionLog(str(path), on_logged=counts.on_logged, on_dropped=counts.on_dropped)
-    log.submit([_entry(i) for i in range(3)])
+    log.submit(*_columns([_entry(i) for i in range(3)]))
     _until(lambda: counts.dropped.get("write_error") == 3)
     assert counts.logged == 0 and "FileExistsError" in log.last_error
     path.unlink()  # the log is back
-    log.submit([_entry(i) for i in range(4)])
+    log.submit(*_columns([_entry(i) for i in range(4)]))
     log.close()
     assert counts.logged == 4 and len(_lines(str(path))) == 4
 
@@ -103,7 +107,7 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):
     try:
         started = time.monotonic()
         for r in range(20):
-            log.submit([_entry(r)])
+            log.submit(*_columns([_entry(r)]))
         assert time.monotonic() - started < 1.0
         # One batch may be in the writer's hands, two wait in the queue; the rest are dropped.
         assert counts.dropped["queue_full"] >= 17

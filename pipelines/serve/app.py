@@ -119,7 +119,8 @@ def create_app(state: ServeState) -> Starlette:
         metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         return response
 
-    async def score(request: Request, model: LoadedModel, items: List[Dict[str, Any]], rank: bool) -> Response:
+    async def score(request: Request, model: LoadedModel, columns: Dict[str, List[Any]], n: int,
+                    rank: bool) -> Response:
         received_ms = int(time.time() * 1000)
         header_id = request.headers.get("x-request-id")
         if header_id is not None and not _REQUEST_ID.match(header_id):
@@ -127,33 +128,31 @@ def create_app(state: ServeState) -> Starlette:
         server_id = uuid.uuid4().hex
         request_id = header_id or server_id
         schema = state.schema
-        id_field, time_field = schema.id_field, schema.event_time_field
         # Impression ids: unique whatever the client sends as its request id.
-        for i, item in enumerate(items):
-            item[id_field] = f"{server_id}-{i}"
-            item[time_field] = received_ms
-        columns = {name: [item[name] for item in items] for name in model.inputs}
+        impression_ids = [f"{server_id}-{i}" for i in range(n)]
+        columns[schema.id_field] = impression_ids
+        columns[schema.event_time_field] = [received_ms] * n
         scores = await run_in_threadpool(model.predict, columns)
         score_list = scores.tolist()
         if rank:
             # Best first; equal scores keep the candidates' order.
-            order = np.argsort(-scores, kind="stable").tolist()
-            positions = [0] * len(order)
-            for position, index in enumerate(order):
-                positions[index] = position
+            order = np.argsort(-scores, kind="stable")
+            positions = np.empty(n, dtype=np.int64)
+            positions[order] = np.arange(n)
+            order, positions = order.tolist(), positions.tolist()
         else:
-            order, positions = None, list(range(len(items)))
-        metrics.items.inc(len(items))
+            order, positions = None, list(range(n))
+        metrics.items.inc(n)
         if state.impressions is not None:
-            state.impressions.submit([{**item, "request_id": request_id, "model_version": model.version,
-                                       "score": s, "position": p}
-                                      for item, s, p in zip(items, score_list, positions)])
+            # Rows are built and written by the log's thread, off the request's path.
+            state.impressions.submit({**columns, "request_id": [request_id] * n, "model_version": [model.version] * n,
+                                      "score": score_list, "position": positions}, n)
         body: Dict[str, Any] = {"model_version": model.version, "request_id": request_id}
         if rank:
             body.update(scores=score_list, order=order)
         else:
             body["predictions"] = score_list
-        body["impression_ids"] = [item[id_field] for item in items]
+        body["impression_ids"] = impression_ids
         return _json(body)
 
     async def model_endpoint(request: Request) -> Response:
@@ -179,11 +178,8 @@ def create_app(state: ServeState) -> Starlette:
             if model is None:
                 raise BadRequest("no model loaded yet: the serving folder has no servable version", status=503)
             checker = state.checker(model)
-            if endpoint == "rank":
-                items = checker.rank_body(body)
-            else:
-                items, _ = checker.predict_body(body)
-            return finish(endpoint, started, await score(request, model, items, rank=endpoint == "rank"))
+            columns, n = checker.rank_body(body) if endpoint == "rank" else checker.predict_body(body)
+            return finish(endpoint, started, await score(request, model, columns, n, rank=endpoint == "rank"))
         except BadRequest as e:
             return finish(endpoint, started, _json({"error": str(e)}, e.status))
         except ClientDisconnect:
