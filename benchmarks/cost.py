@@ -80,7 +80,8 @@ import numpy as np  # noqa: E402
 START_MARK, END_MARK = marks("cost")
 WARM, STATELESS = "warm", "stateless"
 REGIME_LABELS = {WARM: "warm chain (driftline)", STATELESS: "stateless full retrain"}
-# The gate's default max_auc_drop: AUC differences below it are noise at these eval sizes.
+# The gate's former fixed max_auc_drop (before its paired test, #25): AUC differences below it are noise
+# at these eval sizes.
 AUC_TOLERANCE = 0.005
 COST_TARGET = 10.0
 

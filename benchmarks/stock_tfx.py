@@ -53,7 +53,8 @@ LATEST_BLESSED_ID = "latest_blessed_model_resolver"
 TRAINER_ID = "Trainer"
 EVALUATOR_ID = "Evaluator"
 PUSHER_ID = "Pusher"
-# The gate on AUC, as driftline's GateConfig defaults (min_auc, max_auc_drop).
+# The gate on AUC: min_auc as driftline's default, and the fixed max_auc_drop driftline used before its
+# paired test (#25); stock TFMA thresholds compare values, they do not test a difference.
 MIN_AUC = 0.6
 MAX_AUC_DROP = 0.005
 

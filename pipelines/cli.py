@@ -75,12 +75,19 @@ def _float(text: str) -> float:
 
 def add_simulate_command(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "simulate", help="write the built-in drifting ad-click stream into an event log",
+        "simulate", help="write the built-in drifting ad-click stream (or --stream music) into an event log",
         description="Writes the built-in ad-click stream (drifting ad popularity, a hot ad that appears "
                     "mid-stream, late and optionally malformed events) into an event log folder. Batch mode "
                     "writes --minutes of event time at once and is deterministic for a seed; --live appends "
                     "in real time until stopped (Ctrl-C / SIGTERM) or until --minutes have passed.")
     p.add_argument("--log", required=True, metavar="DIR", help="event log folder (created if missing)")
+    p.add_argument("--stream", choices=("ads", "music"), default="ads",
+                   help="ads: the built-in ad clicks (default); music: the music-stream example's song plays "
+                        "(pipelines/examples/music.yaml), batch mode, with --seed, --minutes, --events-per-minute "
+                        "(plays per minute, default 400), --first-minute and --max-segment-bytes")
+    p.add_argument("--first-minute", type=_int_at_least(0), metavar="M",
+                   help="--stream music: start at minute M of the stream (default 0); with the same seed, a log "
+                        "extended this way holds exactly what one written at once would")
     p.add_argument("--seed", type=_int_at_least(0), metavar="S", help="random seed (default 0)")
     p.add_argument("--minutes", type=_positive_float, metavar="M",
                    help="event-time minutes to write (default 120); with --live, wall-clock minutes to run "
@@ -108,6 +115,11 @@ def add_simulate_command(subparsers: Any) -> None:
 def run_simulate(args: argparse.Namespace) -> int:
     import dataclasses
 
+    if args.stream == "music":
+        return _simulate_music(args)
+    if args.first_minute is not None:
+        raise CommandError("--first-minute is for --stream music (the ad stream continues with --append)",
+                           exit_code=2)
     from pipelines import simulator
 
     # Only the flags given override SimulatorConfig: its defaults are the one home of every default.
@@ -143,6 +155,40 @@ def run_simulate(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CommandError(f"cannot write the event log {args.log!r}: {e}") from None
     print(format_summary(summary))
+    return 0
+
+
+def _simulate_music(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pipelines.music_simulator import MusicConfig, simulate_music
+
+    ads_only = [flag for flag, given in (
+        ("--live", args.live), ("--append", args.append), ("--bad-fraction", args.bad_fraction is not None),
+        ("--late-fraction", args.late_fraction is not None), ("--hot-ad-minute", args.hot_ad_minute is not None),
+        ("--no-hot-ad", args.no_hot_ad), ("--flip-labels-minutes", bool(args.flip_labels_minutes))) if given]
+    if ads_only:
+        raise CommandError(f"{', '.join(ads_only)}: only for the ad stream; --stream music takes --seed, --minutes, "
+                           "--events-per-minute, --first-minute and --max-segment-bytes", exit_code=2)
+    overrides: Dict[str, Any] = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.minutes is not None:
+        if args.minutes != int(args.minutes):
+            raise CommandError(f"--stream music writes whole minutes, got --minutes {args.minutes:g}", exit_code=2)
+        overrides["minutes"] = int(args.minutes)
+    if args.events_per_minute is not None:
+        overrides["plays_per_minute"] = args.events_per_minute
+    config = dataclasses.replace(MusicConfig(), **overrides)
+    first = args.first_minute or 0
+    try:
+        written = simulate_music(args.log, config, first_minute=first, max_segment_bytes=args.max_segment_bytes)
+    except ValueError as e:
+        raise CommandError(str(e), exit_code=2) from None
+    except OSError as e:
+        raise CommandError(f"cannot write the event log {args.log!r}: {e}") from None
+    print(f"wrote {written:,} plays to {args.log} (minutes {first} .. {first + config.minutes - 1} of the music "
+          f"stream, seed {config.seed})")
     return 0
 
 
@@ -211,6 +257,13 @@ def add_init_command(subparsers: Any) -> None:
     p.add_argument("--home", required=True, metavar="DIR", help="the pipeline's home folder (created if missing)")
     p.add_argument("--log", metavar="DIR", help="event log folder (default: HOME/events)")
     p.add_argument("--force", action="store_true", help="overwrite an existing config file")
+    from pipelines.examples import EXAMPLES
+
+    p.add_argument("--example", choices=sorted(EXAMPLES),
+                   help="write a shipped worked example's config instead of the defaults (music: the music "
+                        "stream, `driftline simulate --stream music` writes its events; log default HOME/plays)")
+    p.add_argument("--out", metavar="FILE", help=f"write the file here instead of HOME/{HOME_CONFIG_NAME} (then "
+                                                 "`driftline run --config FILE`; the first run keeps a copy in the home)")
     p.set_defaults(handler=run_init)
 
 
@@ -221,13 +274,21 @@ def run_init(args: argparse.Namespace) -> int:
 
     # Absolute paths: the file keeps meaning the same folders when used from another directory.
     home = os.path.abspath(args.home)
-    path = home_config_path(home)
+    path = os.path.abspath(args.out) if args.out else home_config_path(home)
     if os.path.exists(path) and not args.force:
         raise CommandError(f"{path} already exists; edit it, or pass --force to replace it with the defaults")
-    os.makedirs(home, exist_ok=True)
+    log_dir = os.path.abspath(args.log) if args.log else None
+    if args.example:
+        from pipelines.examples import example_text
+
+        text = example_text(args.example, home, log_dir)
+    else:
+        text = init_text(home, log_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(init_text(home, os.path.abspath(args.log) if args.log else None))
-    print(f"wrote {path}\nedit it, then: driftline run --home {args.home}   (or --config {path})")
+        f.write(text)
+    run_with = f"--config {path}" if args.out else f"--home {args.home}   (or --config {path})"
+    print(f"wrote {path}\nedit it, then: driftline run {run_with}")
     return 0
 
 
@@ -719,7 +780,7 @@ def add_status_command(subparsers: Any) -> None:
         description="Reads ML Metadata under --home (never writes it): the serving version and its model, "
                     "freshness (now minus the newest event time the serving model learned from), the last "
                     "cycle's outcome and reason, totals of spans, late and dead-lettered events, and whether "
-                    "a controller holds HOME/controller.lock.")
+                    "a controller holds HOME/controller.lock; then the config versions the runs recorded.")
     _add_home_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of the summary")
     p.set_defaults(handler=run_status)
@@ -728,12 +789,25 @@ def add_status_command(subparsers: Any) -> None:
 def run_status(args: argparse.Namespace) -> int:
     from pipelines import lineage
 
+    config = _home_config(args)
     try:
-        st = lineage.status(_home_config(args))
+        st = lineage.status(config)
     except lineage.LineageError as e:
         raise CommandError(str(e)) from None
-    print(lineage.to_json(st) if args.json else lineage.format_status(st))
+    _print_with_config_versions(config, lineage.to_json(st) if args.json else lineage.format_status(st), args.json)
     return 0
+
+
+def _print_with_config_versions(config, text: str, as_json: bool) -> None:
+    """`text` (status or lineage), and after the summary the config versions ML Metadata recorded: which
+    cycle first used each. The JSON stays as it was; `config-history --json` has the versions."""
+    from pipelines import config_history
+
+    if as_json:
+        print(text)
+        return
+    vs, current = config_history.read_history(config.metadata_path, config.pipeline_name)
+    print(text + "\n\n" + config_history.format_versions(vs, current))
 
 
 # -- lineage --------------------------------------------------------------------------------
@@ -784,9 +858,41 @@ def run_lineage(args: argparse.Namespace) -> int:
         print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name, quarantined, pin), indent=2,
                          sort_keys=True, allow_nan=False))
     else:
-        print(lineage.format_lineage(chain, serving, quarantined, home=config.home, pin=pin))
+        _print_with_config_versions(config, lineage.format_lineage(chain, serving, quarantined, home=config.home,
+                                                                   pin=pin), False)
         if args.plot:
             print(f"\nplot: {args.plot}")
+    return 0
+
+
+# -- config-history -------------------------------------------------------------------------
+
+def add_config_history_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "config-history", help="every config the pipeline ran with, the cycle that first used it, and the diffs",
+        description="Reads ML Metadata under --home: each distinct configuration a run of the pipeline used "
+                    "(recorded when the run ended), the run and spans that first used it, and between each "
+                    "version and the next the settings that changed and a unified diff. The home's driftline.yaml "
+                    "is the user's file; this is what actually ran.")
+    _add_home_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON (versions, changed settings, the current hash)")
+    p.set_defaults(handler=run_config_history)
+
+
+def run_config_history(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines import config_history
+
+    config = _home_config(args)
+    vs, current = config_history.read_history(config.metadata_path, config.pipeline_name)
+    if args.json:
+        data = config_history.history_to_dict(vs, current)
+        for entry, v in zip(data["versions"], vs):
+            entry["config_yaml"] = v.text
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(config_history.format_history(vs, config.pipeline_name))
     return 0
 
 
@@ -952,6 +1058,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gc_command(subparsers)
     add_status_command(subparsers)
     add_lineage_command(subparsers)
+    add_config_history_command(subparsers)
     add_demo_command(subparsers)
     add_compile_command(subparsers)
     add_submit_command(subparsers)

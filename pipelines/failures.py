@@ -43,11 +43,10 @@ from components.streaming_example_gen.committed_state import NODE_CONTEXT_TYPE, 
 from components.warm_start_trainer.quarantine import (FAILURE_EXECUTION_TYPE, QUARANTINE_EXECUTION_TYPE,
                                                      REPLAY_EXECUTION_TYPE, SPAN_EVENT_KEY, failed_span_states,
                                                      has_key)
+from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE, PIPELINE_RUN_CONTEXT_TYPE  # noqa: F401  (re-exported)
 from pipelines.config import DriftlineConfig
 from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID, open_store, prop
 
-PIPELINE_CONTEXT_TYPE = "pipeline"
-PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
 # A message is kept whole up to this length (a TFX error can carry a long traceback text).
 MAX_MESSAGE_CHARS = 2000
 _DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)

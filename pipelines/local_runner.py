@@ -28,7 +28,11 @@ def run(pipeline: tfx.dsl.Pipeline, config: DriftlineConfig) -> None:
     preflight(config)
     os.makedirs(config.home, exist_ok=True)
     _persist_config(config)
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    from pipelines.config_history import recorded
+
+    # The run's effective config, recorded in ML Metadata once the run ends (pipelines/config_history.py).
+    with recorded(config):
+        tfx.orchestration.LocalDagRunner().run(pipeline)
 
 
 def _persist_config(config: DriftlineConfig) -> None:

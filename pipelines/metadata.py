@@ -7,45 +7,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import List, Optional
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.streaming_example_gen.committed_state import NODE_CONTEXT_TYPE, node_context_name
+from components.mlmd_vocabulary import (NODE_CONTEXT_TYPE, PIPELINE_RUN_CONTEXT_TYPE, PUBLISHED_STATES,
+                                        node_context_name, prop)  # noqa: F401  (prop: re-exported)
+from components.mlmd_vocabulary import custom_property as _prop
 
-# The node ids of pipelines.pipeline, here so that light readers of MLMD
-# (lineage, status, the controller) need not import TFX to know them.
-STREAMING_EXAMPLE_GEN_ID = "StreamingExampleGen"
-TRANSFORM_ID = "Transform"
-TRAINER_ID = "WarmStartTrainer"
-EVALUATOR_ID = "Evaluator"
-LATENCY_VALIDATOR_ID = "LatencyValidator"
-PUSHER_ID = "BlessingPusher"
-BASE_MODEL_RESOLVER_ID = "latest_blessed_model_resolver"
-REPLAY_RESOLVER_ID = "replay_resolver"
-# In a resumed cycle (pipelines.recovery), this resolver takes StreamingExampleGen's place.
-RESUME_RESOLVER_ID = "untrained_spans_resolver"
+# The node ids of pipelines.pipeline live in components/mlmd_vocabulary.py (the resolvers read them too),
+# re-exported here so that light readers of MLMD (lineage, status, the controller) need not import TFX.
+from components.mlmd_vocabulary import (BASE_MODEL_RESOLVER_ID, EVALUATOR_ID,  # noqa: F401
+                                        LATENCY_VALIDATOR_ID, PUSHER_ID, REPLAY_RESOLVER_ID, RESUME_RESOLVER_ID,
+                                        STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, TRANSFORM_ID)
+from components.mlmd_store import open_store, sqlite_connection_config  # noqa: F401  (re-exported)
 
-
-def sqlite_connection_config(path: str) -> metadata_store_pb2.ConnectionConfig:
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    return config
-
-
-def open_store(metadata_path: str) -> metadata_store.MetadataStore:
-    parent = os.path.dirname(os.path.abspath(metadata_path))
-    os.makedirs(parent, exist_ok=True)
-    return metadata_store.MetadataStore(sqlite_connection_config(metadata_path))
-
-
-# Published artifacts: PENDING / ABANDONED ones belong to runs that failed; retention moves
-# LIVE ones through MARKED_FOR_DELETION to DELETED, keeping the record.
-_PUBLISHED_STATES = (metadata_store_pb2.Artifact.LIVE, metadata_store_pb2.Artifact.MARKED_FOR_DELETION,
-                     metadata_store_pb2.Artifact.DELETED)
+_PUBLISHED_STATES = PUBLISHED_STATES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +53,6 @@ class SpanRecord:
     future_count: int = 0
     too_late_count: int = 0
     duplicate_count: int = 0
-
-
-def _prop(artifact: metadata_store_pb2.Artifact, key: str):
-    value = artifact.custom_properties.get(key)
-    if value is None:
-        return None
-    return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
 
 
 def ingested_spans(store: metadata_store.MetadataStore, pipeline_name: str,
@@ -121,7 +92,6 @@ def describe_position(position_json: Optional[str]) -> str:
     return str(frontier_from_json_value(json.loads(position_json)))
 
 
-PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
 # INTERNAL_OUTPUT: what a resolver node resolved (the resumed spans of a resumed cycle).
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT,
                   metadata_store_pb2.Event.INTERNAL_OUTPUT)
@@ -160,12 +130,3 @@ def run_outputs(store: metadata_store.MetadataStore, pipeline_name: str,
         result[node] = {"state": metadata_store_pb2.Execution.State.Name(execution.last_known_state),
                         "outputs": outputs, "execution_id": execution.id}
     return result
-
-
-def prop(artifact: metadata_store_pb2.Artifact, key: str, default=None):
-    """A custom (or, failing that, a typed) property's value."""
-    value = _prop(artifact, key)
-    if value is None and key in artifact.properties:
-        v = artifact.properties[key]
-        value = getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
-    return default if value is None else value

@@ -195,19 +195,20 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
         replay_examples=replay_examples, base_model=latest_blessed.outputs["model"],
         replay_judged_only=vertex).with_id(TRAINER_ID)
     evaluator = DriftlineEvaluator.from_config(
-        config, examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        config.gate, schema, examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"]).with_id(EVALUATOR_ID)
     latency = None
     if config.latency.enabled:
         from components.latency_validator import LatencyValidator
 
         latency = LatencyValidator.from_config(
-            config, model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+            config.latency, schema, model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
             transform_graph=transform.outputs["transform_graph"],
             model_blessing=evaluator.outputs["blessing"]).with_id(LATENCY_VALIDATOR_ID)
     pusher = BlessingPusher.from_config(
-        config, model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-        infra_blessing=latency.outputs["blessing"] if latency is not None else None).with_id(PUSHER_ID)
+        config.pusher, model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=latency.outputs["blessing"] if latency is not None else None,
+        serving_dir=config.serving_dir).with_id(PUSHER_ID)
     if vertex:
         components = [latest_examples, example_gen, schema_gen, transform, latest_blessed, trainer, evaluator]
     else:

@@ -86,7 +86,7 @@ class CompareConfig:
             raise ConfigError(f"batch_every must be >= 1, got {self.batch_every}")
         if self.events_per_minute < 100:
             raise ConfigError(f"events_per_minute must be >= 100: the gate needs evidence "
-                              f"(gate.min_eval_examples), got {self.events_per_minute}")
+                              f"(gate.max_auc_interval_width), got {self.events_per_minute}")
         if self.context_events < 1 or self.top_k < 1:
             raise ConfigError("context_events and top_k must be >= 1")
         return self

@@ -57,16 +57,15 @@ from ml_metadata.proto import metadata_store_pb2
 from components.blessing_pusher.rollback import current_pin
 from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
 from components.warm_start_trainer.quarantine import quarantined_after_failures, rejected_spans
+from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE, PIPELINE_RUN_CONTEXT_TYPE, PUBLISHED_STATES
 from pipelines.config import DriftlineConfig
 from pipelines.metadata import open_store, prop
 from pipelines.recovery import interrupted_executions, untrained_spans
 
-PIPELINE_CONTEXT_TYPE = "pipeline"
-PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
 _LIVE = metadata_store_pb2.Artifact.LIVE
 _MARKED = metadata_store_pb2.Artifact.MARKED_FOR_DELETION
 _DELETED = metadata_store_pb2.Artifact.DELETED
-_PUBLISHED = (_LIVE, _MARKED, _DELETED)
+_PUBLISHED = PUBLISHED_STATES
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 # Folders under <pipeline_root>/<node>/.system/ that hold one entry per execution.
 _SCRATCH = ("executor_execution", "driver_execution", "stateful_working_dir")

@@ -233,3 +233,14 @@ def test_the_starter_file_is_valid_yaml_with_the_documented_sections(tmp_path):
     assert list(data) == ["pipeline_name", "home", "source", "window", "transform", "trainer", "gate", "pusher",
                           "latency", "retention", "controller", "beam", "cloud"]
     assert EventSchema.from_dict(data["source"]["schema"]).name == "ad_clicks"
+
+
+def test_an_old_gate_section_still_loads_and_the_deprecated_count_warns_naming_its_replacement():
+    # min_eval_examples (#25): evidence is now the AUC interval's width; the key still reads, and warns.
+    from pipelines.config_file import loads_config
+
+    text = BASE + "gate:\n  min_eval_examples: 400\n  max_log_loss: null\n  max_auc_drop: 0.01\n"
+    with pytest.warns(DeprecationWarning, match="max_auc_interval_width"):
+        config = loads_config(text)
+    assert config.gate.min_eval_examples == 400 and config.gate.max_log_loss is None
+    assert config.gate.max_auc_drop == 0.01

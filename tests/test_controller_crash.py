@@ -74,7 +74,7 @@ def controller_config(home: str, log_dir: str):
         trainer=TrainerConfig(cold_epochs=3, warm_epochs=2, replay_spans=2),
         # Mechanics, not model quality, are under test: a short span clears these, so most cycles push.
         gate=GateConfig(min_auc=0.5, min_calibration=0.3, max_calibration=3.0, max_log_loss=1.0, max_auc_drop=0.2,
-                        max_label_shift=5.0, min_slice_auc=0.3, min_eval_examples=100, min_eval_positives=8),
+                        max_label_shift=5.0, min_slice_auc=0.3, max_auc_interval_width=0.3, min_eval_positives=8),
         # The load test runs, briefly, and a busy test machine must not make it refuse every push.
         latency=LatencyConfig(slo_p99_ms=10_000.0, seconds_per_batch_size=0.2, stage_repeats=2),
         # Retention runs after every cycle (and sweeps what kills leave) but keeps every payload, so

@@ -6,7 +6,9 @@ contract (`serving_default(examples: string[None]) -> {"probability": float32[No
 
 - good:       the true model;
 - price_only: ignores the device (calibrated, but ~0.02-0.04 less AUC overall);
-- inverted:   the true logit negated (AUC ~ 1 - good's).
+- inverted:   the true logit negated (AUC ~ 1 - good's);
+- damped:     the device weight shrunk to DAMPED of its value (the rest spread over all devices):
+              slightly worse than good, by an amount that a 400-example eval split cannot resolve.
 
 Expectations are computed here from the data written (counts, positives, an exact AUC
 by ranking), not read back from the component's own arithmetic.
@@ -25,6 +27,8 @@ BIAS, W_PRICE, W_MOBILE, CENTER = -1.6, 1.2, 1.2, 1.8
 DEVICES = ("mobile", "desktop", "tablet")
 LABEL = "clicked"
 N_EVAL = 1000  # newest span's eval split: enough for the default GateConfig, ~330 per device
+N_SMALL = 400  # a small eval split (below the old fixed minimum of 500)
+DAMPED = 0.6
 
 
 # -- data -------------------------------------------------------------------------------
@@ -78,8 +82,11 @@ def _examples_artifact(uri, span, artifact_id=0):
 # -- models ------------------------------------------------------------------------------
 
 
-def _true_logit_np(ev, use_device=True):
+def _true_logit_np(ev, use_device=True, damped=False):
     mobile = (ev["device"] == "mobile").astype(np.float64)
+    if damped:
+        return (BIAS + W_PRICE * (ev["price"].astype(np.float64) - CENTER)
+                + W_MOBILE * (DAMPED * mobile + (1 - DAMPED) / 3.0))
     return (BIAS + W_PRICE * (ev["price"].astype(np.float64) - CENTER)
             + (W_MOBILE * mobile if use_device else W_MOBILE / 3.0))
 
@@ -92,7 +99,7 @@ def _parse(examples):
     return f["price"], tf.cast(tf.equal(f["device"], "mobile"), tf.float32)
 
 
-def _save_module(path, sign, use_device):
+def _save_module(path, sign, use_device, damped=False):
     import tensorflow as tf
 
     class Scorer(tf.Module):
@@ -100,6 +107,8 @@ def _save_module(path, sign, use_device):
         def serve(self, examples):
             p, m = _parse(examples)
             device_term = W_MOBILE * m if use_device else tf.fill(tf.shape(p), W_MOBILE / 3.0)
+            if damped:
+                device_term = W_MOBILE * (DAMPED * m + (1 - DAMPED) / 3.0)
             logit = BIAS + W_PRICE * (p - CENTER) + device_term
             return {"probability": tf.sigmoid(sign * logit)}
 
@@ -137,18 +146,20 @@ def _exact_auc(labels, scores):
 def world(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("evaluator_world"))
     models = {}
-    for name, model_id in (("good", 101), ("price_only", 102), ("inverted", 103)):
+    for name, model_id in (("good", 101), ("price_only", 102), ("inverted", 103), ("damped", 104)):
         uri = os.path.join(root, "models", name)
         serving = os.path.join(uri, "Format-Serving")
-        _save_module(serving, sign=-1.0 if name == "inverted" else 1.0, use_device=name != "price_only")
+        _save_module(serving, sign=-1.0 if name == "inverted" else 1.0, use_device=name != "price_only",
+                     damped=name == "damped")
         models[name] = uri
     # span 7: older, with an eval split far too small to bless anything; span 8: the newest.
     old_uri, _ = _examples_dir(root, "span7", 50, 40, seed=7)
     new_uri, new_eval = _examples_dir(root, "span8", 200, N_EVAL, seed=8)
     tiny_uri, tiny_eval = _examples_dir(root, "span9_tiny", 50, 120, seed=9)
+    small_uri, small_eval = _examples_dir(root, "span11_small", 50, N_SMALL, seed=10)
     return {"root": root, "models": models, "old_uri": old_uri, "new_uri": new_uri, "new_eval": new_eval,
-            "tiny_uri": tiny_uri, "tiny_eval": tiny_eval, "model_ids": {"good": 101, "price_only": 102,
-                                                                       "inverted": 103}}
+            "tiny_uri": tiny_uri, "tiny_eval": tiny_eval, "small_uri": small_uri, "small_eval": small_eval,
+            "model_ids": {"good": 101, "price_only": 102, "inverted": 103, "damped": 104}}
 
 
 def _run(world, tmp_path, examples, candidate, baseline=None, gate=None, eval_split="eval"):
@@ -192,7 +203,7 @@ def blessed_run(world, tmp_path_factory):
 def test_good_candidate_vs_bad_baseline_is_blessed_on_the_newest_span(world, blessed_run):
     evaluation, blessing = blessed_run
     ev = world["new_eval"]
-    assert os.path.exists(os.path.join(blessing.uri, "BLESSED"))
+    assert os.path.exists(os.path.join(blessing.uri, "BLESSED")), blessing.get_string_custom_property("reason")
     assert not os.path.exists(os.path.join(blessing.uri, "NOT_BLESSED"))
     # Stock properties, as TFX Evaluator writes them for LatestBlessedModelStrategy.
     assert blessing.get_int_custom_property("blessed") == 1
@@ -216,7 +227,19 @@ def test_good_candidate_vs_bad_baseline_is_blessed_on_the_newest_span(world, ble
     assert verdict == _verdict(evaluation)
     cand, base = verdict["candidate_metrics"], verdict["baseline_metrics"]
     assert set(cand["overall"]) == {"auc", "example_count", "positive_count", "calibration", "log_loss",
-                                    "mean_label", "mean_prediction"}
+                                    "mean_label", "mean_prediction", "auc_se", "auc_diff", "auc_diff_se",
+                                    "log_loss_diff", "log_loss_diff_se"}
+    # The paired test on the same rows: the exact AUC difference, recorded on the blessing.
+    expected_diff = good_auc - _exact_auc(ev["clicked"], -_true_logit_np(ev))
+    assert cand["overall"]["auc_diff"] == pytest.approx(expected_diff, abs=2e-3)
+    assert blessing.get_float_custom_property("auc_diff") == pytest.approx(expected_diff, abs=2e-3)
+    assert blessing.get_string_custom_property("auc_test") == "DeLong"
+    assert blessing.get_float_custom_property("gate_confidence") == 0.95
+    assert (blessing.get_float_custom_property("auc_diff_lower") < expected_diff
+            < blessing.get_float_custom_property("auc_diff_upper"))
+    assert blessing.get_float_custom_property("auc_diff_p_value") == pytest.approx(1.0)
+    assert blessing.get_float_custom_property("log_loss_diff") < 0
+    assert verdict["tests"]["auc"]["diff"] == cand["overall"]["auc_diff"]
     assert cand["overall"]["mean_label"] == pytest.approx(ev["clicked"].mean())
     p_good = 1 / (1 + np.exp(-_true_logit_np(ev)))
     assert cand["overall"]["mean_prediction"] == pytest.approx(p_good.mean(), rel=1e-4)
@@ -232,7 +255,7 @@ def test_good_candidate_vs_bad_baseline_is_blessed_on_the_newest_span(world, ble
         assert cand["slices"][device]["auc"] == pytest.approx(
             _exact_auc(ev["clicked"][mask], _true_logit_np(ev)[mask]), abs=2e-3)
     assert {c["name"] for c in verdict["checks"]} >= {f"min_slice_auc[device={d}]" for d in DEVICES}
-    assert verdict["thresholds"]["max_auc_drop"] == 0.005
+    assert verdict["thresholds"]["max_auc_drop"] == 0.0
 
 
 def test_tfma_load_eval_result_reads_both_models(world, blessed_run):
@@ -252,7 +275,7 @@ def test_tfma_load_eval_result_reads_both_models(world, blessed_run):
     assert len(models.get_results()) == 2
 
 
-def test_worse_candidate_vs_good_baseline_is_not_blessed_for_the_auc_drop(world, tmp_path):
+def test_clearly_worse_candidate_vs_good_baseline_is_not_blessed(world, tmp_path):
     ev = world["new_eval"]
     evaluation, blessing = _run(world, tmp_path, [_examples_artifact(world["new_uri"], 8)], "price_only",
                                 baseline="good")
@@ -260,16 +283,36 @@ def test_worse_candidate_vs_good_baseline_is_not_blessed_for_the_auc_drop(world,
     assert not os.path.exists(os.path.join(blessing.uri, "BLESSED"))
     assert blessing.get_int_custom_property("blessed") == 0
     verdict = _verdict(blessing)
-    # The price-only model is calibrated and above every absolute bound: only the change bound fails.
-    assert verdict["failed_checks"] == ["max_auc_drop"]
+    # The price-only model is calibrated and above every absolute bound: only the paired tests against the
+    # baseline fail, overall (AUC, log loss) and in the mobile slice, where the device matters most.
+    assert "max_auc_drop" in verdict["failed_checks"]
+    assert all(name.startswith(("max_auc_drop", "max_log_loss_increase")) for name in verdict["failed_checks"])
     reason = blessing.get_string_custom_property("reason")
-    assert reason.startswith("not blessed: AUC dropped ") and "below the baseline" in reason
+    assert reason.startswith("not blessed: AUC worse than the baseline's with 95% confidence: ")
     expected_drop = (_exact_auc(ev["clicked"], _true_logit_np(ev))
                      - _exact_auc(ev["clicked"], _true_logit_np(ev, use_device=False)))
     assert expected_drop > 0.01
-    drop = [c for c in verdict["checks"] if c["name"] == "max_auc_drop"][0]["value"]
-    assert drop == pytest.approx(expected_drop, abs=3e-3)
+    assert verdict["tests"]["auc"]["diff"] == pytest.approx(-expected_drop, abs=3e-3)
+    assert verdict["tests"]["auc"]["upper"] < 0 and verdict["tests"]["auc"]["p_value"] < 0.05
+    assert blessing.get_float_custom_property("auc_diff_upper") < 0
     assert blessing.get_int_custom_property("baseline_model_id") == 101
+
+
+def test_slightly_worse_on_a_small_split_but_not_significantly_is_blessed(world, tmp_path):
+    """400 eval examples (the old fixed minimum was 500) and an AUC 0.005 below the baseline's (the old
+    fixed max_auc_drop was 0.005): not significant by DeLong's test on the same rows, so blessed."""
+    ev = world["small_eval"]
+    expected_diff = (_exact_auc(ev["clicked"], _true_logit_np(ev, damped=True))
+                     - _exact_auc(ev["clicked"], _true_logit_np(ev)))
+    assert -0.01 < expected_diff < -0.004  # worse on these rows, by more than the old fixed drop
+    _, blessing = _run(world, tmp_path, [_examples_artifact(world["small_uri"], 11)], "damped", baseline="good")
+    verdict = _verdict(blessing)
+    assert blessing.get_int_custom_property("blessed") == 1, verdict["reason"]
+    assert blessing.get_float_custom_property("eval_examples") == N_SMALL
+    assert verdict["tests"]["auc"]["diff"] == pytest.approx(expected_diff, abs=1e-3)
+    assert verdict["tests"]["auc"]["lower"] < expected_diff < 0 < verdict["tests"]["auc"]["upper"]
+    assert 0.05 < blessing.get_float_custom_property("auc_diff_p_value") < 0.5
+    assert blessing.get_string_custom_property("reason").startswith("blessed: AUC ")
 
 
 def test_too_small_eval_split_is_not_blessed_for_lack_of_evidence(world, tmp_path):
@@ -277,7 +320,11 @@ def test_too_small_eval_split_is_not_blessed_for_lack_of_evidence(world, tmp_pat
     assert os.path.exists(os.path.join(blessing.uri, "NOT_BLESSED"))
     assert blessing.get_int_custom_property("blessed") == 0
     reason = blessing.get_string_custom_property("reason")
-    assert reason.startswith("not blessed: too little evidence: 120 eval examples (need >= 500)")
+    # No baseline: the candidate's own AUC interval is too wide to judge it (26 positives).
+    assert reason.startswith("not blessed: too little evidence: the AUC's interval at 95% is ")
+    assert "on 120 examples (need <= 0.100)" in reason
+    width = [c for c in _verdict(blessing)["checks"] if c["name"] == "max_auc_interval_width"][0]["value"]
+    assert width > 0.1
     assert blessing.get_float_custom_property("eval_examples") == 120
     assert blessing.get_float_custom_property("baseline_auc") == -1.0
     assert "baseline_model" not in blessing.mlmd_artifact.custom_properties
@@ -291,8 +338,10 @@ def test_eval_split_without_files_is_no_evidence_but_still_a_readable_evaluation
     os.makedirs(os.path.join(uri, "Split-eval"))  # a quiet span: the eval split folder holds nothing
     evaluation, blessing = _run(world, tmp_path, [_examples_artifact(uri, 10)], "good", baseline="inverted")
     assert blessing.get_int_custom_property("blessed") == 0
-    assert blessing.get_string_custom_property("reason").startswith(
-        "not blessed: too little evidence: 0 eval examples (need >= 500), 0 positives (need >= 30)")
+    assert blessing.get_string_custom_property("reason") == (
+        "not blessed: too little evidence: 0 positives (need >= 10), 0 negatives (need >= 10), "
+        "the AUC difference's interval is undefined on 0 examples (needs both classes)")
+    assert "auc_diff" not in blessing.mlmd_artifact.custom_properties  # undefined: not recorded
     assert blessing.get_float_custom_property("candidate_auc") == -1.0
     assert tfma.load_eval_result(evaluation.uri).slicing_metrics == []
 
@@ -312,7 +361,7 @@ def test_component_spec_from_config():
 
     examples, model = types.Channel(type=standard_artifacts.Examples), types.Channel(type=standard_artifacts.Model)
     config = DriftlineConfig(home="h", gate=GateConfig(min_auc=0.65, slice_feature="ad_category"))
-    evaluator = DriftlineEvaluator.from_config(config, examples=examples, model=model)
+    evaluator = DriftlineEvaluator.from_config(config.gate, config.source.schema, examples=examples, model=model)
     props = evaluator.exec_properties
     assert GateConfig.from_dict(json.loads(props["gate_config"])) == config.gate
     assert props["label_key"] == config.source.schema.label_field == LABEL
@@ -321,7 +370,9 @@ def test_component_spec_from_config():
     assert set(evaluator.outputs) == {"evaluation", "blessing"}
     assert evaluator.outputs["blessing"].type is standard_artifacts.ModelBlessing
     with pytest.raises(ConfigError, match="slice_feature"):
-        DriftlineEvaluator.from_config(config.replace(gate=GateConfig(slice_feature="nope")), examples, model)
+        DriftlineEvaluator.from_config(GateConfig(slice_feature="nope"), config.source.schema, examples, model)
+    with pytest.raises(ConfigError, match="label_key"):  # no ad-stream default for another stream's label
+        DriftlineEvaluator(examples=examples, model=model, gate=config.gate)
 
 
 # -- as a TFX component: LocalDagRunner, SQLite ML Metadata -------------------------------------
@@ -424,7 +475,8 @@ def test_gate_metrics_agree_with_stock_tfma_metrics_on_the_same_examples(world, 
         for slice_name in [None, *DEVICES]:
             a = ours[model]["overall"] if slice_name is None else ours[model]["slices"][slice_name]
             b = stock[model]["overall"] if slice_name is None else stock[model]["slices"][slice_name]
-            assert set(a) == set(b)
+            # Ours adds the paired statistics for the gate's tests (no stock counterpart).
+            assert set(a) - {"auc_se", "auc_diff", "auc_diff_se", "log_loss_diff", "log_loss_diff_se"} == set(b)
             assert a["example_count"] == b["example_count"] and a["positive_count"] == b["positive_count"]
             # Stock AUC is float32 and interpolates over 10,000 thresholds; ours is the same histogram in float64.
             assert a["auc"] == pytest.approx(b["auc"], abs=1e-5)

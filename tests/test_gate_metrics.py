@@ -11,12 +11,14 @@ import pytest
 import components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 
-def _combiner(models=("",), prediction_key="probability", example_weighted=False, num_buckets=10000, batched=False):
+def _combiner(models=("",), prediction_key="probability", example_weighted=False, num_buckets=10000, batched=False,
+              baseline=None):
     import tensorflow_model_analysis as tfma
 
     from components.evaluator import gate_metrics
 
-    config = tfma.EvalConfig(model_specs=[tfma.ModelSpec(name=m, prediction_key=prediction_key) for m in models])
+    config = tfma.EvalConfig(model_specs=[tfma.ModelSpec(name=m, prediction_key=prediction_key,
+                                                         is_baseline=m == baseline) for m in models])
     [computation] = gate_metrics.GateMetrics(num_buckets=num_buckets, batched=batched).computations(
         eval_config=config, model_names=list(models), example_weighted=example_weighted)
     return computation
@@ -68,7 +70,7 @@ def test_values_equal_plain_numpy_on_the_same_examples():
     out = _by_name(_run(computation.combiner, elements))
     p = scores.astype(np.float32).astype(np.float64)
     assert set(out) == {"example_count", "auc", "binary_crossentropy", "calibration", "mean_label",
-                        "mean_prediction"}
+                        "mean_prediction", "auc_se"}
     assert {key.name for key in computation.keys} == set(out)
     assert out["example_count"] == len(labels)
     assert out["mean_label"] == pytest.approx(labels.mean(), rel=1e-12)
@@ -112,6 +114,43 @@ def test_two_models_are_read_from_one_pass_by_model_name():
     assert candidate["example_count"] == baseline["example_count"] == 2000
 
 
+def test_paired_statistics_of_candidate_and_baseline_on_the_same_rows(tmp_path):
+    """With a baseline in the EvalConfig the candidate gets DeLong's AUC difference and the paired log loss
+    difference of exactly the rows it saw, in one pass or batched and merged."""
+    from scipy import stats
+
+    from tensorflow_model_analysis.metrics import metric_types
+
+    labels, scores = _data(1500, seed=5)
+    rng = np.random.default_rng(6)
+    other = np.clip(scores + rng.normal(0, 0.15, len(scores)), 0.001, 0.999)
+    models = ("candidate", "baseline")
+    elements = [_inputs(y, {"candidate": {"probability": np.array([p])}, "baseline": {"probability": np.array([q])}})
+                for y, p, q in zip(labels, scores, other)]
+    computation = _combiner(models=models, baseline="baseline")
+    one = _run(computation.combiner, elements)
+    batches = [metric_types.StandardMetricInputs({
+        "labels": {m: labels[part][:, None] for m in models},
+        "predictions": {"candidate": {"probability": scores[part][:, None]},
+                        "baseline": {"probability": other[part][:, None]}}})
+        for part in np.array_split(np.arange(1500), 7)]
+    merged = _run(_combiner(models=models, baseline="baseline", batched=True).combiner, batches, parts=3)
+    for out in (one, merged):
+        cand, base = _by_name(out, "candidate"), _by_name(out, "baseline")
+        assert {"auc_diff", "auc_diff_se", "log_loss_diff", "log_loss_diff_se"} <= set(cand)
+        assert "auc_diff" not in base and "auc_se" in base
+        # The exact (pairwise) AUCs, not the bucketed ones.
+        assert cand["auc_diff"] == pytest.approx(_exact_auc(labels, scores) - _exact_auc(labels, other), abs=1e-12)
+        ll = lambda p: -(labels * np.log(p) + (1 - labels) * np.log(1 - p))  # noqa: E731
+        d = ll(scores) - ll(other)
+        assert cand["log_loss_diff"] == pytest.approx(d.mean(), rel=1e-9)
+        assert cand["log_loss_diff_se"] == pytest.approx(stats.sem(d), rel=1e-9)
+        assert 0 < cand["auc_diff_se"] < 0.05
+    # Without a baseline in the EvalConfig: no differences, only each model's own auc_se.
+    alone = _by_name(_run(_combiner(models=models).combiner, elements), "candidate")
+    assert "auc_diff" not in alone and alone["auc_se"] > 0
+
+
 def test_example_weights_weigh_every_metric():
     # Weight 3 on an example equals three copies of it.
     labels, scores = _data(400, seed=3)
@@ -122,6 +161,9 @@ def test_example_weights_weigh_every_metric():
     repeated = _by_name(_run(_combiner().combiner, copies))
     assert weighted["example_count"] == 800
     for name in weighted:
+        if name == "auc_se":  # the paired statistics need one row per example: undefined when weighted
+            assert np.isnan(weighted[name])
+            continue
         assert weighted[name] == pytest.approx(repeated[name], rel=1e-9)
 
 
@@ -212,7 +254,7 @@ def test_batched_rows_give_what_the_same_examples_give_one_by_one():
     batched = _run(_combiner(models=models, example_weighted=True, batched=True).combiner, batches, parts=3)
     assert batched.keys() == single.keys()
     for key in single:
-        assert batched[key] == pytest.approx(single[key], rel=1e-9), key
+        assert batched[key] == pytest.approx(single[key], rel=1e-9, nan_ok=True), key
 
 
 @pytest.mark.parametrize("labels, predictions, message", [

@@ -107,6 +107,14 @@ def test_format_lineage_shows_metrics_verdicts_and_pushes():
     assert "0.700 / 0.690" in text and "2 (again as 4)" in text
     assert "warm start from model 1" in text and "rollback: version 4 serves it again" in text
     assert lineage.format_lineage([]).startswith("no models")
+    # The gate's paired tests, when the verdict has them: difference, bounds, test and p-value.
+    tests = {"auc": {"test": "DeLong", "diff": -0.004, "lower": -0.012, "upper": 0.004, "p_value": 0.21,
+                     "margin": 0.0, "confidence": 0.95},
+             "log_loss": {"test": "paired t", "diff": 0.002, "lower": None, "upper": None, "p_value": 0.3,
+                          "margin": 0.0, "confidence": 0.95}}
+    text = lineage.format_lineage([dataclasses.replace(chain[0], gate_tests=tests), chain[1]], serving)
+    assert ("  tests: candidate - baseline: AUC -0.004 [-0.012, +0.004] at 95% (DeLong, p=0.21 for worse by > 0.000); "
+            "log loss +0.002 [-, -] at 95% (paired t, p=0.3 for worse by > 0.000)") in text.splitlines()
 
 
 # -- fast: the controller lock ----------------------------------------------------------------
@@ -360,6 +368,11 @@ def test_models_match_the_cycle_reports(run):
         assert m.eval_span == max(r.spans)
     assert records[0].base_model_id is None and records[1].base_model_id == reports[0].model_id
     assert records[1].baseline_model_id == reports[0].model_id
+    # The gate's paired tests against the baseline are on the record (none for the first model).
+    assert records[0].gate_tests == {}
+    auc_test = records[1].gate_tests["auc"]
+    assert auc_test["test"] == "DeLong" and auc_test["lower"] <= auc_test["diff"] <= auc_test["upper"]
+    assert 0.0 <= auc_test["p_value"] <= 1.0 and records[1].gate_tests["log_loss"]["test"] == "paired t"
 
 
 @e2e

@@ -33,7 +33,7 @@ def small_config(home):
         trainer=TrainerConfig(cold_epochs=1, warm_epochs=1),
         # Mechanics, not model quality, are under test.
         gate=GateConfig(min_auc=0.5, min_calibration=0.3, max_calibration=3.0, max_log_loss=1.0, max_auc_drop=0.2,
-                        max_label_shift=5.0, min_slice_auc=0.3, min_eval_examples=100, min_eval_positives=8),
+                        max_label_shift=5.0, min_slice_auc=0.3, max_auc_interval_width=0.3, min_eval_positives=8),
         latency=LatencyConfig(enabled=False)).validate()
 
 

@@ -43,7 +43,7 @@ from typing import Any, Dict, Mapping
 import tensorflow as tf
 
 from components.event_schema import EventSchema
-from pipelines.config import TransformConfig
+from transforms.config import TransformConfig
 
 LABEL_KEY = "label"
 CUSTOM_CONFIG_SCHEMA = "event_schema"

@@ -9,7 +9,8 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.blessing_pusher import executor as executor_module
-from pipelines.config import ConfigError, DriftlineConfig, PusherConfig
+from components.blessing_pusher.config import PusherConfig
+from components.config_base import ConfigError
 
 
 class BlessingPusherSpec(types.ComponentSpec):
@@ -70,7 +71,10 @@ class BlessingPusher(base_component.BaseComponent):
         super().__init__(spec=spec)
 
     @classmethod
-    def from_config(cls, config: DriftlineConfig, model: types.BaseChannel, model_blessing: types.BaseChannel,
-                    infra_blessing: Optional[types.BaseChannel] = None) -> "BlessingPusher":
-        return cls(model=model, model_blessing=model_blessing, serving_dir=config.serving_dir,
-                   keep_versions=config.pusher.keep_versions, infra_blessing=infra_blessing)
+    def from_config(cls, pusher: PusherConfig, model: types.BaseChannel, model_blessing: types.BaseChannel,
+                    infra_blessing: Optional[types.BaseChannel] = None,
+                    serving_dir: Optional[str] = None) -> "BlessingPusher":
+        """The pusher settings; `serving_dir` overrides `pusher.serving_dir` (DriftlineConfig.serving_dir
+        resolves its default, <home>/serving)."""
+        return cls(model=model, model_blessing=model_blessing, serving_dir=serving_dir or pusher.serving_dir,
+                   keep_versions=pusher.keep_versions, infra_blessing=infra_blessing)

@@ -29,15 +29,14 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.blessing_pusher import serving
 from components.blessing_pusher.serving import RollbackError, RollbackResult  # noqa: F401  (re-exported)
-from pipelines.metadata import open_store
+from components.mlmd_store import open_store
+from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE, PUSHED_MODEL_TYPE
 
 ROLLBACK_EXECUTION_TYPE = "driftline.Rollback"
 UNPIN_EXECUTION_TYPE = "driftline.Unpin"
 # Property of a driftline.Rollback execution (and of a driftline.Unpin: the pin it ended).
 PINNED_MODEL_PROPERTY = "pinned_model_id"
 PIN_EVENT_KEY = "model"  # event path key of the Model an unpin ends the pin of
-PIPELINE_CONTEXT_TYPE = "pipeline"  # the context type TFX gives a pipeline; its name is the pipeline name
-PUSHED_MODEL_TYPE = "PushedModel"
 EVENT_KEY = "pushed_model"  # event path key of both the input and the output event
 
 _INT = metadata_store_pb2.INT

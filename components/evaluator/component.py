@@ -9,10 +9,11 @@ from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.event_schema import ad_click_schema
+from components.config_base import ConfigError
 from components.evaluator import executor as executor_lib
+from components.evaluator.config import GateConfig
 from components.evaluator.executor import Executor
-from pipelines.config import DriftlineConfig, GateConfig
+from components.event_schema import EventSchema
 
 
 class DriftlineEvaluatorSpec(types.ComponentSpec):
@@ -62,9 +63,13 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
                  baseline_model: Optional[types.BaseChannel] = None, gate: Optional[GateConfig] = None,
                  label_key: Optional[str] = None, eval_split: str = executor_lib.DEFAULT_EVAL_SPLIT):
         gate = gate or GateConfig()
+        if not label_key:
+            # No default: the label is the stream's, not the built-in ad stream's.
+            raise ConfigError("DriftlineEvaluator needs label_key, the label field of the stream's event schema "
+                              "(schema.label_field); DriftlineEvaluator.from_config(gate, schema, ...) passes it")
         spec = DriftlineEvaluatorSpec(
             gate_config=json.dumps(gate.to_dict(), sort_keys=True),
-            label_key=label_key or ad_click_schema().label_field,
+            label_key=label_key,
             eval_split=eval_split,
             examples=examples,
             model=model,
@@ -75,9 +80,10 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
         super().__init__(spec=spec)
 
     @classmethod
-    def from_config(cls, config: DriftlineConfig, examples: types.BaseChannel, model: types.BaseChannel,
-                    baseline_model: Optional[types.BaseChannel] = None) -> "DriftlineEvaluator":
-        """The gate and label field of `config` (validated against its event schema)."""
-        config.gate.validate(config.source.schema)
-        return cls(examples=examples, model=model, baseline_model=baseline_model, gate=config.gate,
-                   label_key=config.source.schema.label_field)
+    def from_config(cls, gate: GateConfig, schema: EventSchema, examples: types.BaseChannel,
+                    model: types.BaseChannel, baseline_model: Optional[types.BaseChannel] = None
+                    ) -> "DriftlineEvaluator":
+        """The gate (validated against the event schema) and the schema's label field."""
+        gate.validate(schema)
+        return cls(examples=examples, model=model, baseline_model=baseline_model, gate=gate,
+                   label_key=schema.label_field)

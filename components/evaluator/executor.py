@@ -13,9 +13,10 @@ from tfx.components.evaluator import executor as stock_evaluator_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
+from components import mlmd_vocabulary as vocab
 from components.evaluator import gate as gate_lib
 from components.evaluator import tfma_run
-from pipelines.config import GateConfig
+from components.evaluator.config import GateConfig
 
 EXAMPLES_KEY = "examples"
 MODEL_KEY = "model"
@@ -34,13 +35,22 @@ CURRENT_MODEL_PROPERTY = evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI
 CURRENT_MODEL_ID_PROPERTY = evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY  # "current_model_id"
 BASELINE_MODEL_PROPERTY = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY  # "baseline_model"
 BASELINE_MODEL_ID_PROPERTY = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY  # "baseline_model_id"
-REASON_PROPERTY = "reason"
+REASON_PROPERTY = vocab.REASON_PROPERTY
 VERDICT_JSON_PROPERTY = "verdict_json"
-EVAL_SPAN_PROPERTY = "eval_span"
+EVAL_SPAN_PROPERTY = vocab.EVAL_SPAN_PROPERTY
 EVAL_EXAMPLES_PROPERTY = "eval_examples"
 EVAL_POSITIVES_PROPERTY = "eval_positives"
 CANDIDATE_AUC_PROPERTY = "candidate_auc"
 BASELINE_AUC_PROPERTY = "baseline_auc"
+# The paired tests against the baseline (only when there is one): the test's name, the difference
+# (candidate - baseline), its one-sided bounds at the gate's confidence, and the p-value of "worse".
+AUC_TEST_PROPERTY = "auc_test"
+LOG_LOSS_TEST_PROPERTY = "log_loss_test"
+CONFIDENCE_PROPERTY = "gate_confidence"
+PAIRED_PROPERTIES = {  # property prefix -> Verdict.tests key
+    "auc_diff": "auc",
+    "log_loss_diff": "log_loss",
+}
 
 
 class Executor(stock_evaluator_executor.Executor):
@@ -88,10 +98,11 @@ def ingested_counts(examples: List[types.Artifact]) -> Optional[gate_lib.Ingeste
     """The cycle's events and dead letters, from StreamingExampleGen's properties (None if any span lacks them)."""
     events = dead = 0
     for artifact in examples:
-        if not (artifact.has_custom_property("event_count") and artifact.has_custom_property("dead_letter_count")):
+        if not (artifact.has_custom_property(vocab.EVENT_COUNT_PROPERTY)
+                and artifact.has_custom_property(vocab.DEAD_LETTER_COUNT_PROPERTY)):
             return None
-        events += artifact.get_int_custom_property("event_count")
-        dead += artifact.get_int_custom_property("dead_letter_count")
+        events += artifact.get_int_custom_property(vocab.EVENT_COUNT_PROPERTY)
+        dead += artifact.get_int_custom_property(vocab.DEAD_LETTER_COUNT_PROPERTY)
     return gate_lib.Ingested(events=events, dead_letters=dead)
 
 
@@ -141,7 +152,19 @@ def record_blessing(blessing: types.Artifact, verdict: gate_lib.Verdict, candida
     blessing.set_float_custom_property(EVAL_POSITIVES_PROPERTY, _or_minus_one(verdict.eval_positives))
     blessing.set_float_custom_property(CANDIDATE_AUC_PROPERTY, _or_minus_one(verdict.candidate_auc))
     blessing.set_float_custom_property(BASELINE_AUC_PROPERTY, _or_minus_one(verdict.baseline_auc))
+    if verdict.tests:
+        blessing.set_string_custom_property(AUC_TEST_PROPERTY, verdict.tests["auc"]["test"])
+        blessing.set_string_custom_property(LOG_LOSS_TEST_PROPERTY, verdict.tests["log_loss"]["test"])
+        blessing.set_float_custom_property(CONFIDENCE_PROPERTY, float(verdict.tests["auc"]["confidence"]))
+        for prefix, key in PAIRED_PROPERTIES.items():
+            test = verdict.tests[key]
+            # NaN (undefined, e.g. one class only) is left out, not -1 (the vocabulary's rule for counts and
+            # AUCs): -1 is a possible difference, so absent is the only unambiguous "unknown" here.
+            for suffix, field in (("", "diff"), ("_lower", "lower"), ("_upper", "upper"),
+                                  ("_p_value", "p_value")):
+                value = test[field]
+                if value is not None and math.isfinite(value):
+                    blessing.set_float_custom_property(prefix + suffix, float(value))
 
 
-def _or_minus_one(value: Optional[float]) -> float:
-    return -1.0 if value is None or math.isnan(value) or math.isinf(value) else float(value)
+_or_minus_one = vocab.finite_or_unknown  # the one NaN rule (components/mlmd_vocabulary.py)

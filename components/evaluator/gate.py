@@ -15,16 +15,35 @@ Metrics of one model on the newest span's eval split (`SlicedMetrics`)::
 it is None). A metric that TFMA could not compute (AUC on one class only, an
 empty split) is NaN or missing; a check on it fails.
 
+Paired statistics, from the same rows (`gate_metrics`, `paired`): every model's
+`auc_se` (DeLong standard error of its AUC) and, on the candidate's metrics
+when a baseline exists, `auc_diff` / `auc_diff_se` (candidate - baseline,
+DeLong) and `log_loss_diff` / `log_loss_diff_se` (paired per-example
+differences), overall and per slice.
+
 The rules (thresholds from `pipelines.config.GateConfig`):
 
-1. evidence: eval examples >= min_eval_examples and positives >=
-   min_eval_positives; otherwise not blessed, "too little evidence".
+1. evidence: at least min_eval_positives positives and min_eval_negatives
+   negatives (so the AUC is defined), and the AUC interval no wider than
+   max_auc_interval_width: the interval of the AUC difference when a
+   baseline exists, else of the candidate's AUC; each end is a one-sided
+   bound at `confidence`. (With a baseline, a wider interval whose lower end
+   is above -max_auc_drop has decided already and passes.) Otherwise not
+   blessed, "too little evidence".
+   (min_eval_examples, deprecated, is an extra floor when set.)
 2. absolute bounds: AUC >= min_auc, min_calibration <= calibration <=
-   max_calibration, log loss <= max_log_loss.
-3. change bound, only when a baseline exists (the first model is judged by
-   the absolute bounds alone): AUC >= baseline AUC - max_auc_drop.
+   max_calibration, and log loss <= max_log_loss_factor x the no-skill log
+   loss of the split's label rate (or <= max_log_loss when that is set).
+3. change, only when a baseline exists (the first model is judged by the
+   absolute bounds alone): refused only when the candidate is worse WITH
+   CONFIDENCE: the upper bound of the AUC difference is below
+   -max_auc_drop, or the lower bound of the log loss difference is above
+   max_log_loss_increase (one-sided, at `confidence`). Plus the label shift
+   of the baseline's calibration on the span (suspect data).
 4. per slice: every slice with >= min_slice_examples examples has AUC >=
-   min_slice_auc; smaller slices are ignored (and listed as such).
+   min_slice_auc and, with a baseline, passes the AUC test of rule 3 in that
+   slice, at the confidence Bonferroni-corrected for the number of slices
+   judged; smaller slices are ignored (and listed as such).
 5. data, when the cycle's ingest counts are known (`Ingested`, from the
    `Examples` properties): dead-lettered lines / all lines read <=
    max_dead_letter_fraction.
@@ -39,10 +58,14 @@ import json
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from pipelines.config import GateConfig
+from components.evaluator import paired
+from components.evaluator.config import GateConfig
 
 METRIC_NAMES = ("auc", "example_count", "positive_count", "calibration", "log_loss",
-                "mean_label", "mean_prediction")
+                "mean_label", "mean_prediction", "auc_se", "auc_diff", "auc_diff_se", "log_loss_diff",
+                "log_loss_diff_se")
+AUC_TEST = "DeLong"
+LOG_LOSS_TEST = "paired t"
 
 Metrics = Dict[str, float]
 SlicedMetrics = Dict[str, Any]  # {"overall": Metrics, "slices": {value: Metrics}}
@@ -63,7 +86,7 @@ class Check:
     message: str  # why it failed, in words (also set when it passed)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "value": _json_number(self.value), "threshold": self.threshold,
+        return {"name": self.name, "value": _json_number(self.value), "threshold": _json_number(self.threshold),
                 "passed": self.passed, "comparison": self.comparison, "message": self.message}
 
 
@@ -77,6 +100,11 @@ class Verdict:
     thresholds: Dict[str, Any]  # GateConfig.to_dict()
     # Slices below min_slice_examples: {slice value: example count}; not judged.
     ignored_slices: Dict[str, float] = dataclasses.field(default_factory=dict)
+    # The paired tests against the baseline, overall: {"auc": {...}, "log_loss": {...}} with the test's
+    # name, the difference (candidate - baseline), its standard error, the one-sided bounds at the
+    # confidence, the p-value of "worse by more than the margin" and the margin (`paired_test`). Empty
+    # without a baseline.
+    tests: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def failed_checks(self) -> List[Check]:
@@ -110,6 +138,7 @@ class Verdict:
             "baseline_metrics": _json_metrics(self.baseline_metrics) if self.baseline_metrics is not None else None,
             "thresholds": dict(self.thresholds),
             "ignored_slices": dict(self.ignored_slices),
+            "tests": {k: {kk: _json_number(vv) for kk, vv in v.items()} for k, v in self.tests.items()},
         }
 
     def to_json(self) -> str:
@@ -117,13 +146,15 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Verdict":
-        checks = [Check(name=c["name"], value=_from_json_number(c["value"]), threshold=c["threshold"],
+        checks = [Check(name=c["name"], value=_from_json_number(c["value"]), threshold=_from_json_number(c["threshold"]),
                         passed=c["passed"], comparison=c["comparison"], message=c["message"]) for c in d["checks"]]
         baseline = d.get("baseline_metrics")
         return cls(blessed=d["blessed"], reason=d["reason"], checks=checks,
                    candidate_metrics=_from_json_metrics(d["candidate_metrics"]),
                    baseline_metrics=_from_json_metrics(baseline) if baseline is not None else None,
-                   thresholds=dict(d["thresholds"]), ignored_slices=dict(d.get("ignored_slices", {})))
+                   thresholds=dict(d["thresholds"]), ignored_slices=dict(d.get("ignored_slices", {})),
+                   tests={k: {kk: (_from_json_number(vv) if kk not in ("test",) else vv) for kk, vv in v.items()}
+                          for k, v in d.get("tests", {}).items()})
 
     @classmethod
     def from_json(cls, text: str) -> "Verdict":
@@ -157,11 +188,16 @@ def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: Ga
     `trained`: the candidate's training record (None when the model carries none, as stock Trainer's).
     """
     overall = candidate.get("overall", {})
-    evidence = evidence_checks(overall, gate)
+    has_baseline = baseline is not None
+    evidence = evidence_checks(overall, gate, has_baseline)
     bounds = absolute_checks(overall, gate)
-    change = (change_checks(overall, baseline.get("overall", {}), gate)
-              + label_shift_checks(baseline.get("overall", {}), gate)) if baseline is not None else []
-    slices, ignored = slice_checks(candidate.get("slices", {}), gate)
+    tests: Dict[str, Any] = {}
+    change: List[Check] = []
+    if has_baseline:
+        tests = paired_tests(overall, gate)
+        change = change_checks(overall, baseline.get("overall", {}), gate, tests) \
+            + label_shift_checks(baseline.get("overall", {}), gate)
+    slices, ignored = slice_checks(candidate.get("slices", {}), gate, has_baseline)
     data = data_checks(ingested, gate) if ingested is not None else []
     training = training_checks(trained) if trained is not None else []
     checks = evidence + bounds + change + slices + data + training
@@ -172,48 +208,158 @@ def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: Ga
         reason = "not blessed: too little evidence: " + ", ".join(c.message for c in failed_evidence)
     elif failed:
         reason = "not blessed: " + "; ".join(c.message for c in failed)
+        misfit = _base_rate_misfit(failed, overall, gate)
+        if misfit:
+            reason += "; " + misfit
     else:
-        reason = blessed_reason(overall, baseline.get("overall", {}) if baseline is not None else None)
+        reason = blessed_reason(overall, baseline.get("overall", {}) if has_baseline else None, tests, gate)
     return Verdict(blessed=not failed, reason=reason, checks=checks, candidate_metrics=candidate,
-                   baseline_metrics=baseline, thresholds=gate.to_dict(), ignored_slices=ignored)
+                   baseline_metrics=baseline, thresholds=gate.to_dict(), ignored_slices=ignored, tests=tests)
 
 
-def evidence_checks(overall: Metrics, gate: GateConfig) -> List[Check]:
+def evidence_checks(overall: Metrics, gate: GateConfig, has_baseline: bool = False) -> List[Check]:
+    """Both classes present, and an AUC interval narrow enough to decide on (see the module docstring)."""
     examples = _metric(overall, "example_count", default=0.0)
     positives = _metric(overall, "positive_count", default=0.0)
-    return [
-        _at_least("min_eval_examples", examples, gate.min_eval_examples,
-                  f"{_count(examples)} eval examples (need >= {gate.min_eval_examples})"),
+    negatives = examples - positives
+    checks = []
+    if gate.min_eval_examples is not None:  # deprecated fixed count, still honoured while set
+        checks.append(_at_least("min_eval_examples", examples, gate.min_eval_examples,
+                                f"{_count(examples)} eval examples (need >= {gate.min_eval_examples})"))
+    checks += [
         _at_least("min_eval_positives", positives, gate.min_eval_positives,
                   f"{_count(positives)} positives (need >= {gate.min_eval_positives})"),
+        _at_least("min_eval_negatives", negatives, gate.min_eval_negatives,
+                  f"{_count(negatives)} negatives (need >= {gate.min_eval_negatives})"),
     ]
+    what = "AUC difference" if has_baseline else "AUC"
+    width = auc_interval_width(overall, gate, has_baseline)
+    if _is_number(width):
+        message = (f"the {what}'s interval at {_percent(gate.confidence)} is {_f3(width)} wide on "
+                   f"{_count(examples)} examples (need <= {_f3(gate.max_auc_interval_width)})")
+    else:
+        message = f"the {what}'s interval is undefined on {_count(examples)} examples (needs both classes)"
+    check = _at_most("max_auc_interval_width", width, gate.max_auc_interval_width, message)
+    if has_baseline and not check.passed and _is_number(width):
+        # A wide interval that lies wholly above -max_auc_drop has decided already: the candidate is
+        # confidently no worse (a good candidate against a poor baseline: their difference varies most).
+        lower, _ = paired.bounds(paired.PairedEstimate(_metric(overall, "auc_diff"), _metric(overall, "auc_diff_se")),
+                                 gate.confidence)
+        if _is_number(lower) and lower >= -gate.max_auc_drop - _EPS:
+            check = dataclasses.replace(check, passed=True, message=message + f"; but its lower bound {_s3(lower)} "
+                                        f"already shows the candidate no worse")
+    checks.append(check)
+    return checks
+
+
+def auc_interval_width(overall: Metrics, gate: GateConfig, has_baseline: bool) -> float:
+    """Width between the lower and upper one-sided bounds at `confidence` (NaN when undefined)."""
+    se = _metric(overall, "auc_diff_se" if has_baseline else "auc_se")
+    return 2.0 * paired.quantile(gate.confidence) * se if _is_number(se) else float("nan")
+
+
+def no_skill_log_loss(label_rate: float) -> float:
+    """The log loss of always predicting `label_rate` on data with that label rate (its entropy)."""
+    p = min(max(label_rate, paired.LOG_LOSS_EPSILON), 1.0 - paired.LOG_LOSS_EPSILON) \
+        if _is_number(label_rate) else float("nan")
+    return -(p * math.log(p) + (1.0 - p) * math.log1p(-p)) if _is_number(p) else float("nan")
 
 
 def absolute_checks(overall: Metrics, gate: GateConfig) -> List[Check]:
     auc = _metric(overall, "auc")
     calibration = _metric(overall, "calibration")
     log_loss = _metric(overall, "log_loss")
-    return [
+    checks = [
         _at_least("min_auc", auc, gate.min_auc, _bound("AUC", auc, "below the minimum", gate.min_auc, _f3)),
         _at_least("min_calibration", calibration, gate.min_calibration,
                   _bound("calibration", calibration, "below the minimum", gate.min_calibration, _f2)),
         _at_most("max_calibration", calibration, gate.max_calibration,
                  _bound("calibration", calibration, "above the maximum", gate.max_calibration, _f2)),
-        _at_most("max_log_loss", log_loss, gate.max_log_loss,
-                 _bound("log loss", log_loss, "above the maximum", gate.max_log_loss, _f3)),
     ]
-
-
-def change_checks(candidate: Metrics, baseline: Metrics, gate: GateConfig) -> List[Check]:
-    """The candidate may lose at most `max_auc_drop` AUC against the baseline; value = the drop."""
-    auc, base_auc = _metric(candidate, "auc"), _metric(baseline, "auc")
-    drop = base_auc - auc
-    if _is_number(drop):
-        message = (f"AUC dropped {_f3(drop)} below the baseline ({_f3(auc)} vs {_f3(base_auc)}, "
-                   f"allowed drop {_f3(gate.max_auc_drop)})")
+    if gate.max_log_loss is not None:
+        checks.append(_at_most("max_log_loss", log_loss, gate.max_log_loss,
+                               _bound("log loss", log_loss, "above the maximum", gate.max_log_loss, _f3)))
     else:
-        message = f"AUC cannot be compared with the baseline ({_f3(auc)} vs {_f3(base_auc)})"
-    return [_at_most("max_auc_drop", drop, gate.max_auc_drop, message)]
+        rate = _metric(overall, "mean_label")
+        no_skill = no_skill_log_loss(rate)
+        bound = gate.max_log_loss_factor * no_skill
+        checks.append(_at_most(
+            "max_log_loss_factor", log_loss, bound,
+            _bound("log loss", log_loss, "above", bound, _f3)
+            + f" ({_f2(gate.max_log_loss_factor)} x {_f3(no_skill)}, the no-skill log loss of predicting the "
+              f"label rate {_f3(rate)})"))
+    return checks
+
+
+def paired_tests(candidate: Metrics, gate: GateConfig, confidence: Optional[float] = None) -> Dict[str, Any]:
+    """The AUC and log loss tests of the candidate against the baseline on the same rows (see `Verdict.tests`)."""
+    confidence = gate.confidence if confidence is None else confidence
+    examples = _metric(candidate, "example_count", default=0.0)
+    auc = paired.PairedEstimate(diff=_metric(candidate, "auc_diff"), se=_metric(candidate, "auc_diff_se"))
+    log_loss = paired.PairedEstimate(diff=_metric(candidate, "log_loss_diff"),
+                                     se=_metric(candidate, "log_loss_diff_se"),
+                                     dof=examples - 1 if examples > 1 else None)
+    auc_lower, auc_upper = paired.bounds(auc, confidence)
+    ll_lower, ll_upper = paired.bounds(log_loss, confidence)
+    return {
+        "auc": {"test": AUC_TEST, "diff": auc.diff, "se": auc.se, "lower": auc_lower, "upper": auc_upper,
+                "p_value": paired.p_value_below(auc, gate.max_auc_drop), "margin": gate.max_auc_drop,
+                "confidence": confidence},
+        "log_loss": {"test": LOG_LOSS_TEST, "diff": log_loss.diff, "se": log_loss.se, "lower": ll_lower,
+                     "upper": ll_upper, "p_value": paired.p_value_above(log_loss, gate.max_log_loss_increase),
+                     "margin": gate.max_log_loss_increase, "confidence": confidence},
+    }
+
+
+def change_checks(candidate: Metrics, baseline: Metrics, gate: GateConfig,
+                  tests: Optional[Dict[str, Any]] = None) -> List[Check]:
+    """Refused only when confidently worse than the baseline.
+
+    max_auc_drop: value = the upper bound of the AUC difference (candidate -
+    baseline), which must be >= -max_auc_drop. max_log_loss_increase: value =
+    the lower bound of the log loss difference, which must be <= the margin.
+    """
+    tests = tests if tests is not None else paired_tests(candidate, gate)
+    return [_auc_test_check("max_auc_drop", "AUC", candidate, baseline, tests["auc"]),
+            _log_loss_test_check(candidate, baseline, tests["log_loss"])]
+
+
+def _auc_test_check(name: str, what: str, candidate: Metrics, baseline: Metrics, test: Mapping[str, Any]) -> Check:
+    conf = _percent(test["confidence"])
+    if _is_number(test["upper"]):
+        message = (f"{what} worse than the baseline's with {conf} confidence: {_f3(_metric(candidate, 'auc'))} vs "
+                   f"{_f3(_metric(baseline, 'auc'))}, difference {_s3(test['diff'])} (upper bound "
+                   f"{_s3(test['upper'])}, {test['test']} p={_p(test['p_value'])}; tolerated drop "
+                   f"{_f3(test['margin'])})")
+    else:
+        message = (f"{what} cannot be compared with the baseline's ({_f3(_metric(candidate, 'auc'))} vs "
+                   f"{_f3(_metric(baseline, 'auc'))}: no paired difference)")
+    return _at_least(name, test["upper"], -test["margin"], message)
+
+
+def _log_loss_test_check(candidate: Metrics, baseline: Metrics, test: Mapping[str, Any]) -> Check:
+    if _is_number(test["lower"]):
+        message = (f"log loss worse than the baseline's with {_percent(test['confidence'])} confidence: "
+                   f"{_f3(_metric(candidate, 'log_loss'))} vs {_f3(_metric(baseline, 'log_loss'))}, difference "
+                   f"{_s3(test['diff'])} (lower bound {_s3(test['lower'])}, {test['test']} p={_p(test['p_value'])}; "
+                   f"tolerated increase {_f3(test['margin'])})")
+    else:
+        message = (f"log loss cannot be compared with the baseline's ({_f3(_metric(candidate, 'log_loss'))} vs "
+                   f"{_f3(_metric(baseline, 'log_loss'))}: no paired difference)")
+    return _at_most("max_log_loss_increase", test["lower"], test["margin"], message)
+
+
+def _base_rate_misfit(failed: List[Check], overall: Metrics, gate: GateConfig) -> Optional[str]:
+    """When only an absolute max_log_loss below the stream's no-skill log loss refused: say so, name the setting."""
+    if [c.name for c in failed] != ["max_log_loss"] or gate.max_log_loss is None:
+        return None
+    rate = _metric(overall, "mean_label")
+    no_skill = no_skill_log_loss(rate)
+    if not (_is_number(no_skill) and gate.max_log_loss < no_skill):
+        return None
+    return (f"gate.max_log_loss {_f3(gate.max_log_loss)} does not fit this stream's label rate {_f3(rate)}: "
+            f"even predicting that rate scores {_f3(no_skill)}; raise gate.max_log_loss or unset it (None) to "
+            f"bound log loss relative to the label rate (gate.max_log_loss_factor)")
 
 
 def label_shift_checks(baseline: Metrics, gate: GateConfig) -> List[Check]:
@@ -250,28 +396,52 @@ def training_checks(trained: Trained) -> List[Check]:
                       f"the candidate is an untrained cold start ({trained.examples} training examples)")]
 
 
-def slice_checks(slices: Mapping[str, Metrics], gate: GateConfig) -> Tuple[List[Check], Dict[str, float]]:
-    """Checks for the slices with enough examples, and {value: examples} of the ignored ones."""
+def slice_checks(slices: Mapping[str, Metrics], gate: GateConfig,
+                 has_baseline: bool = False) -> Tuple[List[Check], Dict[str, float]]:
+    """Checks for the slices with enough examples, and {value: examples} of the ignored ones.
+
+    With a baseline each judged slice also gets the AUC test, at the confidence
+    Bonferroni-corrected for the slices judged, so that a candidate no worse in
+    any slice is refused in at most 1 - confidence of cycles by them together.
+    """
     checks: List[Check] = []
     ignored: Dict[str, float] = {}
     if gate.slice_feature is None:
         return checks, ignored
+    judged = []
     for value in sorted(slices):
-        metrics = slices[value]
-        examples = _metric(metrics, "example_count", default=0.0)
+        examples = _metric(slices[value], "example_count", default=0.0)
         if examples < gate.min_slice_examples:
             ignored[value] = examples
-            continue
+        else:
+            judged.append(value)
+    confidence = 1.0 - (1.0 - gate.confidence) / max(len(judged), 1)
+    for value in judged:
+        metrics = slices[value]
+        examples = _metric(metrics, "example_count", default=0.0)
         auc = _metric(metrics, "auc")
         label = f"{gate.slice_feature}={value}"
         checks.append(_at_least(f"min_slice_auc[{label}]", auc, gate.min_slice_auc,
                                 _bound(f"slice {label} AUC", auc, "below the minimum", gate.min_slice_auc, _f3)
                                 + f" ({_count(examples)} examples)"))
+        if has_baseline:
+            test = paired_tests(metrics, gate, confidence)["auc"]
+            baseline_auc = _metric(metrics, "auc") - test["diff"] if _is_number(test["diff"]) else float("nan")
+            checks.append(_auc_test_check(f"max_auc_drop[{label}]", f"slice {label} AUC", metrics,
+                                          {"auc": baseline_auc}, test))
     return checks, ignored
 
 
-def blessed_reason(candidate: Metrics, baseline: Optional[Metrics]) -> str:
-    against = f"baseline {_f3(_metric(baseline, 'auc'))}" if baseline is not None else "first model, no baseline"
+def blessed_reason(candidate: Metrics, baseline: Optional[Metrics], tests: Optional[Dict[str, Any]] = None,
+                   gate: Optional[GateConfig] = None) -> str:
+    if baseline is not None:
+        against = f"baseline {_f3(_metric(baseline, 'auc'))}"
+        auc_test = (tests or {}).get("auc")
+        if auc_test and _is_number(auc_test["diff"]):
+            against += (f", difference {_s3(auc_test['diff'])}, bounds [{_s3(auc_test['lower'])}, "
+                        f"{_s3(auc_test['upper'])}] at {auc_test['confidence']:.0%}")
+    else:
+        against = "first model, no baseline"
     return (f"blessed: AUC {_f3(_metric(candidate, 'auc'))} ({against}), "
             f"calibration {_f2(_metric(candidate, 'calibration'))}, log loss {_f3(_metric(candidate, 'log_loss'))} "
             f"on {_count(_metric(candidate, 'example_count', 0.0))} examples "
@@ -308,6 +478,18 @@ def _metric(metrics: Mapping[str, Any], name: str, default: float = float("nan")
 
 def _f3(value: float) -> str:
     return f"{value:.3f}" if _is_number(value) else "undefined"
+
+
+def _s3(value: float) -> str:
+    return f"{value:+.3f}" if _is_number(value) else "undefined"
+
+
+def _percent(confidence: float) -> str:
+    return f"{confidence:.0%}" if abs(confidence * 100 - round(confidence * 100)) < 1e-9 else f"{confidence:.2%}"
+
+
+def _p(value: float) -> str:
+    return f"{value:.3g}" if _is_number(value) else "undefined"
 
 
 def _f2(value: float) -> str:

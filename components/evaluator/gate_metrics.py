@@ -24,6 +24,16 @@ them on the same examples):
 Binary labels and one probability per example only: that is the trainer's
 contract (`tfma_run.PREDICTION_KEY`).
 
+Paired statistics, for the gate's tests (`paired`): the combiner also keeps
+every row's label and each model's prediction (8 bytes a number: 2.4 MB for
+100,000 rows and two models) and, at the end, writes each model's `auc_se`
+(DeLong standard error of its exact AUC) and, under the candidate's name
+when the EvalConfig has a baseline, `auc_diff` and `auc_diff_se`
+(candidate - baseline, DeLong's test for correlated AUCs, exact midrank AUCs)
+and `log_loss_diff` and `log_loss_diff_se` (the mean of the per-example log
+loss differences and its standard error). Per slice like every metric. They
+need one row per example: with example weights they are NaN.
+
 `GateMetrics(batched=True)` reads extracts that each hold many rows (arrays
 with the batch dimension first), as `batched_slices.SliceBatches` makes them,
 and folds every extract into the histogram in one numpy call. That is the
@@ -40,6 +50,8 @@ from tensorflow_model_analysis import constants
 from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.proto import config_pb2
 
+from components.evaluator import paired
+
 GATE_METRICS_NAME = "gate_metrics"
 EXAMPLE_COUNT = "example_count"
 AUC = "auc"
@@ -48,6 +60,13 @@ CALIBRATION = "calibration"
 MEAN_LABEL = "mean_label"
 MEAN_PREDICTION = "mean_prediction"
 METRIC_NAMES = (EXAMPLE_COUNT, AUC, BINARY_CROSSENTROPY, CALIBRATION, MEAN_LABEL, MEAN_PREDICTION)
+AUC_SE = "auc_se"
+AUC_DIFF = "auc_diff"
+AUC_DIFF_SE = "auc_diff_se"
+LOG_LOSS_DIFF = "log_loss_diff"
+LOG_LOSS_DIFF_SE = "log_loss_diff_se"
+PAIRED_NAMES = (AUC_DIFF, AUC_DIFF_SE, LOG_LOSS_DIFF, LOG_LOSS_DIFF_SE)
+_ROWS = "__rows__"  # the accumulator's entry for the buffered rows (not a model name: TFMA's are "" or named)
 
 # As many buckets as stock AUC's default thresholds.
 DEFAULT_NUM_BUCKETS = 10000
@@ -88,15 +107,26 @@ def _gate_metrics(name: str = GATE_METRICS_NAME, num_buckets: int = DEFAULT_NUM_
     if num_buckets < 2:
         raise ValueError(f"GateMetrics num_buckets must be >= 2, got {num_buckets}")
     model_names = list(model_names or [""])
+    baseline = _baseline_name(eval_config, model_names)
+    candidate = next((m for m in model_names if m != baseline), None) if baseline is not None else None
     keys = {model: {metric: metric_types.MetricKey(name=metric, model_name=model,
                                                    example_weighted=example_weighted)
-                    for metric in METRIC_NAMES}
+                    for metric in METRIC_NAMES + (AUC_SE,) + (PAIRED_NAMES if model == candidate else ())}
             for model in model_names}
     prediction_keys = {model: _prediction_key(eval_config, model) for model in model_names}
-    combiner = _GateMetricsCombiner(keys, prediction_keys, num_buckets, example_weighted, batched)
+    combiner = _GateMetricsCombiner(keys, prediction_keys, num_buckets, example_weighted, batched,
+                                    pair=(candidate, baseline) if candidate is not None else None)
     return [metric_types.MetricComputation(
         keys=[key for per_model in keys.values() for key in per_model.values()],
         preprocessors=None, combiner=combiner)]
+
+
+def _baseline_name(eval_config: Optional[config_pb2.EvalConfig], model_names: List[str]) -> Optional[str]:
+    """The baseline model's name when the EvalConfig has one among two models (None otherwise)."""
+    if eval_config is None or len(model_names) != 2:
+        return None
+    names = [spec.name for spec in eval_config.model_specs if spec.is_baseline and spec.name in model_names]
+    return names[0] if len(names) == 1 else None
 
 
 def _prediction_key(eval_config: Optional[config_pb2.EvalConfig], model_name: str) -> str:
@@ -181,20 +211,66 @@ class _Histogram:
         }
 
 
+class _Rows:
+    """Every row's label and each model's prediction, in chunks, for the paired statistics."""
+    __slots__ = ("labels", "predictions")
+
+    def __init__(self, models: Sequence[str]):
+        self.labels: List[np.ndarray] = []
+        self.predictions: Dict[str, List[np.ndarray]] = {model: [] for model in models}
+
+    def add(self, label: np.ndarray, predictions: Dict[str, np.ndarray]) -> None:
+        self.labels.append(label)
+        for model, prediction in predictions.items():
+            self.predictions[model].append(prediction)
+
+    def compact(self) -> None:
+        if len(self.labels) > 1:
+            self.labels = [np.concatenate(self.labels)]
+            self.predictions = {m: [np.concatenate(p)] for m, p in self.predictions.items()}
+
+    def merge(self, other: "_Rows") -> None:
+        self.labels.extend(other.labels)
+        for model, chunks in other.predictions.items():
+            self.predictions[model].extend(chunks)
+
+    def arrays(self):
+        self.compact()
+        if not self.labels:
+            return np.zeros(0), {m: np.zeros(0) for m in self.predictions}
+        return self.labels[0], {m: p[0] for m, p in self.predictions.items()}
+
+
+def paired_results(labels: np.ndarray, predictions: Dict[str, np.ndarray],
+                   pair: Optional[tuple]) -> Dict[str, Dict[str, float]]:
+    """{model: {auc_se, and for the candidate of `pair` (candidate, baseline) the paired differences}}."""
+    out = {model: {AUC_SE: paired.auc_with_se(labels, p).se} for model, p in predictions.items()}
+    if pair is not None:
+        candidate, baseline = pair
+        auc = paired.auc_difference(labels, predictions[candidate], predictions[baseline])
+        log_loss = paired.log_loss_difference(labels, predictions[candidate], predictions[baseline])
+        out[candidate].update({AUC_DIFF: auc.diff, AUC_DIFF_SE: auc.se,
+                               LOG_LOSS_DIFF: log_loss.diff, LOG_LOSS_DIFF_SE: log_loss.se})
+    return out
+
+
 class _GateMetricsCombiner(beam.CombineFn):
     """One pass over the examples for all models: {model: _Histogram}."""
 
     def __init__(self, keys: Dict[str, Dict[str, metric_types.MetricKey]], prediction_keys: Dict[str, str],
-                 num_buckets: int, example_weighted: bool, batched: bool = False):
+                 num_buckets: int, example_weighted: bool, batched: bool = False, pair: Optional[tuple] = None):
         self._keys = keys
+        self._pair = pair
         self._batched = batched
         self._models = list(keys)
         self._prediction_keys = prediction_keys
         self._num_buckets = num_buckets
         self._example_weighted = example_weighted
 
-    def create_accumulator(self) -> Dict[str, _Histogram]:
-        return {model: _Histogram(self._num_buckets) for model in self._models}
+    def create_accumulator(self) -> Dict[str, Any]:
+        accumulator: Dict[str, Any] = {model: _Histogram(self._num_buckets) for model in self._models}
+        accumulator[_ROWS] = _Rows(self._models)
+        return accumulator
 
     def add_input(self, accumulator: Dict[str, _Histogram],
                   element: metric_types.StandardMetricInputs) -> Dict[str, _Histogram]:
@@ -202,6 +278,7 @@ class _GateMetricsCombiner(beam.CombineFn):
         predictions = element.get(constants.PREDICTIONS_KEY)
         weights = element.get(constants.EXAMPLE_WEIGHTS_KEY) if self._example_weighted else None
         if self._batched:
+            row_predictions = {}
             for model in self._models:
                 label = _column(_for_model(labels, model, ""), "label", model)
                 prediction = _column(_for_model(predictions, model, self._prediction_keys[model]), "prediction",
@@ -209,7 +286,12 @@ class _GateMetricsCombiner(beam.CombineFn):
                 weight = (_column(_for_model(weights, model, ""), "example weight", model, rows=len(label))
                           if self._example_weighted else None)
                 accumulator[model].fold(label, prediction, weight)
+                row_predictions[model] = prediction
+                row_labels = label
+            if not self._example_weighted:
+                accumulator[_ROWS].add(row_labels, row_predictions)
             return accumulator
+        row_predictions = {}
         for model in self._models:
             histogram = accumulator[model]
             label = _scalar(_for_model(labels, model, ""), "label", model)
@@ -218,8 +300,14 @@ class _GateMetricsCombiner(beam.CombineFn):
             histogram.predictions.append(prediction)
             if self._example_weighted:
                 histogram.weights.append(_scalar(_for_model(weights, model, ""), "example weight", model))
+            row_predictions[model] = np.array([prediction])
+            row_label = np.array([label])
             if len(histogram.labels) >= _FLUSH_EVERY:
                 histogram.flush()
+        if not self._example_weighted:
+            accumulator[_ROWS].add(row_label, row_predictions)
+            if len(accumulator[_ROWS].labels) >= _FLUSH_EVERY:
+                accumulator[_ROWS].compact()
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[Dict[str, _Histogram]]) -> Dict[str, _Histogram]:
@@ -228,17 +316,28 @@ class _GateMetricsCombiner(beam.CombineFn):
         for accumulator in accumulators:
             for model in self._models:
                 result[model].merge(accumulator[model])
+            result[_ROWS].merge(accumulator[_ROWS])
         return result
 
     def compact(self, accumulator: Dict[str, _Histogram]) -> Dict[str, _Histogram]:
-        for histogram in accumulator.values():
-            histogram.flush()
+        for model in self._models:
+            accumulator[model].flush()
+        accumulator[_ROWS].compact()
         return accumulator
 
     def extract_output(self, accumulator: Dict[str, _Histogram]) -> metric_types.MetricsDict:
         output: Dict[metric_types.MetricKey, Any] = {}
         for model in self._models:
             for metric, value in accumulator[model].results().items():
+                output[self._keys[model][metric]] = value
+        if self._example_weighted:
+            stats = {model: {name: float("nan") for name in self._keys[model] if name not in METRIC_NAMES}
+                     for model in self._models}
+        else:
+            labels, predictions = accumulator[_ROWS].arrays()
+            stats = paired_results(labels, predictions, self._pair)
+        for model in self._models:
+            for metric, value in stats[model].items():
                 output[self._keys[model][metric]] = value
         return output
 

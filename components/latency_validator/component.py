@@ -9,9 +9,10 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.event_schema import ad_click_schema
+from components.config_base import ConfigError
+from components.event_schema import EventSchema
 from components.latency_validator import executor as executor_lib
-from pipelines.config import DriftlineConfig, LatencyConfig
+from components.latency_validator.config import LatencyConfig
 
 
 class LatencyValidatorSpec(types.ComponentSpec):
@@ -73,9 +74,13 @@ class LatencyValidator(base_component.BaseComponent):
                  label_key: Optional[str] = None, eval_split: str = executor_lib.DEFAULT_EVAL_SPLIT):
         config = config or LatencyConfig()
         config.validate()
+        if not label_key:
+            # No default: the label (removed from the requests) is the stream's, not the built-in ad stream's.
+            raise ConfigError("LatencyValidator needs label_key, the label field of the stream's event schema "
+                              "(schema.label_field); LatencyValidator.from_config(latency, schema, ...) passes it")
         spec = LatencyValidatorSpec(
             latency_config=json.dumps(config.to_dict(), sort_keys=True),
-            label_key=label_key or ad_click_schema().label_field,
+            label_key=label_key,
             eval_split=eval_split,
             model=model,
             examples=examples,
@@ -86,9 +91,9 @@ class LatencyValidator(base_component.BaseComponent):
         super().__init__(spec=spec)
 
     @classmethod
-    def from_config(cls, config: DriftlineConfig, model: types.BaseChannel, examples: types.BaseChannel,
-                    transform_graph: Optional[types.BaseChannel] = None,
+    def from_config(cls, latency: LatencyConfig, schema: EventSchema, model: types.BaseChannel,
+                    examples: types.BaseChannel, transform_graph: Optional[types.BaseChannel] = None,
                     model_blessing: Optional[types.BaseChannel] = None) -> "LatencyValidator":
-        """`config.latency`, and the label field of `config`'s event schema (removed from the requests)."""
+        """The latency settings, and the event schema's label field (removed from the requests)."""
         return cls(model=model, examples=examples, transform_graph=transform_graph, model_blessing=model_blessing,
-                   config=config.latency, label_key=config.source.schema.label_field)
+                   config=latency, label_key=schema.label_field)

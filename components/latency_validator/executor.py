@@ -16,7 +16,8 @@ from components.blessing_pusher.serving import PushError
 from components.evaluator.executor import CURRENT_MODEL_ID_PROPERTY, check_split, newest_span, optional_single
 from components.latency_validator import loadtest
 from components.warm_start_trainer.training_inputs import split_pattern
-from pipelines.config import LatencyConfig
+from components.latency_validator.config import LatencyConfig
+from components import mlmd_vocabulary as vocab
 
 MODEL_KEY = "model"
 EXAMPLES_KEY = "examples"
@@ -31,9 +32,9 @@ DEFAULT_EVAL_SPLIT = "eval"
 # As stock InfraValidator marks its InfraBlessing (and stock Pusher reads `blessed`).
 BLESSED_FILE_NAME = "INFRA_BLESSED"
 NOT_BLESSED_FILE_NAME = "INFRA_NOT_BLESSED"
-BLESSED_PROPERTY = "blessed"  # int 1 / 0
+BLESSED_PROPERTY = vocab.BLESSED_PROPERTY  # int 1 / 0
 # driftline's.
-REASON_PROPERTY = "reason"
+REASON_PROPERTY = vocab.REASON_PROPERTY
 MODEL_ID_PROPERTY = "model_id"  # the Model load-tested (lineage matches on it)
 LOAD_TESTED_PROPERTY = "load_tested"  # int 1 / 0: 0 when skipped or the model could not be loaded
 PROFILE_JSON_PROPERTY = "profile_json"
@@ -141,7 +142,7 @@ def record_blessing(blessing: types.Artifact, model: types.Artifact, examples: t
         blessing.set_string_custom_property(MODEL_ID_PROPERTY, model_ref)
     else:
         blessing.set_int_custom_property(MODEL_ID_PROPERTY, model.id)
-    blessing.set_int_custom_property("eval_span", examples.span)
+    blessing.set_int_custom_property(vocab.EVAL_SPAN_PROPERTY, examples.span)
     blessing.set_int_custom_property(LOAD_TESTED_PROPERTY, 1 if profile is not None else 0)
     blessing.set_float_custom_property("slo_p99_ms", float(config.slo_p99_ms))
     blessing.set_int_custom_property("candidates_per_request", config.candidates_per_request)
@@ -151,9 +152,9 @@ def record_blessing(blessing: types.Artifact, model: types.Artifact, examples: t
         for key in FIGURE_PROPERTIES:
             value = getattr(verdict.result, key)
             if value is not None:
-                blessing.set_float_custom_property(key, float(value))
+                blessing.set_float_custom_property(key, vocab.finite_or_unknown(value))
     if profile is not None and profile.stages is not None:
         for key in SHARE_PROPERTIES:
-            blessing.set_float_custom_property(key, float(getattr(profile.stages, key)))
+            blessing.set_float_custom_property(key, vocab.finite_or_unknown(getattr(profile.stages, key)))
     blessing.set_string_custom_property(PROFILE_JSON_PROPERTY, loadtest.profile_json(profile, verdict))
     blessing.set_string_custom_property(PROFILE_URI_PROPERTY, loadtest.write_profile(blessing.uri, profile, verdict))

@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipelines.config import LatencyConfig
+from components.latency_validator.config import LatencyConfig
 
 SIGNATURE_NAME = "serving_default"
 PROFILE_FILE = "latency_profile.json"

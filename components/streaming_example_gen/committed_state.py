@@ -11,24 +11,13 @@ from typing import List, Optional, Tuple
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.mlmd_vocabulary import (COMMITTED_STATE_PROPERTY, EXAMPLES_TYPE,  # noqa: F401  (re-exported)
+                                        NODE_CONTEXT_TYPE, PUBLISHED_STATES, node_context_name)
 from components.streaming_example_gen import windowing
-
-COMMITTED_STATE_PROPERTY = "committed_state"
-NODE_CONTEXT_TYPE = "node"
-EXAMPLES_TYPE = "Examples"
 
 # PENDING outputs belong to runs that never published; retention marks old
 # artifacts DELETED, but what they committed still stands.
-_COMMITTED_STATES = (
-    metadata_store_pb2.Artifact.LIVE,
-    metadata_store_pb2.Artifact.MARKED_FOR_DELETION,
-    metadata_store_pb2.Artifact.DELETED,
-)
-
-
-def node_context_name(pipeline_name: str, node_id: str) -> str:
-    # The name TFX's compiler gives a node's context (compiler_utils.node_context_name).
-    return f"{pipeline_name}.{node_id}"
+_COMMITTED_STATES = PUBLISHED_STATES
 
 
 def latest_committed_state(store: metadata_store.MetadataStore, pipeline_name: str,

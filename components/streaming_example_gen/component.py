@@ -12,7 +12,7 @@ from components.event_schema import EventSchema
 from components.streaming_example_gen import executor as executor_module
 from components.streaming_example_gen.driver import StreamingExampleGenDriver
 from components.streaming_example_gen.executor import Executor
-from pipelines.config import KafkaConfig, SourceConfig, WindowConfig
+from components.streaming_example_gen.config import KafkaConfig, SourceConfig, WindowConfig
 
 
 class StreamingExampleGenSpec(types.ComponentSpec):

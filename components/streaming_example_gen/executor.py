@@ -20,6 +20,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
+from components import mlmd_vocabulary as vocab
 from components.event_schema import EventSchema
 from components.streaming_example_gen import ingest, sources, windowing
 from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
@@ -156,12 +157,6 @@ def build_artifacts(template: types.Artifact, run: ingest.IngestRun, window: win
             "ingest_wall_seconds": round(run.wall_seconds, 3),
             "dead_letter_uri": os.path.join(artifact.uri, ingest.DEAD_LETTER_DIR) if span == first_span else "",
         }
-        for key, value in props.items():
-            if isinstance(value, str):
-                artifact.set_string_custom_property(key, value)
-            elif isinstance(value, float):
-                artifact.set_float_custom_property(key, value)
-            else:
-                artifact.set_int_custom_property(key, int(value))
+        vocab.set_custom_properties(artifact, props)
         artifacts.append(artifact)
     return artifacts

@@ -20,7 +20,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from components import event_log, kafka_log
 from components.event_schema import EventSchema
 from components.streaming_example_gen import ingest, windowing
-from pipelines.config import KafkaConfig, SourceConfig
+from components.streaming_example_gen.config import KafkaConfig, SourceConfig
 
 RawRecord = Tuple[int, bytes, Optional[int]]
 

@@ -12,7 +12,8 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from components.event_schema import EventSchema
 from components.warm_start_trainer import executor as executor_module
 from components.warm_start_trainer.executor import Executor
-from pipelines.config import TrainerConfig, TransformConfig
+from components.warm_start_trainer.config import TrainerConfig
+from transforms.config import TransformConfig
 
 
 class WarmStartTrainerSpec(types.ComponentSpec):

@@ -16,7 +16,7 @@ from components.event_schema import EventSchema
 from components.warm_start_trainer import training_inputs as plan
 from components.warm_start_trainer import warm_start
 from components.warm_start_trainer.fn_args import TrainResult, WarmStartFnArgs
-from pipelines.config import TrainerConfig
+from components.warm_start_trainer.config import TrainerConfig
 
 SERVING_DIR = "Format-Serving"  # stock TFX's serving model folder inside a Model artifact
 

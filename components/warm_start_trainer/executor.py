@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Dict, List
 
 from absl import logging
@@ -10,9 +9,10 @@ from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
+from components import mlmd_vocabulary as vocab
 from components.event_schema import EventSchema
 from components.warm_start_trainer import cycle, training_inputs, warm_start
-from pipelines.config import TrainerConfig
+from components.warm_start_trainer.config import TrainerConfig
 
 
 REPLAY_JUDGED_ONLY_KEY = "replay_judged_only"
@@ -47,14 +47,8 @@ class Executor(base_executor.BaseExecutor):
             current=_spans(current), earlier=earlier,
             base=base, model_uri=model.uri, model_run_uri=model_run.uri)
         newest = max(current, key=lambda a: a.span)
-        props["max_event_time_ms"] = newest.get_int_custom_property("max_event_time_ms")
+        props[vocab.MAX_EVENT_TIME_MS_PROPERTY] = newest.get_int_custom_property(vocab.MAX_EVENT_TIME_MS_PROPERTY)
         props["newest_examples_id"] = newest.id
-        for key, value in props.items():
-            if isinstance(value, str):
-                model.set_string_custom_property(key, value)
-            elif isinstance(value, float):
-                model.set_float_custom_property(key, value if math.isfinite(value) else -1.0)
-            else:
-                model.set_int_custom_property(key, int(value))
+        vocab.set_custom_properties(model, props)
         logging.info("WarmStartTrainer: %s; trained spans %s, %s examples, %.1f s", props["start_reason"],
                      props["trained_spans"], props["trained_examples"], props["train_wall_seconds"])

@@ -67,7 +67,7 @@ class UntrainedSpansStrategy(resolver.ResolverStrategy):
     them leaves such spans; a resumed cycle (`create_pipeline(config,
     resume=True)`) trains on exactly these, and on spans `driftline replay`
     released from quarantine; spans quarantined after failing cycles are
-    left out. The rule is `pipelines.recovery.untrained_spans`::
+    left out. The rule is `untrained.untrained_spans` (beside this module)::
 
         Resolver(strategy_class=UntrainedSpansStrategy, config={"pipeline_name": "driftline"},
                  examples=Channel(type=Examples)).with_id("untrained_spans_resolver")
@@ -78,7 +78,7 @@ class UntrainedSpansStrategy(resolver.ResolverStrategy):
 
     def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]
                           ) -> Optional[Dict[str, List[types.Artifact]]]:
-        from pipelines.recovery import untrained_spans
+        from components.warm_start_trainer.untrained import untrained_spans
 
         wanted = {a.id for a in untrained_spans(store, self._pipeline_name)}
         return {key: sorted((a for a in artifacts if a.id in wanted), key=lambda a: (a.span, a.id))

@@ -1,0 +1,60 @@
+"""WarmStartTrainer's settings: how each cycle trains.
+
+Composed into DriftlineConfig by pipelines/config.py, which re-exports this name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict
+
+from components.config_base import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """How each cycle trains. Warm cycles continue the base model; cold ones start fresh."""
+
+    # Dotted path of the user module's run_fn (no module file: no wheel is built per cycle).
+    run_fn: str = "pipelines.ads_model.run_fn"
+    cold_epochs: int = 3
+    # Two passes over the new span at 0.005 (benchmarks/cost.py, against a full retrain's next-span
+    # AUC): one pass under-trains (-0.004 at 0.005, -0.001 at 0.01), three at 0.003 gave +0.003 and
+    # two at 0.005 +0.006, for two thirds of the steps.
+    warm_epochs: int = 2
+    cold_learning_rate: float = 0.01
+    # Lower than cold: a warm start refines weights that are already good.
+    warm_learning_rate: float = 0.005
+    # "constant" or "cosine" decay over the cycle's steps.
+    learning_rate_schedule: str = "constant"
+    batch_size: int = 256
+    # Replay window, against forgetting: the newest `replay_spans` earlier
+    # spans, their train split sampled at `replay_fraction`. The previous
+    # span's eval split is always trained in full: it was only evaluated on.
+    replay_spans: int = 3
+    replay_fraction: float = 0.1
+    seed: int = 0
+    # Passed to run_fn as fn_args.custom_config["model"]: the model's own knobs.
+    model: Dict[str, object] = dataclasses.field(default_factory=lambda: {
+        "embedding_dim": 8, "hidden_units": [64, 32]})
+
+    def validate(self) -> None:
+        if "." not in self.run_fn:
+            raise ConfigError(f"trainer.run_fn must be a dotted path like 'package.module.run_fn', got {self.run_fn!r}")
+        for name in ("cold_epochs", "warm_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("cold_learning_rate", "warm_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"trainer.{name} must be > 0, got {getattr(self, name)}")
+        if self.learning_rate_schedule not in ("constant", "cosine"):
+            raise ConfigError("trainer.learning_rate_schedule must be 'constant' or 'cosine', "
+                              f"got {self.learning_rate_schedule!r}")
+        if self.replay_spans < 0 or not 0.0 <= self.replay_fraction <= 1.0:
+            raise ConfigError("trainer.replay_spans must be >= 0 and trainer.replay_fraction in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainerConfig":
+        return cls(**d)
