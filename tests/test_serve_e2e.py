@@ -327,3 +327,70 @@ def test_logged_impressions_are_a_stream_and_give_back_the_served_score(server, 
         fn = tf.saved_model.load(models[version]).signatures["serving_default"]
         scores = fn(examples=tf.constant([encoder.encode(p) for p in mine]))["probability"].numpy().reshape(-1)
         np.testing.assert_array_equal(scores, np.array([p["score"] for p in mine], dtype=np.float32))
+
+
+def test_streaming_example_gen_ingests_the_impressions_log(server, models, sample, tmp_path):
+    """StreamingExampleGen's own ingest path (`ingest.run_ingest` over an `EventLogSource`, the Beam graph
+    the component's executor runs) reads the server's impressions log with `impressions_schema`: every
+    logged impression in a closed span comes out as one tf.Example, and those examples, through the serving
+    version's `serving_default` (the transform graph on tf.Examples), give back exactly the logged score."""
+    import glob
+    import json
+
+    import apache_beam as beam
+    import tensorflow as tf
+
+    from components.streaming_example_gen import ingest, windowing
+    from components.streaming_example_gen.sources import EventLogSource
+    from pipelines.serve.impressions import impressions_schema
+
+    span_ms = 2000
+    context = {k: sample[0][k] for k in CONTEXT}
+    candidates = [{k: e[k] for k in FEATURES if k not in CONTEXT} for e in sample[:10]]
+    with _client(server) as client:
+        first = client.post(f"/v1/models/{NAME}:rank", json={"context": context, "candidates": candidates},
+                            headers={"X-Request-Id": "ingest-1"})
+        assert first.status_code == 200, first.text
+        # A request in a later span closes every span before it (no allowed lateness); its own stays open.
+        time.sleep(2 * span_ms / 1000 + 0.1)
+        closer = client.post(f"/v1/models/{NAME}:rank", json={"context": context, "candidates": candidates[:1]},
+                             headers={"X-Request-Id": "ingest-closer"})
+        assert closer.status_code == 200, closer.text
+    deadline = time.monotonic() + 30
+    while not any(e["request_id"] == "ingest-closer" for e in _read_impressions(server["home"])):
+        assert time.monotonic() < deadline, "the closer's impression was never logged"
+        time.sleep(0.1)
+    logged = {e[SCHEMA.id_field]: e for e in _read_impressions(server["home"]) if e["request_id"] != "ingest-closer"}
+    assert {i for i in first.json()["impression_ids"]} <= set(logged)
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    work.mkdir()
+    run = ingest.run_ingest(beam.Pipeline, source=EventLogSource(os.path.join(server["home"], "impressions"),
+                                                                 chunk_bytes=1 << 16),
+                            schema=impressions_schema(SCHEMA), window=windowing.Window(span_ms, 0, 0.2),
+                            state=windowing.CommittedState(), output_root=str(out), work_dir=str(work))
+    assert run.result is not None and run.result.decision.emitted_spans
+    examples, dead = [], []
+    for span in run.result.decision.emitted_spans:
+        uri = ingest.span_dir(str(out), span)
+        for path in glob.glob(os.path.join(uri, "Split-*", "*.tfrecord.gz")):
+            examples += [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+        for path in glob.glob(os.path.join(uri, ingest.DEAD_LETTER_DIR, "*.jsonl")):
+            dead += [json.loads(line) for line in open(path)]
+    assert dead == []
+
+    def feature(example, name):
+        f = example.features.feature[name]
+        return (list(f.bytes_list.value) or list(f.int64_list.value) or list(f.float_list.value))[0]
+
+    parsed = [tf.train.Example.FromString(e) for e in examples]
+    ids = [feature(p, SCHEMA.id_field).decode() for p in parsed]
+    assert sorted(ids) == sorted(logged)  # one example per logged impression, the closer's still pending
+    by_version = {}
+    for raw, p, impression_id in zip(examples, parsed, ids):
+        assert feature(p, "model_version") == logged[impression_id]["model_version"]
+        by_version.setdefault(logged[impression_id]["model_version"], []).append((raw, impression_id))
+    for version, rows in by_version.items():
+        fn = tf.saved_model.load(models[version]).signatures["serving_default"]
+        scores = fn(examples=tf.constant([raw for raw, _ in rows]))["probability"].numpy().reshape(-1)
+        np.testing.assert_array_equal(scores, np.array([logged[i]["score"] for _, i in rows], dtype=np.float32))
