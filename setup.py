@@ -28,6 +28,9 @@ STACK = [
     # The config file (pipelines/config_file.py): YAML, checked by pydantic models over the config dataclasses.
     "pyyaml>=6.0.3,<7",
     "pydantic>=2.14.3,<3",
+    # driftline serve (pipelines/serve): the ASGI app and its server.
+    "starlette>=0.46.2,<0.47",
+    "uvicorn>=0.34.3,<0.35",
     # The gate's paired tests (components/evaluator/paired.py): normal and t quantiles (TFMA needs it too).
     "scipy>=1.12,<2",
 ]

@@ -141,7 +141,9 @@ class EventSchema:
             if by_name[name].type not in allowed:
                 raise SchemaError(f"schema {self.name!r}: {role} {name!r} must have type in {allowed}{why}, "
                                   f"got {by_name[name].type!r}")
-            if not by_name[name].required:
+            # The label may be optional: an impressions log (pipelines/serve/impressions.py) has none until the
+            # outcome is joined. Every event needs its id and event time.
+            if not by_name[name].required and role != "label_field":
                 raise SchemaError(f"schema {self.name!r}: {role} {name!r} must be required")
         if isinstance(self.min_event_time_ms, bool) or not isinstance(self.min_event_time_ms, int) \
                 or self.min_event_time_ms < 0:

@@ -171,7 +171,8 @@ def transform_graph_key(transform_graph_path: str) -> Optional[str]:
 
 def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, export_dir: str,
                          trainer: Optional[Trainer] = None, transform_key: Optional[str] = None) -> None:
-    """Signature `serving_default(examples: string[None]) -> {probability: float[None, 1]}`.
+    """Signatures `serving_default(examples: string[None]) -> {probability: float[None, 1]}` and
+    `serving_raw(<raw field>: [None], ...)`, the same over raw feature tensors (pipelines/serve/signatures.py).
 
     With a `trainer` whose serving function was traced for the same
     `transform_key`, that trace is reused, and after its first full export
@@ -181,10 +182,11 @@ def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, exp
         if trainer.export_template is not None:
             _write_weights(model, trainer.export_template, export_dir)
             return
-        serve = trainer.serve
+        signatures = trainer.serve
     else:
-        raw_spec = dict(tft_output.raw_feature_spec())
-        raw_spec.pop(raw_label_key, None)  # serving requests carry no label
+        from pipelines.serve import signatures as serving_signatures
+
+        raw_spec = serving_signatures.raw_input_spec(tft_output, raw_label_key)  # requests carry no label
         model.tft_layer = tft_output.transform_features_layer()
         feature_names = list(model.input_names)
 
@@ -194,14 +196,17 @@ def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, exp
             transformed = model.tft_layer(raw)
             return {OUTPUT_KEY: model({k: transformed[k] for k in feature_names})}
 
+        # Beside it, the same transform and model over raw feature tensors: the server skips tf.Examples.
+        signatures = serving_signatures.signatures_for(serve, serving_signatures.raw_features_fn(
+            model.tft_layer, model, raw_spec, OUTPUT_KEY, feature_names))
         if trainer is not None:
-            trainer.serve, trainer.serve_transform, trainer.export_template = serve, transform_key, None
+            trainer.serve, trainer.serve_transform, trainer.export_template = signatures, transform_key, None
 
     # save_traces=False: everything that loads this model (TF Serving, TFMA as
     # TF_GENERIC, tf.saved_model.load) uses the signature, and tracing every
     # layer's call for Keras' own revival costs about a second per cycle.
     # Warm starts read the weights checkpoint, not this SavedModel.
-    model.save(export_dir, save_format="tf", signatures={"serving_default": serve}, save_traces=False)
+    model.save(export_dir, save_format="tf", signatures=signatures, save_traces=False)
     if trainer is not None and transform_key is not None:
         trainer.export_template = _read_template(export_dir)
 

@@ -1062,6 +1062,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(subparsers)
     add_compile_command(subparsers)
     add_submit_command(subparsers)
+    from pipelines.serve.command import add_serve_command
+
+    add_serve_command(subparsers)
     return parser
 
 

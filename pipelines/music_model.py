@@ -70,9 +70,11 @@ def _fit(model: keras.Model, features, labels: np.ndarray, *, epochs: int, batch
 
 
 def _export(model: keras.Model, tft_output, label_key: str, export_dir: str) -> None:
-    """`serving_default(examples: string[None]) -> {probability: float[None, 1]}`, the transform inside."""
-    raw_spec = dict(tft_output.raw_feature_spec())
-    raw_spec.pop(label_key, None)  # requests carry no label
+    """`serving_default(examples: string[None]) -> {probability: float[None, 1]}`, the transform inside,
+    and `serving_raw`, the same over raw feature tensors (pipelines/serve/signatures.py)."""
+    from pipelines.serve import signatures as serving_signatures
+
+    raw_spec = serving_signatures.raw_input_spec(tft_output, label_key)  # requests carry no label
     model.tft_layer = tft_output.transform_features_layer()
     names = list(model.input_names)
 
@@ -81,7 +83,9 @@ def _export(model: keras.Model, tft_output, label_key: str, export_dir: str) -> 
         transformed = model.tft_layer(tf.io.parse_example(serialized, raw_spec))
         return {"probability": model({k: transformed[k] for k in names})}
 
-    model.save(export_dir, save_format="tf", signatures={"serving_default": serve}, save_traces=False)
+    signatures = serving_signatures.signatures_for(serve, serving_signatures.raw_features_fn(
+        model.tft_layer, model, raw_spec, "probability", names))
+    model.save(export_dir, save_format="tf", signatures=signatures, save_traces=False)
 
 
 def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:

@@ -44,6 +44,9 @@ LOCAL_ONLY = {
     ("components/blessing_pusher/serving.py", "_rename_no_replace"): {"os.path.exists", "os.rename"},
     ("components/blessing_pusher/serving.py", "_is_stale"): {"os.stat"},
     ("components/blessing_pusher/serving.py", "apply_retention"): {"os.rename"},
+    # driftline serve: a local version folder's mtime is when it was published (the model's age in /metrics);
+    # an object store has no folder mtime, so the remote branch beside it takes the load time.
+    ("pipelines/serve/model_store.py", "load_version"): {"os.stat"},
     # driftline's own setup.py, read from the checkout the code runs from (version, Beam packaging).
     ("pipelines/version.py", "driftline_version"): {"open"},
     # SQLite ML Metadata and the controller's flock live on a local disk by nature (on Vertex AI

@@ -1,0 +1,10 @@
+"""`driftline serve`: the pushed model over HTTP, and the impressions log of what it served.
+
+* `signatures`: the raw-features signature the model modules export beside `serving_default`;
+* `model_store`: loads the newest version of the serving folder, and swaps to a new one atomically;
+* `impressions`: the log-and-wait writer (every scored item, appended to an event log);
+* `app`: the Starlette app (TF Serving-style REST endpoints, /healthz, /metrics);
+* `server`: runs the app under uvicorn.
+
+This package imports nothing heavy: each module imports what it needs.
+"""

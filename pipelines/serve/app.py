@@ -1,0 +1,226 @@
+"""The HTTP API of `driftline serve`: a Starlette app, TF Serving's REST paths.
+
+* `POST /v1/models/<name>:predict`: `{"instances": [event, ...]}` or columnar
+  `{"inputs": {field: [value, ...]}}` -> `{"predictions": [score, ...], "model_version": V, ...}`;
+* `POST /v1/models/<name>:rank`: `{"context": {...}, "candidates": [{...}, ...]}` (each candidate is
+  merged over the context) -> `{"scores": [...], "order": [index, ...], "model_version": V, ...}`,
+  `order` listing the candidates' indices best first;
+* `GET /v1/models/<name>`: `model_version_status` as TF Serving reports it;
+* `GET /healthz`: 200 once a model is loaded, 503 before;
+* `GET /metrics`: Prometheus text (pipelines/serve/metrics.py).
+
+Events are raw, as the event schema declares them, and checked before
+TensorFlow sees them (pipelines/serve/inputs.py): a bad request gets a 4xx
+whose message names the field. Bodies over `max_body_bytes` get a 413 from
+their Content-Length alone, or as soon as a chunked body passes the limit; a
+body that does not arrive within `body_timeout_s` gets a 408. Anything else
+that goes wrong in a request is a 500 for that request only.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import re
+import time
+import uuid
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from components.event_schema import EventSchema
+from pipelines.serve.impressions import ImpressionLog
+from pipelines.serve.inputs import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS, BadRequest, RequestChecker
+from pipelines.serve.metrics import ServeMetrics
+from pipelines.serve.model_store import LoadedModel, ModelStore
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclasses.dataclass
+class ServeState:
+    """What the app serves from; built by pipelines/serve/server.py (or a test)."""
+
+    model_name: str
+    schema: EventSchema
+    store: ModelStore
+    metrics: ServeMetrics
+    impressions: Optional[ImpressionLog] = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_items: int = DEFAULT_MAX_ITEMS
+    body_timeout_s: float = 10.0
+    _checkers: Dict[int, RequestChecker] = dataclasses.field(default_factory=dict)
+
+    def checker(self, model: LoadedModel) -> RequestChecker:
+        checker = self._checkers.get(model.version)
+        if checker is None:
+            checker = RequestChecker(self.schema, list(model.inputs), self.max_items)
+            self._checkers = {model.version: checker}  # only the served version's: the dict never grows
+        return checker
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json")
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise BadRequest(f"Content-Length {length[:40]!r} is not a number")
+        if int(length) > limit:
+            raise BadRequest(f"request body of {int(length)} bytes is over the limit of {limit} bytes "
+                             "(driftline serve --max-body-bytes)", status=413)
+
+    async def read() -> bytes:
+        chunks: List[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(f"request body is over the limit of {limit} bytes "
+                                 "(driftline serve --max-body-bytes)", status=413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise BadRequest(f"the request body did not arrive within {timeout_s:g} s", status=408) from None
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body:
+        raise BadRequest("request body is empty: send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+
+
+def create_app(state: ServeState) -> Starlette:
+    metrics = state.metrics
+
+    def finish(endpoint: str, started: float, response: Response) -> Response:
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        if response.status_code >= 500:
+            metrics.errors.labels(endpoint).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    async def score(request: Request, model: LoadedModel, columns: Dict[str, List[Any]], n: int,
+                    rank: bool) -> Response:
+        received_ms = int(time.time() * 1000)
+        header_id = request.headers.get("x-request-id")
+        if header_id is not None and not _REQUEST_ID.match(header_id):
+            raise BadRequest("X-Request-Id: give 1 to 128 characters of letters, digits and ._:-")
+        server_id = uuid.uuid4().hex
+        request_id = header_id or server_id
+        schema = state.schema
+        # Impression ids: unique whatever the client sends as its request id.
+        impression_ids = [f"{server_id}-{i}" for i in range(n)]
+        columns[schema.id_field] = impression_ids
+        columns[schema.event_time_field] = [received_ms] * n
+        scores = await run_in_threadpool(model.predict, columns)
+        score_list = scores.tolist()
+        if rank:
+            # Best first; equal scores keep the candidates' order.
+            order = np.argsort(-scores, kind="stable")
+            positions = np.empty(n, dtype=np.int64)
+            positions[order] = np.arange(n)
+            order, positions = order.tolist(), positions.tolist()
+        else:
+            order, positions = None, list(range(n))
+        metrics.items.inc(n)
+        if state.impressions is not None:
+            # Rows are built and written by the log's thread, off the request's path.
+            state.impressions.submit({**columns, "request_id": [request_id] * n, "model_version": [model.version] * n,
+                                      "score": score_list, "position": positions}, n)
+        body: Dict[str, Any] = {"model_version": model.version, "request_id": request_id}
+        if rank:
+            body.update(scores=score_list, order=order)
+        else:
+            body["predictions"] = score_list
+        body["impression_ids"] = impression_ids
+        return _json(body)
+
+    async def model_endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        spec = request.path_params["spec"]
+        name, _, verb = spec.partition(":")
+        endpoint = verb or "status"
+        if verb not in ("", "predict", "rank") or (verb == "" and request.method != "GET") or \
+                (verb != "" and request.method != "POST"):
+            endpoint = "unknown"
+        try:
+            if endpoint == "unknown":
+                raise BadRequest(f"no such endpoint: {request.method} {request.url.path}; use GET "
+                                 f"/v1/models/{state.model_name}, POST /v1/models/{state.model_name}:predict or "
+                                 f":rank", status=404)
+            if name != state.model_name:
+                raise BadRequest(f"no model named {name[:80]!r}; this server serves {state.model_name!r}",
+                                 status=404)
+            model = state.store.current  # read once: a swap meanwhile does not change this request's model
+            if endpoint == "status":
+                return finish(endpoint, started, _json(_version_status(state.store, model)))
+            body = _parse_json(await _read_body(request, state.max_body_bytes, state.body_timeout_s))
+            if model is None:
+                raise BadRequest("no model loaded yet: the serving folder has no servable version", status=503)
+            checker = state.checker(model)
+            columns, n = checker.rank_body(body) if endpoint == "rank" else checker.predict_body(body)
+            return finish(endpoint, started, await score(request, model, columns, n, rank=endpoint == "rank"))
+        except BadRequest as e:
+            return finish(endpoint, started, _json({"error": str(e)}, e.status))
+        except ClientDisconnect:
+            return finish(endpoint, started, _json({"error": "client disconnected"}, 400))
+        except Exception as e:  # the server's fault, this request's only
+            log.exception("%s %s failed", request.method, request.url.path)
+            return finish(endpoint, started, _json({"error": f"internal error: {type(e).__name__}: {e}"}, 500))
+
+    async def healthz(request: Request) -> Response:
+        model = state.store.current
+        if model is None:
+            return _json({"status": "loading", "error": state.store.last_error}, 503)
+        return _json({"status": "ok", "model_version": model.version})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state.store.start()
+        try:
+            yield
+        finally:
+            state.store.stop()
+            if state.impressions is not None:
+                await run_in_threadpool(state.impressions.close)
+
+    return Starlette(routes=[Route("/v1/models/{spec}", model_endpoint, methods=["GET", "POST"]),
+                             Route("/healthz", healthz, methods=["GET"]),
+                             Route("/metrics", metrics_endpoint, methods=["GET"])],
+                     lifespan=lifespan)
+
+
+def _version_status(store: ModelStore, model: Optional[LoadedModel]) -> Dict[str, Any]:
+    """TF Serving's GetModelStatus answer: the served version AVAILABLE, a newer one that failed END with why."""
+    statuses = []
+    if model is not None:
+        statuses.append({"version": str(model.version), "state": "AVAILABLE",
+                         "status": {"error_code": "OK", "error_message": ""}})
+    for version in sorted(store.failed_versions(), reverse=True):
+        if model is None or version > model.version:
+            statuses.append({"version": str(version), "state": "END",
+                             "status": {"error_code": "UNKNOWN", "error_message": store.failed_versions()[version]}})
+    return {"model_version_status": statuses}

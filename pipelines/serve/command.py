@@ -1,0 +1,54 @@
+"""`driftline serve`: the CLI command (registered by pipelines/cli.py)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_serve_command(subparsers: Any) -> None:
+    from pipelines.cli import _add_home_arguments, _int_at_least, _positive_float
+    from pipelines.serve.inputs import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS
+    from pipelines.serve.server import DEFAULT_PORT
+
+    p = subparsers.add_parser(
+        "serve", help="serve the pushed model over HTTP (TF Serving's REST paths) and log every impression",
+        description="Serves the highest version of the home's serving folder over HTTP: POST "
+                    "/v1/models/NAME:predict and :rank with raw events, GET /v1/models/NAME, /healthz and "
+                    "/metrics. A new version (a push, a rollback) is loaded in the background and swapped in "
+                    "atomically. Every scored item is appended to the impressions log (default HOME/impressions), "
+                    "an event log StreamingExampleGen can ingest. NAME is the pipeline name.")
+    _add_home_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_int_at_least(0), default=DEFAULT_PORT,
+                   help=f"port to listen on (default {DEFAULT_PORT}, TF Serving's REST port)")
+    p.add_argument("--impressions", metavar="DIR", help="the impressions log folder (default HOME/impressions)")
+    p.add_argument("--no-impressions", action="store_true", help="log no impressions")
+    p.add_argument("--max-body-bytes", type=_int_at_least(64), default=DEFAULT_MAX_BODY_BYTES,
+                   help=f"larger request bodies get a 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument("--max-items", type=_int_at_least(1), default=DEFAULT_MAX_ITEMS,
+                   help=f"most instances or candidates in one request (default {DEFAULT_MAX_ITEMS})")
+    p.add_argument("--poll-seconds", type=_positive_float, default=1.0,
+                   help="how often the serving folder is checked for a new version (default 1)")
+    p.add_argument("--body-timeout-seconds", type=_positive_float, default=10.0,
+                   help="a request body that has not arrived after this long gets a 408 (default 10)")
+    from pipelines.cli import _add_log_level_argument
+
+    _add_log_level_argument(p)
+    p.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from pipelines.cli import CommandError, _home_config
+    from pipelines.serve import server
+
+    if args.no_impressions and args.impressions:
+        raise CommandError("give --impressions DIR or --no-impressions, not both", exit_code=2)
+    config = _home_config(args)
+    options = server.options_from_config(config, args.host, args.port, args.impressions, args.no_impressions,
+                                         max_body_bytes=args.max_body_bytes, max_items=args.max_items,
+                                         poll_seconds=args.poll_seconds, body_timeout_s=args.body_timeout_seconds)
+    try:
+        server.run(options)
+    except OSError as e:  # the port is taken, the address is not this machine's
+        raise CommandError(f"cannot serve on {args.host}:{args.port}: {e}") from None
+    return 0

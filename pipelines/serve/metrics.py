@@ -1,0 +1,66 @@
+"""Prometheus metrics of `driftline serve`, in a registry of their own (served at GET /metrics).
+
+What this process saw: requests by endpoint and status code, their latency,
+items scored, impressions logged and not logged (with why), models loaded and
+versions that failed to load. The serving version and the model's age (now
+minus when its version folder was published) are read from the model store
+when scraped, so they are never stale.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# A 1,000-candidate rank is milliseconds; a cold or overloaded one can take a second.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _ModelCollector(Collector):
+    def __init__(self, current: Callable[[], Optional[object]]):
+        self._current = current
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        model = self._current()
+        version = GaugeMetricFamily("driftline_serve_model_version", "The model version being served (0: none yet)")
+        version.add_metric([], float(model.version) if model is not None else 0.0)
+        yield version
+        if model is not None:
+            age = GaugeMetricFamily("driftline_serve_model_age_seconds",
+                                    "Seconds since the served version was published in the serving folder")
+            age.add_metric([], max(0.0, time.time() - model.published_at_s))
+            yield age
+            loaded = GaugeMetricFamily("driftline_serve_model_loaded_timestamp_seconds",
+                                       "When this server loaded the served version (Unix time)")
+            loaded.add_metric([], model.loaded_at_s)
+            yield loaded
+
+
+class ServeMetrics:
+    def __init__(self, current_model: Callable[[], Optional[object]]):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("driftline_serve_requests", "HTTP requests answered, by endpoint and status code",
+                                ["endpoint", "code"], registry=self.registry)
+        self.errors = Counter("driftline_serve_errors", "Requests answered with a 5xx (the server's fault)",
+                              ["endpoint"], registry=self.registry)
+        self.latency = Histogram("driftline_serve_request_latency_seconds",
+                                 "Time from the request's arrival to its response, by endpoint",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.items = Counter("driftline_serve_items_scored", "Items (instances, candidates) scored",
+                             registry=self.registry)
+        self.impressions_logged = Counter("driftline_serve_impressions_logged",
+                                          "Impressions appended to the impressions log", registry=self.registry)
+        self.impressions_not_logged = Counter(
+            "driftline_serve_impressions_not_logged",
+            "Impressions scored but not logged: queue_full (the log is slower than the traffic) or write_error",
+            ["reason"], registry=self.registry)
+        self.model_swaps = Counter("driftline_serve_model_loads", "Versions loaded and swapped in",
+                                   registry=self.registry)
+        self.load_errors = Counter("driftline_serve_model_load_errors", "Versions that failed to load",
+                                   registry=self.registry)
+        self.registry.register(_ModelCollector(current_model))
+        for reason in ("queue_full", "write_error"):
+            self.impressions_not_logged.labels(reason)  # present at 0, so alerts see the series

@@ -1,0 +1,119 @@
+"""The impressions log writer (#20): batched, asynchronous, and never a reason to stop serving."""
+import fcntl
+import os
+import threading
+import time
+
+import pytest
+
+from components.event_log import WRITER_LOCK_FILE
+from components.event_schema import SchemaError, ad_click_schema
+from pipelines.serve.impressions import ImpressionLog, impressions_schema
+
+SCHEMA = ad_click_schema()
+
+
+def _entry(i, version=1):
+    return {"event_id": f"r-{i}", "event_time": 1_790_000_000_000 + i, "user_id": "u", "ad_id": f"a{i}",
+            "ad_category": "c", "device": "d", "hour_of_day": 3, "price": 1.5, "request_id": "r",
+            "model_version": version, "score": 0.25, "position": i}
+
+
+class Counts:
+    def __init__(self):
+        self.logged = 0
+        self.dropped = {}
+        self.lock = threading.Lock()
+
+    def on_logged(self, n):
+        with self.lock:
+            self.logged += n
+
+    def on_dropped(self, n, reason):
+        with self.lock:
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+def _columns(entries):
+    return {k: [e[k] for e in entries] for k in entries[0]}, len(entries)
+
+
+def _lines(folder):
+    return [line for name in sorted(os.listdir(folder)) if name.endswith(".jsonl")
+            for line in open(os.path.join(folder, name), "rb") if line.strip()]
+
+
+def _until(predicate, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_entries_land_in_the_event_log_and_parse_as_an_impressions_stream(tmp_path):
+    counts = Counts()
+    log = ImpressionLog(str(tmp_path / "imp"), on_logged=counts.on_logged, on_dropped=counts.on_dropped)
+    for r in range(50):
+        log.submit(*_columns([_entry(r * 10 + i) for i in range(10)]))
+    log.close()
+    assert counts.logged == 500 and counts.dropped == {}
+    schema = impressions_schema(SCHEMA)
+    parsed = [schema.parse(line) for line in _lines(str(tmp_path / "imp"))]
+    assert [p["event_id"] for p in parsed] == [f"r-{i}" for i in range(500)]
+    assert parsed[7] == {**_entry(7), "clicked": None}
+
+
+def test_the_impressions_schema_keeps_the_label_optional_and_refuses_clashing_names():
+    schema = impressions_schema(SCHEMA)
+    assert schema.label_field == "clicked" and not schema.field_map["clicked"].required
+    assert schema.id_field == SCHEMA.id_field and schema.field_map["model_version"].type == "int"
+    # A label is optional only when declared so: a stream's own schema still requires it by default.
+    assert SCHEMA.field_map["clicked"].required
+    import dataclasses
+
+    from components.event_schema import FieldSpec
+
+    clashing = dataclasses.replace(SCHEMA, fields=SCHEMA.fields + (FieldSpec("score", "float"),))
+    with pytest.raises(ValueError, match="score"):
+        impressions_schema(clashing)
+    # The id and event time stay required.
+    with pytest.raises(SchemaError, match="must be required"):
+        dataclasses.replace(SCHEMA, fields=tuple(dataclasses.replace(f, required=False) if f.name == "event_id"
+                                                 else f for f in SCHEMA.fields))
+
+
+def test_an_unavailable_log_is_counted_and_recovers(tmp_path):
+    counts = Counts()
+    path = tmp_path / "imp"
+    path.write_text("a file where the folder should be")
+    log = ImpressionLog(str(path), on_logged=counts.on_logged, on_dropped=counts.on_dropped)
+    log.submit(*_columns([_entry(i) for i in range(3)]))
+    _until(lambda: counts.dropped.get("write_error") == 3)
+    assert counts.logged == 0 and "FileExistsError" in log.last_error
+    path.unlink()  # the log is back
+    log.submit(*_columns([_entry(i) for i in range(4)]))
+    log.close()
+    assert counts.logged == 4 and len(_lines(str(path))) == 4
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):
+    """The writer stuck behind another writer's lock: requests keep returning, the overflow is counted."""
+    folder = tmp_path / "imp"
+    folder.mkdir()
+    lock_fd = os.open(str(folder / WRITER_LOCK_FILE), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    counts = Counts()
+    log = ImpressionLog(str(folder), max_pending=2, on_logged=counts.on_logged, on_dropped=counts.on_dropped)
+    try:
+        started = time.monotonic()
+        for r in range(20):
+            log.submit(*_columns([_entry(r)]))
+        assert time.monotonic() - started < 1.0
+        # One batch may be in the writer's hands, two wait in the queue; the rest are dropped.
+        assert counts.dropped["queue_full"] >= 17
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+    log.close()
+    assert counts.logged + counts.dropped["queue_full"] == 20
+    assert len(_lines(str(folder))) == counts.logged
