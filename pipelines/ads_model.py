@@ -64,7 +64,12 @@ def model_options(model_config: Mapping[str, Any], feature_buckets: Mapping[str,
     """The wide part's settings with defaults filled in; a bad one raises ValueError naming the fix."""
     options = {**WIDE_DEFAULTS, **{k: model_config[k] for k in WIDE_DEFAULTS if k in model_config}}
     crosses = []
-    for cross in options["crosses"] or []:
+    declared = options["crosses"] or []
+    if declared == "all":  # every pair of categorical features: no stream-specific names needed
+        declared = [[a, b] for i, a in enumerate(sorted(feature_buckets)) for b in sorted(feature_buckets)[i + 1:]]
+    elif isinstance(declared, str):
+        raise ValueError(f"trainer.model.crosses must be 'all' or a list of feature pairs, got {declared!r}")
+    for cross in declared:
         if not (isinstance(cross, (list, tuple)) and len(cross) == 2):
             raise ValueError(f"trainer.model.crosses: each cross is a pair of categorical features, got {cross!r}")
         unknown = [f for f in cross if f not in feature_buckets]

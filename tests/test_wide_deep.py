@@ -70,6 +70,10 @@ def test_the_default_model_has_a_wide_part_and_the_knob_turns_it_off():
         assert wide.get_layer(f"wide_{name}").get_weights()[0].shape == (n, 1)
     deep = _model({"wide": False})
     assert not [layer for layer in deep.layers if layer.name.startswith("wide_")]
+    every_pair = _model({"crosses": "all"})
+    names = sorted(buckets)
+    pairs = {f"wide_{a}_x_{b}" for i, a in enumerate(names) for b in names[i + 1:]}
+    assert pairs and pairs <= {layer.name for layer in every_pair.layers}
     with pytest.raises(ValueError, match="not hashed categorical features"):
         _model({"crosses": [["user_id_xf", "nonexistent"]]})
 
