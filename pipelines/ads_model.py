@@ -137,10 +137,17 @@ def _wide_variables(model: keras.Model) -> List[tf.Variable]:
     return [v for layer in model.layers if layer.name.startswith(WIDE_PREFIX) for v in layer.trainable_variables]
 
 
+# The wide optimizers' initial accumulator. Keras' 0.1 dwarfs the squared gradient of an id in a batch's
+# mean loss (about (1/batch)^2): its steps were lr/300 of River's per-event AdaGrad, and the linear part
+# hardly learned (benchmarks/learning.py). Near zero, an id's first step is about the learning rate.
+WIDE_INITIAL_ACCUMULATOR = 1e-6
+
+
 def _wide_optimizer(options: Mapping[str, Any]):
+    lr = float(options["wide_learning_rate"])
     if options["wide_optimizer"] == "ftrl":
-        return keras.optimizers.Ftrl(float(options["wide_learning_rate"]))
-    return keras.optimizers.Adagrad(float(options["wide_learning_rate"]))
+        return keras.optimizers.Ftrl(lr, initial_accumulator_value=WIDE_INITIAL_ACCUMULATOR)
+    return keras.optimizers.Adagrad(lr, initial_accumulator_value=WIDE_INITIAL_ACCUMULATOR)
 
 
 def _learning_rate(fn_args: WarmStartFnArgs, steps: int):
@@ -183,7 +190,7 @@ class Trainer:
         if self.wide_optimizer is not None:
             self.wide_optimizer.build(wide_vars)
         # Each optimizer's variables as built (step 0; AdaGrad's and FTRL's accumulators
-        # start at 0.1, not 0), for reset_optimizer.
+        # start at WIDE_INITIAL_ACCUMULATOR, not 0), for reset_optimizer.
         self._initial_slots = [(v, v.numpy()) for opt in self._optimizers() for v in opt.variables]
         self.names = list(model.input_names)
         self.dtypes = {k: tf.as_dtype(features[k].dtype) for k in self.names}

@@ -149,7 +149,7 @@ def test_the_model_beats_a_constant_predictor_on_the_next_span(spans):
 
 
 def test_reset_optimizer_restores_every_slot_as_built(spans):
-    """AdaGrad's accumulators start at 0.1, not 0: a reset puts them back there, so a kept Trainer's
+    """AdaGrad's accumulators start above 0: a reset puts them back there, so a kept Trainer's
     warm cycle trains as a fresh one does."""
     x, y = spans[0]
     trainer = ads_model.Trainer(_model({}), x, y, 0.01, {})
