@@ -112,6 +112,8 @@ def test_kept_inputs_give_what_reading_the_files_gives(continuous_run):
     from components.warm_start_trainer import data
     from components.warm_start_trainer import training_inputs as plan
     from pipelines import ads_model
+    from transforms.stream import LABEL_KEY
+
     args = _cycle_args(continuous_run["config"])
     graph, id_key = args["transform_graph_path"], args["schema"].id_field
     # A larger replay fraction than the default, so the sample is neither empty nor everything.
@@ -186,6 +188,7 @@ def test_the_exported_wide_and_deep_model_gives_the_keras_models_predictions(con
 
     from pipelines import ads_model
     from pipelines.scoring import ServingModel, read_span
+
     args = _cycle_args(continuous_run["config"])
     cc = args["custom_config"]
     config = {"crosses": [["user_id_xf", "ad_id_xf"]], "cross_buckets": 1009}
