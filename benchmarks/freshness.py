@@ -16,7 +16,7 @@ the CPU:
   price), learning every event once, one at a time, in log order, span after
   span, each span scored before it is learned (a worker process): logistic
   regression with plain SGD (the first peer), with AdaGrad at learning rates
-  0.01-0.3, and a factorization machine; the best by mean next-span AUC is the
+  0.01-1.0, and a factorization machine; the best by mean next-span AUC is the
   peer, the others' figures are reported beside it.
 * **stock TFX, stateless** and **stock TFX, stateful**: ``benchmarks/stock_tfx.py``,
   public TFX 1.16 components over a CSV export of the same events, a fresh
@@ -378,7 +378,8 @@ RIVER_NUMERIC = ("price",)
 # (pairwise interactions of the one-hot ids, as the wide & deep model's crosses). The best one by
 # mean next-span AUC is reported as the peer; the others' figures are kept beside it.
 RIVER_LR_SGD = "lr_sgd_0.01"
-RIVER_CONFIGS = (RIVER_LR_SGD, "lr_adagrad_0.01", "lr_adagrad_0.05", "lr_adagrad_0.1", "lr_adagrad_0.3", "fm_0.05")
+RIVER_CONFIGS = (RIVER_LR_SGD, "lr_adagrad_0.01", "lr_adagrad_0.05", "lr_adagrad_0.1", "lr_adagrad_0.3", "lr_adagrad_1.0",
+                 "fm_0.05")
 
 
 def river_features(event: Mapping[str, Any], categorical: Sequence[str] = RIVER_CATEGORICAL,

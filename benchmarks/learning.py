@@ -17,7 +17,7 @@ k+1's eval split (later than anything it trained on): exact rank AUC. Every
 candidate counts as served (no gate here: this measures what the model learns).
 
 River (``benchmarks/freshness.py``'s configurations: logistic regression with SGD,
-with AdaGrad at 0.01-0.3, and a factorization machine, on one-hot categorical
+with AdaGrad at 0.01-1.0, and a factorization machine, on one-hot categorical
 fields and standard-scaled numeric ones) learns every event of span k once, after
 its eval split has been scored: the same freshness. The peer is the best River
 configuration on each stream.
@@ -64,6 +64,7 @@ GRID: Dict[str, Dict[str, Any]] = {
     "deep only (old)": {"model": dict(_DEEP, wide=False)},
     "wide, no crosses": {"model": dict(_WIDE, crosses=[])},
     "wide + all crosses": {"model": _WIDE},
+    "wide + all crosses, wide lr 0.02": {"model": dict(_WIDE, wide_learning_rate=0.02)},
     "wide + all crosses, wide lr 0.15": {"model": dict(_WIDE, wide_learning_rate=0.15)},
     "wide + all crosses, warm 1 epoch": {"model": _WIDE, "warm_epochs": 1},
     "wide + all crosses, warm 3 epochs at 0.003": {"model": _WIDE, "warm_epochs": 3, "warm_learning_rate": 0.003},

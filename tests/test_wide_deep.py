@@ -64,16 +64,20 @@ def _auc(labels, scores):
 
 def test_the_default_model_has_a_wide_part_and_the_knob_turns_it_off():
     buckets = stream.hash_buckets(SCHEMA, TRANSFORM)
-    wide = _model({})
-    assert {layer.name for layer in wide.layers if layer.name.startswith("wide_")} == {f"wide_{k}" for k in buckets}
-    for name, n in buckets.items():
-        assert wide.get_layer(f"wide_{name}").get_weights()[0].shape == (n, 1)
-    deep = _model({"wide": False})
-    assert not [layer for layer in deep.layers if layer.name.startswith("wide_")]
-    every_pair = _model({"crosses": "all"})
     names = sorted(buckets)
     pairs = {f"wide_{a}_x_{b}" for i, a in enumerate(names) for b in names[i + 1:]}
-    assert pairs and pairs <= {layer.name for layer in every_pair.layers}
+    wide = _model({})  # the default: every feature and every pair of features crossed
+    assert {layer.name for layer in wide.layers if layer.name.startswith("wide_")} == \
+        {f"wide_{k}" for k in buckets} | pairs
+    for name, n in buckets.items():
+        assert wide.get_layer(f"wide_{name}").get_weights()[0].shape == (n, 1)
+    for pair in pairs:
+        assert wide.get_layer(pair).get_weights()[0].shape == (ads_model.WIDE_DEFAULTS["cross_buckets"], 1)
+    no_crosses = _model({"crosses": []})
+    assert {layer.name for layer in no_crosses.layers if layer.name.startswith("wide_")} == \
+        {f"wide_{k}" for k in buckets}
+    deep = _model({"wide": False})
+    assert not [layer for layer in deep.layers if layer.name.startswith("wide_")]
     with pytest.raises(ValueError, match="not hashed categorical features"):
         _model({"crosses": [["user_id_xf", "nonexistent"]]})
 
