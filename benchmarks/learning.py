@@ -298,6 +298,10 @@ def render(report: Mapping[str, Any]) -> str:
     lines += ["| target | value | needed | met |", "|---|---|---|---|"]
     for t in s["targets"]:
         lines.append(f"| {t['target']} | {t['value']:.4f} | {t['need']:.4f} | {'yes' if t['met'] else '**no**'} |")
+    lines += ["", "Read with care: the settings are chosen on the same cycles they are reported on (a small grid, "
+              "so a small optimism); every candidate counts as served (the gate is not in this loop); River's "
+              "AdaGrad sweep peaks at its top rate on both streams, so a higher rate might do better; stock TFX "
+              "is in the freshness benchmark, not here."]
     lines.append(end)
     return "\n".join(lines) + "\n"
 
