@@ -2,8 +2,8 @@
 
 Deep: an embedding per hashed categorical feature, concatenated with the
 numeric features, through an MLP (trained with Adam). Wide: one weight per
-hashed bucket of every categorical feature, and of every declared cross of two
-categorical features (hashed inside the model), trained with AdaGrad or FTRL as
+hashed bucket of every categorical feature, and of crosses of two categorical
+features (every pair by default; hashed inside the model), trained with AdaGrad or FTRL as
 production CTR models are: it learns per-id click rates as fast as an online
 logistic regression, which the MLP alone does not. The two logits are summed
 before the sigmoid. `trainer.model` = {"wide": false} builds the deep model alone.
