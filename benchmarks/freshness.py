@@ -12,9 +12,12 @@ the CPU:
   included); after each cycle, in the controller's own loop, the next ten
   minutes. So every cycle has exactly one newly closed span, as on a live
   stream, and the controller finds it on its next look.
-* **River**: online logistic regression (``river==0.19.0``; one-hot ids, hour
-  and device, standard-scaled price) learning every event once, one at a time,
-  in log order, span after span (a worker process).
+* **River** (``river==0.19.0``; one-hot ids, hour and device, standard-scaled
+  price), learning every event once, one at a time, in log order, span after
+  span, each span scored before it is learned (a worker process): logistic
+  regression with plain SGD (the first peer), with AdaGrad at learning rates
+  0.01-1.0, and a factorization machine; the best by mean next-span AUC is the
+  peer, the others' figures are reported beside it.
 * **stock TFX, stateless** and **stock TFX, stateful**: ``benchmarks/stock_tfx.py``,
   public TFX 1.16 components over a CSV export of the same events, a fresh
   process per cycle as cron starts one. Stateless retrains on all spans so far;
@@ -97,7 +100,7 @@ SPAN_MS = SPAN_MINUTES * 60_000
 DEFAULT_SIZES = (10_000, 100_000)
 DRIFTLINE, RIVER, STOCK_STATELESS, STOCK_STATEFUL = "driftline", "river", "stock_stateless", "stock_stateful"
 REGIMES = (STOCK_STATELESS, STOCK_STATEFUL, RIVER, DRIFTLINE)
-LABELS = {DRIFTLINE: "driftline continuous", RIVER: "River online LR",
+LABELS = {DRIFTLINE: "driftline continuous", RIVER: "River (best configuration)",
           STOCK_STATELESS: "stock TFX, stateless", STOCK_STATEFUL: "stock TFX, stateful"}
 COLORS = {DRIFTLINE: "tab:blue", RIVER: "tab:green", STOCK_STATELESS: "tab:red", STOCK_STATEFUL: "tab:orange"}
 # The issue's targets.
@@ -368,49 +371,99 @@ def _driftline_breakdown(config, rows: List[Dict[str, Any]], kept_models: str) -
 
 
 RIVER_CATEGORICAL = ("user_id", "ad_id", "ad_category", "device", "hour_of_day")
+RIVER_NUMERIC = ("price",)
+# River's configurations, each learning every event of a span once, after scoring the span (the
+# freshness driftline has): the one the benchmark used first (plain SGD at River's default 0.01),
+# logistic regression with AdaGrad over a small learning-rate sweep, and a factorization machine
+# (pairwise interactions of the one-hot ids, as the wide & deep model's crosses). The best one by
+# mean next-span AUC is reported as the peer; the others' figures are kept beside it.
+RIVER_LR_SGD = "lr_sgd_0.01"
+RIVER_CONFIGS = (RIVER_LR_SGD, "lr_adagrad_0.01", "lr_adagrad_0.05", "lr_adagrad_0.1", "lr_adagrad_0.3", "lr_adagrad_1.0",
+                 "fm_0.05")
 
 
-def river_features(event: Mapping[str, Any]) -> Dict[str, Any]:
-    x = {k: str(event[k]) for k in RIVER_CATEGORICAL}
-    x["price"] = float(event["price"])
+def river_features(event: Mapping[str, Any], categorical: Sequence[str] = RIVER_CATEGORICAL,
+                   numeric: Sequence[str] = RIVER_NUMERIC) -> Dict[str, Any]:
+    x: Dict[str, Any] = {k: str(event[k]) for k in categorical}
+    for k in numeric:
+        x[k] = float(event[k])
     return x
 
 
-def river_model():
-    from river import compose, linear_model, preprocessing
+def river_model(config: str = RIVER_LR_SGD, categorical: Sequence[str] = RIVER_CATEGORICAL,
+                numeric: Sequence[str] = RIVER_NUMERIC):
+    from river import compose, facto, linear_model, optim, preprocessing
 
+    kind, rate = config.rsplit("_", 1)
+    lr = float(rate)
     # drop_zeros: otherwise every event carries a zero for every category seen so far, and learning slows
     # down as the vocabulary grows (13 CPU s per 10k events here instead of 1), with the same predictions.
-    ids = compose.Select(*RIVER_CATEGORICAL) | preprocessing.OneHotEncoder(drop_zeros=True)
-    price = compose.Select("price") | preprocessing.StandardScaler()
-    return compose.TransformerUnion(ids, price) | linear_model.LogisticRegression()
+    ids = compose.Select(*categorical) | preprocessing.OneHotEncoder(drop_zeros=True)
+    features = compose.TransformerUnion(ids, compose.Select(*numeric) | preprocessing.StandardScaler()) \
+        if numeric else ids
+    if kind == "lr_sgd":
+        learner = linear_model.LogisticRegression(optimizer=optim.SGD(lr))
+    elif kind == "lr_adagrad":
+        learner = linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr))
+    elif kind == "fm":
+        learner = facto.FMClassifier(n_factors=8, weight_optimizer=optim.AdaGrad(lr),
+                                     latent_optimizer=optim.AdaGrad(lr), seed=0)
+    else:
+        raise ValueError(f"unknown River configuration {config!r}; known: {RIVER_CONFIGS}")
+    return features | learner
+
+
+def river_peers(by_span: Mapping[int, Sequence[Mapping[str, Any]]], spans: int, label: str = "clicked",
+                categorical: Sequence[str] = RIVER_CATEGORICAL, numeric: Sequence[str] = RIVER_NUMERIC,
+                configs: Sequence[str] = RIVER_CONFIGS, tag: str = "river") -> Dict[str, List[Dict[str, Any]]]:
+    """Prequential by span, per configuration: span k+1 is scored by the model that has learned spans
+    1..k, then learned. {config: rows}, a row per span k with the AUC of its model on span k+1."""
+    from pipelines.scoring import exact_auc, log_loss
+
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for config in configs:
+        model = river_model(config, categorical, numeric)
+        rows: List[Dict[str, Any]] = []
+        for k in range(1, spans + 2):
+            events = by_span.get(k, [])
+            xs = [river_features(e, categorical, numeric) for e in events]
+            if k >= 2:
+                preds = [model.predict_proba_one(x).get(True, 0.0) for x in xs]
+                labels = [int(e[label]) for e in events]
+                rows[-1].update({"next_span_auc": exact_auc(labels, preds),
+                                 "next_span_log_loss": log_loss(labels, preds), "next_span_examples": len(labels)})
+            if k > spans:
+                break
+            t0, c0 = time.monotonic(), time.process_time()
+            for x, e in zip(xs, events):
+                model.learn_one(x, bool(e[label]))
+            rows.append({"span": k, "events": len(events), "wall_s": round(time.monotonic() - t0, 3),
+                         "cpu_s": round(time.process_time() - c0, 3)})
+        out[config] = rows
+        print(f"[{tag}] {config}: mean next-span AUC {best_mean_auc(rows):.4f}", file=sys.stderr, flush=True)
+    return out
+
+
+def best_mean_auc(rows: Sequence[Mapping[str, Any]], lo: int = 2, hi: int = 10 ** 9) -> float:
+    """Mean next-span AUC of the cycles lo..hi (steady state: from cycle 2)."""
+    values = [r["next_span_auc"] for r in rows if lo <= r["span"] <= hi and r.get("next_span_auc") is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def best_river(peers: Mapping[str, Sequence[Mapping[str, Any]]], lo: int = 2, hi: int = 10 ** 9) -> str:
+    """The configuration with the highest mean next-span AUC over cycles lo..hi."""
+    return max(peers, key=lambda c: best_mean_auc(peers[c], lo, hi))
 
 
 def river_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """Prequential by span: span k+1 is scored by the model that has learned spans 1..k, then learned."""
-    from pipelines.scoring import exact_auc, log_loss
-
+    """Every River configuration over the stream; the best one's rows are the peer's."""
     by_span = group_by_span(read_events(spec["log_dir"]), spec["start_ms"])
-    model = river_model()
-    rows: List[Dict[str, Any]] = []
-    for k in range(1, spec["spans"] + 2):
-        events = by_span.get(k, [])
-        if k >= 2:
-            xs = [river_features(e) for e in events]
-            preds = [model.predict_proba_one(x).get(True, 0.0) for x in xs]
-            labels = [int(e["clicked"]) for e in events]
-            rows[-1].update({"next_span_auc": exact_auc(labels, preds), "next_span_log_loss": log_loss(labels, preds),
-                             "next_span_examples": len(labels)})
-        if k > spec["spans"]:
-            break
-        t0, c0 = time.monotonic(), time.process_time()
-        for e in events:
-            model.learn_one(river_features(e), bool(e["clicked"]))
-        rows.append({"span": k, "events": len(events), "wall_s": round(time.monotonic() - t0, 3),
-                     "cpu_s": round(time.process_time() - c0, 3)})
-        print(f"[river] span {k}/{spec['spans']}: learned {len(events):,} events in {rows[-1]['cpu_s']:.2f} CPU s",
-              file=sys.stderr, flush=True)
-    return {"rows": rows}
+    peers = river_peers(by_span, spec["spans"])
+    best = best_river(peers)
+    return {"rows": peers[best], "config": best,
+            "configs": {c: {"next_span_auc": _r(best_mean_auc(rows), 4), "cpu_s": _r(median_over(rows, "cpu_s", 1,
+                                                                                                   spec["spans"]))}
+                        for c, rows in peers.items()}}
 
 
 def score_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -561,7 +614,7 @@ def run_size(size: int, args, work: str, with_stock: bool) -> Dict[str, Any]:
         raise SystemExit(f"the stream replayed to driftline differs from the reference stream in {differ} events")
     log(f"size {size:,}: driftline's replayed log holds the reference stream's first {replayed_minutes} minutes")
     result["loadavg"][RIVER] = round(os.getloadavg()[0], 2)
-    log(f"size {size:,}: River online logistic regression ...")
+    log(f"size {size:,}: River, {len(RIVER_CONFIGS)} configurations ...")
     result["regimes"][RIVER] = _run_worker("river", common, size_dir)
     reused = (reused_stock(args.stock_from, args.stock_from_report, size, result, lateness)
               if (args.stock_from and not with_stock) else None)
@@ -758,6 +811,10 @@ def headline(sizes: Mapping[str, Mapping[str, Any]], primary: int,
         "next_span_auc_driftline": g(DRIFTLINE, "next_span_auc"),
         "next_span_auc_oracle": p.get("oracle_next_span_auc"),
         "river_cpu_s_per_span": g(RIVER, "cpu_s"),
+        # Which River configuration is the peer, and the first peer's (plain SGD) figure for reference.
+        "river_config": sizes[str(primary)].get("regimes", {}).get(RIVER, {}).get("config"),
+        "next_span_auc_river_lr_sgd": sizes[str(primary)].get("regimes", {}).get(RIVER, {}).get(
+            "configs", {}).get(RIVER_LR_SGD, {}).get("next_span_auc"),
         "driftline_memory": (dict(memory_run["memory"], events_per_span=memory_run["events_per_span"],
                                   from_memory_run=True) if memory_run else g(DRIFTLINE, "memory")),
     }

@@ -1,4 +1,12 @@
-"""The default model for the ad-click stream: hashed-id embeddings and an MLP.
+"""The default model for any stream: wide & deep over the hashed ids.
+
+Deep: an embedding per hashed categorical feature, concatenated with the
+numeric features, through an MLP (trained with Adam). Wide: one weight per
+hashed bucket of every categorical feature, and of crosses of two categorical
+features (every pair by default; hashed inside the model), trained with AdaGrad or FTRL as
+production CTR models are: it learns per-id click rates as fast as an online
+logistic regression, which the MLP alone does not. The two logits are summed
+before the sigmoid. `trainer.model` = {"wide": false} builds the deep model alone.
 
 It is an ordinary user module: `run_fn(fn_args)` gets `WarmStartFnArgs`,
 continues `fn_args.base_model` when the cycle is warm, and exports a serving
@@ -25,14 +33,76 @@ from transforms.stream import LABEL_KEY
 
 OUTPUT_KEY = "probability"
 
+# The wide part's knobs in `trainer.model`, and their defaults.
+# Every pair of categorical features crossed, AdaGrad at 0.05: the best of benchmarks/learning.py's grid on
+# both the ad and the music stream (crosses: +0.018 and +0.021 mean next-span AUC over the wide part alone;
+# 0.15 did worse than 0.05 on both). A stream with many categorical features gets many crosses (n(n-1)/2
+# tables of `cross_buckets` weights): name the useful ones instead.
+WIDE_DEFAULTS = {"wide": True, "crosses": "all", "cross_buckets": 100003, "wide_optimizer": "adagrad",
+                 "wide_learning_rate": 0.05}
+WIDE_PREFIX = "wide_"
+
+
+@keras.utils.register_keras_serializable(package="driftline")
+class HashedCross(keras.layers.Layer):
+    """The bucket of a pair of hashed ids: FarmHash64 (`to_hash_bucket_fast`) of "<a>_<b>".
+
+    A fingerprint of the two ids' decimal text, so the same pair lands in the
+    same bucket in every process and every build (no Python `hash`, no seed).
+    """
+
+    def __init__(self, num_buckets: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_buckets = int(num_buckets)
+
+    def call(self, inputs):
+        a, b = inputs
+        text = tf.strings.join([tf.strings.as_string(a), tf.strings.as_string(b)], separator="_")
+        return tf.strings.to_hash_bucket_fast(text, self.num_buckets)
+
+    def get_config(self):
+        return {**super().get_config(), "num_buckets": self.num_buckets}
+
+
+def model_options(model_config: Mapping[str, Any], feature_buckets: Mapping[str, int]) -> Dict[str, Any]:
+    """The wide part's settings with defaults filled in; a bad one raises ValueError naming the fix."""
+    options = {**WIDE_DEFAULTS, **{k: model_config[k] for k in WIDE_DEFAULTS if k in model_config}}
+    crosses = []
+    declared = options["crosses"] or []
+    if declared == "all":  # every pair of categorical features: no stream-specific names needed
+        declared = [[a, b] for i, a in enumerate(sorted(feature_buckets)) for b in sorted(feature_buckets)[i + 1:]]
+    elif isinstance(declared, str):
+        raise ValueError(f"trainer.model.crosses must be 'all' or a list of feature pairs, got {declared!r}")
+    for cross in declared:
+        if not (isinstance(cross, (list, tuple)) and len(cross) == 2):
+            raise ValueError(f"trainer.model.crosses: each cross is a pair of categorical features, got {cross!r}")
+        unknown = [f for f in cross if f not in feature_buckets]
+        if unknown:
+            raise ValueError(f"trainer.model.crosses: {unknown} are not hashed categorical features of this stream "
+                             f"(its transformed ones are {sorted(feature_buckets)}); name those")
+        crosses.append([str(cross[0]), str(cross[1])])
+    options["crosses"] = crosses
+    if options["wide_optimizer"] not in ("adagrad", "ftrl"):
+        raise ValueError(f"trainer.model.wide_optimizer must be 'adagrad' or 'ftrl', got {options['wide_optimizer']!r}")
+    if not float(options["wide_learning_rate"]) > 0 or int(options["cross_buckets"]) < 1:
+        raise ValueError("trainer.model.wide_learning_rate must be > 0 and trainer.model.cross_buckets >= 1")
+    return options
+
+
+def cross_name(cross) -> str:
+    return f"{cross[0]}_x_{cross[1]}"
+
 
 def build_model(feature_buckets: Mapping[str, int], numeric_features: List[str],
                 model_config: Mapping[str, Any], seed: int) -> keras.Model:
-    """Embeddings for every hashed feature, concatenated with scaled numbers, then an MLP.
+    """Deep: embeddings for every hashed feature, concatenated with scaled numbers, then an MLP.
+    Wide (unless `"wide": false`): one weight per bucket of every hashed feature and cross.
 
     Every layer is named, so variable names match across processes and the
-    warm-start manifest can compare them.
+    warm-start manifest can compare them; the wide part's layers are named
+    `wide_*`, which is how `Trainer` gives them their own optimizer.
     """
+    options = model_options(model_config, feature_buckets)
     keras.utils.set_random_seed(seed)
     dim = int(model_config.get("embedding_dim", 8))
     inputs: Dict[str, keras.Input] = {}
@@ -47,8 +117,41 @@ def build_model(feature_buckets: Mapping[str, int], numeric_features: List[str],
     x = keras.layers.Concatenate(name="features")(parts)
     for i, units in enumerate(model_config.get("hidden_units", [64, 32])):
         x = keras.layers.Dense(int(units), activation="relu", name=f"dense_{i}")(x)
-    out = keras.layers.Dense(1, activation="sigmoid", name="click")(x)
+    if not options["wide"]:
+        out = keras.layers.Dense(1, activation="sigmoid", name="click")(x)
+        return keras.Model(inputs=inputs, outputs=out, name="ads_ctr")
+    logits = [keras.layers.Dense(1, name="deep_logit")(x)]  # its bias is the model's bias
+    ids = {name: inputs[name] for name in sorted(feature_buckets)}
+    buckets = dict(feature_buckets)
+    for cross in options["crosses"]:
+        name = cross_name(cross)
+        ids[name] = HashedCross(int(options["cross_buckets"]), name=f"cross_{name}")([inputs[cross[0]], inputs[cross[1]]])
+        buckets[name] = int(options["cross_buckets"])
+    for name in ids:
+        # Zero-initialised: a new id starts at the base rate the bias learns.
+        weight = keras.layers.Embedding(buckets[name], 1, embeddings_initializer="zeros",
+                                        name=f"{WIDE_PREFIX}{name}")(ids[name])
+        logits.append(weight)
+    logit = keras.layers.Add(name="logit")(logits)
+    out = keras.layers.Activation("sigmoid", name="click")(logit)
     return keras.Model(inputs=inputs, outputs=out, name="ads_ctr")
+
+
+def _wide_variables(model: keras.Model) -> List[tf.Variable]:
+    return [v for layer in model.layers if layer.name.startswith(WIDE_PREFIX) for v in layer.trainable_variables]
+
+
+# The wide optimizers' initial accumulator. Keras' 0.1 dwarfs the squared gradient of an id in a batch's
+# mean loss (about (1/batch)^2): its steps were lr/300 of River's per-event AdaGrad, and the linear part
+# hardly learned (benchmarks/learning.py). Near zero, an id's first step is about the learning rate.
+WIDE_INITIAL_ACCUMULATOR = 1e-6
+
+
+def _wide_optimizer(options: Mapping[str, Any]):
+    lr = float(options["wide_learning_rate"])
+    if options["wide_optimizer"] == "ftrl":
+        return keras.optimizers.Ftrl(lr, initial_accumulator_value=WIDE_INITIAL_ACCUMULATOR)
+    return keras.optimizers.Adagrad(lr, initial_accumulator_value=WIDE_INITIAL_ACCUMULATOR)
 
 
 def _learning_rate(fn_args: WarmStartFnArgs, steps: int):
@@ -58,7 +161,11 @@ def _learning_rate(fn_args: WarmStartFnArgs, steps: int):
 
 
 class Trainer:
-    """A model, its optimizer and its traced train step.
+    """A model, its optimizers and its traced train step.
+
+    The deep part trains with Adam at the cycle's learning rate; the wide
+    part's variables (layers named `wide_*`), if any, with AdaGrad or FTRL at
+    `wide_learning_rate`: two optimizers over disjoint variable sets.
 
     One cycle builds and traces these once; the controller's long-lived
     process keeps the last one (see `run_fn`) so the next warm cycle of the
@@ -70,13 +177,25 @@ class Trainer:
     """
 
     def __init__(self, model: keras.Model, features: Mapping[str, np.ndarray], labels: np.ndarray,
-                 learning_rate=0.001):
+                 learning_rate=0.001, model_config: Optional[Mapping[str, Any]] = None):
         self.model = model
+        wide_ids = {id(v) for v in _wide_variables(model)}
+        deep_vars = [v for v in model.trainable_variables if id(v) not in wide_ids]
+        wide_vars = [v for v in model.trainable_variables if id(v) in wide_ids]
         self.optimizer = keras.optimizers.Adam(learning_rate)
+        self.wide_optimizer = None
+        if wide_vars:
+            options = {**WIDE_DEFAULTS, **dict(model_config or {})}
+            self.wide_optimizer = _wide_optimizer(options)
         # Slot variables are made here, eagerly, and every batch size shares one
         # signature, so the step is traced once: creating variables in the
         # first call traced it twice, and the last, smaller batch a third time.
-        self.optimizer.build(model.trainable_variables)
+        self.optimizer.build(deep_vars)
+        if self.wide_optimizer is not None:
+            self.wide_optimizer.build(wide_vars)
+        # Each optimizer's variables as built (step 0; AdaGrad's and FTRL's accumulators
+        # start at WIDE_INITIAL_ACCUMULATOR, not 0), for reset_optimizer.
+        self._initial_slots = [(v, v.numpy()) for opt in self._optimizers() for v in opt.variables]
         self.names = list(model.input_names)
         self.dtypes = {k: tf.as_dtype(features[k].dtype) for k in self.names}
         self.label_dtype = tf.as_dtype(labels.dtype)
@@ -84,7 +203,8 @@ class Trainer:
         signature = [{k: tf.TensorSpec([None], self.dtypes[k], name=k) for k in self.names},
                      tf.TensorSpec([None], self.label_dtype, name="label"),
                      tf.TensorSpec([], tf.int32, name="batch_size")]
-        optimizer = self.optimizer
+        optimizer, wide_optimizer = self.optimizer, self.wide_optimizer
+        n_deep = len(deep_vars)
 
         @tf.function(autograph=False, input_signature=signature)
         def step(x, y, batch_size):
@@ -99,8 +219,10 @@ class Trainer:
                 xb = {k: v[start:start + batch_size] for k, v in x.items()}
                 with tf.GradientTape() as tape:
                     loss = loss_fn(y[start:start + batch_size], model(xb, training=True)[:, 0])
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+                grads = tape.gradient(loss, deep_vars + wide_vars)
+                optimizer.apply_gradients(zip(grads[:n_deep], deep_vars))
+                if wide_optimizer is not None:
+                    wide_optimizer.apply_gradients(zip(grads[n_deep:], wide_vars))
                 return i + 1, total + tf.cast(loss, tf.float64)
 
             _, total = tf.while_loop(lambda i, _: i < batches, train_batch,
@@ -121,15 +243,19 @@ class Trainer:
         return (sorted(features) == sorted(self.names) and tf.as_dtype(labels.dtype) == self.label_dtype
                 and all(tf.as_dtype(features[k].dtype) == self.dtypes[k] for k in self.names))
 
+    def _optimizers(self) -> list:
+        return [self.optimizer] + ([self.wide_optimizer] if self.wide_optimizer is not None else [])
+
     def reset_optimizer(self, learning_rate: float) -> None:
-        """A fresh Adam: zero moments, step 0, this cycle's learning rate."""
-        for variable in self.optimizer.variables:
-            variable.assign(tf.zeros_like(variable))
+        """Fresh optimizers: every slot as built (Adam's moments zero, the wide accumulators at their
+        initial value), step 0, this cycle's learning rate for the deep part (the wide one's is fixed)."""
+        for variable, initial in self._initial_slots:
+            variable.assign(initial)
         self.optimizer.learning_rate = learning_rate
 
     def fit(self, features: Mapping[str, np.ndarray], labels: np.ndarray, *, epochs: int, batch_size: int,
             seed: int) -> float:
-        """Minibatch Adam on in-memory arrays; returns the last epoch's mean loss.
+        """Minibatch training on in-memory arrays; returns the last epoch's mean loss.
 
         The step is a tf.function traced without AutoGraph: Keras' fit() spends
         tens of seconds converting its training loop on the first epoch of
@@ -146,9 +272,9 @@ class Trainer:
 
 
 def train(model: keras.Model, features: Mapping[str, np.ndarray], labels: np.ndarray, *, epochs: int,
-          batch_size: int, learning_rate, seed: int) -> float:
+          batch_size: int, learning_rate, seed: int, model_config: Optional[Mapping[str, Any]] = None) -> float:
     """Trains `model` with a new Trainer (a fresh trace); returns the last epoch's mean loss."""
-    return Trainer(model, features, labels, learning_rate).fit(features, labels, epochs=epochs,
+    return Trainer(model, features, labels, learning_rate, model_config).fit(features, labels, epochs=epochs,
                                                                batch_size=batch_size, seed=seed)
 
 
@@ -350,7 +476,7 @@ def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
     if trainer is None:
         _reusable.clear()
         model, warm, reason = _new_model(fn_args, warm, reason)
-        trainer = Trainer(model, features, labels, learning_rate)
+        trainer = Trainer(model, features, labels, learning_rate, config.get("model", {}))
         if reusable:
             _reusable[key] = trainer
     final_loss = trainer.fit(features, labels, epochs=fn_args.epochs, batch_size=fn_args.batch_size,

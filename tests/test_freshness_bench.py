@@ -234,3 +234,22 @@ def test_a_worker_peak_memory_is_its_own_not_its_parents():
                          env=fb._child_env(), capture_output=True, text=True, check=True)
     del ballast
     assert 0 < float(out.stdout.strip()) < 300
+
+
+def test_every_river_configuration_scores_a_span_before_learning_it_and_the_best_is_the_peer():
+    # Span 1 teaches "user a clicks, user b does not"; span 2 shows it again; span 3 reverses it. A model that
+    # learned span 2 before scoring it would rank span 2 perfectly at every rate; scored first, it ranks it by
+    # what span 1 taught.
+    def span(click_user, n=40):
+        return [{"user_id": u, "ad_id": "x", "ad_category": "c", "device": "d", "hour_of_day": 1, "price": 1.0,
+                 "clicked": u == click_user} for _ in range(n) for u in ("a", "b")]
+    by_span = {1: span("a"), 2: span("a"), 3: span("b")}
+    peers = fb.river_peers(by_span, 2)
+    assert set(peers) == set(fb.RIVER_CONFIGS)
+    for config, rows in peers.items():
+        assert [r["span"] for r in rows] == [1, 2]
+        assert rows[0]["next_span_auc"] == 1.0, config  # learned span 1, scored on span 2
+        assert rows[1]["next_span_auc"] == 0.0, config  # learned spans 1-2, scored on span 3 (reversed)
+    fake = {"x": [{"span": 2, "next_span_auc": 0.6}, {"span": 3, "next_span_auc": 0.8}],
+            "y": [{"span": 1, "next_span_auc": 0.99}, {"span": 2, "next_span_auc": 0.65}, {"span": 3, "next_span_auc": 0.7}]}
+    assert fb.best_river(fake) == "x"  # 0.70 against 0.675: cycle 1 is not steady state

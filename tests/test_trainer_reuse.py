@@ -178,3 +178,39 @@ def test_a_span_with_no_training_examples_gives_its_base_or_an_untrained_model(c
         predictions = ServingModel(str(tmp_path / name / "model")).predict(examples)
         if base is not None:  # the base model, as it was
             np.testing.assert_allclose(predictions, ServingModel(base.uri).predict(examples), rtol=1e-6)
+
+
+def test_the_exported_wide_and_deep_model_gives_the_keras_models_predictions(continuous_run, tmp_path):
+    """Both export paths (the full SavedModel, then the kept graph with only new weights) of a model
+    with a hashed cross serve what the Keras model computes on the transformed examples."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from pipelines import ads_model
+    from pipelines.scoring import ServingModel, read_span
+
+    args = _cycle_args(continuous_run["config"])
+    cc = args["custom_config"]
+    config = {"crosses": [["user_id_xf", "ad_id_xf"]], "cross_buckets": 1009}
+    model = ads_model.build_model(cc["feature_buckets"], cc["numeric_features"], config, 0)
+    rng = np.random.default_rng(0)
+    tft_output = tft.TFTransformOutput(args["transform_graph_path"])
+    examples = read_span(args["current"][0][1], ("eval",))
+    raw_spec = dict(tft_output.raw_feature_spec())
+    label = args["schema"].label_field
+    raw_spec.pop(label, None)
+
+    def keras_predictions():
+        transformed = tft_output.transform_features_layer()(tf.io.parse_example(tf.constant(examples), raw_spec))
+        return model({k: transformed[k] for k in model.input_names})[:, 0].numpy()
+
+    features = {k: np.zeros(1, np.int64 if k in cc["feature_buckets"] else np.float32) for k in model.input_names}
+    trainer = ads_model.Trainer(model, features, np.zeros(1, np.float32), 0.01, config)
+    key = ads_model.transform_graph_key(args["transform_graph_path"])
+    for i in range(2):  # i=0: the full export; i=1: weights only, into the first export's graph
+        model.set_weights([rng.normal(0, 0.3, w.shape).astype(w.dtype) for w in model.get_weights()])
+        assert np.any(model.get_layer("wide_user_id_xf_x_ad_id_xf").get_weights()[0] != 0)
+        out = str(tmp_path / f"export{i}")
+        ads_model.export_serving_model(model, tft_output, label, out, trainer=trainer, transform_key=key)
+        assert (trainer.export_template is not None) == (key is not None)
+        np.testing.assert_allclose(ServingModel(out).predict(examples), keras_predictions(), rtol=1e-5, atol=1e-6)
