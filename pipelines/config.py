@@ -32,7 +32,7 @@ __all__ = ["ConfigError", "WindowConfig", "SOURCE_KINDS", "KAFKA_EVENT_TIMES", "
            "NumericTransform", "TransformConfig", "TrainerConfig", "GateConfig", "PusherConfig",
            "RetentionConfig", "ControllerConfig", "LatencyConfig", "driftline_setup_file",
            "beam_default_sdk_image", "BeamConfig", "IMAGE_SOURCE_DIR", "IMAGE_SETUP_FILE", "DATAFLOW_PACKAGING",
-           "CLOUD_BEAM_RUNNERS", "LOOPBACK_HOSTS", "is_gcs", "CloudConfig", "DriftlineConfig", "default_config"]
+           "CLOUD_BEAM_RUNNERS", "BEAM_RUNNERS", "LOOPBACK_HOSTS", "is_gcs", "CloudConfig", "DriftlineConfig", "default_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +131,10 @@ def beam_default_sdk_image() -> str:
 class BeamConfig:
     """Arguments for the Beam steps. Locally: DirectRunner on every core."""
 
+    # One of BEAM_RUNNERS. PortableRunner runs every Beam step through the Fn
+    # API (an embedded job server, SDK workers in this process: LOOPBACK),
+    # so each DoFn and coder is serialized as on Dataflow; it costs several
+    # times DirectRunner's wall time on small spans (README, "Beam runners").
     runner: str = "DirectRunner"
     # More than one worker switches DirectRunner to multi_processing, which
     # was seen to drop elements here (benchmarks/ingest.py); ingestion then
@@ -138,7 +142,14 @@ class BeamConfig:
     direct_num_workers: int = 1
     extra_args: tuple = ()
 
+    def validate(self) -> None:
+        if self.runner not in BEAM_RUNNERS:
+            raise ConfigError(f"beam.runner must be one of {BEAM_RUNNERS}, got {self.runner!r}")
+        if not isinstance(self.direct_num_workers, int) or self.direct_num_workers < 1:
+            raise ConfigError(f"beam.direct_num_workers must be an integer >= 1, got {self.direct_num_workers!r}")
+
     def args(self) -> List[str]:
+        self.validate()
         if self.runner == "DirectRunner":
             # in_memory keeps one process: on 2 cores the multi_processing
             # start-up costs more than the parallelism gives back at span sizes
@@ -146,9 +157,20 @@ class BeamConfig:
             mode = "in_memory" if self.direct_num_workers == 1 else "multi_processing"
             base = ["--runner=DirectRunner", f"--direct_num_workers={self.direct_num_workers}",
                     f"--direct_running_mode={mode}"]
+        elif self.runner == "PortableRunner":
+            # An embedded job server and LOOPBACK workers: no Docker, no network, and
+            # still the whole Fn API path (pickled DoFns, coders, gRPC data planes).
+            # extra_args may point --job_endpoint at a Flink or Spark job server instead.
+            base = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
         else:
             base = [f"--runner={self.runner}"]
         packaging = [a for a in self.extra_args if a.split("=")[0] in _PACKAGING_FLAGS]
+        if not packaging and self.runner == "PortableRunner" and not any(
+                a.split("=")[0] in ("--job_endpoint", "--environment_type") for a in self.extra_args):
+            # LOOPBACK workers are this process, which imports driftline already:
+            # staging an sdist of setup.py would only cost time. The image is never
+            # started under LOOPBACK; TFX only checks that a packaging flag is set.
+            return base + [f"--sdk_container_image={beam_default_sdk_image()}"] + list(self.extra_args)
         # Without one of these flags TFX's Beam executors build and stage an
         # sdist of TFX itself (a copy of the whole tfx tree, "tfx_ephemeral")
         # in every Beam component of every cycle, which a local runner never needs.
@@ -171,6 +193,8 @@ IMAGE_SOURCE_DIR = "/driftline"
 IMAGE_SETUP_FILE = IMAGE_SOURCE_DIR + "/setup.py"
 DATAFLOW_PACKAGING = ("image", "setup_file")
 CLOUD_BEAM_RUNNERS = ("DataflowRunner", "DirectRunner")
+# The runners `beam.runner` accepts locally (DataflowRunner: `dataflow_args()`).
+BEAM_RUNNERS = ("DirectRunner", "PortableRunner", "DataflowRunner")
 
 
 # Bootstrap hosts that can only mean "this machine".
@@ -281,6 +305,7 @@ class DriftlineConfig:
         self.retention.validate()
         self.latency.validate()
         self.controller.validate()
+        self.beam.validate()
         horizon = self.window.dedup_horizon_runs
         if self.retention.enabled and horizon is not None and horizon > self.retention.keep_cycles:
             raise ConfigError(

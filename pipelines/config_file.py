@@ -305,7 +305,9 @@ _SECTION_NOTES = {
              "rate, so it fits any positive rate; a number is an absolute bound instead.",
              "min_eval_examples is deprecated: evidence is max_auc_interval_width."],
     "pusher": ["serving_dir: '' means <home>/serving."],
-    "beam": ["extra_args: Beam arguments added to every Beam step, e.g. ['--direct_num_workers=2']."],
+    "beam": ["runner: DirectRunner, PortableRunner (the Fn API, as on Dataflow: an embedded job server,",
+             "LOOPBACK workers) or DataflowRunner (with the cloud section).",
+             "extra_args: Beam arguments added to every Beam step, e.g. ['--direct_num_workers=2']."],
     "cloud": ["Only for `driftline compile --target vertex` and DataflowRunner."],
 }
 

@@ -133,6 +133,9 @@ BASE = "home: /tmp/h\n"
     (BASE + "gate:\n  slice_feature: country\n", ["gate.slice_feature 'country' is not a field of event schema"]),
     (BASE + "trainer:\n  run_fn: run_fn\n", ["trainer.run_fn must be a dotted path"]),
     (BASE + "pipeline_name: my pipeline\n", ["pipeline_name 'my pipeline' may hold only letters"]),
+    (BASE + "beam:\n  runner: FlinkRunner\n",
+     ["beam.runner must be one of ('DirectRunner', 'PortableRunner', 'DataflowRunner'), got 'FlinkRunner'"]),
+    (BASE + "beam:\n  direct_num_workers: 0\n", ["beam.direct_num_workers must be an integer >= 1, got 0"]),
     (BASE + "source:\n  kind: kafka\n  log_dir: ''\n  kafka:\n    bootstrap_servers: b:9092\n    topic: t\n"
             "    client_config: {sasl.password: hunter2}\n",
      ["source.kafka.client_config sets ['sasl.password'], which hold secrets", "secret_env"]),

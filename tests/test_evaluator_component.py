@@ -162,7 +162,8 @@ def world(tmp_path_factory):
             "model_ids": {"good": 101, "price_only": 102, "inverted": 103, "damped": 104}}
 
 
-def _run(world, tmp_path, examples, candidate, baseline=None, gate=None, eval_split="eval", carried=None):
+def _run(world, tmp_path, examples, candidate, baseline=None, gate=None, eval_split="eval", carried=None,
+         beam_config=None):
     """Runs the executor's Do() on real artifacts; returns (evaluation, blessing)."""
     from tfx.dsl.components.base import base_beam_executor
     from tfx.types import standard_artifacts
@@ -183,7 +184,8 @@ def _run(world, tmp_path, examples, candidate, baseline=None, gate=None, eval_sp
         inputs["carried_examples"] = carried
     props = {"gate_config": json.dumps((gate or GateConfig()).to_dict()), "label_key": LABEL, "eval_split": eval_split}
     context = base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=BeamConfig(direct_num_workers=1).args(), tmp_dir=str(tmp_path / "tmp"), unique_id="1")
+        beam_pipeline_args=(beam_config or BeamConfig(direct_num_workers=1)).args(), tmp_dir=str(tmp_path / "tmp"),
+        unique_id="1")
     Executor(context).Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]}, props)
     return evaluation, blessing
 
@@ -200,6 +202,46 @@ def blessed_run(world, tmp_path_factory):
 
 
 # -- Do() on real artifacts -------------------------------------------------------------------
+
+
+def _same_numbers(a, b, path="") -> None:
+    """a == b, floats to 1e-9 relative (bundles may sum in another order), everything else exactly."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (path, a, b)
+        for k in a:
+            _same_numbers(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), (path, a, b)
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same_numbers(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert b == pytest.approx(a, rel=1e-9, abs=1e-12, nan_ok=True), path
+    else:
+        assert a == b, path
+
+
+def test_the_tfma_graph_under_the_portable_runner_gives_direct_runners_metrics_and_blessing(
+        world, blessed_run, tmp_path):
+    # The same Do() as blessed_run (DirectRunner), under PortableRunner: TFMA's extractors, combiners and
+    # our GateMetrics pickled and run through the Fn API, as on Dataflow.
+    from components.evaluator import tfma_run
+    from pipelines.config import BeamConfig
+
+    examples = [_examples_artifact(world["new_uri"], 8, 2), _examples_artifact(world["old_uri"], 7, 1)]
+    evaluation, blessing = _run(world, tmp_path, examples, "good", baseline="inverted",
+                                beam_config=BeamConfig(runner="PortableRunner"))
+    direct_evaluation, direct_blessing = blessed_run
+    assert os.path.exists(os.path.join(blessing.uri, "BLESSED"))
+    _same_numbers(_verdict(direct_blessing), _verdict(blessing))
+    _same_numbers(tfma_run.read_metrics(direct_evaluation.uri, "device"), tfma_run.read_metrics(evaluation.uri, "device"))
+    direct_props = {k: v for k, v in direct_blessing.mlmd_artifact.custom_properties.items()}
+    props = {k: v for k, v in blessing.mlmd_artifact.custom_properties.items()}
+    assert set(props) == set(direct_props)
+    for key, value in direct_props.items():
+        if value.HasField("double_value"):
+            assert props[key].double_value == pytest.approx(value.double_value, rel=1e-9, abs=1e-12), key
+        else:
+            assert props[key] == value, key
 
 
 def test_good_candidate_vs_bad_baseline_is_blessed_on_the_newest_span(world, blessed_run):
