@@ -28,6 +28,9 @@ STACK = [
     # The config file (pipelines/config_file.py): YAML, checked by pydantic models over the config dataclasses.
     "pyyaml>=6.0.3,<7",
     "pydantic>=2.14.3,<3",
+    # ML Metadata on MySQL / MariaDB (components/mlmd_store.py): widens ML Metadata's 32-bit int_value
+    # columns, which cannot hold the epoch-millisecond properties driftline records.
+    "PyMySQL>=1.1.1,<2",
     # driftline serve (pipelines/serve): the ASGI app and its server.
     "starlette>=0.46.2,<0.47",
     "uvicorn>=0.34.3,<0.35",

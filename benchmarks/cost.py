@@ -155,7 +155,7 @@ def prepare_data(work_dir: str, spans: int, events_per_minute: int, seed: int, f
         beam_pipeline_args=config.beam.args()), config)
     pipeline_wall = time.monotonic() - t0
 
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     records = ingested_spans(store, config.pipeline_name)
     graphs = store.get_artifacts_by_type("TransformGraph")
     if not graphs:

@@ -333,7 +333,7 @@ def keep_for_scoring(config, model_id: Optional[int], kept_models: str) -> None:
 
     if model_id is None:
         return
-    (model,) = md.open_store(config.metadata_path).get_artifacts_by_id([model_id])
+    (model,) = md.open_store(config.metadata_connection).get_artifacts_by_id([model_id])
     shutil.copytree(os.path.join(model.uri, SERVING_DIR), os.path.join(kept_models, str(model_id), SERVING_DIR))
 
 
@@ -343,7 +343,7 @@ def _driftline_breakdown(config, rows: List[Dict[str, Any]], kept_models: str) -
     from components.warm_start_trainer.cycle import SERVING_DIR
     from pipelines import metadata as md
 
-    store = md.open_store(config.metadata_path)
+    store = md.open_store(config.metadata_connection)
     serving_dir = None
     for r in rows:
         run_ctx = store.get_context_by_type_and_name(md.PIPELINE_RUN_CONTEXT_TYPE, r["run_id"])

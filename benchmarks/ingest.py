@@ -8,6 +8,8 @@ runs in a fresh Python process (imports not timed) and converts the same log:
   with ``BeamConfig().args()`` (DirectRunner, in_memory: the local default);
 * ``driftline-beam-mp2``: the same graph with ``--direct_num_workers=2
   --direct_running_mode=multi_processing``;
+* ``driftline-beam-portable``: the same graph under ``BeamConfig(runner="PortableRunner").args()``
+  (an embedded job server, LOOPBACK workers: the Fn API path Dataflow takes);
 * ``tfx-localdagrunner``: the whole StreamingExampleGen component through TFX's
   LocalDagRunner and SQLite ML Metadata (driver, launcher, MLMD publish);
 * ``plain-tf-example`` (the ceiling): one plain Python loop, json.loads, minimal
@@ -71,20 +73,22 @@ SENTINEL_ID = "bench-watermark-sentinel"
 
 DRIFTLINE_INMEMORY = "driftline-beam-inmemory"
 DRIFTLINE_MP2 = "driftline-beam-mp2"
+DRIFTLINE_PORTABLE = "driftline-beam-portable"
 TFX = "tfx-localdagrunner"
 PLAIN_TF = "plain-tf-example"
 PLAIN_ENCODER = "plain-example-encoder"
 DOFNS = "driftline-dofns-no-beam"
-METHODS = (PLAIN_TF, PLAIN_ENCODER, DOFNS, DRIFTLINE_INMEMORY, DRIFTLINE_MP2, TFX)
+METHODS = (PLAIN_TF, PLAIN_ENCODER, DOFNS, DRIFTLINE_INMEMORY, DRIFTLINE_MP2, DRIFTLINE_PORTABLE, TFX)
 LABELS = {
     PLAIN_TF: "plain loop, tf.train.Example (ceiling)",
     PLAIN_ENCODER: "plain loop, driftline ExampleEncoder",
     DOFNS: "driftline's DoFns called in a plain loop (no Beam)",
     DRIFTLINE_INMEMORY: "driftline Beam graph, DirectRunner in_memory (BeamConfig default)",
     DRIFTLINE_MP2: "driftline Beam graph, DirectRunner multi_processing x2",
+    DRIFTLINE_PORTABLE: "driftline Beam graph, PortableRunner (embedded job server, LOOPBACK)",
     TFX: "StreamingExampleGen via TFX LocalDagRunner + SQLite MLMD",
 }
-DRIFTLINE_METHODS = (DRIFTLINE_INMEMORY, DRIFTLINE_MP2)
+DRIFTLINE_METHODS = (DRIFTLINE_INMEMORY, DRIFTLINE_MP2, DRIFTLINE_PORTABLE)
 
 
 def log(msg: str) -> None:
@@ -421,7 +425,7 @@ def _tfx(log_dir: str, out_dir: str, chunk_bytes: int) -> Dict[str, Any]:
 def _tfx_facts(config) -> Dict[str, Any]:
     from pipelines.metadata import ingested_spans, open_store
 
-    spans = ingested_spans(open_store(config.metadata_path), config.pipeline_name)
+    spans = ingested_spans(open_store(config.metadata_connection), config.pipeline_name)
     return {"examples_reported": sum(s.event_count for s in spans),
             "dead_letters": sum(s.dead_letter_count for s in spans), "spans_published": len(spans)}
 
@@ -488,6 +492,10 @@ def _measured(method: str, log_dir: str, out_dir: str, args: argparse.Namespace)
     elif method == DRIFTLINE_MP2:
         facts = _driftline(log_dir, out_dir, ["--runner=DirectRunner", "--direct_num_workers=2",
                                               "--direct_running_mode=multi_processing"], args.chunk_bytes)
+    elif method == DRIFTLINE_PORTABLE:
+        from pipelines.config import BeamConfig
+
+        facts = _driftline(log_dir, out_dir, BeamConfig(runner="PortableRunner").args(), args.chunk_bytes)
     elif method == TFX:
         facts = _tfx(log_dir, out_dir, args.chunk_bytes)
     else:

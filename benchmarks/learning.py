@@ -142,7 +142,7 @@ def prepare(work: str, name: str, spans: int, events_per_span: int, seed: int) -
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             config.metadata_path),
         beam_pipeline_args=config.beam.args()), config)
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     records = ingested_spans(store, config.pipeline_name)[:spans + 1]
     if len(records) < spans + 1:
         raise SystemExit(f"{name}: StreamingExampleGen emitted {len(records)} spans, need {spans + 1}")

@@ -378,6 +378,15 @@ def _base_config(args: argparse.Namespace):
     return config
 
 
+def _require_metadata(config) -> None:
+    """CommandError unless this pipeline's ML Metadata can hold a run (SQLite: its file exists)."""
+    from components.mlmd_store import describe, store_exists
+
+    if not store_exists(config.metadata_connection):
+        raise CommandError(f"no ML Metadata at {describe(config.metadata_connection)}: nothing has run in this "
+                           "home yet")
+
+
 def _home_config(args: argparse.Namespace):
     """_base_config, validated: for the commands that only read or repair a home (status, gc, ...)."""
     from pipelines.config import ConfigError
@@ -451,7 +460,7 @@ def run_ingest(args: argparse.Namespace) -> int:
             if not check.run:
                 log.info("nothing to do: %s", check.why)
                 return 0
-            before = max([r.artifact_id for r in ingested_spans(open_store(config.metadata_path),
+            before = max([r.artifact_id for r in ingested_spans(open_store(config.metadata_connection),
                                                                 config.pipeline_name)], default=0)
             local_runner.run_ingest(config, with_statistics=args.with_statistics)
     except EventLogError as e:
@@ -646,8 +655,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from pipelines.demo import DemoRow, cycle_table
 
     config = _with_controller(_config_from_args(args), args)
-    if not os.path.isfile(config.metadata_path):
-        raise CommandError(f"no ML Metadata at {config.metadata_path}: nothing has run in this home yet")
+    _require_metadata(config)
     with _home_lock(config):
         try:
             released = failures.release(config, args.span)
@@ -695,8 +703,7 @@ def run_gc(args: argparse.Namespace) -> int:
     from pipelines import recovery, retention
 
     config = _home_config(args)
-    if not os.path.isfile(config.metadata_path):
-        raise CommandError(f"no ML Metadata at {config.metadata_path}: nothing has run in this home yet")
+    _require_metadata(config)
     with _home_lock(config):
         recovered = None if args.dry_run else recovery.recover_interrupted(config)
         report = retention.apply(config, keep_cycles=args.keep_cycles, dry_run=args.dry_run)
@@ -733,7 +740,7 @@ def run_rollback(args: argparse.Namespace) -> int:
     try:
         # A cycle running meanwhile would resolve its base model before the pin and push over the rollback.
         with _home_lock(config):
-            result = rollback_and_record(config.metadata_path, config.pipeline_name, config.serving_dir, args.to)
+            result = rollback_and_record(config.metadata_connection, config.pipeline_name, config.serving_dir, args.to)
     except RollbackError as e:
         raise CommandError(str(e)) from None
     print(format_rollback(result))
@@ -760,11 +767,10 @@ def run_unpin(args: argparse.Namespace) -> int:
     from pipelines.metadata import open_store
 
     config = _home_config(args)
-    if not os.path.isfile(config.metadata_path):
-        raise CommandError(f"no ML Metadata at {config.metadata_path}: nothing has run in this home yet")
+    _require_metadata(config)
     try:
         with _home_lock(config):
-            ended = unpin(open_store(config.metadata_path), config.pipeline_name)
+            ended = unpin(open_store(config.metadata_connection), config.pipeline_name)
     except PinError as e:
         raise CommandError(str(e)) from None
     print(f"Unpinned model {ended.model_id} (pinned by the rollback to version {ended.to_version}): from the next "
@@ -806,7 +812,7 @@ def _print_with_config_versions(config, text: str, as_json: bool) -> None:
     if as_json:
         print(text)
         return
-    vs, current = config_history.read_history(config.metadata_path, config.pipeline_name)
+    vs, current = config_history.read_history(config.metadata_connection, config.pipeline_name)
     print(text + "\n\n" + config_history.format_versions(vs, current))
 
 
@@ -835,7 +841,7 @@ def run_lineage(args: argparse.Namespace) -> int:
 
     config = _home_config(args)
     try:
-        store = lineage.connect(config.metadata_path)
+        store = lineage.connect(config.metadata_connection)
         records = lineage.models(store, config.pipeline_name)
         serving = lineage.serving(store, config.serving_dir, config.pipeline_name)
         model_id = args.model if args.model is not None else serving.model_id
@@ -885,7 +891,7 @@ def run_config_history(args: argparse.Namespace) -> int:
     from pipelines import config_history
 
     config = _home_config(args)
-    vs, current = config_history.read_history(config.metadata_path, config.pipeline_name)
+    vs, current = config_history.read_history(config.metadata_connection, config.pipeline_name)
     if args.json:
         data = config_history.history_to_dict(vs, current)
         for entry, v in zip(data["versions"], vs):

@@ -21,13 +21,14 @@ from components.blessing_pusher.config import PusherConfig
 from components.config_base import ConfigError
 from components.evaluator.config import GateConfig
 from components.latency_validator.config import LatencyConfig
+from components.metadata_config import METADATA_KINDS, MetadataConfig
 from components.streaming_example_gen.config import (KAFKA_EVENT_TIMES, KAFKA_RESERVED_SETTINGS,
                                                      KAFKA_SECRET_SETTINGS, SOURCE_KINDS, KafkaConfig,
                                                      SourceConfig, WindowConfig, looks_like_secret)
 from components.warm_start_trainer.config import TrainerConfig
 from transforms.config import NUMERIC_MODES, NumericTransform, TransformConfig
 
-__all__ = ["ConfigError", "WindowConfig", "SOURCE_KINDS", "KAFKA_EVENT_TIMES", "KAFKA_RESERVED_SETTINGS",
+__all__ = ["ConfigError", "METADATA_KINDS", "MetadataConfig", "WindowConfig", "SOURCE_KINDS", "KAFKA_EVENT_TIMES", "KAFKA_RESERVED_SETTINGS",
            "KAFKA_SECRET_SETTINGS", "looks_like_secret", "KafkaConfig", "SourceConfig", "NUMERIC_MODES",
            "NumericTransform", "TransformConfig", "TrainerConfig", "GateConfig", "PusherConfig",
            "RetentionConfig", "ControllerConfig", "LatencyConfig", "driftline_setup_file",
@@ -278,6 +279,7 @@ class DriftlineConfig:
     retention: RetentionConfig = dataclasses.field(default_factory=RetentionConfig)
     cloud: CloudConfig = dataclasses.field(default_factory=CloudConfig)
     controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
+    metadata: MetadataConfig = dataclasses.field(default_factory=MetadataConfig)
 
     @property
     def pipeline_root(self) -> str:
@@ -285,7 +287,16 @@ class DriftlineConfig:
 
     @property
     def metadata_path(self) -> str:
-        return os.path.join(self.home, "metadata.sqlite")
+        """The SQLite file of ML Metadata (`metadata.kind: sqlite`); see `metadata_connection`."""
+        return self.metadata.path or os.path.join(self.home, "metadata.sqlite")
+
+    @property
+    def metadata_connection(self) -> MetadataConfig:
+        """Where this pipeline's ML Metadata is: what every open of the store is given
+        (components.mlmd_store.open_store), the controller, the CLI, recovery and retention alike."""
+        if self.metadata.kind == "sqlite":
+            return dataclasses.replace(self.metadata, path=self.metadata_path)
+        return self.metadata
 
     @property
     def serving_dir(self) -> str:
@@ -306,6 +317,7 @@ class DriftlineConfig:
         self.latency.validate()
         self.controller.validate()
         self.beam.validate()
+        self.metadata.validate()
         horizon = self.window.dedup_horizon_runs
         if self.retention.enabled and horizon is not None and horizon > self.retention.keep_cycles:
             raise ConfigError(

@@ -2,7 +2,7 @@
 
 The file is the dataclasses of `pipelines/config.py` as YAML, section by
 section (`pipeline_name`, `home`, `source`, `window`, `transform`, `trainer`,
-`gate`, `pusher`, `latency`, `retention`, `controller`, `beam`, `cloud`). Every
+`gate`, `pusher`, `latency`, `retention`, `controller`, `beam`, `cloud`, `metadata`). Every
 key is optional: what a file leaves out keeps the dataclass's default, so the
 defaults keep their one home in `pipelines/config.py`. The event schema goes
 inline under `source.schema` or by path as `source.schema_file` (JSON or YAML,
@@ -28,7 +28,7 @@ import yaml
 from components.event_schema import EventSchema, SchemaError
 from pipelines.config import (
     BeamConfig, CloudConfig, ConfigError, ControllerConfig, DriftlineConfig, GateConfig, KafkaConfig,
-    LatencyConfig, NumericTransform, PusherConfig, RetentionConfig, SourceConfig, TrainerConfig,
+    LatencyConfig, MetadataConfig, NumericTransform, PusherConfig, RetentionConfig, SourceConfig, TrainerConfig,
     TransformConfig, WindowConfig, default_config,
 )
 
@@ -40,7 +40,7 @@ HOME_CONFIG_NAME = "driftline.yaml"
 SECTIONS: Dict[str, type] = {
     "source": SourceConfig, "window": WindowConfig, "transform": TransformConfig, "trainer": TrainerConfig,
     "gate": GateConfig, "pusher": PusherConfig, "latency": LatencyConfig, "retention": RetentionConfig,
-    "controller": ControllerConfig, "beam": BeamConfig, "cloud": CloudConfig,
+    "controller": ControllerConfig, "beam": BeamConfig, "cloud": CloudConfig, "metadata": MetadataConfig,
 }
 
 
@@ -308,6 +308,8 @@ _SECTION_NOTES = {
     "beam": ["runner: DirectRunner, PortableRunner (the Fn API, as on Dataflow: an embedded job server,",
              "LOOPBACK workers) or DataflowRunner (with the cloud section).",
              "extra_args: Beam arguments added to every Beam step, e.g. ['--direct_num_workers=2']."],
+    "metadata": ["kind: sqlite (path: '' means <home>/metadata.sqlite) or mysql (host, port, database, user;",
+                 "the password is read from the environment variable named by password_env)."],
     "cloud": ["Only for `driftline compile --target vertex` and DataflowRunner."],
 }
 

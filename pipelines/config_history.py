@@ -40,7 +40,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE
 from pipelines.metadata import (PIPELINE_RUN_CONTEXT_TYPE, RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID,
-                                open_store, prop, run_outputs)
+                                open_store, prop, run_outputs, store_exists)
 
 log = logging.getLogger("driftline.config_history")
 
@@ -193,13 +193,13 @@ def recorded(config: Any) -> Iterator[None]:
     run at a time on a home, so the run context newer than those before is this run's. A failure to record
     is logged, never raised: the cycle itself ran, and its outcome (or its own error) is what matters.
     """
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     before = max(_run_ids(store), default=0)
     try:
         yield
     finally:
         try:
-            store = open_store(config.metadata_path)
+            store = open_store(config.metadata_connection)
             newer = [i for i in _run_ids(store) if i > before]
             if newer:
                 run_context = store.get_contexts_by_id([max(newer)])[0]
@@ -311,9 +311,10 @@ def history_to_dict(vs: List[ConfigVersion], current: Optional[str]) -> Dict[str
             "current_hash": current}
 
 
-def read_history(metadata_path: str, pipeline_name: str):
-    """(versions, current hash) from the home's ML Metadata; ([], None) when nothing ran there yet."""
-    if not os.path.isfile(metadata_path):
+def read_history(metadata, pipeline_name: str):
+    """(versions, current hash) from the ML Metadata at `metadata` (`config.metadata_connection`, or a
+    SQLite path); ([], None) when nothing ran there yet."""
+    if not store_exists(metadata):
         return [], None
-    store = open_store(metadata_path)
+    store = open_store(metadata)
     return versions(store, pipeline_name), current_hash(store, pipeline_name)

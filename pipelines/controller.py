@@ -138,7 +138,7 @@ def due(config: DriftlineConfig, min_new_events: Optional[int] = None) -> Due:
     from pipelines.metadata import open_store
     from pipelines.recovery import spans_text, untrained_spans
 
-    untrained = untrained_spans(open_store(config.metadata_path), config.pipeline_name)
+    untrained = untrained_spans(open_store(config.metadata_connection), config.pipeline_name)
     if untrained:
         return Due(True, f"span{'s' if len(untrained) > 1 else ''} {spans_text(untrained)} published but never "
                          f"trained: resuming", resume=True)
@@ -153,7 +153,7 @@ def closed_spans(config: DriftlineConfig, min_new_events: Optional[int] = None) 
     from components.streaming_example_gen.committed_state import latest_committed_state
     from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID, open_store
 
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     state, _ = latest_committed_state(store, config.pipeline_name, STREAMING_EXAMPLE_GEN_ID)
     window = config.window.runtime()
     schema = config.source.schema

@@ -135,7 +135,7 @@ def span_table(config: DriftlineConfig, since_artifact_id: int = 0) -> str:
     from pipelines.report import format_table
 
     rows = []
-    for r in ingested_spans(open_store(config.metadata_path), config.pipeline_name):
+    for r in ingested_spans(open_store(config.metadata_connection), config.pipeline_name):
         if r.artifact_id <= since_artifact_id:
             continue
         rows.append((r.span, format_ms(r.span_start_ms)[11:16], r.event_count, r.train_count, r.eval_count,

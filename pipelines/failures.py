@@ -118,7 +118,7 @@ def record_failure(config: DriftlineConfig, error: BaseException, *, resumed: bo
     """
     from pipelines.recovery import untrained_spans
 
-    store = store or open_store(config.metadata_path)
+    store = store or open_store(config.metadata_connection)
     name = config.pipeline_name
     now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
     spans = untrained_spans(store, name)
@@ -165,7 +165,7 @@ def release(config: DriftlineConfig, span: int, store: Optional[metadata_store.M
 
     Raises NotQuarantined (nothing written) when the span is not quarantined.
     """
-    store = store or open_store(config.metadata_path)
+    store = store or open_store(config.metadata_connection)
     now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
     held = quarantined_spans(store, config.pipeline_name)
     matching = [q for q in held if q.span == span]

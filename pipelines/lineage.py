@@ -9,11 +9,11 @@ controller runs::
     from pipelines import lineage
 
     config = default_config("demo_home")
-    for m in lineage.models(config.metadata_path, config.pipeline_name):   # oldest first
+    for m in lineage.models(config.metadata_connection, config.pipeline_name):   # oldest first
         print(m.model_id, m.start, m.blessed, m.candidate and m.candidate.auc, m.pushed_version)
 
-    serving = lineage.serving(config.metadata_path, config.serving_dir, config.pipeline_name)
-    chain = lineage.chain(config.metadata_path, config.pipeline_name, serving_dir=config.serving_dir)
+    serving = lineage.serving(config.metadata_connection, config.serving_dir, config.pipeline_name)
+    chain = lineage.chain(config.metadata_connection, config.pipeline_name, serving_dir=config.serving_dir)
     print(lineage.format_lineage(chain, serving))     # the serving model back to its last cold start
 
     st = lineage.status(config)

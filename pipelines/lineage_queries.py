@@ -24,21 +24,23 @@ from pipelines.failures import consecutive_failures, last_failure, quarantined_s
 from pipelines.lineage_records import (CycleOutcome, EvalMetrics, LatencyRecord, LineageError, ModelRecord,
                                        RollbackRecord, ServingInfo, Status, _json, _non_negative)
 from pipelines.metadata import (EVALUATOR_ID, PUSHER_ID, RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID,
-                                ingested_spans, open_store, prop, run_outputs)
+                                describe, ingested_spans, open_store, prop, run_outputs, store_exists)
+from pipelines.config import MetadataConfig
 from pipelines.status_text import _spans
 
-StoreOrPath = Union[metadata_store.MetadataStore, str]
+StoreOrPath = Union[metadata_store.MetadataStore, str, MetadataConfig]
 
 
 def connect(store_or_path: StoreOrPath) -> metadata_store.MetadataStore:
-    """A store as is; a path to an existing metadata.sqlite opened (never created: LineageError)."""
-    if not isinstance(store_or_path, (str, os.PathLike)):
+    """A store as is; a metadata target (a MetadataConfig, or the path of an existing metadata.sqlite)
+    opened (a SQLite file is never created: LineageError)."""
+    if not isinstance(store_or_path, (str, os.PathLike, MetadataConfig)):
         return store_or_path
-    path = os.fspath(store_or_path)
-    if not os.path.isfile(path):
-        raise LineageError(f"no ML Metadata at {path}: nothing has run in this home yet "
+    target = store_or_path if isinstance(store_or_path, MetadataConfig) else os.fspath(store_or_path)
+    if not store_exists(target):
+        raise LineageError(f"no ML Metadata at {describe(target)}: nothing has run in this home yet "
                            f"(run `driftline run --home ...` first)")
-    return open_store(path)
+    return open_store(target)
 
 
 def _type_id(store: metadata_store.MetadataStore, name: str, execution: bool = False) -> Optional[int]:
@@ -359,7 +361,7 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
         config = default_config(os.fspath(config))
     now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
     controller = controller_state(config.home)
-    exists = os.path.isfile(config.metadata_path)
+    exists = store_exists(config.metadata_connection)
     if not exists:
         empty_serving = ServingInfo(serving_dir=os.path.abspath(config.serving_dir), versions=[], version=None,
                                     model_id=None)
@@ -368,7 +370,7 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
                       spans_ingested=0, events_ingested=0, late_events=0, dead_lettered_events=0, newest_span=None,
                       models_trained=0, models_blessed=0, models_rejected=0, pushes=0, rollbacks=0,
                       controller=controller)
-    store = connect(config.metadata_path)
+    store = connect(config.metadata_connection)
     records = models(store, config.pipeline_name)
     by_id = {m.model_id: m for m in records}
     served = serving(store, config.serving_dir, config.pipeline_name)

@@ -93,7 +93,7 @@ def cycle_report(config: DriftlineConfig, wall_seconds: float) -> CycleReport:
     from pipelines.metadata import (RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID, latest_run_context, open_store,
                                     prop, run_outputs)
 
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     run_ctx = latest_run_context(store)
     outputs = run_outputs(store, config.pipeline_name, run_ctx)
     examples = outputs.get(STREAMING_EXAMPLE_GEN_ID, {}).get("outputs", {}).get("examples", [])

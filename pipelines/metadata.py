@@ -21,7 +21,8 @@ from components.mlmd_vocabulary import custom_property as _prop
 from components.mlmd_vocabulary import (BASE_MODEL_RESOLVER_ID, EVALUATOR_ID,  # noqa: F401
                                         LATENCY_VALIDATOR_ID, PUSHER_ID, REPLAY_RESOLVER_ID, RESUME_RESOLVER_ID,
                                         STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, TRANSFORM_ID)
-from components.mlmd_store import open_store, sqlite_connection_config  # noqa: F401  (re-exported)
+from components.mlmd_store import (connection_config, describe, open_store, sqlite_connection_config,  # noqa: F401
+                                   store_exists)  # (re-exported)
 
 _PUBLISHED_STATES = PUBLISHED_STATES
 

@@ -172,7 +172,7 @@ class ControllerMetrics:
 
         try:
             status = lineage.status(self.config)
-            records = lineage.models(lineage.connect(self.config.metadata_path), self.config.pipeline_name) \
+            records = lineage.models(lineage.connect(self.config.metadata_connection), self.config.pipeline_name) \
                 if status.metadata_exists else []
             self.snapshot = snapshot(status, records)
         except Exception as e:  # noqa: BLE001: metrics must never stop the controller

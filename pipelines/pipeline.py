@@ -52,6 +52,7 @@ from tfx import v1 as tfx
 
 from components.streaming_example_gen import StreamingExampleGen
 from pipelines.config import DriftlineConfig
+from pipelines.metadata import connection_config
 from pipelines.metadata import (  # noqa: F401 (re-exported: the node ids of this pipeline)
     BASE_MODEL_RESOLVER_ID, EVALUATOR_ID, LATENCY_VALIDATOR_ID, PUSHER_ID, REPLAY_RESOLVER_ID, RESUME_RESOLVER_ID,
     STREAMING_EXAMPLE_GEN_ID, TRAINER_ID, TRANSFORM_ID)
@@ -74,8 +75,7 @@ def _pipeline(config: DriftlineConfig, components: List, target: str = LOCAL) ->
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=components,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path),
+        metadata_connection_config=connection_config(config.metadata_connection),
         beam_pipeline_args=config.beam_args(),
     )
 

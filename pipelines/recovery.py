@@ -44,7 +44,7 @@ from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE
 from components.warm_start_trainer.untrained import (_artifacts_of_type, judged_span_ids,  # noqa: F401
                                                     untrained_spans)  # (re-exported)
 from pipelines.config import DriftlineConfig
-from pipelines.metadata import PUSHER_ID, node_of_execution, open_store, prop
+from pipelines.metadata import PUSHER_ID, node_of_execution, open_store, prop, store_exists
 
 _ACTIVE = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)
 # Custom property on an execution this module finished or cancelled: what happened and when.
@@ -107,9 +107,9 @@ def recover_interrupted(config: DriftlineConfig,
     the push) and ends the same way.
     """
     if store is None:
-        if not os.path.isfile(config.metadata_path):
+        if not store_exists(config.metadata_connection):
             return RecoveryReport(cancelled=[])
-        store = open_store(config.metadata_path)
+        store = open_store(config.metadata_connection)
     interrupted = interrupted_executions(store, config.pipeline_name)
     if not interrupted:
         return RecoveryReport(cancelled=[])

@@ -176,7 +176,7 @@ def run_continuous(home: str, cfg: CompareConfig, progress: Progress) -> Tuple[D
             raise RuntimeError(f"cycle {i + 1} ingested spans {report.spans}; the replay expects exactly one "
                                "span per cycle (is the window config the default 10-minute span?)")
         if report.trained:
-            record = {m.model_id: m for m in lineage.models(config.metadata_path, config.pipeline_name)}[
+            record = {m.model_id: m for m in lineage.models(config.metadata_connection, config.pipeline_name)}[
                 report.model_id]
             trainings.append(Training(
                 regime=CONTINUOUS, at_span=i, model_uri=record.uri, start=record.start or "?",
@@ -296,7 +296,7 @@ def _compare(home: str, cfg: CompareConfig, progress: Progress) -> Comparison:
         raise ConfigError(f"{home!r} is not empty: the comparison needs a fresh folder (its stream starts at "
                           "span 0); pass a new path or delete this one")
     config, cont_trainings, cont_serving = run_continuous(home, cfg, progress)
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     records = ingested_spans(store, config.pipeline_name)
     spans = [(r.span, r.uri) for r in records]
     graphs = store.get_artifacts_by_type("TransformGraph")

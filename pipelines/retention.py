@@ -62,7 +62,7 @@ from components.warm_start_trainer.quarantine import quarantined_after_failures,
 from components.warm_start_trainer.training_inputs import carried_and_released, newest_judged_cycle
 from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE, PIPELINE_RUN_CONTEXT_TYPE, PUBLISHED_STATES
 from pipelines.config import DriftlineConfig
-from pipelines.metadata import open_store, prop
+from pipelines.metadata import open_store, prop, store_exists
 from pipelines.recovery import interrupted_executions, untrained_spans
 
 _LIVE = metadata_store_pb2.Artifact.LIVE
@@ -161,7 +161,7 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
     keep_cycles = config.retention.keep_cycles if keep_cycles is None else keep_cycles
     if keep_cycles < 1:
         raise ValueError(f"keep_cycles must be >= 1, got {keep_cycles}")
-    store = store or open_store(config.metadata_path)
+    store = store or open_store(config.metadata_connection)
     type_names = {t.id: t.name for t in store.get_artifact_types()}
     context = _pipeline_context(store, config.pipeline_name)
     if context is None:
@@ -292,9 +292,9 @@ def apply(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore]
     """Deletes the payloads `plan` picks and the folders of killed runs; marks the artifacts DELETED."""
     started = time.monotonic()
     keep_cycles = config.retention.keep_cycles if keep_cycles is None else keep_cycles
-    if not os.path.isfile(config.metadata_path):
+    if not store_exists(config.metadata_connection):
         return RetentionReport(dry_run, keep_cycles, {}, [], {}, [], 0, 0.0)
-    store = store or open_store(config.metadata_path)
+    store = store or open_store(config.metadata_connection)
     p = plan(config, store, keep_cycles)
     deleted: Dict[str, int] = {}
     freed = 0

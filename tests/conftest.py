@@ -1,5 +1,18 @@
-"""Shared test setup: the repository root is importable even without an editable install."""
+"""Shared test setup: the repository root is importable even without an editable install.
+
+ML Metadata's back end for the tests is picked by `--metadata sqlite|mysql` (default: the environment
+variable DRIFTLINE_TEST_METADATA, else sqlite). With `mysql`, every pipeline config whose metadata is the
+default SQLite file resolves instead (`DriftlineConfig.metadata_connection`, the one place every open
+of the store goes through) to a MySQL database of its own, named after that file, on the server that
+`eval "$(bash scripts/mariadb.sh)"` describes (DRIFTLINE_MYSQL_HOST, _PORT, _USER, _PASSWORD). Only
+tests that read ML Metadata through the config run meaningfully that way: .ci/run picks them
+(retention, recovery, lineage, status, rollback); a test that starts another Python process keeps SQLite
+there.
+"""
+import hashlib
 import os
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -7,6 +20,63 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+TEST_DATABASE_PREFIX = "driftline_t_"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--metadata", choices=("sqlite", "mysql"),
+                     default=os.environ.get("DRIFTLINE_TEST_METADATA", "sqlite"),
+                     help="ML Metadata back end of the tests (default: $DRIFTLINE_TEST_METADATA, else sqlite)")
+
+
+def mysql_server_env():
+    """The MariaDB that scripts/mariadb.sh started, from its exports; None when none is described."""
+    names = ("DRIFTLINE_MYSQL_HOST", "DRIFTLINE_MYSQL_PORT", "DRIFTLINE_MYSQL_USER", "DRIFTLINE_MYSQL_PASSWORD")
+    if not all(n in os.environ for n in names):
+        return None
+    return {"host": os.environ["DRIFTLINE_MYSQL_HOST"], "port": int(os.environ["DRIFTLINE_MYSQL_PORT"]),
+            "user": os.environ["DRIFTLINE_MYSQL_USER"], "password_env": "DRIFTLINE_MYSQL_PASSWORD"}
+
+
+def drop_databases(server, names) -> None:
+    client = shutil.which("mariadb") or shutil.which("mysql")
+    if not client or not names:
+        return
+    sql = "".join(f"DROP DATABASE IF EXISTS `{n}`;" for n in sorted(names))
+    subprocess.run([client, "--no-defaults", "-h", server["host"], "-P", str(server["port"]), "-u", server["user"],
+                    "-e", sql], env=dict(os.environ, MYSQL_PWD=os.environ[server["password_env"]]),
+                   check=False, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def metadata_backend(request):
+    """'sqlite' or 'mysql': the back end every config's ML Metadata resolves to in this session."""
+    kind = request.config.getoption("--metadata")
+    if kind == "sqlite":
+        yield kind
+        return
+    server = mysql_server_env()
+    if server is None:
+        pytest.exit("--metadata mysql needs a server: run `eval \"$(bash scripts/mariadb.sh)\"` (or `make mariadb`) "
+                    "first, which exports DRIFTLINE_MYSQL_HOST, _PORT, _USER and _PASSWORD", returncode=4)
+    from pipelines.config import DriftlineConfig, MetadataConfig
+
+    resolve = DriftlineConfig.metadata_connection.fget
+    created = set()
+
+    def on_mysql(self):
+        md = resolve(self)
+        if md.kind != "sqlite":
+            return md
+        name = TEST_DATABASE_PREFIX + hashlib.sha1(os.path.abspath(md.path).encode()).hexdigest()[:20]
+        created.add(name)
+        return MetadataConfig(kind="mysql", database=name, **server)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DriftlineConfig, "metadata_connection", property(on_mysql))
+        yield kind
+    drop_databases(server, created)
 
 
 @pytest.fixture(scope="session")

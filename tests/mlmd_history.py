@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ml_metadata.proto import metadata_store_pb2 as pb
 
+from pipelines.config import default_config
 from pipelines.metadata import open_store
 
 LIVE = pb.Artifact.LIVE
@@ -28,13 +29,14 @@ NODES = ("StreamingExampleGen", "ImportSchemaGen", "Transform", "WarmStartTraine
 
 
 class History:
-    def __init__(self, home: str, pipeline: str = "driftline", keep_versions: int = 3):
+    def __init__(self, home: str, pipeline: str = "driftline", keep_versions: int = 3, metadata=None):
         self.home = home
         self.pipeline = pipeline
         self.root = os.path.join(home, "pipeline_root")
         self.serving_dir = os.path.join(home, "serving")
         self.keep_versions = keep_versions
-        self.store = open_store(os.path.join(home, "metadata.sqlite"))
+        # Through the config, so that `--metadata mysql` (tests/conftest.py) puts this history on MySQL too.
+        self.store = open_store(metadata if metadata is not None else default_config(home).metadata_connection)
         s = self.store
         self.type_ids = {name: s.put_artifact_type(pb.ArtifactType(name=name, properties=props))
                          for name, props in TYPES.items()}

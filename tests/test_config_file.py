@@ -13,7 +13,7 @@ import yaml
 from components.event_schema import EventSchema
 from pipelines import cli
 from pipelines.config import (
-    BeamConfig, CloudConfig, ConfigError, ControllerConfig, DriftlineConfig, GateConfig, KafkaConfig,
+    BeamConfig, CloudConfig, ConfigError, ControllerConfig, DriftlineConfig, GateConfig, KafkaConfig, MetadataConfig,
     LatencyConfig, NumericTransform, PusherConfig, RetentionConfig, SourceConfig, TrainerConfig,
     TransformConfig, WindowConfig, default_config,
 )
@@ -49,6 +49,8 @@ def every_section(home: str) -> DriftlineConfig:
         beam=BeamConfig(direct_num_workers=2, extra_args=("--direct_running_mode=multi_threading",)),
         cloud=CloudConfig(project="p", region="europe-west4", image="img:1", dataflow_packaging="setup_file",
                           beam_runner="DirectRunner", max_num_workers=3, subnetwork="sub"),
+        metadata=MetadataConfig(kind="mysql", host="db.internal", port=3307, database="driftline", user="dl",
+                                password_env="DL_DB_PASSWORD"),
     ).validate()
 
 
@@ -136,6 +138,9 @@ BASE = "home: /tmp/h\n"
     (BASE + "beam:\n  runner: FlinkRunner\n",
      ["beam.runner must be one of ('DirectRunner', 'PortableRunner', 'DataflowRunner'), got 'FlinkRunner'"]),
     (BASE + "beam:\n  direct_num_workers: 0\n", ["beam.direct_num_workers must be an integer >= 1, got 0"]),
+    (BASE + "metadata:\n  kind: postgres\n", ["metadata.kind must be one of ('sqlite', 'mysql'), got 'postgres'"]),
+    (BASE + "metadata:\n  kind: mysql\n  database: d\n", ["metadata.user is empty"]),
+    (BASE + "metadata:\n  password: hunter2\n", ["metadata.password: unknown setting", "password_env"]),
     (BASE + "source:\n  kind: kafka\n  log_dir: ''\n  kafka:\n    bootstrap_servers: b:9092\n    topic: t\n"
             "    client_config: {sasl.password: hunter2}\n",
      ["source.kafka.client_config sets ['sasl.password'], which hold secrets", "secret_env"]),
@@ -234,7 +239,7 @@ def test_ingest_with_a_config_file_persists_it_and_status_finds_the_pipeline(tmp
 def test_the_starter_file_is_valid_yaml_with_the_documented_sections(tmp_path):
     data = yaml.safe_load(init_text(str(tmp_path)))
     assert list(data) == ["pipeline_name", "home", "source", "window", "transform", "trainer", "gate", "pusher",
-                          "latency", "retention", "controller", "beam", "cloud"]
+                          "latency", "retention", "controller", "beam", "cloud", "metadata"]
     assert EventSchema.from_dict(data["source"]["schema"]).name == "ad_clicks"
 
 

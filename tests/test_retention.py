@@ -1,4 +1,4 @@
-"""Retention on a real SQLite ML Metadata store and real folders, written the way TFX writes them.
+"""Retention on a real ML Metadata store (SQLite, or MariaDB with --metadata mysql) and real folders, written the way TFX writes them.
 
 What is kept and why, what is deleted (payload gone, record kept and marked
 DELETED), that a deletion cut short by a kill is finished, that folders of
@@ -15,6 +15,7 @@ from ml_metadata.proto import metadata_store_pb2 as pb
 from mlmd_history import History
 from pipelines import lineage, retention
 from pipelines.config import PusherConfig, RetentionConfig, TrainerConfig, default_config
+from pipelines.metadata import connection_config
 
 
 def config_for(h: History, keep_cycles=2, replay_spans=2, **retention_kw):
@@ -182,7 +183,7 @@ def test_tfx_input_resolution_never_offers_a_deleted_artifact(tmp_path):
     query.type.name = "pipeline"
     query.name.field_value.string_value = h.pipeline
     channel.artifact_query.type.name = "Examples"
-    connection = metadata.sqlite_metadata_connection_config(os.path.join(h.home, "metadata.sqlite"))
+    connection = connection_config(config_for(h).metadata_connection)  # as LocalDagRunner is given it
     with metadata.Metadata(connection) as m:
         resolved = {a.id for a in channel_resolver.resolve_single_channel(m, channel)}
     live = {a.id for a in h.store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE}

@@ -29,7 +29,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.blessing_pusher import serving
 from components.blessing_pusher.serving import RollbackError, RollbackResult  # noqa: F401  (re-exported)
-from components.mlmd_store import open_store
+from components.mlmd_store import MetadataTarget, describe, open_store
 from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE, PUSHED_MODEL_TYPE
 
 ROLLBACK_EXECUTION_TYPE = "driftline.Rollback"
@@ -256,21 +256,22 @@ def unpin(store: metadata_store.MetadataStore, pipeline_name: str, at_ms: Option
     return pin
 
 
-def rollback_and_record(metadata_path: str, pipeline_name: str, serving_dir: str,
+def rollback_and_record(metadata: MetadataTarget, pipeline_name: str, serving_dir: str,
                         to_version: Optional[int] = None) -> RollbackResult:
-    """Rolls serving back (see `serving.rollback`) and records it, and the pin of its model, in ML Metadata.
+    """Rolls serving back (see `serving.rollback`) and records it, and the pin of its model, in ML Metadata
+    (`metadata`: a pipeline's `config.metadata_connection`, or a SQLite path).
 
     Call it holding the home's controller lock (`driftline rollback` does), so
     that no cycle runs meanwhile.
 
     `to_version=None` means the version just below the serving one. A target
     that does not exist raises RollbackError before anything is written: not
-    the serving folder, not ML Metadata (whose file is not even opened).
+    the serving folder, not ML Metadata (which is not even opened).
     """
     if serving.is_local(serving_dir) and not serving_dir.startswith("file://"):
         serving_dir = os.path.abspath(serving_dir)
     plan = serving.plan_rollback(serving_dir, to_version)  # RollbackError: nothing touched
-    store = open_store(metadata_path)
+    store = open_store(metadata)
     target = find_pushed_model(store, serving_dir, plan["to_version"])
     result = serving.rollback(serving_dir, plan["to_version"])
     try:
@@ -278,7 +279,7 @@ def rollback_and_record(metadata_path: str, pipeline_name: str, serving_dir: str
     except Exception as e:  # serving already switched; say so rather than hide it
         raise RollbackRecordError(
             f"serving in {serving_dir} was rolled back (version {result.new_version} now serves the model of "
-            f"version {result.to_version}), but recording it in ML Metadata at {metadata_path} failed: {e}") from e
+            f"version {result.to_version}), but recording it in ML Metadata at {describe(metadata)} failed: {e}") from e
 
 
 def format_rollback(result: RollbackResult) -> str:
