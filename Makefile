@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 DEMO_HOME ?= demo_home
 
-.PHONY: venv demo test bench clean notebook
+.PHONY: venv demo test bench clean notebook mariadb test-mariadb
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -12,6 +12,19 @@ demo: venv
 
 test: venv
 	$(PYTHON) -m pytest tests
+
+# The ML Metadata-heavy tests again with ML Metadata on MariaDB (tests/conftest.py, --metadata mysql).
+MARIADB_TESTS := tests/test_metadata_backend.py tests/test_retention.py tests/test_recovery.py \
+	tests/test_lineage.py tests/test_continuous_e2e.py tests/test_rollback_pin.py
+
+# A local MariaDB for ML Metadata (scripts/mariadb.sh): installed with apt if missing, its own data
+# folder under build/, reused while it runs. Prints the connection: eval "$$(make -s mariadb)".
+mariadb:
+	@bash scripts/mariadb.sh
+
+test-mariadb: venv
+	connection=$$(bash scripts/mariadb.sh) && eval "$$connection" && \
+		DRIFTLINE_TEST_METADATA=mysql $(PYTHON) -m pytest $(MARIADB_TESTS)
 
 bench: venv
 	$(PYTHON) benchmarks/ingest.py

@@ -130,7 +130,7 @@ def beam_default_sdk_image() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class BeamConfig:
-    """Arguments for the Beam steps. Locally: DirectRunner on every core."""
+    """Arguments for the Beam steps. Locally: DirectRunner with one in-memory worker, or PortableRunner."""
 
     # One of BEAM_RUNNERS. PortableRunner runs every Beam step through the Fn
     # API (an embedded job server, SDK workers in this process: LOOPBACK),

@@ -1,4 +1,4 @@
-"""Runs driftline pipelines locally: TFX LocalDagRunner, Beam DirectRunner, SQLite ML Metadata."""
+"""Runs driftline pipelines locally: TFX LocalDagRunner, Beam DirectRunner, ML Metadata (SQLite, or MySQL per `config.metadata`)."""
 from __future__ import annotations
 
 import dataclasses

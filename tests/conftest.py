@@ -123,7 +123,7 @@ def continuous_run(tmp_path_factory):
 
     from components.blessing_pusher import rollback, serving
     before_rollback = serving.versions(config.serving_dir)
-    rolled = rollback.rollback_and_record(config.metadata_path, config.pipeline_name, config.serving_dir)
+    rolled = rollback.rollback_and_record(config.metadata_connection, config.pipeline_name, config.serving_dir)
 
     # Cycle 5: a new schema where `device` is carried but no longer a feature.
     fields = tuple(FieldSpec(f.name, f.type) if f.name == "device" else f for f in config.source.schema.fields)

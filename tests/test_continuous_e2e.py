@@ -20,9 +20,17 @@ def run(continuous_run):
 def models_by_id(config):
     from pipelines.metadata import open_store, prop
 
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     return {m.id: {k: prop(m, k) for k in m.custom_properties} | {"uri": m.uri}
             for m in store.get_artifacts_by_type("Model")}
+
+
+def test_ml_metadata_is_on_the_backend_the_session_picked(run, metadata_backend):
+    # With --metadata mysql the five TFX cycles ran with ML Metadata on MariaDB: no SQLite file at all.
+    config = run["config"]
+    assert config.metadata_connection.kind == metadata_backend
+    assert os.path.exists(config.metadata_path) == (metadata_backend == "sqlite")
+    assert models_by_id(config)
 
 
 def test_first_model_is_cold_and_later_ones_warm(run):
@@ -91,7 +99,7 @@ def test_rollback_is_atomic_and_recorded(run):
     with open(os.path.join(config.serving_dir, "2", "saved_model.pb"), "rb") as a, \
             open(os.path.join(config.serving_dir, "4", "saved_model.pb"), "rb") as b:
         assert a.read() == b.read()
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     [execution] = store.get_executions_by_type("driftline.Rollback")
     assert execution.properties["to_version"].int_value == 2
     pushed = [a for a in store.get_artifacts_by_type("PushedModel") if prop(a, "rollback_of") == 2]
@@ -113,7 +121,7 @@ def test_the_cycle_after_the_rollback_is_judged_against_the_pinned_model(run):
     config, reports = run["config"], run["reports"]
     pinned = reports[1].model_id
     assert run["rolled"].model_id == pinned
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     [m5] = store.get_artifacts_by_id([reports[4].model_id])
     assert prop(m5, "candidate_base_model_id") == pinned  # resolved as base (then cold: the feature set changed)
     [blessing] = [b for b in store.get_artifacts_by_type("ModelBlessing")
@@ -163,7 +171,7 @@ def test_a_category_keeps_its_embedding_row_across_warm_cycles(run):
     r1, r2 = run["reports"][:2]
     models = models_by_id(config)
     assert models[r2.model_id]["base_model_id"] == r1.model_id
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     uris = {r.span: r.uri for r in ingested_spans(store, config.pipeline_name)}
     serialized = {span: read_span(uris[span], ("train", "eval")) for span in (r1.spans[-1], r2.spans[-1])}
     ads = {span: [e["ad_id"] for e in decode(rows, ["ad_id"])] for span, rows in serialized.items()}

@@ -351,7 +351,7 @@ def expected_chain(reports, model_id):
 @e2e
 def test_models_match_the_cycle_reports(run):
     config, reports = run["config"], run["reports"]
-    records = lineage.models(config.metadata_path, config.pipeline_name)
+    records = lineage.models(config.metadata_connection, config.pipeline_name)
     assert [m.model_id for m in records] == [r.model_id for r in reports]
     for m, r in zip(records, reports):
         assert (m.start, m.start_reason, m.blessed, m.blessing_reason) == (r.start, r.start_reason, r.blessed, r.reason)
@@ -378,7 +378,7 @@ def test_models_match_the_cycle_reports(run):
 @e2e
 def test_rejected_poisoned_model_has_its_reason_and_no_push(run):
     config, reports = run["config"], run["reports"]
-    by_id = {m.model_id: m for m in lineage.models(config.metadata_path, config.pipeline_name)}
+    by_id = {m.model_id: m for m in lineage.models(config.metadata_connection, config.pipeline_name)}
     rejected = by_id[reports[2].model_id]
     assert rejected.blessed is False and rejected.blessing_reason == reports[2].reason
     assert rejected.blessing_reason.startswith("not blessed") and "min_auc" in rejected.failed_checks
@@ -391,20 +391,20 @@ def test_rejected_poisoned_model_has_its_reason_and_no_push(run):
 def test_serving_and_the_chain_from_it(run, tmp_path):
     config, reports, rolled = run["config"], run["reports"], run["rolled"]
     version, model_id = expected_serving(run)
-    served = lineage.serving(config.metadata_path, config.serving_dir, config.pipeline_name)
+    served = lineage.serving(config.metadata_connection, config.serving_dir, config.pipeline_name)
     assert (served.version, served.model_id) == (version, model_id)
     assert served.rollback_of == (None if reports[4].pushed_version else rolled.to_version)
 
-    chain = lineage.chain(config.metadata_path, config.pipeline_name, serving_dir=config.serving_dir)
+    chain = lineage.chain(config.metadata_connection, config.pipeline_name, serving_dir=config.serving_dir)
     assert [m.model_id for m in chain] == expected_chain(reports, model_id)
     assert chain[-1].start == "cold" and all(m.start == "warm" for m in chain[:-1])
     assert [m.base_model_id for m in chain] == [m.model_id for m in chain[1:]] + [None]
     # MLMD alone agrees: the newest push or rollback names the same model.
-    assert [m.model_id for m in lineage.chain(config.metadata_path, config.pipeline_name)] == \
+    assert [m.model_id for m in lineage.chain(config.metadata_connection, config.pipeline_name)] == \
         [m.model_id for m in chain]
 
     # Cycle 4's chain skips the rejected model and reaches the first cold start.
-    chain4 = lineage.chain(config.metadata_path, config.pipeline_name, model_id=reports[3].model_id)
+    chain4 = lineage.chain(config.metadata_connection, config.pipeline_name, model_id=reports[3].model_id)
     assert [m.model_id for m in chain4] == [reports[3].model_id, reports[1].model_id, reports[0].model_id]
 
     # Right after the rollback (the serving folder as it was then), cycle 2's model served.
@@ -412,9 +412,9 @@ def test_serving_and_the_chain_from_it(run, tmp_path):
     then.mkdir()
     for v in range(1, rolled.new_version + 1):
         os.symlink(os.path.join(config.serving_dir, str(v)), str(then / str(v)))
-    after = lineage.serving(config.metadata_path, str(then), config.pipeline_name)
+    after = lineage.serving(config.metadata_connection, str(then), config.pipeline_name)
     assert (after.version, after.model_id, after.rollback_of) == (rolled.new_version, reports[1].model_id, 2)
-    by_id = {m.model_id: m for m in lineage.models(config.metadata_path, config.pipeline_name)}
+    by_id = {m.model_id: m for m in lineage.models(config.metadata_connection, config.pipeline_name)}
     [rb] = by_id[reports[1].model_id].rollbacks
     assert (rb.new_version, rb.to_version, rb.from_version) == (rolled.new_version, 2, rolled.from_version)
 
@@ -427,7 +427,7 @@ def test_status_totals_freshness_and_last_cycle(run):
     before_ms = int(time.time() * 1000)
     st = lineage.status(config)
     after_ms = int(time.time() * 1000)
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     examples = [a for a in store.get_artifacts_by_type("Examples") if "committed_state" in a.custom_properties]
     assert st.spans_ingested == len(examples) == sum(len(r.spans) for r in reports)
     assert st.events_ingested == sum(prop(a, "event_count") for a in examples) == sum(r.events for r in reports)

@@ -25,7 +25,7 @@ def resolve_base(config):
     from tfx.proto.orchestration import pipeline_pb2
 
     from components.warm_start_trainer.resolvers import PinnedOrLatestBlessedModelStrategy
-    from pipelines.metadata import open_store
+    from pipelines.metadata import connection_config, open_store
 
     def channel(type_name):
         spec = pipeline_pb2.InputSpec.Channel()
@@ -35,12 +35,12 @@ def resolve_base(config):
         spec.artifact_query.type.name = type_name
         return spec
 
-    with metadata.Metadata(metadata.sqlite_metadata_connection_config(config.metadata_path)) as m:
+    with metadata.Metadata(connection_config(config.metadata_connection)) as m:
         inputs = {key: channel_resolver.resolve_single_channel(m, channel(type_name))
                   for key, type_name in (("model", "Model"), ("model_blessing", "ModelBlessing"))}
     assert all(inputs.values())
     strategy = PinnedOrLatestBlessedModelStrategy(pipeline_name=config.pipeline_name)
-    result = strategy.resolve_artifacts(open_store(config.metadata_path), inputs)
+    result = strategy.resolve_artifacts(open_store(config.metadata_connection), inputs)
     return [a.id for a in result["model"]], [a.id for a in result["model_blessing"]]
 
 
@@ -105,7 +105,7 @@ def test_rollback_pins_and_the_next_cycle_continues_and_is_judged_against_the_pi
     # Cycle 3: warm from the pinned model 1 and judged against it, not model 2.
     simulate(config.source.log_dir, dataclasses.replace(sim, minutes=10), append=True)
     r3 = run_cycle(config)
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     [m3] = store.get_artifacts_by_id([r3.model_id])
     assert r3.start == "warm" and r3.start_reason == f"warm start from model {m1}"
     assert prop(m3, "base_model_id") == m1
