@@ -52,19 +52,13 @@ LOCAL_ONLY = {
     # SQLite ML Metadata and the controller's flock live on a local disk by nature (on Vertex AI
     # Pipelines, Vertex ML Metadata takes their place and none of this runs).
     ("components/mlmd_store.py", "open_store"): {"os.makedirs"},
+    ("components/mlmd_store.py", "store_exists"): {"os.path.isfile"},
     ("pipelines/local_runner.py", "run"): {"os.makedirs"},
     ("pipelines/controller.py", "single_instance"): {"os.makedirs", "os.open", "os.fsync"},
-    ("pipelines/lineage_queries.py", "connect"): {"os.path.isfile"},
-    ("pipelines/lineage_queries.py", "status"): {"os.path.isfile"},
     ("pipelines/controller_lock.py", "controller_state"): {"open"},
-    # The local controller's crash recovery and retention: they read SQLite ML Metadata in the local
-    # home, and remote artifact URIs take the tf.io.gfile branch beside each os call (`_is_local`).
-    ("pipelines/cli.py", "run_gc"): {"os.path.isfile"},
-    ("pipelines/cli.py", "run_unpin"): {"os.path.isfile"},
-    ("pipelines/cli.py", "run_replay"): {"os.path.isfile"},
-    ("pipelines/recovery.py", "recover_interrupted"): {"os.path.isfile"},
+    # The local controller's crash recovery and retention: remote artifact URIs take the tf.io.gfile
+    # branch beside each os call (`_is_local`).
     ("pipelines/recovery.py", "_publish_push"): {"os.makedirs"},
-    ("pipelines/retention.py", "apply"): {"os.path.isfile"},
     ("pipelines/retention.py", "_tree_bytes"): {"os.walk"},
     ("pipelines/retention.py", "_delete_payload"): {"shutil.rmtree", "os.listdir", "os.path.isdir", "os.path.islink",
                                                     "os.remove"},
@@ -88,9 +82,7 @@ LOCAL_ONLY = {
     ("pipelines/config_file.py", "persist_config"): {"os.path.exists", "os.makedirs", "os.replace", "os.unlink"},
     ("pipelines/cli.py", "_base_config"): {"os.path.isfile"},
     ("pipelines/cli.py", "run_init"): {"os.path.exists", "os.makedirs", "open"},
-    # The config versions are read from the local home's SQLite ML Metadata; the shipped example files
-    # are package data beside the code.
-    ("pipelines/config_history.py", "read_history"): {"os.path.isfile"},
+    # The shipped example files are package data beside the code.
     ("pipelines/examples/__init__.py", "example_text"): {"open"},
 }
 
