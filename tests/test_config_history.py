@@ -6,6 +6,7 @@ tests/test_music_e2e.py records configs through real cycles.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -148,3 +149,14 @@ def test_config_history_status_and_lineage_show_which_run_first_used_each_versio
 
     assert main(["lineage", "--config", path]) == 0
     assert "by run run-1 (spans 10..12)" in capsys.readouterr().out
+
+
+def test_where_ml_metadata_lives_is_not_part_of_the_config_identity(tmp_path):
+    # The record lives in that ML Metadata: moving it (SQLite to MySQL, another file) is the same pipeline.
+    from pipelines.config import MetadataConfig, default_config
+    from pipelines.config_history import canonical_text
+
+    config = default_config(str(tmp_path / "h"))
+    moved = config.replace(metadata=MetadataConfig(kind="mysql", host="db", database="d", user="u"))
+    assert canonical_text(moved) == canonical_text(config) and "\nmetadata:" not in canonical_text(config)
+    assert canonical_text(config.replace(gate=dataclasses.replace(config.gate, min_auc=0.7))) != canonical_text(config)
