@@ -60,6 +60,7 @@ AD_TARGET_AUC = 0.777  # 0.727 + (0.877 - 0.727) / 3
 # The grid: name -> TrainerConfig overrides (the rest as TrainerConfig's defaults). The first is the old model.
 _DEEP = {"embedding_dim": 8, "hidden_units": [64, 32]}
 _WIDE = dict(_DEEP, wide=True, crosses="all")
+_FM = dict(_WIDE, fm=True)
 GRID: Dict[str, Dict[str, Any]] = {
     "deep only (old)": {"model": dict(_DEEP, wide=False)},
     "wide, no crosses": {"model": dict(_WIDE, crosses=[])},
@@ -68,6 +69,20 @@ GRID: Dict[str, Dict[str, Any]] = {
     "wide + all crosses, wide lr 0.15": {"model": dict(_WIDE, wide_learning_rate=0.15)},
     "wide + all crosses, warm 1 epoch": {"model": _WIDE, "warm_epochs": 1},
     "wide + all crosses, warm 3 epochs at 0.003": {"model": _WIDE, "warm_epochs": 3, "warm_learning_rate": 0.003},
+    # DeepFM: a dot product between every pair of the categorical embeddings, beside wide and deep.
+    "wide + all crosses + FM": {"model": _FM},
+    "wide + all crosses + FM, dim 16": {"model": dict(_FM, embedding_dim=16)},
+    "wide + all crosses + FM, warm lr 0.01": {"model": _FM, "warm_learning_rate": 0.01},
+    # More history replayed each warm cycle, against forgetting and for the thin per-user data.
+    "wide + all crosses, replay 0.3": {"model": _WIDE, "replay_fraction": 0.3},
+    "wide + all crosses + FM, replay 0.3": {"model": _FM, "replay_fraction": 0.3},
+}
+# Stateless retraining, what a stock TFX pipeline retraining on every span so far does: cycle k trains
+# spans 1..k from scratch (cold epochs and learning rate), through the same run_fn. Not stock TFX (no
+# CsvExampleGen, no frequency vocabularies): the same model retrained, named for what it is.
+STATELESS: Dict[str, Dict[str, Any]] = {
+    "stateless full retrain, deep only (the stock TFX module's model shape)": {"model": dict(_DEEP, wide=False)},
+    "stateless full retrain, wide + all crosses": {"model": _WIDE},
 }
 
 
@@ -178,19 +193,27 @@ def make_setup(name: str, facts: Mapping[str, Any], work: str) -> cost.Setup:
                       facts["transform_graph"], span_uris, eval_sets, os.path.join(work, name, "models"))
 
 
-def driftline_chain(setup: cost.Setup, trainer, label: str, cycles: int) -> List[Dict[str, Any]]:
-    """The warm chain of cycles 1..N with the real run_fn; each model scored on the next span's eval split."""
+def driftline_chain(setup: cost.Setup, trainer, label: str, cycles: int, stateless: bool = False) -> List[Dict[str, Any]]:
+    """The warm chain of cycles 1..N with the real run_fn (or, `stateless`, a cold retrain on spans 1..k
+    each cycle); each model scored on the next span's eval split."""
     rows: List[Dict[str, Any]] = []
     previous = None
     for k in range(1, cycles + 1):
-        props, uri = setup.train(trainer, label, k, cost._base_of(previous))
+        if stateless:
+            props, uri = setup.train(trainer, cost.STATELESS, k, None, tag=f" {label}")
+        else:
+            props, uri = setup.train(trainer, label, k, cost._base_of(previous))
         previous = (k, props, uri)
         metrics = cost.score(uri, setup.eval_sets[k + 1])
         rows.append({"span": k, "start": props["start"], "examples": props["trained_examples"],
-                     "train_cpu_s": round(props["train_cpu_seconds"], 2), "next_span_auc": round(metrics["auc"], 4),
+                     "train_cpu_s": round(props["train_cpu_seconds"], 2),
+                     "train_wall_s": round(props["train_wall_seconds"], 2), "next_span_auc": round(metrics["auc"], 4),
                      "next_span_log_loss": round(metrics["log_loss"], 4)})
-        if k > 1:  # cycle k-1's model was cycle k's base and is scored: its files are no longer needed
-            shutil.rmtree(os.path.dirname(setup.dirs(label, k - 1)["model_uri"]), ignore_errors=True)
+        # Scored, and (warm) already the next cycle's base: its files are no longer needed.
+        done = k if stateless else k - 1
+        if done >= 1:
+            folder = setup.dirs(cost.STATELESS + f" {label}" if stateless else label, done)["model_uri"]
+            shutil.rmtree(os.path.dirname(folder), ignore_errors=True)
     return rows
 
 
@@ -232,42 +255,69 @@ def run_stream(name: str, args, work: str) -> Dict[str, Any]:
     facts = prepare(work, name, args.spans, args.events_per_span, args.seed)
     setup = make_setup(name, facts, work)
     result: Dict[str, Any] = {"events_per_span": args.events_per_span, "spans": args.spans, "driftline": {},
-                              "river": {}}
+                              "stateless": {}, "river": {}}
     log(f"{name}: River, {len(fb.RIVER_CONFIGS)} configurations ...")
     result["river"] = river_chain(setup, args.spans)
     if name == "ads":
         result["oracle_auc"] = round(float(np.mean([setup.eval_sets[k + 1].oracle_auc
                                                     for k in range(2, args.spans + 1)])), 4)
-    for label in args.grid:
-        trainer = cost.trainer_config([f"{k}={json.dumps(v)}" for k, v in GRID[label].items()])
+    for label in list(args.grid) + list(args.stateless):
+        stateless = label in STATELESS
+        settings = STATELESS[label] if stateless else GRID[label]
+        trainer = cost.trainer_config([f"{k}={json.dumps(v)}" for k, v in settings.items()])
         log(f"{name}: driftline '{label}' ...")
         t0 = time.monotonic()
-        rows = driftline_chain(setup, trainer, label, args.spans)
-        result["driftline"][label] = rows
+        rows = driftline_chain(setup, trainer, label, args.spans, stateless=stateless)
+        result["stateless" if stateless else "driftline"][label] = rows
         log(f"{name}: driftline '{label}': mean next-span AUC {fb.best_mean_auc(rows, 2, args.spans):.4f} "
             f"({time.monotonic() - t0:.0f} s; per cycle {[r['next_span_auc'] for r in rows]})")
     return result
 
 
-def summarize(results: Mapping[str, Any], spans: int, grid: Sequence[str]) -> Dict[str, Any]:
+def _mean_cpu(rows: Sequence[Mapping[str, Any]], lo: int, hi: int) -> float:
+    """Mean train CPU seconds of cycles lo..hi (what `train_cycle` records around run_fn)."""
+    values = [r["train_cpu_s"] for r in rows if lo <= r["span"] <= hi]
+    return round(float(np.mean(values)), 2) if values else float("nan")
+
+
+def summarize(results: Mapping[str, Any], spans: int, grid: Sequence[str],
+              chosen: Optional[str] = None, chosen_source: Optional[str] = None) -> Dict[str, Any]:
+    """Per stream: every row's mean next-span AUC (cycles 2..N) and train CPU s per cycle; the chosen
+    settings (given, from a selection run on another seed, or else the best worst-case margin here) and
+    the #25 targets for them."""
     out: Dict[str, Any] = {"per_stream": {}}
     for name, r in results.items():
         river = {c: round(fb.best_mean_auc(rows, 2, spans), 4) for c, rows in r["river"].items()}
         drift = {c: round(fb.best_mean_auc(rows, 2, spans), 4) for c, rows in r["driftline"].items()}
+        stateless = {c: round(fb.best_mean_auc(rows, 2, spans), 4) for c, rows in r.get("stateless", {}).items()}
+        cpu = {c: _mean_cpu(rows, 2, spans) for part in ("driftline", "stateless")
+               for c, rows in r.get(part, {}).items()}
+        cpu_last = {c: _mean_cpu(rows, spans, spans) for part in ("driftline", "stateless")
+                    for c, rows in r.get(part, {}).items()}
         best_river = max(river, key=river.get)
-        out["per_stream"][name] = {"river": river, "driftline": drift, "best_river": best_river,
+        out["per_stream"][name] = {"river": river, "driftline": drift, "stateless": stateless,
+                                   "train_cpu_s": cpu, "train_cpu_s_last": cpu_last, "best_river": best_river,
                                    "best_river_auc": river[best_river], "oracle_auc": r.get("oracle_auc")}
-    # The settings chosen: the best mean over both streams (each stream's margin over its best River peer).
+
+    # Each stream's margin over its best River peer; the settings chosen by the worst of the two.
     def margin(label):
         return min(s["driftline"].get(label, -1) - s["best_river_auc"] for s in out["per_stream"].values())
-    chosen = max((g for g in grid if all(g in s["driftline"] for s in out["per_stream"].values())), key=margin)
-    out["chosen"] = chosen
+    candidates = [g for g in grid if all(g in s["driftline"] for s in out["per_stream"].values())]
+    out["margins"] = {g: round(margin(g), 4) for g in candidates}
+    out["best_here"] = max(candidates, key=margin)
+    out["chosen"] = chosen or out["best_here"]
+    out["chosen_source"] = chosen_source
+    chosen = out["chosen"]
     out["targets"] = []
     for name, s in out["per_stream"].items():
         need = s["best_river_auc"] + TARGET_MARGIN
         out["targets"].append({"target": f"{name}: driftline ({chosen}) >= best River ({s['best_river']}) + 0.01",
                                "value": s["driftline"][chosen], "need": round(need, 4),
                                "met": s["driftline"][chosen] >= need})
+        for label, value in s["stateless"].items():
+            out["targets"].append({"target": f"{name}: driftline ({chosen}) >= {label}",
+                                   "value": s["driftline"][chosen], "need": value,
+                                   "met": s["driftline"][chosen] >= value})
         if name == "ads":
             out["targets"].append({"target": "ads at 10k/span: driftline >= 0.777", "value": s["driftline"][chosen],
                                    "need": AD_TARGET_AUC, "met": s["driftline"][chosen] >= AD_TARGET_AUC})
@@ -276,32 +326,51 @@ def summarize(results: Mapping[str, Any], spans: int, grid: Sequence[str]) -> Di
 
 def render(report: Mapping[str, Any]) -> str:
     s = report["summary"]
+    n = report["spans"]
     start, end = marks(SECTION)
     lines = [start, f"## Learning: the default model against River's best per-span learner ({report['date']})", "",
-             f"`benchmarks/learning.py`: {report['spans']} cycles, {report['events_per_span']:,} events per span, "
-             "two streams; mean next-span AUC over cycles 2-" + str(report["spans"]) + " (every candidate served, "
-             "no gate). River learns each span once, after it is scored: the same freshness.", ""]
+             f"`benchmarks/learning.py`: {n} cycles, {report['events_per_span']:,} events per span, "
+             f"two streams, simulator seed {report.get('seed', 0)}; mean next-span AUC over cycles 2-{n} (every "
+             "candidate served, no gate). River learns each span once, after it is scored: the same freshness. "
+             f"Train CPU s: what `train_cycle` records around run_fn (read, transform, train, export), mean over "
+             f"cycles 2-{n} and at cycle {n}; the machine was shared, so compare them as ratios.", ""]
     streams = list(s["per_stream"])
-    lines.append("| | " + " | ".join(streams) + " |")
-    lines.append("|---|" + "---|" * len(streams))
+    head = " | ".join(f"{x} AUC | {x} train CPU s/cycle (at {n})" for x in streams)
+    lines.append("| | " + head + " |")
+    lines.append("|---|" + "---|---|" * len(streams))
+
+    def cells(part, label):
+        out = []
+        for x in streams:
+            ps = s["per_stream"][x]
+            value = ps[part].get(label, float("nan"))
+            cpu = ps.get("train_cpu_s", {}).get(label)
+            last = ps.get("train_cpu_s_last", {}).get(label)
+            out.append(f"{value:.4f} | " + (f"{cpu:.1f} ({last:.1f})" if cpu is not None else "-"))
+        return " | ".join(out)
+
     for label in report["grid"]:
-        lines.append(f"| driftline: {label} | " + " | ".join(f"{s['per_stream'][n]['driftline'].get(label, float('nan')):.4f}"
-                                                          for n in streams) + " |")
-    for config in fb.RIVER_CONFIGS:
-        lines.append(f"| River {config} | " + " | ".join(f"{s['per_stream'][n]['river'][config]:.4f}" for n in streams)
-                     + " |")
+        bold = "**" if label == s["chosen"] else ""
+        lines.append(f"| driftline: {bold}{label}{bold} | " + cells("driftline", label) + " |")
+    for label in report.get("stateless", []):
+        lines.append(f"| {label} | " + cells("stateless", label) + " |")
+    for config in s["per_stream"][streams[0]]["river"]:
+        lines.append(f"| River {config} | " + " | ".join(f"{s['per_stream'][x]['river'][config]:.4f} | -"
+                                                         for x in streams) + " |")
     if s["per_stream"].get("ads", {}).get("oracle_auc"):
         lines.append("| true click probability (ads) | " + " | ".join(
-            f"{s['per_stream'][n]['oracle_auc']:.4f}" if s['per_stream'][n].get('oracle_auc') else "-"
-            for n in streams) + " |")
-    lines += ["", f"Chosen settings (the best worst-case margin over the best River peer): **{s['chosen']}**.", ""]
+            f"{s['per_stream'][x]['oracle_auc']:.4f} | -" if s['per_stream'][x].get('oracle_auc') else "- | -"
+            for x in streams) + " |")
+    how = (f"chosen on {s['chosen_source']}, not on the cycles above" if s.get("chosen_source")
+           else "chosen on the same cycles reported above (a small grid, so a small optimism)")
+    lines += ["", f"Settings (the best worst-case margin over both streams' best River peer, {how}): "
+              f"**{s['chosen']}**; the best on this run's cycles: {s['best_here']}.", ""]
     lines += ["| target | value | needed | met |", "|---|---|---|---|"]
     for t in s["targets"]:
         lines.append(f"| {t['target']} | {t['value']:.4f} | {t['need']:.4f} | {'yes' if t['met'] else '**no**'} |")
-    lines += ["", "Read with care: the settings are chosen on the same cycles they are reported on (a small grid, "
-              "so a small optimism); every candidate counts as served (the gate is not in this loop); River's "
-              "AdaGrad sweep peaks at its top rate on both streams, so a higher rate might do better; stock TFX "
-              "is in the freshness benchmark, not here."]
+    notes = report.get("notes")
+    if notes:
+        lines += ["", notes]
     lines.append(end)
     return "\n".join(lines) + "\n"
 
@@ -313,6 +382,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--streams", nargs="+", default=list(STREAMS), choices=STREAMS)
     ap.add_argument("--grid", nargs="+", default=list(GRID), choices=list(GRID))
+    ap.add_argument("--stateless", nargs="*", default=list(STATELESS), choices=list(STATELESS),
+                    help="stateless full retrains to run beside the warm grid (none: --stateless with no names)")
+    ap.add_argument("--chosen-from", help="the learning.json of a selection run on another seed: its chosen "
+                    "settings are the ones whose targets this run reports")
+    ap.add_argument("--notes", default="", help="a paragraph of caveats for RESULTS.md")
+    ap.add_argument("--out", help="the JSON to write (default benchmarks/results/learning.json)")
+    ap.add_argument("--no-md", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--work-dir", default="/tmp/driftline-learning")
     ap.add_argument("--quick", action="store_true", help="3 cycles of 2k events, results under the work dir")
     ap.add_argument("--render-only", action="store_true")
@@ -320,8 +396,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.quick:
         args.spans, args.events_per_span = 3, 2000
     out_dir = args.work_dir if args.quick else os.path.join(ROOT, "benchmarks", "results")
-    json_path = os.path.join(out_dir, "learning.json")
+    json_path = args.out or os.path.join(out_dir, "learning.json")
     md_path = os.path.join(ROOT, "benchmarks", "RESULTS.md")
+    chosen = source = None
+    if args.chosen_from:  # read first: a wrong file fails before an hour of cycles
+        with open(args.chosen_from) as f:
+            selection = json.load(f)
+        chosen = selection["summary"]["chosen"]
+        source = f"simulator seed {selection['seed']} ({os.path.basename(args.chosen_from)})"
+        if chosen not in args.grid:
+            raise SystemExit(f"--chosen-from: its chosen settings {chosen!r} are not in --grid")
     if args.render_only:
         with open(json_path) as f:
             report = json.load(f)
@@ -332,14 +416,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             results[name] = run_stream(name, args, args.work_dir)
         report = {"date": datetime.date.today().isoformat(), "spans": args.spans,
                   "events_per_span": args.events_per_span, "seed": args.seed, "grid": args.grid,
-                  "grid_settings": {g: GRID[g] for g in args.grid}, "results": results}
-        report["summary"] = summarize(results, args.spans, args.grid)
-        os.makedirs(out_dir, exist_ok=True)
+                  "grid_settings": {g: GRID[g] for g in args.grid}, "stateless": args.stateless,
+                  "stateless_settings": {g: STATELESS[g] for g in args.stateless}, "results": results}
+        report["summary"] = summarize(results, args.spans, args.grid, chosen, source)
+    if args.notes:
+        report["notes"] = args.notes
+    if not args.render_only:
+        os.makedirs(os.path.dirname(json_path), exist_ok=True)
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)
     section = render(report)
     print(section)
-    if not args.quick:
+    if not (args.quick or args.no_md):
         replace_section(md_path, SECTION, section)
     return 0
 
