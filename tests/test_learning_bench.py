@@ -42,6 +42,18 @@ def test_the_choice_is_the_best_worst_case_margin_among_the_settings_eligible_as
     assert not targets["ads at 10k/span: driftline >= 0.777"]["met"]
 
 
+def test_the_shipped_default_stays_unless_another_setting_beats_it_by_the_minimum_gain():
+    results = _results()
+    # FM's worst-case margin 0.03 against the default's 0.02: a gain of 0.01 >= MIN_GAIN, so FM is chosen.
+    assert learning.summarize(results, 3, GRID)["chosen"] == "wide + all crosses + FM"
+    # Within MIN_GAIN of the default (0.024 against 0.02): the default stays, the best is still reported.
+    for name, auc in (("ads", 0.724), ("music", 0.70)):
+        results[name]["driftline"]["wide + all crosses + FM"] = _rows([0.1, auc, auc])
+    s = learning.summarize(results, 3, GRID)
+    assert learning.DEFAULT_LABEL == "wide + all crosses" and learning.MIN_GAIN > 0.004
+    assert s["best_here"] == "wide + all crosses + FM" and s["chosen"] == "wide + all crosses"
+
+
 def test_settings_chosen_on_another_seed_are_the_ones_reported_and_the_text_says_so():
     s = learning.summarize(_results(), 3, GRID, chosen="wide + all crosses", chosen_source="simulator seed 0 (x.json)")
     assert s["chosen"] == "wide + all crosses" and s["best_here"] == "wide + all crosses + FM"
