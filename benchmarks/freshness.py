@@ -16,7 +16,7 @@ the CPU:
   price), learning every event once, one at a time, in log order, span after
   span, each span scored before it is learned (a worker process): logistic
   regression with plain SGD (the first peer), with AdaGrad at learning rates
-  0.01-1.0, and a factorization machine; the best by mean next-span AUC is the
+  0.01-5.0 (past its peak), and a factorization machine; the best by mean next-span AUC is the
   peer, the others' figures are reported beside it.
 * **stock TFX, stateless** and **stock TFX, stateful**: ``benchmarks/stock_tfx.py``,
   public TFX 1.16 components over a CSV export of the same events, a fresh
