@@ -39,7 +39,9 @@ def test_the_choice_is_the_best_worst_case_margin_among_the_settings_eligible_as
     assert (river["value"], river["need"], river["met"]) == (0.73, 0.71, True)
     stateless = targets["ads: driftline (wide + all crosses + FM) >= stateless full retrain, wide + all crosses"]
     assert stateless["met"] and stateless["need"] == 0.72
-    assert not targets["ads at 10k/span: driftline >= 0.777"]["met"]
+    assert not targets["ads at 10k/span: driftline (wide + all crosses + FM) >= 0.777"]["met"]
+    # The shipped default is not the chosen one: its targets are reported too.
+    assert "music: driftline (wide + all crosses, shipped default) >= best River (lr_adagrad_1.0) + 0.01" in targets
 
 
 def test_the_shipped_default_stays_unless_another_setting_beats_it_by_the_minimum_gain():
