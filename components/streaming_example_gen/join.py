@@ -136,8 +136,10 @@ class DeadLetter:
         return next(k for k in KINDS if self.reason.startswith(k))
 
     def to_row(self) -> Dict[str, Any]:
-        return {"stream": self.stream, "segment": self.position.segment, "offset": self.position.offset,
-                "line": self.line.decode("utf-8", errors="replace"), "reason": self.reason}
+        from components.streaming_example_gen.ingest import dead_letter_row
+
+        return dead_letter_row({"stream": self.stream, "segment": self.position.segment,
+                                "offset": self.position.offset}, self.line, self.reason)
 
 
 @dataclasses.dataclass
