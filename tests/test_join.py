@@ -171,8 +171,7 @@ def test_late_and_orphan_outcomes_are_dead_letters_decided_once_across_runs():
     imp(imps, "t4", 10 * SPAN_MS)
     r3 = step(cfg, r2.state, imps, outs, emitted)
     assert sorted(d.kind for d in r3.dead_letters) == sorted([join.ORPHAN_OUTCOME, join.NOT_COUNTED])
-    r4_outs = r3.state
-    assert r4_outs.out_resume == outs.end and r4_outs.decided == ()
+    assert r3.state.out_resume == outs.end and r3.state.pending_outcomes == ()
 
 
 def test_pending_impressions_survive_as_a_resume_position_not_in_memory():
@@ -189,8 +188,8 @@ def test_pending_impressions_survive_as_a_resume_position_not_in_memory():
     assert r.emitted_spans == (0, 1) and labels(r) == {"a": 0, "b": 1}
     s = join.JoinState.from_json(r.state.to_json())
     assert s == r.state and s.imp_resume == p_c and s.out_resume == outs.records[0][0]
-    # The outcome of b (decided) sits after the pending one of c: it is skipped on the re-read.
-    assert s.decided == (outs.records[1][0], outs.records[2][0])
+    # Only c's outcome waits; b's (attributed) and x's (not counted) after it are skipped on the re-read.
+    assert s.pending_outcomes == (outs.records[0][0],)
     out(outs, "y", 4 * SPAN_MS, kind="view")
     imp(imps, "e", 4 * SPAN_MS)
     r2 = step(cfg, s, imps, outs)

@@ -24,7 +24,8 @@ span the run emits.
 Exactly once. Nothing is kept in memory between runs: the committed `JoinState` (on the `Examples`
 artifacts in ML Metadata) holds, per stream, where the last published run stopped reading (`*_end`) and
 where to re-read from (`*_resume`: the first pending impression, the first undecided outcome), and the
-positions of the outcomes after `out_resume` that were decided already (`decided`). A run re-reads from
+positions of the outcomes read but not yet decided (`pending_outcomes`; every other outcome before `out_end`
+was decided by a published run). A run re-reads from
 the resume positions and decides everything from the state and positions alone, so a crashed run is
 simply redone. Only pending impressions (those in spans not yet emitted, inside an open window) and
 undecided outcomes are held: memory is bounded by the open windows, not by the stream.
@@ -81,15 +82,16 @@ class JoinState:
     imp_max_event_time_ms: Optional[int] = None
     out_max_event_time_ms: Optional[int] = None
     last_span: Optional[int] = None
-    # Positions in [out_resume, out_end) of outcomes already decided (attributed or dead-lettered), sorted.
-    decided: Tuple[Position, ...] = ()
+    # Positions of the outcomes before out_end not yet decided (waiting for their impression's window or
+    # their impression), sorted; the first is out_resume. As few as the open windows hold.
+    pending_outcomes: Tuple[Position, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps({
             "kind": "join", "imp_end": _val(self.imp_end), "imp_resume": _val(self.imp_resume),
             "out_end": _val(self.out_end), "out_resume": _val(self.out_resume),
             "imp_max_event_time_ms": self.imp_max_event_time_ms, "out_max_event_time_ms": self.out_max_event_time_ms,
-            "last_span": self.last_span, "decided": [p.to_json_value() for p in self.decided]}, sort_keys=True)
+            "last_span": self.last_span, "pending_outcomes": [p.to_json_value() for p in self.pending_outcomes]}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: Optional[str]) -> "JoinState":
@@ -101,7 +103,7 @@ class JoinState:
                              "a join needs its own pipeline node (a new node id or pipeline name)")
         return cls(_pos(d["imp_end"]), _pos(d["imp_resume"]), _pos(d["out_end"]), _pos(d["out_resume"]),
                    d["imp_max_event_time_ms"], d["out_max_event_time_ms"], d["last_span"],
-                   tuple(_pos(p) for p in d["decided"]))
+                   tuple(_pos(p) for p in d["pending_outcomes"]))
 
 
 def watermark(max_event_time_ms: Optional[int], allowed_lateness_ms: int) -> Optional[int]:
@@ -246,11 +248,11 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
     # Outcomes read, not yet decided: (position, line, event).
     out_max = state.out_max_event_time_ms
     undecided: List[Tuple[Position, bytes, Dict[str, Any]]] = []
-    decided_before = set(state.decided)
+    pending_before = set(state.pending_outcomes)
     for p, line in outcomes:
-        if p in decided_before:
-            continue
         new = new_line(state.out_end, p)
+        if not new and p not in pending_before:
+            continue  # decided by a published run (or a malformed line, dead-lettered when first read)
         try:
             event = _parse(out_schema, line)
         except InvalidEvent as e:
@@ -275,7 +277,6 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
         i = int(np.searchsorted(emitted_ids, h))
         return i < len(emitted_ids) and emitted_ids[i] == h
 
-    decided_now: List[Position] = []
     still: List[Position] = []
     for p, line, event in undecided:
         key, t = event[config.key], event[out_schema.event_time_field]
@@ -298,7 +299,8 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
                     imp.outcome_ids.add(outcome_id)
                     imp.counted += 1
                     imp.label = 1.0 if config.label_rule == "any" else imp.label + float(event[config.value_field] or 0)
-                    (decided_now if imp.span in emitted_set else still).append(p)
+                    if imp.span not in emitted_set:
+                        still.append(p)
                     continue
         elif was_emitted(key):
             reason = f"{LATE_OUTCOME}: impression {key!r} was emitted before the outcome arrived"
@@ -309,7 +311,6 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
             still.append(p)
         else:
             dead.append(DeadLetter("outcomes", p, line, reason))
-            decided_now.append(p)
 
     examples = []
     for key, imp in pending.items():
@@ -321,8 +322,8 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
     left = [i for i in pending.values() if i.span not in emitted_set]
     imp_resume = min((i.position for i in left), default=imp_read_end)
     out_resume = min(still, default=out_read_end)
-    decided = tuple(sorted(p for p in (set(decided_before) | set(decided_now)) if not p < out_resume))
     new_state = JoinState(imp_end=imp_read_end, imp_resume=imp_resume, out_end=out_read_end, out_resume=out_resume,
                           imp_max_event_time_ms=imp_max, out_max_event_time_ms=out_max,
-                          last_span=max(emitted) if emitted else last_span, decided=decided)
+                          last_span=max(emitted) if emitted else last_span,
+                          pending_outcomes=tuple(sorted(still)))
     return JoinResult(new_state, emitted, examples, dead, join_wm, len(left), len(still))
