@@ -242,3 +242,23 @@ def test_a_required_impression_label_and_one_log_for_both_are_refused():
     bad = dataclasses.replace(cfg, impressions=JoinStreamConfig("i", schema))
     with pytest.raises(ConfigError, match="required=False"):
         bad.validate()
+
+
+def test_a_passed_segment_that_grows_stops_the_next_read(tmp_path):
+    from components.event_log import EventLogError, EventLogWriter
+    from components.streaming_example_gen import join_run
+
+    cfg = join_config(str(tmp_path / "imp"), str(tmp_path / "out"))
+    with EventLogWriter(cfg.impressions.log_dir, max_segment_bytes=200) as w:
+        w.write_events([{"impression_id": f"i{k}", "ts": 1_000 + k, "ad_id": "a"} for k in range(10)])
+    with EventLogWriter(cfg.outcomes.log_dir, max_segment_bytes=200) as w:
+        w.write_events([{"outcome_id": f"o{k}", "impression_id": f"i{k}", "ts": 1_500 + k, "outcome_type": "click"}
+                        for k in range(10)])
+    run = join_run.run_join(cfg, WINDOW, join.JoinState(), str(tmp_path / "spans"))
+    state = join.JoinState.from_json(run.committed.to_json())
+    assert state.out_segment_sizes and state.imp_segment_sizes
+    first = sorted((tmp_path / "out").glob("*.jsonl"))[0]
+    with open(first, "ab") as f:  # a producer appending to an old segment, without the writer's lock
+        f.write(b'{"outcome_id": "x", "impression_id": "i0", "ts": 1600, "outcome_type": "click"}\n')
+    with pytest.raises(EventLogError, match="grown|grew"):
+        join_run.run_join(cfg, WINDOW, state, str(tmp_path / "spans"))

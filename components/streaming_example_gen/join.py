@@ -85,13 +85,19 @@ class JoinState:
     # Positions of the outcomes before out_end not yet decided (waiting for their impression's window or
     # their impression), sorted; the first is out_resume. As few as the open windows hold.
     pending_outcomes: Tuple[Position, ...] = ()
+    # (segment, size) of each log's segments read to their end (event_log.ReadPlan.segment_sizes): the next
+    # read stops with an EventLogError if one has grown (a producer appending without the writer's lock).
+    imp_segment_sizes: Tuple[Tuple[str, int], ...] = ()
+    out_segment_sizes: Tuple[Tuple[str, int], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps({
             "kind": "join", "imp_end": _val(self.imp_end), "imp_resume": _val(self.imp_resume),
             "out_end": _val(self.out_end), "out_resume": _val(self.out_resume),
             "imp_max_event_time_ms": self.imp_max_event_time_ms, "out_max_event_time_ms": self.out_max_event_time_ms,
-            "last_span": self.last_span, "pending_outcomes": [p.to_json_value() for p in self.pending_outcomes]}, sort_keys=True)
+            "last_span": self.last_span, "pending_outcomes": [p.to_json_value() for p in self.pending_outcomes],
+            "imp_segment_sizes": [list(x) for x in self.imp_segment_sizes],
+            "out_segment_sizes": [list(x) for x in self.out_segment_sizes]}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: Optional[str]) -> "JoinState":
@@ -103,7 +109,9 @@ class JoinState:
                              "a join needs its own pipeline node (a new node id or pipeline name)")
         return cls(_pos(d["imp_end"]), _pos(d["imp_resume"]), _pos(d["out_end"]), _pos(d["out_resume"]),
                    d["imp_max_event_time_ms"], d["out_max_event_time_ms"], d["last_span"],
-                   tuple(_pos(p) for p in d["pending_outcomes"]))
+                   tuple(_pos(p) for p in d["pending_outcomes"]),
+                   tuple((str(n), int(z)) for n, z in d.get("imp_segment_sizes", ())),
+                   tuple((str(n), int(z)) for n, z in d.get("out_segment_sizes", ())))
 
 
 def watermark(max_event_time_ms: Optional[int], allowed_lateness_ms: int) -> Optional[int]:
@@ -325,5 +333,6 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
     new_state = JoinState(imp_end=imp_read_end, imp_resume=imp_resume, out_end=out_read_end, out_resume=out_resume,
                           imp_max_event_time_ms=imp_max, out_max_event_time_ms=out_max,
                           last_span=max(emitted) if emitted else last_span,
-                          pending_outcomes=tuple(sorted(still)))
+                          pending_outcomes=tuple(sorted(still)), imp_segment_sizes=state.imp_segment_sizes,
+                          out_segment_sizes=state.out_segment_sizes)
     return JoinResult(new_state, emitted, examples, dead, join_wm, len(left), len(still))

@@ -28,16 +28,19 @@ from components.streaming_example_gen.join_config import JoinConfig
 UNIT_NAME = "join"
 
 
-def read_records(log_dir: str, start: Optional[Position], chunk_bytes: int,
-                 max_line_bytes: int) -> tuple:
-    """(an iterator of (position, line) from `start` to the log's end as planned now, that end)."""
-    plan = event_log.plan_read(log_dir, start, chunk_bytes)
+def read_records(log_dir: str, start: Optional[Position], chunk_bytes: int, max_line_bytes: int,
+                 passed_sizes=()) -> tuple:
+    """(an iterator of (position, line) from `start` to the log's end as planned now, that end, the plan).
+
+    `passed_sizes`: the committed sizes of segments read to their end; one that grew stops the read.
+    """
+    plan = event_log.plan_read(log_dir, start, chunk_bytes, passed_sizes)
 
     def records() -> Iterator[join.Record]:
         for chunk in plan.chunks:
             for offset, line in event_log.read_chunk(log_dir, chunk, max_line_bytes):
                 yield Position(chunk.segment, offset), line
-    return records(), plan.end, plan.start
+    return records(), plan.end, plan
 
 
 @dataclasses.dataclass
@@ -62,12 +65,15 @@ def run_join(config: JoinConfig, window: windowing.Window, state: join.JoinState
     """
     started = time.monotonic()
     imp_schema, out_schema = config.impressions.schema, config.outcomes.schema
-    imps, imp_end, imp_start = read_records(config.impressions.log_dir, state.imp_resume, chunk_bytes,
-                                            imp_schema.max_line_bytes)
-    outs, out_end, out_start = read_records(config.outcomes.log_dir, state.out_resume, chunk_bytes,
-                                            out_schema.max_line_bytes)
+    imps, imp_end, imp_plan = read_records(config.impressions.log_dir, state.imp_resume, chunk_bytes,
+                                           imp_schema.max_line_bytes, state.imp_segment_sizes)
+    outs, out_end, out_plan = read_records(config.outcomes.log_dir, state.out_resume, chunk_bytes,
+                                           out_schema.max_line_bytes, state.out_segment_sizes)
     result = join.join_step(config, window, state, imps, outs, imp_end, out_end,
                             emitted_ids=ingest.read_event_ids(dedup_span_uris))
+    result.state = dataclasses.replace(result.state, imp_segment_sizes=imp_plan.segment_sizes,
+                                       out_segment_sizes=out_plan.segment_sizes)
+    imp_start, out_start = imp_plan.start, out_plan.start
     if result.emits:
         write_spans(result, imp_schema, output_root)
     return JoinRun(state, result, imp_start, out_start, time.monotonic() - started)
