@@ -99,6 +99,7 @@ def test_a_stalled_outcome_stream_holds_the_join_back():
         imp(imps, f"i{i}", 5 * SPAN_MS + i)
     r = step(cfg, join.JoinState(), imps, outs)
     assert r.join_watermark_ms == 500 and not r.emits and r.pending_impressions == 11
+    assert r.held_back_by == "outcomes" and r.impressions_watermark_ms == 5 * SPAN_MS + 9
     out(outs, "i0", 5 * SPAN_MS + 2_000)  # the outcome stream catches up
     r = step(cfg, join.JoinState(), imps, outs)
     assert r.emitted_spans == (0,) and labels(r) == {"a": 1}

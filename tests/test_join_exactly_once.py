@@ -243,6 +243,9 @@ def test_sigkilled_join_runs_label_every_impression_once_and_decide_every_outcom
             assert streams.impression_time[iid] == ts
             assert label == streams.truth_label[iid], f"{iid}: label {label}, expected {streams.truth_label[iid]}"
         assert a.custom_properties["event_count"].int_value == len(rows)
+        assert a.custom_properties["watermark_ms"].int_value == min(
+            a.custom_properties["impressions_watermark_ms"].int_value,
+            a.custom_properties["outcomes_watermark_ms"].int_value) >= (span + 1) * SPAN_MS + W_MS
         assert a.custom_properties["positive_count"].int_value == sum(r[2] for r in rows)
         attributed_total += a.custom_properties["attributed_count"].int_value
         dead += H.read_dead_letters(a.uri)

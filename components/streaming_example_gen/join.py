@@ -173,6 +173,19 @@ class JoinResult:
     join_watermark_ms: Optional[int]
     pending_impressions: int
     pending_outcomes: int
+    # Each stream's watermark (None before its first event): the smaller one holds the join back.
+    impressions_watermark_ms: Optional[int] = None
+    outcomes_watermark_ms: Optional[int] = None
+
+    @property
+    def held_back_by(self) -> Optional[str]:
+        """The stream whose watermark is the join's ("impressions" or "outcomes"), None when they agree."""
+        imp, out = self.impressions_watermark_ms, self.outcomes_watermark_ms
+        if imp == out:
+            return None
+        if imp is None or (out is not None and imp < out):
+            return "impressions"
+        return "outcomes"
 
     @property
     def emits(self) -> bool:
@@ -335,4 +348,5 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
                           last_span=max(emitted) if emitted else last_span,
                           pending_outcomes=tuple(sorted(still)), imp_segment_sizes=state.imp_segment_sizes,
                           out_segment_sizes=state.out_segment_sizes)
-    return JoinResult(new_state, emitted, examples, dead, join_wm, len(left), len(still))
+    return JoinResult(new_state, emitted, examples, dead, join_wm, len(left), len(still),
+                      imp_wm, watermark(out_max, window.allowed_lateness_ms))

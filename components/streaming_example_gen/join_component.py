@@ -121,9 +121,10 @@ class JoinExecutor(base_beam_executor.BaseBeamExecutor):
             vocab.set_custom_properties(artifact, props)
             artifacts.append(artifact)
         output_dict[EXAMPLES_KEY][:] = artifacts
-        logging.info("%s impressions from %s, outcomes from %s; join watermark %s; emitted spans %s; "
-                     "%d dead letters %s; committed %s", MARK_JOINED, run.imp_start, run.out_start,
-                     run.result.join_watermark_ms, list(run.result.emitted_spans), len(run.result.dead_letters),
+        logging.info("%s impressions from %s, outcomes from %s; join watermark %s (held back by %s); emitted "
+                     "spans %s; %d dead letters %s; committed %s", MARK_JOINED, run.imp_start, run.out_start,
+                     run.result.join_watermark_ms, run.result.held_back_by or "neither",
+                     list(run.result.emitted_spans), len(run.result.dead_letters),
                      run.result.dead_letter_counts(), run.committed.to_json())
 
 

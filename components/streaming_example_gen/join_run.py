@@ -130,7 +130,13 @@ def span_properties(run: JoinRun, window: windowing.Window, span: int, config: J
         "span_start_ms": start_ms,
         "span_end_ms": end_ms,
         "watermark_ms": result.join_watermark_ms if result.join_watermark_ms is not None else -1,
+        "impressions_watermark_ms": _ms(result.impressions_watermark_ms),
+        "outcomes_watermark_ms": _ms(result.outcomes_watermark_ms),
         "pending_impressions": result.pending_impressions,
         "pending_outcomes": result.pending_outcomes,
         "ingest_wall_seconds": round(run.wall_seconds, 3),
     }
+
+
+def _ms(value: Optional[int]) -> int:
+    return -1 if value is None else value
