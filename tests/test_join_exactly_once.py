@@ -203,7 +203,7 @@ def test_sigkilled_join_runs_label_every_impression_once_and_decide_every_outcom
                 code, s = run(f"r{r:02d}-finish")
                 finished.append(s)
             elif draw < 0.45:
-                code, s = run(f"r{r:02d}-publish", marker=rng.uniform(0.0, 0.06))
+                code, s = run(f"r{r:02d}-publish", marker=rng.uniform(0.0, 0.015))
             else:
                 code, s = run(f"r{r:02d}-kill", kill_after=rng.uniform(0.0, statistics.median(finished)))
             kills += code == -signal.SIGKILL
