@@ -27,9 +27,17 @@ def latest_committed_state(store: metadata_store.MetadataStore, pipeline_name: s
     Returns the state and the id of the artifact it was read from (None before
     the first run).
     """
+    text, artifact_id = latest_committed_state_json(store, pipeline_name, node_id)
+    return (windowing.CommittedState() if text is None else windowing.CommittedState.from_json(text)), artifact_id
+
+
+def latest_committed_state_json(store: metadata_store.MetadataStore, pipeline_name: str,
+                                node_id: str) -> Tuple[Optional[str], Optional[int]]:
+    """The committed-state JSON of the newest published run of a node (a stream's or a join's), and the
+    id of the artifact it was read from; (None, None) before the first run."""
     context = store.get_context_by_type_and_name(NODE_CONTEXT_TYPE, node_context_name(pipeline_name, node_id))
     if context is None:
-        return windowing.CommittedState(), None
+        return None, None
     # Newest first; one published run's artifacts all carry the same state, so
     # the first committed one found is the answer. The bounded query covers
     # the usual case; only a long run of never-published outputs needs the rest.
@@ -38,11 +46,10 @@ def latest_committed_state(store: metadata_store.MetadataStore, pipeline_name: s
         artifacts = store.get_artifacts_by_context(context.id, list_options=options)
         for artifact in artifacts:
             if artifact.state in _COMMITTED_STATES and COMMITTED_STATE_PROPERTY in artifact.custom_properties:
-                return (windowing.CommittedState.from_json(
-                    artifact.custom_properties[COMMITTED_STATE_PROPERTY].string_value), artifact.id)
+                return artifact.custom_properties[COMMITTED_STATE_PROPERTY].string_value, artifact.id
         if limit is not None and len(artifacts) < limit:
             break
-    return windowing.CommittedState(), None
+    return None, None
 
 
 def recent_run_span_uris(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str,

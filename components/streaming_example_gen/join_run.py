@@ -1,0 +1,142 @@
+"""One join run: read both event logs from the committed resume positions, join, write the emitted spans.
+
+`join.join_step` decides; this module reads and writes. Nothing is committed here: the executor publishes
+the returned state on the `Examples` artifacts in ML Metadata, or nothing at all, so a run killed at any
+point is redone from the previous committed state. Files have deterministic names and are written
+through a temp file and a rename, so a redone run rewrites them whole.
+
+The join reads its records in the executor's process (not in a Beam graph): it holds only the impressions
+of open windows and the undecided outcomes, and reads each log one chunk at a time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from components import event_log
+from components.mlmd_vocabulary import COMMITTED_STATE_PROPERTY
+from components.event_log import Position
+from components.streaming_example_gen import ingest, join, windowing
+from components.streaming_example_gen.example_codec import ExampleEncoder
+from components.streaming_example_gen.join_config import JoinConfig
+
+UNIT_NAME = "join"
+
+
+def read_records(log_dir: str, start: Optional[Position], chunk_bytes: int, max_line_bytes: int,
+                 passed_sizes=()) -> tuple:
+    """(an iterator of (position, line) from `start` to the log's end as planned now, that end, the plan).
+
+    `passed_sizes`: the committed sizes of segments read to their end; one that grew stops the read.
+    """
+    plan = event_log.plan_read(log_dir, start, chunk_bytes, passed_sizes)
+
+    def records() -> Iterator[join.Record]:
+        for chunk in plan.chunks:
+            for offset, line in event_log.read_chunk(log_dir, chunk, max_line_bytes):
+                yield Position(chunk.segment, offset), line
+    return records(), plan.end, plan
+
+
+@dataclasses.dataclass
+class JoinRun:
+    previous: join.JoinState
+    result: join.JoinResult
+    imp_start: Position
+    out_start: Position
+    wall_seconds: float
+
+    @property
+    def committed(self) -> join.JoinState:
+        return self.result.state
+
+
+def run_join(config: JoinConfig, window: windowing.Window, state: join.JoinState, output_root: str,
+             dedup_span_uris: Sequence[str] = (), chunk_bytes: int = 8 << 20) -> JoinRun:
+    """Reads, joins and writes every emitted span under `output_root/span-<n>`; returns what to publish.
+
+    `dedup_span_uris`: recently emitted spans, whose impression ids (their `event_ids/`) tell a late
+    outcome from an orphan.
+    """
+    started = time.monotonic()
+    imp_schema, out_schema = config.impressions.schema, config.outcomes.schema
+    imps, imp_end, imp_plan = read_records(config.impressions.log_dir, state.imp_resume, chunk_bytes,
+                                           imp_schema.max_line_bytes, state.imp_segment_sizes)
+    outs, out_end, out_plan = read_records(config.outcomes.log_dir, state.out_resume, chunk_bytes,
+                                           out_schema.max_line_bytes, state.out_segment_sizes)
+    result = join.join_step(config, window, state, imps, outs, imp_end, out_end,
+                            emitted_ids=ingest.read_event_ids(dedup_span_uris))
+    result.state = dataclasses.replace(result.state, imp_segment_sizes=imp_plan.segment_sizes,
+                                       out_segment_sizes=out_plan.segment_sizes)
+    imp_start, out_start = imp_plan.start, out_plan.start
+    if result.emits:
+        write_spans(result, imp_schema, output_root)
+    return JoinRun(state, result, imp_start, out_start, time.monotonic() - started)
+
+
+def write_spans(result: join.JoinResult, imp_schema, output_root: str) -> None:
+    """Each emitted span's splits and impression ids; the run's dead letters in its first span."""
+    encoder = ExampleEncoder(imp_schema)
+    tmp_root = os.path.join(output_root, "_tmp")
+    by_span: Dict[int, Dict[str, List[join.Example]]] = {s: {split: [] for split in windowing.SPLITS}
+                                                         for s in result.emitted_spans}
+    for example in result.examples:
+        by_span[example.span][example.split].append(example)
+    for span, splits in by_span.items():
+        for split, examples in splits.items():
+            # An empty file where a split got nothing: stock components glob Split-<name>/* and fail on no match.
+            ingest._write_atomically(ingest.example_file(output_root, span, split, UNIT_NAME),
+                                     ingest._write_tfrecords(encoder.encode_many([e.event for e in examples])),
+                                     tmp_root)
+        ids = np.asarray([ingest.id_hash(e.impression_id) for rows in splits.values() for e in rows], dtype="<u8")
+        ingest._write_atomically(ingest.event_ids_file(output_root, span, UNIT_NAME),
+                                 ingest._write_bytes(ids.tobytes()), tmp_root)
+    first = min(result.emitted_spans)
+    if result.dead_letters:
+        ingest._write_atomically(ingest.dead_letter_file(output_root, first, UNIT_NAME),
+                                 ingest._write_dead_letters([d.to_row() for d in result.dead_letters]), tmp_root)
+    ingest.remove_tmp(output_root)
+
+
+def span_properties(run: JoinRun, window: windowing.Window, span: int, config: JoinConfig) -> Dict[str, object]:
+    """The custom properties of one emitted span's `Examples` artifact (the dead letters count in the first)."""
+    result = run.result
+    examples = [e for e in result.examples if e.span == span]
+    first = span == min(result.emitted_spans)
+    counts = result.dead_letter_counts() if first else {}
+    times = [e.event[config.impressions.schema.event_time_field] for e in examples]
+    start_ms, end_ms = window.span_bounds(span)
+    return {
+        COMMITTED_STATE_PROPERTY: run.committed.to_json(),
+        "start_position": join.JoinState(imp_resume=run.imp_start, out_resume=run.out_start).to_json(),
+        "event_count": len(examples),
+        "train_count": sum(e.split == windowing.TRAIN for e in examples),
+        "eval_count": sum(e.split == windowing.EVAL for e in examples),
+        "positive_count": sum(e.label > 0 for e in examples),
+        "attributed_count": sum(e.outcomes for e in examples),
+        "dead_letter_count": len(result.dead_letters) if first else 0,
+        "late_outcome_count": counts.get(join.LATE_OUTCOME, 0),
+        "orphan_outcome_count": counts.get(join.ORPHAN_OUTCOME, 0),
+        "outside_window_count": counts.get(join.OUTSIDE_WINDOW, 0),
+        "duplicate_outcome_count": counts.get(join.DUPLICATE_OUTCOME, 0),
+        "dead_letter_kinds": json.dumps(counts, sort_keys=True),
+        "min_event_time_ms": min(times) if times else -1,
+        "max_event_time_ms": max(times) if times else -1,
+        "span_start_ms": start_ms,
+        "span_end_ms": end_ms,
+        "watermark_ms": result.join_watermark_ms if result.join_watermark_ms is not None else -1,
+        "impressions_watermark_ms": _ms(result.impressions_watermark_ms),
+        "outcomes_watermark_ms": _ms(result.outcomes_watermark_ms),
+        "pending_impressions": result.pending_impressions,
+        "pending_outcomes": result.pending_outcomes,
+        "ingest_wall_seconds": round(run.wall_seconds, 3),
+    }
+
+
+def _ms(value: Optional[int]) -> int:
+    return -1 if value is None else value

@@ -1,0 +1,94 @@
+"""Schemas and config of a small two-stream join, shared by the join tests."""
+from __future__ import annotations
+
+import json
+
+from components.event_schema import EventSchema, FieldSpec
+from components.streaming_example_gen.join_config import JoinConfig, JoinStreamConfig
+
+
+def impression_schema(label_type: str = "int") -> EventSchema:
+    return EventSchema(name="impressions", id_field="impression_id", event_time_field="ts", label_field="label",
+                       min_event_time_ms=0, fields=(
+                           FieldSpec("impression_id", "string"), FieldSpec("ts", "int"),
+                           FieldSpec("ad_id", "string", feature="categorical", hash_buckets=16),
+                           FieldSpec("label", label_type, required=False)))
+
+
+def outcome_schema() -> EventSchema:
+    return EventSchema(name="outcomes", id_field="outcome_id", event_time_field="ts", label_field="value",
+                       min_event_time_ms=0, fields=(
+                           FieldSpec("outcome_id", "string"), FieldSpec("impression_id", "string"),
+                           FieldSpec("ts", "int"), FieldSpec("outcome_type", "string"),
+                           FieldSpec("value", "float", required=False)))
+
+
+def join_config(imp_dir: str = "imp", out_dir: str = "out", **kw) -> JoinConfig:
+    label_type = "float" if kw.get("label_rule") == "value" else "int"
+    kw.setdefault("attribution_window_seconds", 10)
+    kw.setdefault("orphan_bound_seconds", 60)
+    return JoinConfig(impressions=JoinStreamConfig(imp_dir, impression_schema(label_type)),
+                      outcomes=JoinStreamConfig(out_dir, outcome_schema()), **kw)
+
+
+# -- a fork server for cheap, killable join runs (the protocol of ingest_helpers.forkserver_main) ---------------
+
+JOIN_NODE_ID = "JoinExampleGen"
+
+
+def join_forkserver_main(config_json: str) -> None:
+    """Imports TFX once, then forks one child per `RUN <log path>`: a LocalDagRunner run of JoinExampleGen."""
+    import os
+    import sys
+
+    from absl import logging as absl_logging
+    from tfx import v1 as tfx
+
+    from components.streaming_example_gen.config import WindowConfig
+    from components.streaming_example_gen.join_component import JoinExampleGen
+
+    cfg = json.loads(config_json)
+    config = join_config(cfg["imp_dir"], cfg["out_dir"], **cfg["join"])
+    window = WindowConfig(span_seconds=cfg["span_seconds"], allowed_lateness_seconds=cfg["allowed_lateness_seconds"])
+    out = sys.stdout
+    out.write("READY\n")
+    out.flush()
+    for line in sys.stdin:
+        cmd, _, arg = line.strip().partition(" ")
+        if cmd == "RUN":
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    fd = os.open(arg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    os.dup2(fd, 1)
+                    os.dup2(fd, 2)
+                    absl_logging.set_verbosity(absl_logging.INFO)
+                    absl_logging.use_absl_handler()
+                    component = JoinExampleGen(config, window=window, chunk_bytes=cfg["chunk_bytes"],
+                                               dedup_horizon_runs=cfg["horizon_runs"]).with_id(JOIN_NODE_ID)
+                    pipeline = tfx.dsl.Pipeline(
+                        pipeline_name=cfg["pipeline_name"], pipeline_root=os.path.join(cfg["home"], "root"),
+                        components=[component], enable_cache=False,
+                        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                            os.path.join(cfg["home"], "metadata.sqlite")))
+                    tfx.orchestration.LocalDagRunner().run(pipeline)
+                    code = 0
+                except BaseException:  # noqa: BLE001: the exit code and the log tell the test
+                    import traceback
+
+                    traceback.print_exc()
+                finally:
+                    sys.stderr.flush()
+                    sys.stdout.flush()
+                    os._exit(code)
+            out.write(f"PID {pid}\n")
+        elif cmd == "WAIT":
+            _, status = os.waitpid(int(arg), 0)
+            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            out.write(f"EXIT {code}\n")
+        elif cmd == "QUIT":
+            out.write("BYE\n")
+            out.flush()
+            return
+        out.flush()
