@@ -6,6 +6,7 @@ the controller's question (`controller.due`) first and log one line. No pipeline
 tests/test_metrics.py checks the same on a home that has a cycle behind it.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,9 @@ def recorded(config):
     return len(store.get_executions()), len(store.get_contexts()), len(store.get_artifacts())
 
 
+TF_PLUGIN_NOISE = re.compile(r"Unable to register cu(FFT|DNN|BLAS) factory")
+
+
 def test_run_cycles_with_no_closed_span_logs_one_line_and_records_nothing(tmp_path):
     config = default_config(str(tmp_path / "home"))
     simulate(config.source.log_dir, OPEN_SPAN)
@@ -36,7 +40,9 @@ def test_run_cycles_with_no_closed_span_logs_one_line_and_records_nothing(tmp_pa
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
-    lines = done.stderr.splitlines()
+    # TensorFlow's import sometimes logs that its CUDA plugins were registered twice (TF 2.16, no GPU here,
+    # seen once in ~20 runs); that is TF's line, not driftline's, so it is left out of the count.
+    lines = [line for line in done.stderr.splitlines() if not TF_PLUGIN_NOISE.search(line)]
     assert len(lines) == 1, done.stderr
     assert " INFO driftline.controller: nothing to do: no span closed; 150 new events waiting" in lines[0]
     assert "Traceback" not in done.stderr and "InsufficientInputError" not in done.stderr
