@@ -164,3 +164,38 @@ def test_reset_optimizer_restores_every_slot_as_built(spans):
     for a, v in zip(built, trainer.wide_optimizer.variables):
         np.testing.assert_array_equal(a, v.numpy())
     assert float(trainer.optimizer.learning_rate) == pytest.approx(0.005)
+
+
+def test_the_fm_term_is_the_sum_of_every_pairs_dot_product():
+    """PairwiseDot against the definition, pair by pair in numpy (not its 0.5 * (sum^2 - sum of squares))."""
+    rng = np.random.default_rng(0)
+    embeddings = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(5)]
+    expected = np.zeros((4, 1), np.float32)
+    for i in range(5):
+        for j in range(i + 1, 5):
+            expected[:, 0] += np.sum(embeddings[i] * embeddings[j], axis=1)
+    got = ads_model.PairwiseDot()([tf.constant(e) for e in embeddings]).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_fm_knob_adds_an_interaction_logit_that_reads_the_embeddings(tmp_path, spans):
+    """`fm: true` adds the interaction term over the deep part's embeddings (no weights of its own), with
+    or without the wide part; a warm start of the same architecture carries the embeddings it uses."""
+    x, y = spans[0]
+    for config in ({"fm": True}, {"fm": True, "wide": False}):
+        model = _model(config)
+        fm = model.get_layer("fm_logit")
+        assert not fm.weights
+        assert len(fm.input) == len(stream.hash_buckets(SCHEMA, TRANSFORM))
+        assert {t.node.layer.name for t in fm.input} == {f"emb_{k}" for k in stream.hash_buckets(SCHEMA, TRANSFORM)}
+    assert "fm_logit" not in {layer.name for layer in _model({}).layers}
+    with pytest.raises(ValueError, match="trainer.model.fm must be true or false"):
+        _model({"fm": "yes"})
+    config = {"fm": True, "crosses": []}
+    base = _model(config, seed=1)
+    ads_model.train(base, x, y, epochs=1, batch_size=256, learning_rate=0.01, seed=0, model_config=config)
+    warm_start.save_warm_start_state(base, str(tmp_path), architecture="a")
+    warm = _model(config, seed=2)
+    assert warm_start.load_base_weights(warm, str(tmp_path)).loaded
+    sample = {k: v[:50] for k, v in x.items()}
+    np.testing.assert_allclose(warm(sample).numpy(), base(sample).numpy(), rtol=1e-6)

@@ -1,0 +1,67 @@
+"""benchmarks/learning.py's summary: which settings it chooses and which targets it reports for them."""
+from benchmarks import learning
+
+
+def _rows(aucs, cpu=1.0):
+    return [{"span": k, "next_span_auc": a, "train_cpu_s": cpu} for k, a in enumerate(aucs, start=1)]
+
+
+def _results():
+    # Cycle 1 is not steady state: only cycles 2-3 count. River's best is 0.70 on ads, 0.60 on music.
+    ads = {"river": {"lr_adagrad_1.0": _rows([0.9, 0.70, 0.70]), "lr_adagrad_2.0": _rows([0.9, 0.69, 0.69])},
+           "driftline": {"wide + all crosses": _rows([0.1, 0.74, 0.74]),
+                         "wide + all crosses + FM": _rows([0.1, 0.73, 0.73]),
+                         "wide + all crosses, no replay": _rows([0.1, 0.80, 0.80])},
+           "stateless": {"stateless full retrain, wide + all crosses": _rows([0.5, 0.72, 0.72], cpu=3.0)},
+           "oracle_auc": 0.88}
+    music = {"river": {"lr_adagrad_1.0": _rows([0.5, 0.60, 0.60]), "lr_adagrad_2.0": _rows([0.5, 0.61, 0.59])},
+             "driftline": {"wide + all crosses": _rows([0.1, 0.62, 0.62]),
+                           "wide + all crosses + FM": _rows([0.1, 0.70, 0.70]),
+                           "wide + all crosses, no replay": _rows([0.1, 0.80, 0.80])},
+             "stateless": {}}
+    return {"ads": ads, "music": music}
+
+
+GRID = ["wide + all crosses", "wide + all crosses + FM", "wide + all crosses, no replay"]
+
+
+def test_the_choice_is_the_best_worst_case_margin_among_the_settings_eligible_as_default():
+    s = learning.summarize(_results(), 3, GRID)
+    # Margins over the best River: all crosses 0.04 / 0.02 (worst 0.02), FM 0.03 / 0.10 (worst 0.03);
+    # no replay is better on both (0.10 / 0.20) but not eligible as the default.
+    assert "wide + all crosses, no replay" in learning.NOT_DEFAULT
+    assert s["chosen"] == s["best_here"] == "wide + all crosses + FM"
+    assert abs(s["margins"]["wide + all crosses, no replay"] - 0.10) < 1e-9  # ads 0.10, music 0.20
+    assert s["per_stream"]["ads"]["best_river"] == "lr_adagrad_1.0"
+    assert s["per_stream"]["ads"]["train_cpu_s"]["stateless full retrain, wide + all crosses"] == 3.0
+    targets = {t["target"]: t for t in s["targets"]}
+    river = targets["ads: driftline (wide + all crosses + FM) >= best River (lr_adagrad_1.0) + 0.01"]
+    assert (river["value"], river["need"], river["met"]) == (0.73, 0.71, True)
+    stateless = targets["ads: driftline (wide + all crosses + FM) >= stateless full retrain, wide + all crosses"]
+    assert stateless["met"] and stateless["need"] == 0.72
+    assert not targets["ads at 10k/span: driftline (wide + all crosses + FM) >= 0.777"]["met"]
+    # The shipped default is not the chosen one: its targets are reported too.
+    assert "music: driftline (wide + all crosses, shipped default) >= best River (lr_adagrad_1.0) + 0.01" in targets
+
+
+def test_the_shipped_default_stays_unless_another_setting_beats_it_by_the_minimum_gain():
+    results = _results()
+    # FM's worst-case margin 0.03 against the default's 0.02: a gain of 0.01 >= MIN_GAIN, so FM is chosen.
+    assert learning.summarize(results, 3, GRID)["chosen"] == "wide + all crosses + FM"
+    # Within MIN_GAIN of the default (0.024 against 0.02): the default stays, the best is still reported.
+    for name, auc in (("ads", 0.724), ("music", 0.70)):
+        results[name]["driftline"]["wide + all crosses + FM"] = _rows([0.1, auc, auc])
+    s = learning.summarize(results, 3, GRID)
+    assert learning.DEFAULT_LABEL == "wide + all crosses" and learning.MIN_GAIN > 0.004
+    assert s["best_here"] == "wide + all crosses + FM" and s["chosen"] == "wide + all crosses"
+
+
+def test_settings_chosen_on_another_seed_are_the_ones_reported_and_the_text_says_so():
+    s = learning.summarize(_results(), 3, GRID, chosen="wide + all crosses", chosen_source="simulator seed 0 (x.json)")
+    assert s["chosen"] == "wide + all crosses" and s["best_here"] == "wide + all crosses + FM"
+    music = next(t for t in s["targets"] if t["target"].startswith("music: driftline (wide + all crosses) >= best"))
+    assert music["need"] == 0.61 and music["met"]  # 0.62 >= 0.61 (lr_adagrad_1.0's 0.60 + 0.01)
+    text = learning.render({"summary": s, "spans": 3, "events_per_span": 10000, "seed": 1, "date": "2026-12-05",
+                            "grid": GRID, "stateless": ["stateless full retrain, wide + all crosses"]})
+    assert "chosen on simulator seed 0 (x.json), not on the cycles above" in text
+    assert "| driftline: **wide + all crosses** |" in text and "no replay †" in text
