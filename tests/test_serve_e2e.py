@@ -223,7 +223,8 @@ def _read_impressions(home):
 
     folder = os.path.join(home, "impressions")
     lines = []
-    for name in sorted(os.listdir(folder)):
+    # The writer process creates the folder with its first batch, a moment after the first request.
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
         if name.endswith(".jsonl"):
             with open(os.path.join(folder, name), "rb") as f:
                 lines += [json.loads(line) for line in f if line.strip()]
