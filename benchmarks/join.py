@@ -384,7 +384,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"{row['join_peak_rss_mib']} MiB")
         rows.append(row)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": machine_info(), "command": "benchmarks/join.py " + shlex.join(argv or sys.argv[1:]),
+              "machine": machine_info(), "command": " ".join(["benchmarks/join.py", shlex.join(argv or sys.argv[1:])]).strip(),
               "attribution_window_s": two.attribution_window_seconds,
               "click_delay_mean_s": two.click_delay_mean_seconds, "rows": rows}
     if args.notes_file:
