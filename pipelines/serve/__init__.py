@@ -2,6 +2,7 @@
 
 * `signatures`: the raw-features signature the model modules export beside `serving_default`;
 * `model_store`: loads the newest version of the serving folder, and swaps to a new one atomically;
+* `lineage_watch`: what ML Metadata says of the served version (its push time, its data's freshness);
 * `impressions`: the log-and-wait writer (every scored item, appended to an event log);
 * `app`: the Starlette app (TF Serving-style REST endpoints, /healthz, /metrics);
 * `server`: runs the app under uvicorn.

@@ -107,13 +107,17 @@ class ModelStore:
 
     def __init__(self, serving_dir: str, schema: EventSchema, poll_seconds: float = 1.0,
                  retry_seconds: float = 30.0, on_load_error: Optional[Callable[[int, str], None]] = None,
-                 on_swap: Optional[Callable[["LoadedModel"], None]] = None):
+                 on_swap: Optional[Callable[["LoadedModel"], None]] = None,
+                 on_poll: Optional[Callable[[Optional["LoadedModel"]], None]] = None):
         self.serving_dir = serving_dir
         self.schema = schema
         self.poll_seconds = poll_seconds
         self.retry_seconds = retry_seconds
         self.on_load_error = on_load_error
         self.on_swap = on_swap
+        # Called after every poll with the served model, in this store's thread: what must follow a swap
+        # but may need retries (ML Metadata's facts about the version) runs here, never on a request.
+        self.on_poll = on_poll
         # The one reference requests read; replaced whole, never mutated.
         self.current: Optional[LoadedModel] = None
         self.swaps = 0
@@ -176,6 +180,11 @@ class ModelStore:
                 self.refresh()
             except Exception:  # listing a vanished folder, a transient FS error: poll again
                 log.exception("polling %s failed", self.serving_dir)
+            if self.on_poll is not None:
+                try:
+                    self.on_poll(self.current)
+                except Exception:  # whatever follows a poll is never a reason to stop polling
+                    log.exception("after polling %s", self.serving_dir)
             self._stop.wait(self.poll_seconds)
 
     def stop(self) -> None:

@@ -38,20 +38,30 @@ class ServeOptions:
     body_timeout_s: float = 10.0
     timeout_keep_alive_s: int = 5
     limit_concurrency: int = 1000
+    # The home's ML Metadata (a MetadataConfig): what /metrics says of the served version's lineage.
+    # None: no lookups (the gauges are left out).
+    metadata: Optional[object] = None
+    lineage_retry_s: float = 2.0
 
 
 def build_state(options: ServeOptions):
     """The app's state: a model store on the serving folder, the metrics, the impressions log."""
     from pipelines.serve.app import ServeState
     from pipelines.serve.impressions import ImpressionLog
+    from pipelines.serve.lineage_watch import LineageWatch
     from pipelines.serve.metrics import ServeMetrics
     from pipelines.serve.model_store import ModelStore
 
     holder = {}
-    metrics = ServeMetrics(lambda: holder["store"].current)
+    watch = None
+    if options.metadata is not None:
+        watch = LineageWatch(options.metadata, options.serving_dir, options.model_name,
+                             retry_seconds=options.lineage_retry_s, on_error=lambda why: metrics.lineage_errors.inc())
+    metrics = ServeMetrics(lambda: holder["store"].current, lineage=watch.current if watch is not None else None)
     store = ModelStore(options.serving_dir, options.schema, poll_seconds=options.poll_seconds,
                        on_load_error=lambda version, why: metrics.load_errors.inc(),
-                       on_swap=lambda model: metrics.model_swaps.inc())
+                       on_swap=lambda model: metrics.model_swaps.inc(),
+                       on_poll=watch.tick if watch is not None else None)
     holder["store"] = store
     impressions = None
     if options.impressions_dir is not None:
@@ -89,4 +99,5 @@ def options_from_config(config, host: str, port: int, impressions_dir: Optional[
     else:
         impressions = impressions_dir or os.path.join(config.home, "impressions")
     return ServeOptions(serving_dir=config.serving_dir, schema=config.source.schema, model_name=config.pipeline_name,
-                        impressions_dir=impressions, host=host, port=port, **overrides)
+                        impressions_dir=impressions, host=host, port=port, metadata=config.metadata_connection,
+                        **overrides)
