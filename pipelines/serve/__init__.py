@@ -5,7 +5,8 @@
 * `lineage_watch`: what ML Metadata says of the served version (its push time, its data's freshness);
 * `impressions`: the log-and-wait writer (every scored item, appended to an event log);
 * `app`: the Starlette app (TF Serving-style REST endpoints, /healthz, /metrics);
-* `server`: runs the app under uvicorn.
+* `server`: runs the app under uvicorn;
+* `registry`: the record a running server leaves in its home, and what `driftline status` says of it.
 
 This package imports nothing heavy: each module imports what it needs.
 """

@@ -5,7 +5,8 @@ gives the serving folder, the event schema and the model name (the pipeline
 name). Uvicorn bounds what a client can hold: an idle keep-alive connection
 is closed after `timeout_keep_alive_s`, the app gives a body `body_timeout_s`
 to arrive (408 after), and `limit_concurrency` answers 503 beyond that many
-connections and tasks at once.
+connections and tasks at once. While it listens, the server leaves a record in
+`<home>/servers/` (pipelines/serve/registry.py) for `driftline status`.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class ServeOptions:
     # None: no lookups (the gauges are left out).
     metadata: Optional[object] = None
     lineage_retry_s: float = 2.0
+    # The home whose `servers/` folder gets this process's record (pipelines/serve/registry.py); None: none.
+    home: Optional[str] = None
 
 
 def build_state(options: ServeOptions):
@@ -88,7 +91,44 @@ def run(options: ServeOptions) -> None:
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                             timeout_keep_alive=options.timeout_keep_alive_s,
                             limit_concurrency=options.limit_concurrency, lifespan="on")
-    uvicorn.Server(config).run()
+    _server_class()(config, options).run()
+
+
+def _server_class():
+    import uvicorn
+
+    class RecordedServer(uvicorn.Server):
+        """Uvicorn's server, which also leaves a record in <home>/servers while it listens (for `status`)."""
+
+        def __init__(self, config, options: ServeOptions):
+            super().__init__(config)
+            self.options = options
+            self.recorded = False
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.should_exit or self.options.home is None or not self.servers:
+                return
+            # The port actually bound (--port 0 asks the system for a free one).
+            port = self.servers[0].sockets[0].getsockname()[1]
+            try:
+                from pipelines.serve import registry
+
+                registry.write_record(self.options.home, self.options.host, port, self.options.model_name)
+                self.recorded = True
+            except OSError as e:  # a read-only home: serving matters more than being listed
+                log.warning("could not record this server under %s: %s", self.options.home, e)
+
+        async def shutdown(self, sockets=None) -> None:
+            if self.recorded:
+                from pipelines.serve import registry
+
+                registry.remove_record(self.options.home)
+                self.recorded = False
+            await super().shutdown(sockets=sockets)
+
+    return RecordedServer
+
 
 
 def options_from_config(config, host: str, port: int, impressions_dir: Optional[str], no_impressions: bool,
@@ -100,4 +140,4 @@ def options_from_config(config, host: str, port: int, impressions_dir: Optional[
         impressions = impressions_dir or os.path.join(config.home, "impressions")
     return ServeOptions(serving_dir=config.serving_dir, schema=config.source.schema, model_name=config.pipeline_name,
                         impressions_dir=impressions, host=host, port=port, metadata=config.metadata_connection,
-                        **overrides)
+                        home=config.home, **overrides)
