@@ -1,4 +1,4 @@
-"""`driftline serve` and ML Metadata (#20): the served version's lineage in /metrics.
+"""`driftline serve` and ML Metadata (#20): the served version's lineage in /metrics, and shadow scoring.
 
 The real server process on a home whose ML Metadata is a real SQLite store
 holding the records TFX writes for a cycle (tests/mlmd_history.py), whose
@@ -41,7 +41,13 @@ def lineage_home(serve_models, tmp_path_factory):
     from components.blessing_pusher import serving
     from mlmd_history import History
 
+    from pipelines.config import ServeConfig, default_config
+    from pipelines.config_file import dump_config, home_config_path
+
     home = str(tmp_path_factory.mktemp("serve_lineage_home"))
+    # Shadow scoring on through the home's config file, as a user turns it on.
+    with open(home_config_path(home), "w") as f:
+        f.write(dump_config(default_config(home).replace(serve=ServeConfig(shadow=True, shadow_poll_seconds=0.3))))
     history = History(home)
     assert serving.push(serve_models[1], history.serving_dir).version == 1
     first = record_model(history, newest_event_ms=T0_MS, push_version=1, pushed_at_ms=T0_MS + 60_000)
@@ -86,3 +92,75 @@ def test_metrics_carry_the_served_versions_push_time_and_freshness_from_ml_metad
     assert m["driftline_serve_model_pushed_timestamp_seconds"] == (t1 + 30_000) / 1000
     assert m["driftline_serve_model_newest_event_timestamp_seconds"] == t1 / 1000
     assert m["driftline_serve_lineage_errors_total"] >= 0
+
+
+def test_shadow_scoring_logs_the_newest_blessed_candidates_score_beside_the_served_one(server, lineage_home,
+                                                                                      serve_models):
+    """Shadow scoring on through the home's config (serve.shadow): with no blessed model newer than the served
+    one nothing shadows; a blessed, unpushed model then scores every request too, and each impression logs its
+    id and score, equal to that model's own score (serving_default on tf.Examples, no server code) of the
+    features the served model scored. A newer but refused model is no candidate."""
+    from pipelines.serve.impressions import impressions_schema
+    from serve_helpers import SCHEMA, events
+    from test_serve_e2e import CONTEXT, FEATURES, _expected, _read_impressions
+
+    base, home, history = server["base"], server["home"], lineage_home["history"]
+    until(lambda: scrape(base).get("driftline_serve_model_id") is not None, what="the served version's lineage")
+    assert scrape(base)["driftline_serve_shadow_model_id"] == 0  # the newest blessed model is the served one
+
+    sample = [{k: e[k] for k in FEATURES} for e in events(12, seed=21)]
+    context = {k: sample[0][k] for k in CONTEXT}
+    candidates = [{k: e[k] for k in FEATURES if k not in CONTEXT} for e in sample]
+    merged = [{**context, **c} for c in candidates]
+
+    def rank(request_id):
+        r = httpx.post(f"{base}/v1/models/{NAME}:rank", json={"context": context, "candidates": candidates},
+                       headers={"X-Request-Id": request_id}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def logged(request_id):
+        return until(lambda: [e for e in _read_impressions(home) if e["request_id"] == request_id] or None,
+                     what=f"the impressions of {request_id}")
+
+    rank("before-shadow")
+    assert all("shadow_score" not in e and "shadow_model_id" not in e for e in logged("before-shadow"))
+
+    candidate = record_model(history, newest_event_ms=T0_MS + 7_200_000, saved_model=serve_models[3])
+    until(lambda: scrape(base)["driftline_serve_shadow_model_id"] == candidate, what="the shadow candidate")
+    refused = record_model(history, newest_event_ms=T0_MS + 9_000_000, blessed=False, saved_model=serve_models[1])
+    assert refused > candidate
+
+    served_expected = _expected(serve_models[2], merged)
+    shadow_expected = _expected(serve_models[3], merged)
+    assert abs(served_expected - shadow_expected).max() > 1e-3  # two different models
+    responses = {f"shadow-{i}": rank(f"shadow-{i}") for i in range(3)}
+    schema = impressions_schema(SCHEMA)
+    import json
+
+    import numpy as np
+
+    for request_id, response in responses.items():
+        entries = logged(request_id)
+        assert len(entries) == len(candidates)
+        for entry in entries:
+            index = response["impression_ids"].index(entry[SCHEMA.id_field])
+            assert entry["model_version"] == response["model_version"] == 2
+            assert entry["score"] == response["scores"][index]
+            assert entry["shadow_model_id"] == candidate
+            np.testing.assert_allclose(entry["shadow_score"], shadow_expected[index], rtol=1e-6)
+            np.testing.assert_allclose(entry["score"], served_expected[index], rtol=1e-6)
+            parsed = schema.parse(json.dumps(entry).encode())  # the log stays an ingestible stream
+            assert parsed["shadow_score"] == entry["shadow_score"]
+    m = scrape(base)
+    assert m["driftline_serve_shadow_model_id"] == candidate  # the refused newer model did not replace it
+    assert m["driftline_serve_shadow_scored_total"] >= 3 * len(candidates)
+    assert m["driftline_serve_shadow_errors_total"] == 0
+
+
+def test_shadow_scoring_without_the_impressions_log_is_refused_naming_the_fix(tmp_path, capsys):
+    from pipelines import cli
+
+    assert cli.main(["serve", "--home", str(tmp_path), "--shadow", "--no-impressions"]) == 2
+    err = capsys.readouterr().err
+    assert "shadow scoring logs the candidate's scores in the impressions log" in err and "--no-shadow" in err

@@ -29,6 +29,10 @@ def add_serve_command(subparsers: Any) -> None:
                    help=f"most instances or candidates in one request (default {DEFAULT_MAX_ITEMS})")
     p.add_argument("--poll-seconds", type=_positive_float, default=1.0,
                    help="how often the serving folder is checked for a new version (default 1)")
+    p.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None,
+                   help="shadow scoring: the newest blessed model that is not serving (per ML Metadata) also scores "
+                        "every request, off the request's path, its score logged beside the served one in the "
+                        "impressions log (default: the config's serve.shadow, off)")
     p.add_argument("--body-timeout-seconds", type=_positive_float, default=10.0,
                    help="a request body that has not arrived after this long gets a 408 (default 10)")
     from pipelines.cli import _add_log_level_argument
@@ -44,9 +48,15 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.no_impressions and args.impressions:
         raise CommandError("give --impressions DIR or --no-impressions, not both", exit_code=2)
     config = _home_config(args)
+    shadow = config.serve.shadow if args.shadow is None else args.shadow
+    if shadow and args.no_impressions:
+        raise CommandError("shadow scoring logs the candidate's scores in the impressions log: drop --no-impressions, "
+                           "or turn shadow scoring off (--no-shadow, or serve.shadow: false in the config)",
+                           exit_code=2)
     options = server.options_from_config(config, args.host, args.port, args.impressions, args.no_impressions,
                                          max_body_bytes=args.max_body_bytes, max_items=args.max_items,
-                                         poll_seconds=args.poll_seconds, body_timeout_s=args.body_timeout_seconds)
+                                         poll_seconds=args.poll_seconds, body_timeout_s=args.body_timeout_seconds,
+                                         shadow=shadow)
     try:
         server.run(options)
     except OSError as e:  # the port is taken, the address is not this machine's

@@ -24,15 +24,23 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 
 
 class _ModelCollector(Collector):
     def __init__(self, current: Callable[[], Optional[object]],
-                 lineage: Optional[Callable[[int], Optional[object]]] = None):
+                 lineage: Optional[Callable[[int], Optional[object]]] = None,
+                 shadow: Optional[Callable[[], Optional[object]]] = None):
         self._current = current
         self._lineage = lineage
+        self._shadow = shadow
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         model = self._current()
         version = GaugeMetricFamily("driftline_serve_model_version", "The model version being served (0: none yet)")
         version.add_metric([], float(model.version) if model is not None else 0.0)
         yield version
+        if self._shadow is not None:
+            shadow = self._shadow()
+            gauge = GaugeMetricFamily("driftline_serve_shadow_model_id",
+                                      "The ML Metadata id of the model shadow-scoring every request (0: none)")
+            gauge.add_metric([], float(shadow.model_id) if shadow is not None else 0.0)
+            yield gauge
         if model is not None:
             age = GaugeMetricFamily("driftline_serve_model_age_seconds",
                                     "Seconds since the served version was published in the serving folder")
@@ -73,7 +81,8 @@ class _ModelCollector(Collector):
 
 class ServeMetrics:
     def __init__(self, current_model: Callable[[], Optional[object]],
-                 lineage: Optional[Callable[[int], Optional[object]]] = None):
+                 lineage: Optional[Callable[[int], Optional[object]]] = None,
+                 shadow: Optional[Callable[[], Optional[object]]] = None):
         self.registry = CollectorRegistry()
         self.requests = Counter("driftline_serve_requests", "HTTP requests answered, by endpoint and status code",
                                 ["endpoint", "code"], registry=self.registry)
@@ -97,6 +106,13 @@ class ServeMetrics:
         self.lineage_errors = Counter("driftline_serve_lineage_errors",
                                       "Failed reads of ML Metadata for the served version (retried)",
                                       registry=self.registry)
-        self.registry.register(_ModelCollector(current_model, lineage))
+        self.shadow_scored = Counter("driftline_serve_shadow_scored", "Items the shadow candidate scored",
+                                     registry=self.registry)
+        self.shadow_errors = Counter("driftline_serve_shadow_errors",
+                                     "Items the shadow candidate failed to score (logged without a shadow score)",
+                                     registry=self.registry)
+        self.shadow_load_errors = Counter("driftline_serve_shadow_load_errors", "Shadow candidates that did not load",
+                                          registry=self.registry)
+        self.registry.register(_ModelCollector(current_model, lineage, shadow))
         for reason in ("queue_full", "write_error"):
             self.impressions_not_logged.labels(reason)  # present at 0, so alerts see the series

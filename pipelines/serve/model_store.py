@@ -65,19 +65,27 @@ class LoadedModel:
 
 def load_version(serving_dir: str, version: int, schema: EventSchema) -> LoadedModel:
     """Loads `<serving_dir>/<version>` and warms it up; ModelLoadError when it cannot serve."""
+    return load_saved_model(serving.version_dir(serving_dir, version), version, schema)
+
+
+def load_saved_model(path: str, version: int, schema: EventSchema, what: Optional[str] = None) -> LoadedModel:
+    """Loads the SavedModel at `path` (as `version`) and warms it up; ModelLoadError when it cannot serve.
+
+    `what` names it in errors (default "version N"): the shadow candidate is a model, not a version.
+    """
     import tensorflow as tf
 
     from pipelines.serve.signatures import RAW_SIGNATURE
 
-    path = serving.version_dir(serving_dir, version)
+    what = what or f"version {version}"
     try:
         published = os.stat(path).st_mtime if serving.is_local(path) else time.time()
         saved = tf.saved_model.load(path)
     except Exception as e:  # a corrupt or vanished version: every reason is "cannot load"
-        raise ModelLoadError(f"version {version} at {path!r} does not load: {type(e).__name__}: {e}") from e
+        raise ModelLoadError(f"{what} at {path!r} does not load: {type(e).__name__}: {e}") from e
     if RAW_SIGNATURE not in saved.signatures:
         raise ModelLoadError(
-            f"version {version} at {path!r} has no {RAW_SIGNATURE!r} signature (it has {sorted(saved.signatures)}): "
+            f"{what} at {path!r} has no {RAW_SIGNATURE!r} signature (it has {sorted(saved.signatures)}): "
             f"it was exported before driftline serve existed. Push a model trained by this driftline, or serve "
             f"the folder with TF Serving, which uses serving_default.")
     fn = saved.signatures[RAW_SIGNATURE]
@@ -85,11 +93,11 @@ def load_version(serving_dir: str, version: int, schema: EventSchema) -> LoadedM
     fields = schema.field_map
     unknown = sorted(set(specs) - set(fields))
     if unknown:
-        raise ModelLoadError(f"version {version} takes fields {unknown} that the event schema {schema.name!r} does "
+        raise ModelLoadError(f"{what} takes fields {unknown} that the event schema {schema.name!r} does "
                              f"not declare: the home's config is not the one this model was trained with")
     outputs = list(fn.structured_outputs)
     if len(outputs) != 1:
-        raise ModelLoadError(f"version {version}'s {RAW_SIGNATURE} has outputs {outputs}, expected one score")
+        raise ModelLoadError(f"{what}'s {RAW_SIGNATURE} has outputs {outputs}, expected one score")
     model = LoadedModel(version=version, path=path, loaded_at_s=time.time(), published_at_s=published,
                         inputs={name: spec.dtype for name, spec in specs.items()},
                         output_key=outputs[0], _fn=fn, _saved=saved)
@@ -98,7 +106,7 @@ def load_version(serving_dir: str, version: int, schema: EventSchema) -> LoadedM
     try:
         model.predict(dummy)
     except Exception as e:
-        raise ModelLoadError(f"version {version} loads but fails on a warm-up request: {type(e).__name__}: {e}") from e
+        raise ModelLoadError(f"{what} loads but fails on a warm-up request: {type(e).__name__}: {e}") from e
     return model
 
 

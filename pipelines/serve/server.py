@@ -43,6 +43,10 @@ class ServeOptions:
     # None: no lookups (the gauges are left out).
     metadata: Optional[object] = None
     lineage_retry_s: float = 2.0
+    # Shadow scoring (serve.shadow): the newest blessed model that is not serving scores every request too,
+    # in the impressions thread; needs `metadata` and the impressions log.
+    shadow: bool = False
+    shadow_poll_seconds: float = 10.0
     # The home whose `servers/` folder gets this process's record (pipelines/serve/registry.py); None: none.
     home: Optional[str] = None
 
@@ -55,12 +59,20 @@ def build_state(options: ServeOptions):
     from pipelines.serve.metrics import ServeMetrics
     from pipelines.serve.model_store import ModelStore
 
+    if options.shadow and (options.metadata is None or options.impressions_dir is None):
+        raise ValueError("shadow scoring needs ML Metadata (to find the candidate) and the impressions log "
+                         "(where its scores go)")
     holder = {}
     watch = None
     if options.metadata is not None:
         watch = LineageWatch(options.metadata, options.serving_dir, options.model_name,
-                             retry_seconds=options.lineage_retry_s, on_error=lambda why: metrics.lineage_errors.inc())
-    metrics = ServeMetrics(lambda: holder["store"].current, lineage=watch.current if watch is not None else None)
+                             retry_seconds=options.lineage_retry_s, on_error=lambda why: metrics.lineage_errors.inc(),
+                             shadow_schema=options.schema if options.shadow else None,
+                             shadow_poll_seconds=options.shadow_poll_seconds,
+                             on_shadow_load_error=lambda model_id, why: metrics.shadow_load_errors.inc())
+    shadow = (lambda: watch.shadow) if options.shadow else None
+    metrics = ServeMetrics(lambda: holder["store"].current, lineage=watch.current if watch is not None else None,
+                           shadow=shadow)
     store = ModelStore(options.serving_dir, options.schema, poll_seconds=options.poll_seconds,
                        on_load_error=lambda version, why: metrics.load_errors.inc(),
                        on_swap=lambda model: metrics.model_swaps.inc(),
@@ -69,9 +81,11 @@ def build_state(options: ServeOptions):
     impressions = None
     if options.impressions_dir is not None:
         impressions = ImpressionLog(options.impressions_dir, on_logged=metrics.impressions_logged.inc,
-                                    on_dropped=lambda n, reason: metrics.impressions_not_logged.labels(reason).inc(n))
+                                    on_dropped=lambda n, reason: metrics.impressions_not_logged.labels(reason).inc(n),
+                                    on_shadow=lambda n, error: (metrics.shadow_scored if error is None
+                                                                else metrics.shadow_errors).inc(n))
     return ServeState(model_name=options.model_name, schema=options.schema, store=store, metrics=metrics,
-                      impressions=impressions, max_body_bytes=options.max_body_bytes, max_items=options.max_items,
+                      impressions=impressions, shadow=shadow, max_body_bytes=options.max_body_bytes, max_items=options.max_items,
                       body_timeout_s=options.body_timeout_s)
 
 
@@ -140,4 +154,4 @@ def options_from_config(config, host: str, port: int, impressions_dir: Optional[
         impressions = impressions_dir or os.path.join(config.home, "impressions")
     return ServeOptions(serving_dir=config.serving_dir, schema=config.source.schema, model_name=config.pipeline_name,
                         impressions_dir=impressions, host=host, port=port, metadata=config.metadata_connection,
-                        home=config.home, **overrides)
+                        home=config.home, shadow_poll_seconds=config.serve.shadow_poll_seconds, **overrides)
