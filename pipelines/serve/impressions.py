@@ -2,7 +2,9 @@
 
 Each item the server scores becomes one line of an event log
 (`components/event_log.py`, by default `<home>/impressions/`), written through
-`EventLogWriter`, so behind its writer lock and in its segment format. A line
+`EventLogWriter`, so behind its writer lock and in its segment format; or one
+record of a Kafka topic (`KafkaImpressions`), through the Kafka sink of
+`components/kafka_log.py`, which the same Kafka source reads back. A line
 is the event exactly as the model received it, under the event schema's field
 names (the id field holds the impression id, the event-time field the time the
 request arrived, in epoch milliseconds), plus what the server added:
@@ -42,7 +44,7 @@ import queue
 import subprocess
 import sys
 import threading
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import orjson
 
@@ -58,7 +60,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # The fields the server adds to each event (see the module doc).
 SERVER_FIELDS = (FieldSpec("request_id", "string"), FieldSpec("model_version", "int"),
                  FieldSpec("score", "float"), FieldSpec("position", "int"),
-                 FieldSpec("shadow_model_id", "int", required=False), FieldSpec("shadow_score", "float", required=False))
+                 FieldSpec("shadow_model_id", "int", required=False),
+                 FieldSpec("shadow_score", "float", required=False))
 # Requests' batches waiting for the writer; beyond it lines are dropped and counted (queue_full).
 DEFAULT_MAX_PENDING = 4096
 # Lines joined into one append (one lock, one write).
@@ -89,8 +92,28 @@ def impressions_schema(schema: EventSchema) -> EventSchema:
                                event_time_format="epoch_ms")
 
 
+@dataclasses.dataclass(frozen=True)
+class KafkaImpressions:
+    """An impressions log that is a Kafka topic (`driftline serve --impressions-kafka-topic`).
+
+    Written through components/kafka_log.py's KafkaLineWriter, one line a
+    record; read back by StreamingExampleGen's `KafkaSource` like any topic.
+    """
+
+    bootstrap_servers: str
+    topic: str
+    client_config: Dict[str, object] = dataclasses.field(default_factory=dict)
+    # The longest a line may wait for its delivery report: then it is counted as not logged (write_error).
+    message_timeout_ms: int = 10_000
+
+    def describe(self) -> str:
+        return f"Kafka topic {self.topic!r} at {self.bootstrap_servers}"
+
+
 class ImpressionLog:
     """The asynchronous, batched writer of the impressions log.
+
+    `log_dir`: the event log folder, or a KafkaImpressions topic.
 
     `on_logged(n)` and `on_dropped(n, reason)` are told what became of every
     line (the server's metrics); `reason` is `queue_full` or `write_error`.
@@ -98,7 +121,7 @@ class ImpressionLog:
     or failed to score (the lines are logged without a shadow score).
     """
 
-    def __init__(self, log_dir: str, max_pending: int = DEFAULT_MAX_PENDING,
+    def __init__(self, log_dir: Union[str, KafkaImpressions], max_pending: int = DEFAULT_MAX_PENDING,
                  on_logged: Optional[Callable[[int], None]] = None,
                  on_dropped: Optional[Callable[[int, str], None]] = None,
                  max_segment_bytes: int = 64 << 20,
@@ -181,8 +204,8 @@ class ImpressionLog:
         try:
             if self._child is None or self._child.poll() is not None:
                 self._child = subprocess.Popen(
-                    [sys.executable, "-m", "pipelines.serve.impressions_writer", self.log_dir,
-                     str(self.max_segment_bytes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    [sys.executable, "-m", "pipelines.serve.impressions_writer", self._target_json()],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     cwd=_REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                         p for p in (_REPO, os.environ.get("PYTHONPATH")) if p)})
             impressions_writer.write_frame(self._child.stdin, batches)
@@ -198,11 +221,19 @@ class ImpressionLog:
         _, logged, dropped, error = answer
         if error:
             self.last_error = error
-            log.warning("could not append %d impressions to %s: %s", dropped, self.log_dir, error)
+            log.warning("could not append %d impressions to %s: %s", dropped, self.describe(), error)
         if dropped:
             self._on_dropped(dropped, "write_error")
         if logged:
             self._on_logged(logged)
+
+    def _target_json(self) -> str:
+        """Where the writer process appends (impressions_writer's TARGET_JSON)."""
+        target = self.log_dir
+        if isinstance(target, KafkaImpressions):
+            return orjson.dumps({"kind": "kafka", **dataclasses.asdict(target)}).decode()
+        return orjson.dumps({"kind": "event_log", "log_dir": target,
+                             "max_segment_bytes": self.max_segment_bytes}).decode()
 
     def _stop_child(self) -> None:
         child, self._child = self._child, None
@@ -214,6 +245,9 @@ class ImpressionLog:
         except (OSError, subprocess.TimeoutExpired):
             child.kill()
             child.wait()
+
+    def describe(self) -> str:
+        return self.log_dir.describe() if isinstance(self.log_dir, KafkaImpressions) else self.log_dir
 
     def close(self, timeout: float = 30.0) -> None:
         """Writes what is queued, then stops the thread."""

@@ -29,8 +29,8 @@ class ServeOptions:
     serving_dir: str
     schema: EventSchema
     model_name: str
-    # None: no impressions log.
-    impressions_dir: Optional[str]
+    # None: no impressions log. A KafkaImpressions: the log is a Kafka topic.
+    impressions_dir: Optional[object]
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -85,7 +85,8 @@ def build_state(options: ServeOptions):
                                     on_shadow=lambda n, error: (metrics.shadow_scored if error is None
                                                                 else metrics.shadow_errors).inc(n))
     return ServeState(model_name=options.model_name, schema=options.schema, store=store, metrics=metrics,
-                      impressions=impressions, shadow=shadow, max_body_bytes=options.max_body_bytes, max_items=options.max_items,
+                      impressions=impressions, shadow=shadow, max_body_bytes=options.max_body_bytes,
+                      max_items=options.max_items,
                       body_timeout_s=options.body_timeout_s)
 
 
@@ -101,7 +102,7 @@ def run(options: ServeOptions) -> None:
     sys.setswitchinterval(0.0005)
     app = create_app(build_state(options))
     log.info("serving %s from %s on http://%s:%d (impressions: %s)", options.model_name, options.serving_dir,
-             options.host, options.port, options.impressions_dir or "off")
+             options.host, options.port, _describe_impressions(options))
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                             timeout_keep_alive=options.timeout_keep_alive_s,
                             limit_concurrency=options.limit_concurrency, lifespan="on")
@@ -145,11 +146,23 @@ def _server_class():
 
 
 
+def _describe_impressions(options: ServeOptions) -> str:
+    target = options.impressions_dir
+    if target is None:
+        return "off"
+    return target.describe() if hasattr(target, "describe") else str(target)
+
+
 def options_from_config(config, host: str, port: int, impressions_dir: Optional[str], no_impressions: bool,
-                        **overrides) -> ServeOptions:
-    """ServeOptions of a DriftlineConfig: its serving folder, schema and pipeline name."""
+                        impressions_kafka: Optional[object] = None, **overrides) -> ServeOptions:
+    """ServeOptions of a DriftlineConfig: its serving folder, schema and pipeline name.
+
+    `impressions_kafka` (a KafkaImpressions): the impressions log is that topic instead of a folder.
+    """
     if no_impressions:
         impressions = None
+    elif impressions_kafka is not None:
+        impressions = impressions_kafka
     else:
         impressions = impressions_dir or os.path.join(config.home, "impressions")
     return ServeOptions(serving_dir=config.serving_dir, schema=config.source.schema, model_name=config.pipeline_name,
