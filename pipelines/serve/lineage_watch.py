@@ -15,7 +15,8 @@ With shadow scoring on (`serve.shadow`), the watch also keeps `shadow`: the
 newest blessed model in ML Metadata when it is not the one serving (blessed
 but not pushed, say refused by the latency gate, or not pushed yet, or the
 model a rollback replaced), loaded from its Model artifact's SavedModel. It is
-looked for after every swap and every `shadow_poll_seconds`; nothing is
+looked for after every swap and every `shadow_poll_seconds`, and loaded in
+the model store's thread (a swap waits behind a candidate's load); nothing is
 shadowed while the served version is unknown to ML Metadata (the watch could
 not tell the candidate from the served model), nor when the newest blessed
 model is the served one (an older one is no candidate).
@@ -26,6 +27,7 @@ retried like a missing record.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import time
 from typing import Any, Callable, Optional, Tuple
@@ -165,6 +167,12 @@ class LineageWatch:
                 self.on_shadow_load_error(model_id, str(e))
             return
         self.shadow = ShadowModel(model_id=model_id, path=path, model=loaded)
+        del loaded
+        # As after a swap (model_store.ModelStore.refresh): free the previous candidate now, and freeze the new
+        # one's long-lived objects so that the collections requests trigger do not walk them.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         log.info("shadow scoring with model %s (%s)", model_id, path)
 
     def _tick_served(self, model: Any) -> None:
