@@ -141,7 +141,8 @@ class BeamConfig:
     runner: str = "DirectRunner"
     # More than one worker switches DirectRunner to multi_processing, which
     # was seen to drop elements here (benchmarks/ingest.py); ingestion then
-    # refuses to commit rather than skip events. One in-memory worker is the default.
+    # reruns the read whole (ingest.LOST_ELEMENTS_RERUNS times) and refuses to
+    # commit rather than skip events. One in-memory worker is the default.
     direct_num_workers: int = 1
     extra_args: tuple = ()
 
