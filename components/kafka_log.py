@@ -1,4 +1,4 @@
-"""A Kafka topic as an event source: per-partition offsets, read planning, range reads.
+"""A Kafka topic as an event source: per-partition offsets, read planning, range reads; and as a sink.
 
 The positions of a topic are per-partition offsets. A :class:`KafkaOffsets`
 says, for each partition, the next offset to read (everything before it was
@@ -18,6 +18,10 @@ end of the partition after an empty fetch, or nothing arrives for
 ``poll_timeout_s``) or a per-cycle cap is reached, and records the exact
 offset after the last record it saw. Whatever was seen is therefore really
 there, and a record that arrives later is simply read by the next run.
+
+The sink (`KafkaLineWriter`, at the end) appends lines as records, one line
+a record, and waits for each record's delivery report, as `driftline serve`'s
+impressions log does when it goes to a topic.
 
 confluent-kafka is imported inside the functions that talk to a broker, so
 positions and plans (and the windowing code that stores them) load without it.
@@ -424,3 +428,81 @@ def read_range(settings: Mapping[str, Any], rng: KafkaRange, idle_timeout_s: flo
         yield record
         if record.offset >= rng.stop - 1:
             return
+
+
+# -- the sink: lines appended to a topic ---------------------------------------------------------------------
+
+class KafkaSinkError(EventLogError):
+    """Lines could not all be delivered to the topic; `delivered` of them were (in no particular order)."""
+
+    def __init__(self, message: str, delivered: int = 0):
+        super().__init__(message)
+        self.delivered = delivered
+
+
+def producer_settings(bootstrap_servers: str, client_config: Optional[Mapping[str, Any]] = None,
+                      secret_env: Optional[Mapping[str, str]] = None,
+                      secret_files: Optional[Mapping[str, str]] = None,
+                      message_timeout_ms: int = 10_000) -> Dict[str, Any]:
+    """librdkafka settings of a driftline producer (the impressions sink).
+
+    Secrets are resolved here, at connect time, as for the consumers. Every
+    record gets a final delivery report within `message_timeout_ms` (librdkafka
+    otherwise retries for 5 minutes), so what a writer counts as delivered or
+    lost is final, never delivered later behind its back.
+    """
+    settings: Dict[str, Any] = {"linger.ms": 5}
+    settings.update(client_config or {})
+    settings.update(resolve_secrets(secret_env, secret_files))
+    settings.update({"bootstrap.servers": bootstrap_servers, "message.timeout.ms": int(message_timeout_ms)})
+    return settings
+
+
+class KafkaLineWriter:
+    """Appends lines to one topic: each line one record, the value the line's bytes, no key.
+
+    The counterpart of the reads above: a topic these records go to is a source
+    StreamingExampleGen reads like any other (`KafkaSource`). `write_lines`
+    returns once every line has its delivery report: all delivered, or a
+    KafkaSinkError saying how many were.
+    """
+
+    def __init__(self, settings: Mapping[str, Any], topic: str):
+        from confluent_kafka import Producer
+
+        self.topic = topic
+        self.settings = dict(settings)
+        try:
+            self._producer = Producer(self.settings, logger=_log)
+        except Exception as e:  # KafkaException on bad settings: name them
+            raise KafkaSinkError(f"cannot create a Kafka producer for topic {topic!r}: {e}. Check the client "
+                                 "settings (librdkafka property names).") from e
+
+    def write_lines(self, lines: Sequence[bytes]) -> int:
+        delivered, errors = [0], []
+
+        def report(err, msg) -> None:
+            if err is None:
+                delivered[0] += 1
+            elif len(errors) < 5:
+                errors.append(str(err))
+
+        for line in lines:
+            while True:
+                try:
+                    self._producer.produce(self.topic, value=line, on_delivery=report)
+                    break
+                except BufferError:  # librdkafka's queue is full: let it send, then retry this line
+                    self._producer.poll(0.05)
+            self._producer.poll(0)
+        # message.timeout.ms bounds every record's fate; the margin covers the last reports' callbacks.
+        remaining = self._producer.flush(self.settings["message.timeout.ms"] / 1000.0 + 5.0)
+        if delivered[0] != len(lines):
+            raise KafkaSinkError(
+                f"{len(lines) - delivered[0]} of {len(lines)} lines were not delivered to Kafka topic {self.topic!r} "
+                f"at {self.settings['bootstrap.servers']!r}: {'; '.join(errors) or f'{remaining} still queued'}",
+                delivered=delivered[0])
+        return delivered[0]
+
+    def close(self) -> None:
+        self._producer.flush(self.settings["message.timeout.ms"] / 1000.0 + 5.0)

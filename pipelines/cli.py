@@ -786,21 +786,33 @@ def add_status_command(subparsers: Any) -> None:
         description="Reads ML Metadata under --home (never writes it): the serving version and its model, "
                     "freshness (now minus the newest event time the serving model learned from), the last "
                     "cycle's outcome and reason, totals of spans, late and dead-lettered events, and whether "
-                    "a controller holds HOME/controller.lock; then the config versions the runs recorded.")
+                    "a controller holds HOME/controller.lock, whether a `driftline serve` runs for the home (its "
+                    "version and request rate, asked of the server itself); then the config versions the runs "
+                    "recorded.")
     _add_home_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of the summary")
     p.set_defaults(handler=run_status)
 
 
 def run_status(args: argparse.Namespace) -> int:
+    import json
+
     from pipelines import lineage
+    from pipelines.serve import registry
 
     config = _home_config(args)
     try:
         st = lineage.status(config)
     except lineage.LineageError as e:
         raise CommandError(str(e)) from None
-    _print_with_config_versions(config, lineage.to_json(st) if args.json else lineage.format_status(st), args.json)
+    # `driftline serve` processes of this home: their records, checked against the live servers.
+    servers = registry.server_states(config.home)
+    if args.json:
+        text = json.dumps({**json.loads(lineage.to_json(st)), "servers": [s.to_dict() for s in servers]},
+                          indent=2, sort_keys=True)
+    else:
+        text = "\n".join([lineage.format_status(st), *registry.status_lines(servers)])
+    _print_with_config_versions(config, text, args.json)
     return 0
 
 

@@ -26,6 +26,7 @@ from components.streaming_example_gen.config import (KAFKA_EVENT_TIMES, KAFKA_RE
                                                      KAFKA_SECRET_SETTINGS, SOURCE_KINDS, KafkaConfig,
                                                      SourceConfig, WindowConfig, looks_like_secret)
 from components.warm_start_trainer.config import TrainerConfig
+from pipelines.serve.config import ServeConfig
 from transforms.config import NUMERIC_MODES, NumericTransform, TransformConfig
 
 __all__ = ["ConfigError", "METADATA_KINDS", "MetadataConfig", "WindowConfig", "SOURCE_KINDS", "KAFKA_EVENT_TIMES", "KAFKA_RESERVED_SETTINGS",
@@ -34,6 +35,7 @@ __all__ = ["ConfigError", "METADATA_KINDS", "MetadataConfig", "WindowConfig", "S
            "RetentionConfig", "ControllerConfig", "LatencyConfig", "driftline_setup_file",
            "beam_default_sdk_image", "BeamConfig", "IMAGE_SOURCE_DIR", "IMAGE_SETUP_FILE", "DATAFLOW_PACKAGING",
            "CLOUD_BEAM_RUNNERS", "BEAM_RUNNERS", "LOOPBACK_HOSTS", "is_gcs", "CloudConfig", "DriftlineConfig", "default_config"]
+__all__ += ["ServeConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +141,8 @@ class BeamConfig:
     runner: str = "DirectRunner"
     # More than one worker switches DirectRunner to multi_processing, which
     # was seen to drop elements here (benchmarks/ingest.py); ingestion then
-    # refuses to commit rather than skip events. One in-memory worker is the default.
+    # reruns the read whole (ingest.LOST_ELEMENTS_RERUNS times) and refuses to
+    # commit rather than skip events. One in-memory worker is the default.
     direct_num_workers: int = 1
     extra_args: tuple = ()
 
@@ -280,6 +283,7 @@ class DriftlineConfig:
     cloud: CloudConfig = dataclasses.field(default_factory=CloudConfig)
     controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
     metadata: MetadataConfig = dataclasses.field(default_factory=MetadataConfig)
+    serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
 
     @property
     def pipeline_root(self) -> str:
@@ -318,6 +322,7 @@ class DriftlineConfig:
         self.controller.validate()
         self.beam.validate()
         self.metadata.validate()
+        self.serve.validate()
         horizon = self.window.dedup_horizon_runs
         if self.retention.enabled and horizon is not None and horizon > self.retention.keep_cycles:
             raise ConfigError(

@@ -19,7 +19,8 @@ config is then recorded as its first user.
 
 The canonical text is `config_file.config_dict` minus `home` and `metadata` (they
 say where this ML Metadata lives, not what the pipeline does, and `--home ./h`
-and `--home h` are the same pipeline), with
+and `--home h` are the same pipeline) and `serve` (how `driftline serve` runs,
+read by the server, not by a pipeline run), with
 local paths made absolute, dumped with sorted keys. Kafka secrets are never in
 a config (only the names of their environment variables or files are), so none
 are recorded.
@@ -73,6 +74,7 @@ def canonical_dict(config: Any) -> Dict[str, Any]:
     d = _yaml_safe(config_dict(config))
     d.pop("home", None)
     d.pop("metadata", None)
+    d.pop("serve", None)
     d["source"]["log_dir"] = _absolute(d["source"].get("log_dir") or "")
     d["pusher"]["serving_dir"] = _absolute(d["pusher"].get("serving_dir") or "")
     return d

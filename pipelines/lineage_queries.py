@@ -175,8 +175,12 @@ def transform_graph_uri(store_or_path: StoreOrPath, model_id: int) -> Optional[s
     return graphs[0] if len(graphs) == 1 else None
 
 
-def serving(store_or_path: StoreOrPath, serving_dir: str, pipeline_name: str = "driftline") -> ServingInfo:
-    """The version serving in `serving_dir` (its highest) and the model behind it.
+def serving(store_or_path: StoreOrPath, serving_dir: str, pipeline_name: str = "driftline",
+            version: Optional[int] = None) -> ServingInfo:
+    """The version serving in `serving_dir` (its highest, or `version`) and the model behind it.
+
+    `version`: the one a server actually loaded (`driftline serve` keeps the
+    version it has while a newer one fails to load).
 
     The model is the one named by the newest `PushedModel` that put this
     version into this folder (a push, or a rollback, which records the model it
@@ -188,7 +192,8 @@ def serving(store_or_path: StoreOrPath, serving_dir: str, pipeline_name: str = "
     if serving_lib.is_local(serving_dir) and not serving_dir.startswith("file://"):
         serving_dir = os.path.abspath(serving_dir)
     versions = serving_lib.versions(serving_dir)
-    version = versions[-1] if versions else None
+    if version is None:
+        version = versions[-1] if versions else None
     if version is None:
         return ServingInfo(serving_dir=serving_dir, versions=versions, version=None, model_id=None)
     store = connect(store_or_path)

@@ -132,3 +132,12 @@ def continuous_run(tmp_path_factory):
     simulate(log, dataclasses.replace(sim, minutes=10), append=True)
     reports.append(run_cycle(changed))
     return {"config": config, "reports": reports, "rolled": rolled, "before_rollback": before_rollback}
+
+
+@pytest.fixture(scope="session")
+def serve_models(tmp_path_factory):
+    """The default model, untrained, exported with seeds 1, 2 and 3 over one real transform graph
+    (tests/serve_helpers.py): shared by the `driftline serve` tests. {seed: SavedModel folder}."""
+    from serve_helpers import export_models
+
+    return export_models(str(tmp_path_factory.mktemp("serve_models")))

@@ -17,6 +17,7 @@ from pipelines.config import (
     LatencyConfig, NumericTransform, PusherConfig, RetentionConfig, SourceConfig, TrainerConfig,
     TransformConfig, WindowConfig, default_config,
 )
+from pipelines.config import ServeConfig
 from pipelines.config_file import dump_config, init_text, load_config
 from pipelines.music_simulator import music_schema
 from pipelines.simulator import SimulatorConfig, simulate
@@ -51,6 +52,7 @@ def every_section(home: str) -> DriftlineConfig:
                           beam_runner="DirectRunner", max_num_workers=3, subnetwork="sub"),
         metadata=MetadataConfig(kind="mysql", host="db.internal", port=3307, database="driftline", user="dl",
                                 password_env="DL_DB_PASSWORD"),
+        serve=ServeConfig(shadow=True, shadow_poll_seconds=2.5),
     ).validate()
 
 
@@ -239,7 +241,7 @@ def test_ingest_with_a_config_file_persists_it_and_status_finds_the_pipeline(tmp
 def test_the_starter_file_is_valid_yaml_with_the_documented_sections(tmp_path):
     data = yaml.safe_load(init_text(str(tmp_path)))
     assert list(data) == ["pipeline_name", "home", "source", "window", "transform", "trainer", "gate", "pusher",
-                          "latency", "retention", "controller", "beam", "cloud", "metadata"]
+                          "latency", "retention", "controller", "beam", "cloud", "metadata", "serve"]
     assert EventSchema.from_dict(data["source"]["schema"]).name == "ad_clicks"
 
 

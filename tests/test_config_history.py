@@ -160,3 +160,15 @@ def test_where_ml_metadata_lives_is_not_part_of_the_config_identity(tmp_path):
     moved = config.replace(metadata=MetadataConfig(kind="mysql", host="db", database="d", user="u"))
     assert canonical_text(moved) == canonical_text(config) and "\nmetadata:" not in canonical_text(config)
     assert canonical_text(config.replace(gate=dataclasses.replace(config.gate, min_auc=0.7))) != canonical_text(config)
+
+
+def test_how_the_server_runs_is_not_part_of_the_config_identity(tmp_path):
+    # `serve` is read by `driftline serve`, never by a pipeline run: shadow scoring on is the same pipeline,
+    # and homes recorded before the section existed keep their hash.
+    from pipelines.config import default_config
+    from pipelines.config_history import canonical_text
+    from pipelines.serve.config import ServeConfig
+
+    config = default_config(str(tmp_path / "h"))
+    shadowed = config.replace(serve=ServeConfig(shadow=True, shadow_poll_seconds=3.0))
+    assert canonical_text(shadowed) == canonical_text(config) and "\nserve:" not in canonical_text(config)

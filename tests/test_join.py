@@ -263,3 +263,78 @@ def test_a_passed_segment_that_grows_stops_the_next_read(tmp_path):
         f.write(b'{"outcome_id": "x", "impression_id": "i0", "ts": 1600, "outcome_type": "click"}\n')
     with pytest.raises(EventLogError, match="grown|grew"):
         join_run.run_join(cfg, WINDOW, state, str(tmp_path / "spans"))
+
+
+# -- the future bound: one producer's wrong clock must not close every open window ---------------------
+
+BOUNDED = dataclasses.replace(WINDOW, max_future_ms=5_000)
+
+
+def bounded_step(cfg, state, imps, outs, now_ms):
+    return join.join_step(cfg, BOUNDED, state, imps.since(state.imp_resume), outs.since(state.out_resume),
+                          imps.end, outs.end, None, now_ms=now_ms)
+
+
+def test_an_impression_from_the_future_is_a_dead_letter_and_moves_no_watermark():
+    cfg = join_config()
+    imps, outs = Log(), Log()
+    imp(imps, "a", 1_000)
+    out(outs, "a", 2_000)
+    imp(imps, "clock-ahead", 10 * SPAN_MS)  # a producer whose clock is hours ahead
+    out(outs, "tick", 10 * SPAN_MS, kind="view")  # and one on the outcomes stream
+    now = 3_000
+    r = bounded_step(cfg, join.JoinState(), imps, outs, now)
+    # Without the bound both watermarks would pass span 0 + W and "a" would be emitted before its window closed.
+    assert not r.emits and r.pending_impressions == 1
+    assert r.impressions_watermark_ms == 1_000 and r.outcomes_watermark_ms == 2_000
+    assert sorted(d.kind for d in r.dead_letters) == [join.FUTURE_IMPRESSION, join.FUTURE_OUTCOME]
+    assert all(str(now + 5_000) in d.reason for d in r.dead_letters)
+    # Unbounded (the old behaviour): the far event closes span 0 at once.
+    unbounded = step(cfg, join.JoinState(), imps, outs)
+    assert unbounded.emitted_spans == (0,)
+
+
+def test_a_future_impression_re_read_later_is_skipped_not_taken_however_the_clock_moved():
+    cfg = join_config()
+    imps, outs = Log(), Log()
+    imp(imps, "a", 1_000)  # pending: its span stays open, so the next run re-reads from here
+    imp(imps, "ahead", SPAN_MS + 30_000)  # 20 s past the bound of a run at 5_000
+    out(outs, "a", 1_500)
+    r1 = bounded_step(cfg, join.JoinState(), imps, outs, now_ms=5_000)
+    assert [d.kind for d in r1.dead_letters] == [join.FUTURE_IMPRESSION] and not r1.emits
+    state = join.JoinState.from_json(r1.state.to_json())  # committed and read back
+    assert state.imp_cutoffs == ((imps.end, 10_000),)
+    # Much later the clock has passed its time: it was decided once, by the run that first read it.
+    imp(imps, "b", SPAN_MS + W + 40_000)
+    out(outs, "b", SPAN_MS + W + 40_000, kind="view")
+    r2 = bounded_step(cfg, state, imps, outs, now_ms=SPAN_MS + W + 40_000)
+    assert r2.emitted_spans == (0,) and labels(r2) == {"a": 1}
+    # "b" is the only one pending: "ahead" is neither taken nor dead-lettered again (the "view" tick is not counted).
+    assert [d.kind for d in r2.dead_letters] == [join.NOT_COUNTED] and r2.pending_impressions == 1
+    # The bound never goes back, on either stream.
+    assert r2.state.out_cutoff_ms == SPAN_MS + W + 45_000
+    r3 = bounded_step(cfg, r2.state, imps, outs, now_ms=0)
+    assert r3.state.out_cutoff_ms == r2.state.out_cutoff_ms
+
+
+def test_a_state_committed_before_the_bound_reads_and_judges_its_pending_impressions_now():
+    cfg = join_config()
+    imps, outs = Log(), Log()
+    imp(imps, "a", 1_000)
+    imp(imps, "ahead", 10 * SPAN_MS)
+    out(outs, "a", 1_500)
+    # Committed with no bound (older code): "ahead" was taken and holds the watermark far ahead.
+    old = step(cfg, join.JoinState(), imps, outs)
+    text = json.loads(old.state.to_json())
+    del text["imp_cutoffs"], text["out_cutoff_ms"]
+    state = join.JoinState.from_json(json.dumps(text))
+    assert state.imp_cutoffs == () and state.out_cutoff_ms is None
+    r = bounded_step(cfg, state, imps, outs, now_ms=2_000)
+    # "ahead" was pending, so never decided: it is dead-lettered now, once.
+    assert [d.kind for d in r.dead_letters] == [join.FUTURE_IMPRESSION]
+
+
+def test_a_bounded_window_needs_the_clock():
+    with pytest.raises(ValueError, match="now_ms"):
+        join.join_step(join_config(), BOUNDED, join.JoinState(), [], [], Position("00000000.jsonl", 0),
+                       Position("00000000.jsonl", 0))

@@ -46,7 +46,13 @@ LOCAL_ONLY = {
     ("components/blessing_pusher/serving.py", "apply_retention"): {"os.rename"},
     # driftline serve: a local version folder's mtime is when it was published (the model's age in /metrics);
     # an object store has no folder mtime, so the remote branch beside it takes the load time.
-    ("pipelines/serve/model_store.py", "load_version"): {"os.stat"},
+    ("pipelines/serve/model_store.py", "load_saved_model"): {"os.stat"},
+    # A running server's record (<home>/servers/<pid>.json) names a local process and port: it lives on the
+    # machine that runs the server and is read by a status on that machine, so it is a local file by nature.
+    ("pipelines/serve/registry.py", "write_record"): {"os.makedirs", "open", "os.replace"},
+    ("pipelines/serve/registry.py", "remove_record"): {"os.remove"},
+    ("pipelines/serve/registry.py", "server_states"): {"os.listdir"},
+    ("pipelines/serve/registry.py", "probe"): {"open"},
     # driftline's own setup.py, read from the checkout the code runs from (version, Beam packaging).
     ("pipelines/version.py", "driftline_version"): {"open"},
     # SQLite ML Metadata and the controller's flock live on a local disk by nature (on Vertex AI

@@ -10,8 +10,6 @@ TF Serving and the evaluator use, not the server's.
 """
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -19,25 +17,16 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_helpers import SCHEMA, events, export_ads_model, write_transform_graph
+from serve_helpers import SCHEMA, events, running_server
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "driftline"  # the default config's pipeline name: the model name
 FEATURES = ("user_id", "ad_id", "ad_category", "device", "hour_of_day", "price")
 CONTEXT = ("user_id", "device", "hour_of_day")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve_models")
-    graph = write_transform_graph(str(root / "graph"))
-    return {seed: export_ads_model(str(root / f"m{seed}"), graph, seed=seed) for seed in (1, 2, 3)}
+def models(serve_models):
+    return serve_models
 
 
 @pytest.fixture(scope="module")
@@ -46,35 +35,9 @@ def server(models, tmp_path_factory):
 
     home = str(tmp_path_factory.mktemp("serve_home"))
     serving.push(models[1], os.path.join(home, "serving"))
-    port = _free_port()
-    log_path = os.path.join(home, "server.log")
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--home", home, "--port", str(port),
-                                 "--poll-seconds", "0.2", "--max-body-bytes", str(1 << 20),
-                                 "--body-timeout-seconds", "2"],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            assert proc.poll() is None, f"the server exited: {open(log_path).read()[-3000:]}"
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"no healthy server after 180 s: {open(log_path).read()[-3000:]}"
-            time.sleep(0.3)
-        yield {"base": base, "home": home, "proc": proc, "port": port, "log": log_path,
-               "serving_dir": os.path.join(home, "serving")}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_server(home, "--poll-seconds", "0.2", "--max-body-bytes", str(1 << 20),
+                        "--body-timeout-seconds", "2") as s:
+        yield s
 
 
 def _client(server):

@@ -60,7 +60,7 @@ def test_entries_land_in_the_event_log_and_parse_as_an_impressions_stream(tmp_pa
     schema = impressions_schema(SCHEMA)
     parsed = [schema.parse(line) for line in _lines(str(tmp_path / "imp"))]
     assert [p["event_id"] for p in parsed] == [f"r-{i}" for i in range(500)]
-    assert parsed[7] == {**_entry(7), "clicked": None}
+    assert parsed[7] == {**_entry(7), "clicked": None, "shadow_model_id": None, "shadow_score": None}
 
 
 def test_the_impressions_schema_keeps_the_label_optional_and_refuses_clashing_names():
@@ -117,3 +117,56 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):
     log.close()
     assert counts.logged + counts.dropped["queue_full"] == 20
     assert len(_lines(str(folder))) == counts.logged
+
+
+def test_the_shadow_candidate_scores_in_the_writers_thread_and_submit_never_waits_for_it(tmp_path, serve_models):
+    """A request's path ends at `submit` (pipelines/serve/app.py): the shadow model is handed over as a
+    reference and called by the log's own thread. Held at a gate inside its predict, it stops no submit and
+    no response; once released, each line carries its id and its score of that request's features. A shadow
+    that fails leaves the lines logged without a shadow score, and counted."""
+    import numpy as np
+
+    from pipelines.serve.lineage_watch import ShadowModel
+    from pipelines.serve.model_store import load_saved_model
+
+    real = load_saved_model(serve_models[3], 3, SCHEMA)
+    gate, threads = threading.Event(), []
+
+    class Gated:  # the real model, held at a gate: its scoring cannot finish until the test opens it
+        def predict(self, columns):
+            threads.append(threading.current_thread().name)
+            assert gate.wait(60)
+            return real.predict(columns)
+
+    class Broken:
+        def predict(self, columns):
+            raise KeyError("a field this candidate needs")
+
+    counts, shadowed = Counts(), {}
+
+    def on_shadow(n, error):
+        shadowed[error is None] = shadowed.get(error is None, 0) + n
+
+    folder = str(tmp_path / "imp")
+    log = ImpressionLog(folder, on_logged=counts.on_logged, on_dropped=counts.on_dropped, on_shadow=on_shadow)
+    batches = [[_entry(r * 10 + i) for i in range(10)] for r in range(3)]
+    for b in batches:
+        b[0]["price"] = 99.0 + len(b)  # features that differ between items, so scores do too
+    started = time.monotonic()
+    for b in batches:
+        log.submit(*_columns(b), shadow=ShadowModel(7, serve_models[3], Gated()))
+    assert time.monotonic() - started < 0.5
+    _until(lambda: threads)
+    time.sleep(0.3)
+    assert threads == ["impressions"] and counts.logged == 0  # the writer waits on the shadow; submit did not
+    log.submit(*_columns([_entry(100), _entry(101)]), shadow=ShadowModel(8, serve_models[1], Broken()))
+    gate.set()
+    log.close()
+    assert counts.logged == 32 and shadowed == {True: 30, False: 2}
+    parsed = [impressions_schema(SCHEMA).parse(line) for line in _lines(folder)]
+    for b, lines in zip(batches, (parsed[0:10], parsed[10:20], parsed[20:30])):
+        want = real.predict(_columns(b)[0])
+        assert np.ptp(want) > 0
+        assert [p["shadow_model_id"] for p in lines] == [7] * 10
+        np.testing.assert_array_equal(np.array([p["shadow_score"] for p in lines], dtype=np.float32), want)
+    assert [(p["shadow_model_id"], p["shadow_score"]) for p in parsed[30:]] == [(None, None)] * 2

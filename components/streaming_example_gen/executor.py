@@ -155,6 +155,8 @@ def build_artifacts(template: types.Artifact, run: ingest.IngestRun, window: win
             "span_end_ms": end_ms,
             "watermark_ms": run.committed.max_event_time_ms - window.allowed_lateness_ms,
             "ingest_wall_seconds": round(run.wall_seconds, 3),
+            # Whole reruns after the Beam runner lost elements (ingest.RunnerLostElements); 0 normally.
+            "ingest_reruns": run.reruns,
             "dead_letter_uri": os.path.join(artifact.uri, ingest.DEAD_LETTER_DIR) if span == first_span else "",
         }
         vocab.set_custom_properties(artifact, props)

@@ -56,8 +56,11 @@ OUTSIDE_WINDOW = "outcome outside the attribution window"
 DUPLICATE_OUTCOME = "duplicate outcome"
 LATE_OUTCOME = "late outcome"
 ORPHAN_OUTCOME = "orphan outcome"
+FUTURE_IMPRESSION = "impression from the future"
+FUTURE_OUTCOME = "outcome from the future"
 KINDS = (MALFORMED_IMPRESSION, MALFORMED_OUTCOME, LATE_IMPRESSION, DUPLICATE_IMPRESSION, NOT_COUNTED,
-         BEFORE_IMPRESSION, OUTSIDE_WINDOW, DUPLICATE_OUTCOME, LATE_OUTCOME, ORPHAN_OUTCOME)
+         BEFORE_IMPRESSION, OUTSIDE_WINDOW, DUPLICATE_OUTCOME, LATE_OUTCOME, ORPHAN_OUTCOME, FUTURE_IMPRESSION,
+         FUTURE_OUTCOME)
 
 # (position, raw line) of one stream, in log order.
 Record = Tuple[Position, bytes]
@@ -89,6 +92,17 @@ class JoinState:
     # read stops with an EventLogError if one has grown (a producer appending without the writer's lock).
     imp_segment_sizes: Tuple[Tuple[str, int], ...] = ()
     out_segment_sizes: Tuple[Tuple[str, int], ...] = ()
+    # The future bound (clock + window.max_future_ms) of each published run whose impressions read reaches
+    # past imp_resume, oldest first (windowing.CommittedState.cutoffs): a re-read pending impression is
+    # judged by the run that first read it, so one dead-lettered as from the future is not taken later.
+    imp_cutoffs: Tuple[Tuple[Position, Optional[int]], ...] = ()
+    # The newest future bound a published run used on the outcomes; a later run never uses a smaller one.
+    # Outcomes need no history: one read before is re-read only while undecided, so it was accepted.
+    out_cutoff_ms: Optional[int] = None
+
+    def imp_bounds_state(self) -> windowing.CommittedState:
+        """The impressions stream's read history in the single-stream form `windowing.TimeBounds` takes."""
+        return windowing.CommittedState(end=self.imp_end, resume=self.imp_resume, cutoffs=self.imp_cutoffs)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -97,7 +111,9 @@ class JoinState:
             "imp_max_event_time_ms": self.imp_max_event_time_ms, "out_max_event_time_ms": self.out_max_event_time_ms,
             "last_span": self.last_span, "pending_outcomes": [p.to_json_value() for p in self.pending_outcomes],
             "imp_segment_sizes": [list(x) for x in self.imp_segment_sizes],
-            "out_segment_sizes": [list(x) for x in self.out_segment_sizes]}, sort_keys=True)
+            "out_segment_sizes": [list(x) for x in self.out_segment_sizes],
+            "imp_cutoffs": [[end.to_json_value(), cutoff] for end, cutoff in self.imp_cutoffs],
+            "out_cutoff_ms": self.out_cutoff_ms}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: Optional[str]) -> "JoinState":
@@ -111,7 +127,10 @@ class JoinState:
                    d["imp_max_event_time_ms"], d["out_max_event_time_ms"], d["last_span"],
                    tuple(_pos(p) for p in d["pending_outcomes"]),
                    tuple((str(n), int(z)) for n, z in d.get("imp_segment_sizes", ())),
-                   tuple((str(n), int(z)) for n, z in d.get("out_segment_sizes", ())))
+                   tuple((str(n), int(z)) for n, z in d.get("out_segment_sizes", ())),
+                   # States committed before the future bound have no cutoffs: their lines are judged now.
+                   tuple((_pos(end), cutoff) for end, cutoff in d.get("imp_cutoffs", ())),
+                   d.get("out_cutoff_ms"))
 
 
 def watermark(max_event_time_ms: Optional[int], allowed_lateness_ms: int) -> Optional[int]:
@@ -221,12 +240,15 @@ def _parse(schema: EventSchema, line: bytes) -> Dict[str, Any]:
 def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
               impressions: Iterable[Record], outcomes: Iterable[Record],
               imp_read_end: Position, out_read_end: Position,
-              emitted_ids: Optional[np.ndarray] = None) -> JoinResult:
+              emitted_ids: Optional[np.ndarray] = None, now_ms: Optional[int] = None) -> JoinResult:
     """One join run over the records read since the resume positions (up to `*_read_end`).
 
     `impressions`, `outcomes`: (position, line) from `state.imp_resume` / `state.out_resume` on, in log order.
     `emitted_ids`: the sorted `ingest.id_hash` of the impressions of recently emitted spans, to tell a late
-    outcome from one whose impression has not come (yet). Returns what to publish; if it emits no span,
+    outcome from one whose impression has not come (yet). `now_ms`: the run's clock; with
+    `window.max_future_ms` set, an event later than now_ms + max_future_ms is a dead letter *from the future*
+    and moves no watermark (one producer with a wrong clock would otherwise close every open window, and
+    label its impressions 0 before their clicks came). Returns what to publish; if it emits no span,
     nothing is published and the next run redoes this one with more data.
     """
     from components.streaming_example_gen.ingest import id_hash
@@ -237,6 +259,15 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
     dead: List[DeadLetter] = []
     pending: Dict[Any, _Pending] = {}
     imp_max = state.imp_max_event_time_ms
+    bounded = window.max_future_ms is not None
+    if bounded and now_ms is None:
+        raise ValueError("join_step needs now_ms (the run's clock) when window.max_future_ms is set")
+    imp_bounds = windowing.TimeBounds.for_run(window, state.imp_bounds_state(), now_ms) if bounded else None
+    out_cutoff = None
+    if bounded:
+        out_cutoff = now_ms + window.max_future_ms
+        if state.out_cutoff_ms is not None:
+            out_cutoff = max(out_cutoff, state.out_cutoff_ms)
 
     def new_line(end: Optional[Position], p: Position) -> bool:
         return end is None or not end.covers(p)
@@ -250,6 +281,14 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
                 dead.append(DeadLetter("impressions", p, line, f"{MALFORMED_IMPRESSION}: {e}"))
             continue
         t = event[imp_schema.event_time_field]
+        verdict = imp_bounds.future(p, t) if imp_bounds is not None else None
+        if verdict == windowing.SKIP:
+            continue  # dead-lettered as from the future by the run that first read it
+        if verdict == windowing.DEAD_LETTER:
+            # New, or read before with no bound and still pending (so never decided): decided now, once.
+            dead.append(DeadLetter("impressions", p, line, f"{FUTURE_IMPRESSION}: event time {t} is past this "
+                                   f"run's bound {imp_bounds.cutoff_ms} (clock + window.max_future_seconds)"))
+            continue
         span = window.span_of(t)
         imp_max = t if imp_max is None else max(imp_max, t)
         if last_span is not None and span <= last_span:
@@ -281,6 +320,10 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
                 dead.append(DeadLetter("outcomes", p, line, f"{MALFORMED_OUTCOME}: {e}"))
             continue
         t = event[out_schema.event_time_field]
+        if new and out_cutoff is not None and t > out_cutoff:
+            dead.append(DeadLetter("outcomes", p, line, f"{FUTURE_OUTCOME}: event time {t} is past this run's "
+                                   f"bound {out_cutoff} (clock + window.max_future_seconds)"))
+            continue
         out_max = t if out_max is None else max(out_max, t)
         undecided.append((p, line, event))
 
@@ -347,6 +390,10 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
                           imp_max_event_time_ms=imp_max, out_max_event_time_ms=out_max,
                           last_span=max(emitted) if emitted else last_span,
                           pending_outcomes=tuple(sorted(still)), imp_segment_sizes=state.imp_segment_sizes,
-                          out_segment_sizes=state.out_segment_sizes)
+                          out_segment_sizes=state.out_segment_sizes,
+                          imp_cutoffs=(imp_bounds.next_cutoffs(imp_read_end, imp_resume)
+                                       if imp_bounds is not None and imp_read_end is not None and imp_resume is not None
+                                       else ()),
+                          out_cutoff_ms=out_cutoff)
     return JoinResult(new_state, emitted, examples, dead, join_wm, len(left), len(still),
                       imp_wm, watermark(out_max, window.allowed_lateness_ms))

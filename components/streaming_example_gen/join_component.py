@@ -42,6 +42,8 @@ class JoinExampleGenSpec(types.ComponentSpec):
         "span_seconds": ExecutionParameter(type=int),
         "allowed_lateness_seconds": ExecutionParameter(type=int),
         "eval_fraction": ExecutionParameter(type=float),
+        # None: no bound on event time (WindowConfig.max_future_seconds).
+        "max_future_seconds": ExecutionParameter(type=int, optional=True),
         "chunk_bytes": ExecutionParameter(type=int),
         # Runs whose emitted impression ids tell a late outcome from an orphan.
         "dedup_horizon_runs": ExecutionParameter(type=int),
@@ -101,7 +103,9 @@ class JoinExecutor(base_beam_executor.BaseBeamExecutor):
         state = join.JoinState.from_json(exec_properties[COMMITTED_STATE_KEY])
         window = windowing.Window(span_ms=exec_properties["span_seconds"] * 1000,
                                   allowed_lateness_ms=exec_properties["allowed_lateness_seconds"] * 1000,
-                                  eval_fraction=exec_properties["eval_fraction"])
+                                  eval_fraction=exec_properties["eval_fraction"],
+                                  max_future_ms=(None if exec_properties.get("max_future_seconds") is None
+                                                 else exec_properties["max_future_seconds"] * 1000))
         template = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
         run = join_run.run_join(config, window, state, template.uri,
                                 dedup_span_uris=json.loads(exec_properties.get(DEDUP_SPAN_URIS_KEY) or "[]"),
@@ -158,5 +162,5 @@ class JoinExampleGen(base_beam_component.BaseBeamComponent):
         super().__init__(spec=JoinExampleGenSpec(
             join_config=join_config_to_json(config), span_seconds=window.span_seconds,
             allowed_lateness_seconds=window.allowed_lateness_seconds, eval_fraction=window.eval_fraction,
-            chunk_bytes=chunk_bytes, dedup_horizon_runs=dedup_horizon_runs,
+            max_future_seconds=window.max_future_seconds, chunk_bytes=chunk_bytes, dedup_horizon_runs=dedup_horizon_runs,
             examples=types.Channel(type=standard_artifacts.Examples)))

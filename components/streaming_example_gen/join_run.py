@@ -57,11 +57,12 @@ class JoinRun:
 
 
 def run_join(config: JoinConfig, window: windowing.Window, state: join.JoinState, output_root: str,
-             dedup_span_uris: Sequence[str] = (), chunk_bytes: int = 8 << 20) -> JoinRun:
+             dedup_span_uris: Sequence[str] = (), chunk_bytes: int = 8 << 20,
+             now_ms: Optional[int] = None) -> JoinRun:
     """Reads, joins and writes every emitted span under `output_root/span-<n>`; returns what to publish.
 
     `dedup_span_uris`: recently emitted spans, whose impression ids (their `event_ids/`) tell a late
-    outcome from an orphan.
+    outcome from an orphan. `now_ms`: the clock the future bound is taken from (default: this machine's).
     """
     started = time.monotonic()
     imp_schema, out_schema = config.impressions.schema, config.outcomes.schema
@@ -70,7 +71,8 @@ def run_join(config: JoinConfig, window: windowing.Window, state: join.JoinState
     outs, out_end, out_plan = read_records(config.outcomes.log_dir, state.out_resume, chunk_bytes,
                                            out_schema.max_line_bytes, state.out_segment_sizes)
     result = join.join_step(config, window, state, imps, outs, imp_end, out_end,
-                            emitted_ids=ingest.read_event_ids(dedup_span_uris))
+                            emitted_ids=ingest.read_event_ids(dedup_span_uris),
+                            now_ms=int(time.time() * 1000) if now_ms is None else now_ms)
     result.state = dataclasses.replace(result.state, imp_segment_sizes=imp_plan.segment_sizes,
                                        out_segment_sizes=out_plan.segment_sizes)
     imp_start, out_start = imp_plan.start, out_plan.start
@@ -123,6 +125,7 @@ def span_properties(run: JoinRun, window: windowing.Window, span: int, config: J
         "late_outcome_count": counts.get(join.LATE_OUTCOME, 0),
         "orphan_outcome_count": counts.get(join.ORPHAN_OUTCOME, 0),
         "outside_window_count": counts.get(join.OUTSIDE_WINDOW, 0),
+        "future_event_count": counts.get(join.FUTURE_IMPRESSION, 0) + counts.get(join.FUTURE_OUTCOME, 0),
         "duplicate_outcome_count": counts.get(join.DUPLICATE_OUTCOME, 0),
         "dead_letter_kinds": json.dumps(counts, sort_keys=True),
         "min_event_time_ms": min(times) if times else -1,

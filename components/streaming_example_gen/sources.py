@@ -103,7 +103,7 @@ class EventLogSource:
         if sorted(unit_keys) != [c.index for c in plan.chunks]:
             # Every chunk yields exactly one result, so a shortfall means the
             # runner dropped elements.
-            raise RuntimeError(
+            raise ingest.RunnerLostElements(
                 f"ingest got results for {len(unit_keys)} of {len(plan.chunks)} chunks of {self.log_dir!r}: the Beam "
                 "runner lost elements, so nothing is committed and the next run reads the same events again. Seen "
                 "with DirectRunner direct_running_mode=multi_processing and several workers; use the default "

@@ -25,7 +25,7 @@ import logging
 import re
 import time
 import uuid
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import orjson
@@ -56,6 +56,8 @@ class ServeState:
     store: ModelStore
     metrics: ServeMetrics
     impressions: Optional[ImpressionLog] = None
+    # The shadow candidate now (lineage_watch.LineageWatch.shadow), None: no shadow scoring.
+    shadow: Optional[Callable[[], Any]] = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_items: int = DEFAULT_MAX_ITEMS
     body_timeout_s: float = 10.0
@@ -144,9 +146,11 @@ def create_app(state: ServeState) -> Starlette:
             order, positions = None, list(range(n))
         metrics.items.inc(n)
         if state.impressions is not None:
-            # Rows are built and written by the log's thread, off the request's path.
+            # Rows are built and written by the log's thread, off the request's path; the shadow candidate
+            # (read once, like the served model) scores them there too: this request hands over a reference.
+            shadow = state.shadow() if state.shadow is not None else None
             state.impressions.submit({**columns, "request_id": [request_id] * n, "model_version": [model.version] * n,
-                                      "score": score_list, "position": positions}, n)
+                                      "score": score_list, "position": positions}, n, shadow=shadow)
         body: Dict[str, Any] = {"model_version": model.version, "request_id": request_id}
         if rank:
             body.update(scores=score_list, order=order)

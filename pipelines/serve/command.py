@@ -23,12 +23,20 @@ def add_serve_command(subparsers: Any) -> None:
                    help=f"port to listen on (default {DEFAULT_PORT}, TF Serving's REST port)")
     p.add_argument("--impressions", metavar="DIR", help="the impressions log folder (default HOME/impressions)")
     p.add_argument("--no-impressions", action="store_true", help="log no impressions")
+    p.add_argument("--impressions-kafka-bootstrap", metavar="HOST:PORT",
+                   help="write the impressions log to a Kafka topic at these brokers instead of a folder "
+                        "(with --impressions-kafka-topic)")
+    p.add_argument("--impressions-kafka-topic", metavar="TOPIC", help="the impressions log's Kafka topic")
     p.add_argument("--max-body-bytes", type=_int_at_least(64), default=DEFAULT_MAX_BODY_BYTES,
                    help=f"larger request bodies get a 413 (default {DEFAULT_MAX_BODY_BYTES})")
     p.add_argument("--max-items", type=_int_at_least(1), default=DEFAULT_MAX_ITEMS,
                    help=f"most instances or candidates in one request (default {DEFAULT_MAX_ITEMS})")
     p.add_argument("--poll-seconds", type=_positive_float, default=1.0,
                    help="how often the serving folder is checked for a new version (default 1)")
+    p.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None,
+                   help="shadow scoring: the newest blessed model that is not serving (per ML Metadata) also scores "
+                        "every request, off the request's path, its score logged beside the served one in the "
+                        "impressions log (default: the config's serve.shadow, off)")
     p.add_argument("--body-timeout-seconds", type=_positive_float, default=10.0,
                    help="a request body that has not arrived after this long gets a 408 (default 10)")
     from pipelines.cli import _add_log_level_argument
@@ -43,10 +51,27 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.no_impressions and args.impressions:
         raise CommandError("give --impressions DIR or --no-impressions, not both", exit_code=2)
+    kafka = None
+    if bool(args.impressions_kafka_bootstrap) != bool(args.impressions_kafka_topic):
+        raise CommandError("a Kafka impressions log needs both --impressions-kafka-bootstrap HOST:PORT and "
+                           "--impressions-kafka-topic TOPIC", exit_code=2)
+    if args.impressions_kafka_topic:
+        if args.impressions or args.no_impressions:
+            raise CommandError("give one impressions log: --impressions DIR, --impressions-kafka-topic TOPIC, or "
+                               "--no-impressions", exit_code=2)
+        from pipelines.serve.impressions import KafkaImpressions
+
+        kafka = KafkaImpressions(args.impressions_kafka_bootstrap, args.impressions_kafka_topic)
     config = _home_config(args)
+    shadow = config.serve.shadow if args.shadow is None else args.shadow
+    if shadow and args.no_impressions:
+        raise CommandError("shadow scoring logs the candidate's scores in the impressions log: drop --no-impressions, "
+                           "or turn shadow scoring off (--no-shadow, or serve.shadow: false in the config)",
+                           exit_code=2)
     options = server.options_from_config(config, args.host, args.port, args.impressions, args.no_impressions,
-                                         max_body_bytes=args.max_body_bytes, max_items=args.max_items,
-                                         poll_seconds=args.poll_seconds, body_timeout_s=args.body_timeout_seconds)
+                                         impressions_kafka=kafka, max_body_bytes=args.max_body_bytes,
+                                         max_items=args.max_items, poll_seconds=args.poll_seconds,
+                                         body_timeout_s=args.body_timeout_seconds, shadow=shadow)
     try:
         server.run(options)
     except OSError as e:  # the port is taken, the address is not this machine's

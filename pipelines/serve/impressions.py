@@ -2,7 +2,9 @@
 
 Each item the server scores becomes one line of an event log
 (`components/event_log.py`, by default `<home>/impressions/`), written through
-`EventLogWriter`, so behind its writer lock and in its segment format. A line
+`EventLogWriter`, so behind its writer lock and in its segment format; or one
+record of a Kafka topic (`KafkaImpressions`), through the Kafka sink of
+`components/kafka_log.py`, which the same Kafka source reads back. A line
 is the event exactly as the model received it, under the event schema's field
 names (the id field holds the impression id, the event-time field the time the
 request arrived, in epoch milliseconds), plus what the server added:
@@ -10,7 +12,10 @@ request arrived, in epoch milliseconds), plus what the server added:
 * `request_id`: the request's id (the client's `X-Request-Id`, or one the server made);
 * `model_version`: the version that scored it;
 * `score`: the model's output;
-* `position`: the item's place in the ranked order (rank), or in the request (predict).
+* `position`: the item's place in the ranked order (rank), or in the request (predict);
+* `shadow_model_id`, `shadow_score`: with shadow scoring on, the ML Metadata id of the shadow
+  candidate (the newest blessed model that is not serving) and its score of the same features;
+  absent when no candidate scored the item.
 
 `impressions_schema` declares these lines, so `StreamingExampleGen` ingests
 the log like any stream. An impression has no label yet: the label field is
@@ -22,7 +27,10 @@ scores) to a bounded queue and returns; one background thread drains the queue
 in batches and pickles them to a writer process
 (`pipelines/serve/impressions_writer.py`), which builds the JSON lines and
 appends them. Building them in the server (~1.3 ms of Python per 1,000 rows)
-held the GIL the event loop needs and added 4-12 ms to p99. When the queue
+held the GIL the event loop needs and added 4-12 ms to p99. A request that
+the shadow candidate should also score carries a reference to it; this
+thread calls it on the request's columns before handing them on, so the
+response never waits for the shadow's score. When the queue
 is full (the disk is slower than the traffic) or a write fails (the folder is
 gone, the disk is full, the writer process died: the next batch starts a new one), the lines are dropped and counted, and serving goes
 on: the server never waits for, or fails on, its log.
@@ -36,19 +44,24 @@ import queue
 import subprocess
 import sys
 import threading
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import orjson
 
 from components.event_schema import EventSchema, FieldSpec
 from pipelines.serve import impressions_writer
 
+if TYPE_CHECKING:
+    from pipelines.serve.lineage_watch import ShadowModel
+
 log = logging.getLogger(__name__)
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The fields the server adds to each event (see the module doc).
 SERVER_FIELDS = (FieldSpec("request_id", "string"), FieldSpec("model_version", "int"),
-                 FieldSpec("score", "float"), FieldSpec("position", "int"))
+                 FieldSpec("score", "float"), FieldSpec("position", "int"),
+                 FieldSpec("shadow_model_id", "int", required=False),
+                 FieldSpec("shadow_score", "float", required=False))
 # Requests' batches waiting for the writer; beyond it lines are dropped and counted (queue_full).
 DEFAULT_MAX_PENDING = 4096
 # Lines joined into one append (one lock, one write).
@@ -79,37 +92,75 @@ def impressions_schema(schema: EventSchema) -> EventSchema:
                                event_time_format="epoch_ms")
 
 
+@dataclasses.dataclass(frozen=True)
+class KafkaImpressions:
+    """An impressions log that is a Kafka topic (`driftline serve --impressions-kafka-topic`).
+
+    Written through components/kafka_log.py's KafkaLineWriter, one line a
+    record; read back by StreamingExampleGen's `KafkaSource` like any topic.
+    """
+
+    bootstrap_servers: str
+    topic: str
+    client_config: Dict[str, object] = dataclasses.field(default_factory=dict)
+    # The longest a line may wait for its delivery report: then it is counted as not logged (write_error).
+    message_timeout_ms: int = 10_000
+
+    def describe(self) -> str:
+        return f"Kafka topic {self.topic!r} at {self.bootstrap_servers}"
+
+
 class ImpressionLog:
     """The asynchronous, batched writer of the impressions log.
 
+    `log_dir`: the event log folder, or a KafkaImpressions topic.
+
     `on_logged(n)` and `on_dropped(n, reason)` are told what became of every
     line (the server's metrics); `reason` is `queue_full` or `write_error`.
+    `on_shadow(n, error)`: `n` items the shadow candidate scored (error None),
+    or failed to score (the lines are logged without a shadow score).
     """
 
-    def __init__(self, log_dir: str, max_pending: int = DEFAULT_MAX_PENDING,
+    def __init__(self, log_dir: Union[str, KafkaImpressions], max_pending: int = DEFAULT_MAX_PENDING,
                  on_logged: Optional[Callable[[int], None]] = None,
                  on_dropped: Optional[Callable[[int, str], None]] = None,
-                 max_segment_bytes: int = 64 << 20):
+                 max_segment_bytes: int = 64 << 20,
+                 on_shadow: Optional[Callable[[int, Optional[str]], None]] = None):
         self.log_dir = log_dir
         self.max_segment_bytes = max_segment_bytes
-        self._queue: "queue.Queue[Optional[Tuple[Dict[str, Sequence], int]]]" = queue.Queue(maxsize=max_pending)
+        self._queue: "queue.Queue[Optional[Tuple[Dict[str, Sequence], int, Optional[ShadowModel]]]]" = \
+            queue.Queue(maxsize=max_pending)
         self._on_logged = on_logged or (lambda n: None)
         self._on_dropped = on_dropped or (lambda n, reason: None)
+        self._on_shadow = on_shadow or (lambda n, error: None)
         self._child: Optional[subprocess.Popen] = None
         self.last_error: Optional[str] = None
         self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
         self._thread.start()
 
-    def submit(self, columns: Dict[str, Sequence], n: int) -> None:
+    def submit(self, columns: Dict[str, Sequence], n: int, shadow: Optional["ShadowModel"] = None) -> None:
         """Queues one request's `n` impressions, given as columns (field -> n values).
 
         Never blocks and never raises: a full queue drops them and counts them.
-        The rows are built and serialized by the writer's thread.
+        The rows are built and serialized by the writer's thread, which also
+        has `shadow` (if any) score them.
         """
         try:
-            self._queue.put_nowait((columns, n))
+            self._queue.put_nowait((columns, n, shadow))
         except queue.Full:
             self._on_dropped(n, "queue_full")
+
+    def _shadow_score(self, columns: Dict[str, Sequence], n: int, shadow: "ShadowModel") -> Dict[str, Sequence]:
+        """`columns` plus the shadow candidate's id and scores; as they were if it fails (counted)."""
+        try:
+            scores = shadow.model.predict(columns)
+            if len(scores) != n:
+                raise ValueError(f"{len(scores)} scores for {n} items")
+        except Exception as e:  # a candidate that cannot score these features never stops the logging
+            self._on_shadow(n, f"{type(e).__name__}: {e}")
+            return columns
+        self._on_shadow(n, None)
+        return {**columns, "shadow_model_id": [shadow.model_id] * n, "shadow_score": scores.tolist()}
 
     @staticmethod
     def _lines(columns: Dict[str, Sequence], n: int) -> List[bytes]:
@@ -147,12 +198,14 @@ class ImpressionLog:
 
     def _send(self, batches) -> None:
         """Hands `batches` to the writer process and counts what it did; a dead or unstartable one drops them."""
+        batches = [(columns if shadow is None else self._shadow_score(columns, k, shadow), k)
+                   for columns, k, shadow in batches]
         n = sum(k for _, k in batches)
         try:
             if self._child is None or self._child.poll() is not None:
                 self._child = subprocess.Popen(
-                    [sys.executable, "-m", "pipelines.serve.impressions_writer", self.log_dir,
-                     str(self.max_segment_bytes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    [sys.executable, "-m", "pipelines.serve.impressions_writer", self._target_json()],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     cwd=_REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                         p for p in (_REPO, os.environ.get("PYTHONPATH")) if p)})
             impressions_writer.write_frame(self._child.stdin, batches)
@@ -168,11 +221,19 @@ class ImpressionLog:
         _, logged, dropped, error = answer
         if error:
             self.last_error = error
-            log.warning("could not append %d impressions to %s: %s", dropped, self.log_dir, error)
+            log.warning("could not append %d impressions to %s: %s", dropped, self.describe(), error)
         if dropped:
             self._on_dropped(dropped, "write_error")
         if logged:
             self._on_logged(logged)
+
+    def _target_json(self) -> str:
+        """Where the writer process appends (impressions_writer's TARGET_JSON)."""
+        target = self.log_dir
+        if isinstance(target, KafkaImpressions):
+            return orjson.dumps({"kind": "kafka", **dataclasses.asdict(target)}).decode()
+        return orjson.dumps({"kind": "event_log", "log_dir": target,
+                             "max_segment_bytes": self.max_segment_bytes}).decode()
 
     def _stop_child(self) -> None:
         child, self._child = self._child, None
@@ -184,6 +245,9 @@ class ImpressionLog:
         except (OSError, subprocess.TimeoutExpired):
             child.kill()
             child.wait()
+
+    def describe(self) -> str:
+        return self.log_dir.describe() if isinstance(self.log_dir, KafkaImpressions) else self.log_dir
 
     def close(self, timeout: float = 30.0) -> None:
         """Writes what is queued, then stops the thread."""

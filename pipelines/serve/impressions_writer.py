@@ -1,4 +1,9 @@
-"""The impressions log's writer process (`python -m pipelines.serve.impressions_writer LOG_DIR MAX_SEGMENT_BYTES`).
+"""The impressions log's writer process (`python -m pipelines.serve.impressions_writer TARGET_JSON`).
+
+TARGET_JSON says where the lines go: {"kind": "event_log", "log_dir", "max_segment_bytes"} (an event log
+folder, through EventLogWriter) or {"kind": "kafka", "bootstrap_servers", "topic", "client_config",
+"secret_env", "secret_files", "message_timeout_ms"} (a topic, through components/kafka_log.py's
+KafkaLineWriter; secrets are resolved here, from this process's environment, never passed on).
 
 Building 1,000 JSON lines costs ~1.3 ms of Python per request, and in the
 server's process it holds the GIL the event loop and the model call's return
@@ -32,11 +37,26 @@ def write_frame(stream: BinaryIO, obj: object) -> None:
     stream.flush()
 
 
-def main(argv=None) -> int:
+def open_writer(target: dict):
+    """The writer of a TARGET_JSON: anything with write_lines(lines) and close()."""
+    if target["kind"] == "kafka":
+        from components import kafka_log
+
+        settings = kafka_log.producer_settings(target["bootstrap_servers"], target.get("client_config"),
+                                               target.get("secret_env"), target.get("secret_files"),
+                                               message_timeout_ms=target.get("message_timeout_ms", 10_000))
+        return kafka_log.KafkaLineWriter(settings, target["topic"])
     from components.event_log import EventLogWriter
+
+    return EventLogWriter(target["log_dir"], max_segment_bytes=int(target["max_segment_bytes"]))
+
+
+def main(argv=None) -> int:
+    import json
+
     from pipelines.serve.impressions import ImpressionLog
 
-    log_dir, max_segment_bytes = (argv or sys.argv[1:])[:2]
+    target = json.loads((argv or sys.argv[1:])[0])
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     writer = None
     while True:
@@ -49,21 +69,23 @@ def main(argv=None) -> int:
                 lines += ImpressionLog._lines(columns, n)
             except TypeError as e:  # a value orjson cannot write: a bug, never a reason to stop logging
                 dropped, error = dropped + n, f"cannot serialize an impression: {e}"
+        logged = len(lines)
         if lines:
             try:
                 if writer is None:
-                    writer = EventLogWriter(log_dir, max_segment_bytes=int(max_segment_bytes))
+                    writer = open_writer(target)
                 writer.write_lines(lines)
-            except Exception as e:  # OSError mostly (gone, full, read-only): this batch only
-                dropped, error = dropped + len(lines), f"{type(e).__name__}: {e}"
-                lines = []
+            except Exception as e:  # OSError mostly (gone, full, read-only), or Kafka unreachable: this batch only
+                # A topic may have taken some of the lines (KafkaSinkError.delivered); a folder takes all or none.
+                logged = getattr(e, "delivered", 0)
+                dropped, error = dropped + len(lines) - logged, f"{type(e).__name__}: {e}"
                 if writer is not None:
                     try:
                         writer.close()
                     except OSError:
                         pass
                     writer = None  # the next batch opens the log again: it may be back
-        write_frame(stdout, ("done", len(lines), dropped, error))
+        write_frame(stdout, ("done", logged, dropped, error))
     if writer is not None:
         writer.close()
     return 0

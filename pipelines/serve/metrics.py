@@ -4,7 +4,10 @@ What this process saw: requests by endpoint and status code, their latency,
 items scored, impressions logged and not logged (with why), models loaded and
 versions that failed to load. The serving version and the model's age (now
 minus when its version folder was published) are read from the model store
-when scraped, so they are never stale.
+when scraped, so they are never stale. What ML Metadata says of the served
+version (its model id, push time, and the newest event time of its training
+data, so its freshness) comes from `lineage_watch.LineageWatch`, which reads
+the store after each swap; the gauges are absent while it knows nothing.
 """
 from __future__ import annotations
 
@@ -20,14 +23,24 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 
 
 
 class _ModelCollector(Collector):
-    def __init__(self, current: Callable[[], Optional[object]]):
+    def __init__(self, current: Callable[[], Optional[object]],
+                 lineage: Optional[Callable[[int], Optional[object]]] = None,
+                 shadow: Optional[Callable[[], Optional[object]]] = None):
         self._current = current
+        self._lineage = lineage
+        self._shadow = shadow
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         model = self._current()
         version = GaugeMetricFamily("driftline_serve_model_version", "The model version being served (0: none yet)")
         version.add_metric([], float(model.version) if model is not None else 0.0)
         yield version
+        if self._shadow is not None:
+            shadow = self._shadow()
+            gauge = GaugeMetricFamily("driftline_serve_shadow_model_id",
+                                      "The ML Metadata id of the model shadow-scoring every request (0: none)")
+            gauge.add_metric([], float(shadow.model_id) if shadow is not None else 0.0)
+            yield gauge
         if model is not None:
             age = GaugeMetricFamily("driftline_serve_model_age_seconds",
                                     "Seconds since the served version was published in the serving folder")
@@ -37,10 +50,39 @@ class _ModelCollector(Collector):
                                        "When this server loaded the served version (Unix time)")
             loaded.add_metric([], model.loaded_at_s)
             yield loaded
+            yield from self._lineage_gauges(model.version)
+
+    def _lineage_gauges(self, version: int) -> Iterator[GaugeMetricFamily]:
+        facts = self._lineage(version) if self._lineage is not None else None
+        if facts is None:
+            return
+        if facts.model_id is not None:
+            model_id = GaugeMetricFamily("driftline_serve_model_id",
+                                         "The ML Metadata id of the served version's Model artifact")
+            model_id.add_metric([], float(facts.model_id))
+            yield model_id
+        if facts.pushed_at_ms is not None:
+            pushed = GaugeMetricFamily("driftline_serve_model_pushed_timestamp_seconds",
+                                       "When the served version was pushed (or rolled back to), per ML Metadata "
+                                       "(Unix time)")
+            pushed.add_metric([], facts.pushed_at_ms / 1000.0)
+            yield pushed
+        if facts.newest_event_ms is not None:
+            newest = GaugeMetricFamily("driftline_serve_model_newest_event_timestamp_seconds",
+                                       "The newest event time of the data the served model was trained on, per "
+                                       "ML Metadata lineage (Unix time)")
+            newest.add_metric([], facts.newest_event_ms / 1000.0)
+            yield newest
+            fresh = GaugeMetricFamily("driftline_serve_model_freshness_seconds",
+                                      "Now minus the newest event time the served model learned from")
+            fresh.add_metric([], time.time() - facts.newest_event_ms / 1000.0)
+            yield fresh
 
 
 class ServeMetrics:
-    def __init__(self, current_model: Callable[[], Optional[object]]):
+    def __init__(self, current_model: Callable[[], Optional[object]],
+                 lineage: Optional[Callable[[int], Optional[object]]] = None,
+                 shadow: Optional[Callable[[], Optional[object]]] = None):
         self.registry = CollectorRegistry()
         self.requests = Counter("driftline_serve_requests", "HTTP requests answered, by endpoint and status code",
                                 ["endpoint", "code"], registry=self.registry)
@@ -61,6 +103,16 @@ class ServeMetrics:
                                    registry=self.registry)
         self.load_errors = Counter("driftline_serve_model_load_errors", "Versions that failed to load",
                                    registry=self.registry)
-        self.registry.register(_ModelCollector(current_model))
+        self.lineage_errors = Counter("driftline_serve_lineage_errors",
+                                      "Failed reads of ML Metadata for the served version (retried)",
+                                      registry=self.registry)
+        self.shadow_scored = Counter("driftline_serve_shadow_scored", "Items the shadow candidate scored",
+                                     registry=self.registry)
+        self.shadow_errors = Counter("driftline_serve_shadow_errors",
+                                     "Items the shadow candidate failed to score (logged without a shadow score)",
+                                     registry=self.registry)
+        self.shadow_load_errors = Counter("driftline_serve_shadow_load_errors", "Shadow candidates that did not load",
+                                          registry=self.registry)
+        self.registry.register(_ModelCollector(current_model, lineage, shadow))
         for reason in ("queue_full", "write_error"):
             self.impressions_not_logged.labels(reason)  # present at 0, so alerts see the series

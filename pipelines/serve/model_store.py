@@ -65,19 +65,27 @@ class LoadedModel:
 
 def load_version(serving_dir: str, version: int, schema: EventSchema) -> LoadedModel:
     """Loads `<serving_dir>/<version>` and warms it up; ModelLoadError when it cannot serve."""
+    return load_saved_model(serving.version_dir(serving_dir, version), version, schema)
+
+
+def load_saved_model(path: str, version: int, schema: EventSchema, what: Optional[str] = None) -> LoadedModel:
+    """Loads the SavedModel at `path` (as `version`) and warms it up; ModelLoadError when it cannot serve.
+
+    `what` names it in errors (default "version N"): the shadow candidate is a model, not a version.
+    """
     import tensorflow as tf
 
     from pipelines.serve.signatures import RAW_SIGNATURE
 
-    path = serving.version_dir(serving_dir, version)
+    what = what or f"version {version}"
     try:
         published = os.stat(path).st_mtime if serving.is_local(path) else time.time()
         saved = tf.saved_model.load(path)
     except Exception as e:  # a corrupt or vanished version: every reason is "cannot load"
-        raise ModelLoadError(f"version {version} at {path!r} does not load: {type(e).__name__}: {e}") from e
+        raise ModelLoadError(f"{what} at {path!r} does not load: {type(e).__name__}: {e}") from e
     if RAW_SIGNATURE not in saved.signatures:
         raise ModelLoadError(
-            f"version {version} at {path!r} has no {RAW_SIGNATURE!r} signature (it has {sorted(saved.signatures)}): "
+            f"{what} at {path!r} has no {RAW_SIGNATURE!r} signature (it has {sorted(saved.signatures)}): "
             f"it was exported before driftline serve existed. Push a model trained by this driftline, or serve "
             f"the folder with TF Serving, which uses serving_default.")
     fn = saved.signatures[RAW_SIGNATURE]
@@ -85,11 +93,11 @@ def load_version(serving_dir: str, version: int, schema: EventSchema) -> LoadedM
     fields = schema.field_map
     unknown = sorted(set(specs) - set(fields))
     if unknown:
-        raise ModelLoadError(f"version {version} takes fields {unknown} that the event schema {schema.name!r} does "
+        raise ModelLoadError(f"{what} takes fields {unknown} that the event schema {schema.name!r} does "
                              f"not declare: the home's config is not the one this model was trained with")
     outputs = list(fn.structured_outputs)
     if len(outputs) != 1:
-        raise ModelLoadError(f"version {version}'s {RAW_SIGNATURE} has outputs {outputs}, expected one score")
+        raise ModelLoadError(f"{what}'s {RAW_SIGNATURE} has outputs {outputs}, expected one score")
     model = LoadedModel(version=version, path=path, loaded_at_s=time.time(), published_at_s=published,
                         inputs={name: spec.dtype for name, spec in specs.items()},
                         output_key=outputs[0], _fn=fn, _saved=saved)
@@ -98,7 +106,7 @@ def load_version(serving_dir: str, version: int, schema: EventSchema) -> LoadedM
     try:
         model.predict(dummy)
     except Exception as e:
-        raise ModelLoadError(f"version {version} loads but fails on a warm-up request: {type(e).__name__}: {e}") from e
+        raise ModelLoadError(f"{what} loads but fails on a warm-up request: {type(e).__name__}: {e}") from e
     return model
 
 
@@ -107,13 +115,17 @@ class ModelStore:
 
     def __init__(self, serving_dir: str, schema: EventSchema, poll_seconds: float = 1.0,
                  retry_seconds: float = 30.0, on_load_error: Optional[Callable[[int, str], None]] = None,
-                 on_swap: Optional[Callable[["LoadedModel"], None]] = None):
+                 on_swap: Optional[Callable[["LoadedModel"], None]] = None,
+                 on_poll: Optional[Callable[[Optional["LoadedModel"]], None]] = None):
         self.serving_dir = serving_dir
         self.schema = schema
         self.poll_seconds = poll_seconds
         self.retry_seconds = retry_seconds
         self.on_load_error = on_load_error
         self.on_swap = on_swap
+        # Called after every poll with the served model, in this store's thread: what must follow a swap
+        # but may need retries (ML Metadata's facts about the version) runs here, never on a request.
+        self.on_poll = on_poll
         # The one reference requests read; replaced whole, never mutated.
         self.current: Optional[LoadedModel] = None
         self.swaps = 0
@@ -176,6 +188,11 @@ class ModelStore:
                 self.refresh()
             except Exception:  # listing a vanished folder, a transient FS error: poll again
                 log.exception("polling %s failed", self.serving_dir)
+            if self.on_poll is not None:
+                try:
+                    self.on_poll(self.current)
+                except Exception:  # whatever follows a poll is never a reason to stop polling
+                    log.exception("after polling %s", self.serving_dir)
             self._stop.wait(self.poll_seconds)
 
     def stop(self) -> None:
