@@ -340,7 +340,9 @@ def _driftline(log_dir: str, out_dir: str, beam_args: List[str], chunk_bytes: in
     assert run.result is not None
     return {"examples_reported": sum(s.events for s in run.result.spans.values()),
             "dead_letters": run.result.dead_letters, "chunks": run.result.chunks,
-            "plan_bytes": run.plan.total_bytes, "ingest_wall_seconds": run.wall_seconds}
+            "plan_bytes": run.plan.total_bytes, "ingest_wall_seconds": run.wall_seconds,
+            # Whole reruns after the runner lost elements (ingest.RunnerLostElements); their time is in the wall.
+            "reruns": run.reruns}
 
 
 def _dofns(log_dir: str, out_dir: str, chunk_bytes: int) -> Dict[str, Any]:
