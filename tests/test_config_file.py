@@ -17,6 +17,7 @@ from pipelines.config import (
     LatencyConfig, NumericTransform, PusherConfig, RetentionConfig, SourceConfig, TrainerConfig,
     TransformConfig, WindowConfig, default_config,
 )
+from pipelines.config import OnlineEvalConfig
 from pipelines.config_file import dump_config, init_text, load_config
 from pipelines.music_simulator import music_schema
 from pipelines.simulator import SimulatorConfig, simulate
@@ -51,6 +52,9 @@ def every_section(home: str) -> DriftlineConfig:
                           beam_runner="DirectRunner", max_num_workers=3, subnetwork="sub"),
         metadata=MetadataConfig(kind="mysql", host="db.internal", port=3307, database="driftline", user="dl",
                                 password_env="DL_DB_PASSWORD"),
+        online=OnlineEvalConfig(reward_field="converted", threshold=0.99, min_impressions=5000, prior_alpha=2.0,
+                                prior_beta=18.0, max_latency_p99_ms=40.0, max_error_rate=0.01,
+                                max_calibration_error=0.25),
     ).validate()
 
 
@@ -239,7 +243,7 @@ def test_ingest_with_a_config_file_persists_it_and_status_finds_the_pipeline(tmp
 def test_the_starter_file_is_valid_yaml_with_the_documented_sections(tmp_path):
     data = yaml.safe_load(init_text(str(tmp_path)))
     assert list(data) == ["pipeline_name", "home", "source", "window", "transform", "trainer", "gate", "pusher",
-                          "latency", "retention", "controller", "beam", "cloud", "metadata"]
+                          "latency", "retention", "controller", "beam", "cloud", "metadata", "online"]
     assert EventSchema.from_dict(data["source"]["schema"]).name == "ad_clicks"
 
 
