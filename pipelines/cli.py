@@ -778,6 +778,62 @@ def run_unpin(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- promote / retire (online evaluation, by hand) ---------------------------------------------
+
+def add_online_decision_commands(subparsers: Any) -> None:
+    for action, text in (
+            ("promote", "push the running comparison's challenger now, as the new champion, and record it"),
+            ("retire", "end the running comparison: the challenger is dropped, the champion serves on")):
+        p = subparsers.add_parser(
+            action, help=text,
+            description=f"{text[0].upper()}{text[1:]}. Overrides the online evaluation's rule by hand: the "
+                        "decision is a driftline.OnlineDecision execution in ML Metadata (rule 'manual') with the "
+                        "evidence gathered so far, shown by `driftline status` and `lineage`. Refused while a "
+                        "controller runs on the home, or when no comparison is running.")
+        _add_home_arguments(p)
+        p.add_argument("--note", default="", help="why, in words (recorded with the decision)")
+        p.set_defaults(handler=run_online_decision, action=action)
+
+
+def run_online_decision(args: argparse.Namespace) -> int:
+    from components.online_evaluator.record import OnlineEvalError, decide_by_hand
+    from pipelines.metadata import open_store
+
+    config = _home_config(args)
+    _require_metadata(config)
+    try:
+        with _home_lock(config):
+            d = decide_by_hand(open_store(config.metadata_connection), config.pipeline_name, args.action,
+                               config.online.rule(), note=args.note, serving_dir=config.serving_dir)
+    except OnlineEvalError as e:
+        raise CommandError(str(e)) from None
+    pushed = f"; pushed as version {d.pushed_version}" if d.pushed_version is not None else ""
+    print(f"Recorded: {d.describe()}{pushed}")
+    return 0
+
+
+def _latest_online_decision(config):
+    """The newest online-evaluation decision ML Metadata holds, or None."""
+    from components.online_evaluator.record import latest_decision
+    from pipelines.metadata import open_store, store_exists
+
+    if not store_exists(config.metadata_connection):
+        return None
+    return latest_decision(open_store(config.metadata_connection), config.pipeline_name)
+
+
+def _with_online_decision(config, text: str, as_json: bool) -> str:
+    """`status` / `lineage` output with the latest online decision added (a line, or a JSON key)."""
+    import json
+
+    d = _latest_online_decision(config)
+    if as_json:
+        data = json.loads(text)
+        data["online_decision"] = d.to_dict() if d is not None else None
+        return json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
+    return text if d is None else f"{text}\nonline evaluation: {d.describe()}"
+
+
 # -- status ---------------------------------------------------------------------------------
 
 def add_status_command(subparsers: Any) -> None:
@@ -812,7 +868,7 @@ def run_status(args: argparse.Namespace) -> int:
                           indent=2, sort_keys=True)
     else:
         text = "\n".join([lineage.format_status(st), *registry.status_lines(servers)])
-    _print_with_config_versions(config, text, args.json)
+    _print_with_config_versions(config, _with_online_decision(config, text, args.json), args.json)
     return 0
 
 
@@ -873,11 +929,12 @@ def run_lineage(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CommandError(f"cannot write the plot {args.plot!r}: {e}") from None
     if args.json:
-        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name, quarantined, pin), indent=2,
-                         sort_keys=True, allow_nan=False))
+        print(_with_online_decision(config, json.dumps(
+            lineage.lineage_to_dict(chain, serving, config.pipeline_name, quarantined, pin), indent=2,
+            sort_keys=True, allow_nan=False), True))
     else:
-        _print_with_config_versions(config, lineage.format_lineage(chain, serving, quarantined, home=config.home,
-                                                                   pin=pin), False)
+        _print_with_config_versions(config, _with_online_decision(config, lineage.format_lineage(
+            chain, serving, quarantined, home=config.home, pin=pin), False), False)
         if args.plot:
             print(f"\nplot: {args.plot}")
     return 0
@@ -1073,6 +1130,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_command(subparsers)
     add_rollback_command(subparsers)
     add_unpin_command(subparsers)
+    add_online_decision_commands(subparsers)
     add_gc_command(subparsers)
     add_status_command(subparsers)
     add_lineage_command(subparsers)

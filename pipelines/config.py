@@ -22,6 +22,7 @@ from components.config_base import ConfigError
 from components.evaluator.config import GateConfig
 from components.latency_validator.config import LatencyConfig
 from components.metadata_config import METADATA_KINDS, MetadataConfig
+from components.online_evaluator.config import OnlineEvalConfig
 from components.streaming_example_gen.config import (KAFKA_EVENT_TIMES, KAFKA_RESERVED_SETTINGS,
                                                      KAFKA_SECRET_SETTINGS, SOURCE_KINDS, KafkaConfig,
                                                      SourceConfig, WindowConfig, looks_like_secret)
@@ -34,7 +35,8 @@ __all__ = ["ConfigError", "METADATA_KINDS", "MetadataConfig", "WindowConfig", "S
            "NumericTransform", "TransformConfig", "TrainerConfig", "GateConfig", "PusherConfig",
            "RetentionConfig", "ControllerConfig", "LatencyConfig", "driftline_setup_file",
            "beam_default_sdk_image", "BeamConfig", "IMAGE_SOURCE_DIR", "IMAGE_SETUP_FILE", "DATAFLOW_PACKAGING",
-           "CLOUD_BEAM_RUNNERS", "BEAM_RUNNERS", "LOOPBACK_HOSTS", "is_gcs", "CloudConfig", "DriftlineConfig", "default_config"]
+           "CLOUD_BEAM_RUNNERS", "BEAM_RUNNERS", "LOOPBACK_HOSTS", "is_gcs", "CloudConfig", "DriftlineConfig", "default_config",
+           "OnlineEvalConfig"]
 __all__ += ["ServeConfig"]
 
 
@@ -284,6 +286,8 @@ class DriftlineConfig:
     controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
     metadata: MetadataConfig = dataclasses.field(default_factory=MetadataConfig)
     serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
+    # Online evaluation of a challenger beside the champion (components/online_evaluator).
+    online: OnlineEvalConfig = dataclasses.field(default_factory=OnlineEvalConfig)
 
     @property
     def pipeline_root(self) -> str:
@@ -323,6 +327,7 @@ class DriftlineConfig:
         self.beam.validate()
         self.metadata.validate()
         self.serve.validate()
+        self.online.validate()
         horizon = self.window.dedup_horizon_runs
         if self.retention.enabled and horizon is not None and horizon > self.retention.keep_cycles:
             raise ConfigError(
