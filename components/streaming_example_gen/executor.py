@@ -9,6 +9,7 @@ publishes exactly one span, into that URI.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Dict, List, Optional
@@ -106,10 +107,32 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if driverless:
             # Every file was renamed out of it: the artifact holds its splits and dead letters only.
             ingest.remove_tmp(template.uri)
+        name_for_publish(artifacts, self._context, run.plan.start.to_json())
         output_dict[EXAMPLES_KEY][:] = artifacts
         logging.info("StreamingExampleGen: read %s of %s from %s to %s; emitted spans %s; committed %s",
                      run.plan.describe(), source.describe(), run.plan.start, run.plan.end,
                      [a.span for a in output_dict[EXAMPLES_KEY]], run.committed.to_json())
+
+
+def publish_key(pipeline: str, node: str, span: int, start_position: str) -> str:
+    """The ML Metadata name of a span's `Examples`: one per pipeline, node, span and the committed position the
+    run started from. ML Metadata keeps an artifact's name unique within its type, so a second publish of the
+    same span from the same position (two controllers that read the same committed state) is refused by ML
+    Metadata itself: its whole publish (the execution, its spans and their committed state) rolls back."""
+    digest = hashlib.sha256("\0".join((pipeline, node, str(span), start_position)).encode()).hexdigest()[:32]
+    # Readable first, unique by the digest; MLMD's MySQL schema holds names of up to 255 characters.
+    return f"{pipeline[:120]}.{node[:60]}.span-{span}.{digest}"
+
+
+def name_for_publish(artifacts: List[types.Artifact], context: Any, start_position: str) -> None:
+    """Names each span's artifact by `publish_key`. Without a pipeline and node (an orchestrator that gives the
+    executor none), the artifacts stay unnamed, as TFX leaves them."""
+    info = getattr(context, "pipeline_info", None) if context is not None else None
+    node = getattr(context, "pipeline_node", None) if context is not None else None
+    if info is None or not info.id or node is None or not node.node_info.id:
+        return
+    for artifact in artifacts:
+        artifact.name = publish_key(info.id, node.node_info.id, artifact.span, start_position)
 
 
 def build_artifacts(template: types.Artifact, run: ingest.IngestRun, window: windowing.Window,
