@@ -477,12 +477,13 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _home_lock(config):
-    """The home's controller lock: pipeline runs, gc and the controller never overlap on one home."""
-    from pipelines.controller import ControllerRunning, single_instance
+    """The home's controller lock (and, with ML Metadata on MySQL, the pipeline's lease): pipeline runs, gc and
+    the controller never overlap on one home, nor on one pipeline across machines."""
+    from pipelines.controller import ControllerRunning, pipeline_lock
 
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(single_instance(config.home))
+            stack.enter_context(pipeline_lock(config))
         except ControllerRunning as e:
             raise CommandError(str(e)) from None
         yield

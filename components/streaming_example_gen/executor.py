@@ -21,7 +21,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from components import mlmd_vocabulary as vocab
+from components import lease, mlmd_vocabulary as vocab
 from components.event_schema import EventSchema
 from components.streaming_example_gen import ingest, sources, windowing
 from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
@@ -109,6 +109,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             ingest.remove_tmp(template.uri)
         name_for_publish(artifacts, self._context, run.plan.start.to_json())
         output_dict[EXAMPLES_KEY][:] = artifacts
+        # Under a controller's lease (ML Metadata on MySQL): only the current holder publishes a span.
+        lease.fence(f"StreamingExampleGen's spans {[a.span for a in artifacts]}")
         logging.info("StreamingExampleGen: read %s of %s from %s to %s; emitted spans %s; committed %s",
                      run.plan.describe(), source.describe(), run.plan.start, run.plan.end,
                      [a.span for a in output_dict[EXAMPLES_KEY]], run.committed.to_json())
