@@ -17,8 +17,9 @@ only ever states what happened: "run R, which published spans S, ran with this
 config". A run killed mid-way records nothing; the next run with the same
 config is then recorded as its first user.
 
-The canonical text is `config_file.config_dict` minus `home` and `metadata` (they
-say where this ML Metadata lives, not what the pipeline does, and `--home ./h`
+The canonical text is `config_file.config_dict` minus `home`, `metadata` and
+`controller.lease_seconds` (they say where this ML Metadata lives and how
+controllers share it, not what the pipeline does, and `--home ./h`
 and `--home h` are the same pipeline), with
 local paths made absolute, dumped with sorted keys. Kafka secrets are never in
 a config (only the names of their environment variables or files are), so none
@@ -73,6 +74,8 @@ def canonical_dict(config: Any) -> Dict[str, Any]:
     d = _yaml_safe(config_dict(config))
     d.pop("home", None)
     d.pop("metadata", None)
+    # Like metadata: how controllers share the pipeline, not what it does (and existing hashes stay).
+    (d.get("controller") or {}).pop("lease_seconds", None)
     d["source"]["log_dir"] = _absolute(d["source"].get("log_dir") or "")
     d["pusher"]["serving_dir"] = _absolute(d["pusher"].get("serving_dir") or "")
     return d

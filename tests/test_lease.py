@@ -201,3 +201,33 @@ def test_an_ingest_run_under_a_lost_lease_publishes_nothing(md, tmp_path):
     with lease.held(successor):
         run_ingest(config)
     assert len([a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE]) == 2
+
+
+def test_a_command_on_another_machines_pipeline_is_refused_naming_the_holder(md, tmp_path):
+    """`driftline gc` in a fresh process, on its own home, while a controller elsewhere holds the pipeline."""
+    import json
+
+    from components import lease
+
+    config_path = tmp_path / "driftline.yaml"
+    config_path.write_text(
+        f"pipeline_name: shared\nhome: {tmp_path / 'home'}\nmetadata:\n  kind: mysql\n  host: {md.host}\n"
+        f"  port: {md.port}\n  database: {md.database}\n  user: {md.user}\n  password_env: {md.password_env}\n")
+    elsewhere = lease.try_acquire(md, "shared", 60, holder="other-machine:4242:abcd1234")
+
+    def gc():
+        return subprocess.run([sys.executable, "-m", "pipelines.cli", "gc", "--json", "--config", str(config_path)],
+                              cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                              timeout=300)
+
+    refused = gc()
+    assert refused.returncode != 0
+    assert "already holds pipeline 'shared'" in refused.stderr and "other-machine:4242" in refused.stderr, \
+        refused.stderr[-2000:]
+    elsewhere.release()
+    done = gc()
+    assert done.returncode == 0, done.stderr[-2000:]
+    json.loads(done.stdout)
+    # The command held the lease while it ran (the next token), and released it on exit.
+    state = lease.read(md, "shared")
+    assert state.token == elsewhere.token + 1 and state.seconds_left <= 0

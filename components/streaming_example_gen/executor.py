@@ -107,7 +107,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if driverless:
             # Every file was renamed out of it: the artifact holds its splits and dead letters only.
             ingest.remove_tmp(template.uri)
-        name_for_publish(artifacts, self._context, run.plan.start.to_json())
+        if not driverless:
+            # Driverless runs (Vertex AI Pipelines) publish into the artifact the orchestrator registered,
+            # under names of its own: the key is for the orchestrators that run the driver.
+            name_for_publish(artifacts, self._context, run.plan.start.to_json())
         output_dict[EXAMPLES_KEY][:] = artifacts
         # Under a controller's lease (ML Metadata on MySQL): only the current holder publishes a span.
         lease.fence(f"StreamingExampleGen's spans {[a.span for a in artifacts]}")
