@@ -164,7 +164,8 @@ def test_a_sigkilled_holder_is_replaced_after_its_lease_expires_and_a_live_one_i
             waited = time.monotonic() - killed_at
             assert mine is not None and mine.token == token + 1
             assert lease.current() is mine
-            assert waited <= seconds + 2, f"took over {waited:.1f} s after the kill"
+            # Expiry at most `seconds` after the kill, standby polls every third of it; slack for a busy machine.
+            assert waited <= seconds + 5, f"took over {waited:.1f} s after the kill"
             time.sleep(seconds * 1.5)  # longer than the lease: the heartbeat keeps it
             mine.fence("a span")
         assert lease.current() is None and lease.read(md, "p").seconds_left <= 0  # released on leaving
@@ -191,7 +192,8 @@ def test_an_ingest_run_under_a_lost_lease_publishes_nothing(md, tmp_path):
     H.SyntheticLog(config.source.log_dir, seed=5).append(H.BASE_MS, minutes=25, per_minute=60)
     stale = lease.try_acquire(md, "fenced", 0.5)
     time.sleep(0.7)
-    successor = lease.try_acquire(md, "fenced", 30)  # another controller took over meanwhile
+    # Another controller took over meanwhile (long enough for a slow run: nothing renews it here).
+    successor = lease.try_acquire(md, "fenced", 600)
     with lease.held(stale), pytest.raises(Exception) as refused:
         run_ingest(config)
     assert "not published" in str(refused.value) and f"token {successor.token}" in str(refused.value)

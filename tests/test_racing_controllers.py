@@ -15,11 +15,13 @@ stream stops, a last controller runs until nothing is due, and one more finds no
 * no two pushes of the same model, no version pushed twice;
 * the serving folder is what ML Metadata recorded: each version one recorded push, with its model's files;
   `driftline status` serves the newest;
-* the lease went round: both controllers held it, and its fencing token grew with each holding.
+* the lease went round: both controllers held it, its fencing token grew with each holding, and every
+  paused holder found on waking that it had lost it.
 
 What it does not cover: two machines (both processes share this host's clock and file system, and the
-kernel closes their MySQL connections on SIGKILL), a paused holder (SIGSTOP, a long GC) that the fence
-must stop, or MariaDB itself failing; tests/test_lease.py checks the fence directly.
+kernel closes their MySQL connections on SIGKILL), a pause that lands exactly between a fence and ML
+Metadata's write (milliseconds: the one window a fence by check leaves), or MariaDB itself failing;
+tests/test_lease.py checks the fence directly.
 
 Skipped, saying how to run it, when no MariaDB is described (`eval "$(make -s mariadb)"`).
 """
@@ -188,7 +190,8 @@ def test_two_controllers_killed_at_random_share_one_pipeline_safely(tmp_path):
         start("a")
         start("b")
         race_start = time.monotonic()
-        restart_at = {}
+        restart_at, paused, events = {}, {}, 0
+        # The first cycle (cold, and the first in each process) takes longest: the first event lands in it.
         next_kill = race_start + rng.uniform(10, 25)
         while time.monotonic() - race_start < RACE_SECONDS:
             now = time.monotonic()
@@ -196,22 +199,43 @@ def test_two_controllers_killed_at_random_share_one_pipeline_safely(tmp_path):
                 if now >= at:
                     start(name)
                     del restart_at[name]
+            for name, until in list(paused.items()):
+                if now >= until:  # it wakes up believing it holds the lease: its next renewal or fence says no
+                    os.kill(pids[name], signal.SIGCONT)
+                    del paused[name]
+                    history.append((name, "resumed", round(now - t0, 1)))
             for name, pid in pids.items():
                 assert H.alive(pid), f"controller {name} exited on its own:\n{H.tail(errs[name][-1])}"
-            if now >= next_kill and pids:
+            if now >= next_kill and pids and not paused:
                 holder = lease_holder_pid(md, config.pipeline_name)
                 holding = [n for n, p in pids.items() if p == holder]
+                others = [n for n in pids if n not in holding]
+                what = rng.random()
+                time_left = RACE_SECONDS - (now - race_start)
+                events += 1
+                # The second event is a pause (then one in four), when there is a holder, someone to take
+                # over, and time left for the paused one to wake and find out.
+                pause_now = events == 2 or what < 0.25
+                if holding and others and pause_now and time_left > 4 * LEASE_SECONDS + 5:
+                    # A holder that stalls (SIGSTOP: a long pause, a frozen VM) past its lease while the other
+                    # takes over, then goes on: what fencing is for.
+                    name = holding[0]
+                    os.kill(pids[name], signal.SIGSTOP)
+                    pause = LEASE_SECONDS + rng.uniform(1.0, 3.0)
+                    paused[name] = time.monotonic() + pause
+                    history.append((name, f"paused {pause:.1f} s holding the lease", round(now - t0, 1)))
+                    next_kill = paused[name] + 2 * LEASE_SECONDS + rng.uniform(5, 15)
+                    continue
                 # Mostly the holder (in a cycle or between two), sometimes the one on standby.
-                if holding and rng.random() < 0.75:
-                    kill(holding[0], "holding the lease")
-                    victim = holding[0]
-                else:
-                    victim = rng.choice(sorted(pids))
-                    kill(victim, "holding" if pids.get(victim) == holder else "on standby or starting")
+                victim = holding[0] if holding and what < 0.8 else rng.choice(sorted(pids))
+                kill(victim, "holding the lease" if victim in holding else "on standby or starting")
                 restart_at[victim] = time.monotonic() + rng.uniform(0.0, 3.0)
-                # Often enough to land in cycles, seldom enough that some complete between kills.
-                next_kill = time.monotonic() + rng.uniform(6, 25)
+                # Often enough to land in cycles, seldom enough that the survivor completes one (its first cycle
+                # in a fresh process takes 20-30 s here) between two kills.
+                next_kill = time.monotonic() + rng.uniform(25, 45)
             time.sleep(0.05)
+        for name in paused:
+            os.kill(pids[name], signal.SIGCONT)
         for name in sorted(pids):
             kill(name, "end of the race")
         # The stream stops; a last controller finishes what is due, another then finds nothing to do.
@@ -262,6 +286,9 @@ def audit(configs, outs, errs, history, log_dir, serving_dir, t0, pb) -> None:
     print(f"lease holdings {held}, standby waits {standby}, leases lost {lost}; last token {state.token}")
     # The race was a race: both held the pipeline, each waited for the other, the token counted every holding.
     assert all(held.values()) and all(standby.values()), (held, standby)
+    # A holder paused past its lease learned on waking that it had lost it (and published nothing more: the audit).
+    pauses = [h for h in history if h[1] == "resumed"]
+    assert sum(lost.values()) >= len(pauses), (lost, pauses)
     # Every holding logs once, unless killed between taking the lease and the line: the token counts them all.
     assert state.token >= sum(held.values()) >= 3, (state.token, held)
     assert not crash.cycle_lines(outs, "failed"), crash.cycle_lines(outs, "failed")
