@@ -477,12 +477,13 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _home_lock(config):
-    """The home's controller lock: pipeline runs, gc and the controller never overlap on one home."""
-    from pipelines.controller import ControllerRunning, single_instance
+    """The home's controller lock (and, with ML Metadata on MySQL, the pipeline's lease): pipeline runs, gc and
+    the controller never overlap on one home, nor on one pipeline across machines."""
+    from pipelines.controller import ControllerRunning, pipeline_lock
 
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(single_instance(config.home))
+            stack.enter_context(pipeline_lock(config))
         except ControllerRunning as e:
             raise CommandError(str(e)) from None
         yield
@@ -532,6 +533,9 @@ def _add_controller_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quarantine-after", type=_int_at_least(1), metavar="N",
                    help=f"quarantine a span after N failed cycles in a row on it, so later spans get their cycles "
                         f"(default {c.quarantine_after_failures}; `driftline replay` trains it later)")
+    p.add_argument("--lease-seconds", type=_positive_float, metavar="S",
+                   help=f"with ML Metadata on MySQL: the pipeline's lease lasts this long past its last renewal, so a "
+                        f"killed controller's successor takes over within it (default {c.lease_seconds:g})")
 
 
 def _with_controller(config, args: argparse.Namespace):
@@ -541,7 +545,8 @@ def _with_controller(config, args: argparse.Namespace):
 
     changes = {field: getattr(args, arg) for field, arg in (
         ("retry_initial_seconds", "retry_initial_seconds"), ("retry_max_seconds", "retry_max_seconds"),
-        ("quarantine_after_failures", "quarantine_after")) if getattr(args, arg, None) is not None}
+        ("quarantine_after_failures", "quarantine_after"), ("lease_seconds", "lease_seconds"))
+        if getattr(args, arg, None) is not None}
     if not changes:
         return config
     config = config.replace(controller=dataclasses.replace(config.controller, **changes))

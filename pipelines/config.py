@@ -88,8 +88,15 @@ class ControllerConfig:
     retry_initial_seconds: float = 5.0
     retry_max_seconds: float = 300.0
     quarantine_after_failures: int = 3
+    # With ML Metadata on MySQL: the controller's lease on the pipeline (components/lease.py) lasts this long
+    # past its last renewal (renewed every third of it, and before each publish); a SIGKILLed controller's
+    # successor takes over at most this long after the kill. Unused on SQLite (the home's lock file guards).
+    lease_seconds: float = 30.0
 
     def validate(self) -> None:
+        if isinstance(self.lease_seconds, bool) or not isinstance(self.lease_seconds, (int, float)) \
+                or not self.lease_seconds > 0:
+            raise ConfigError(f"controller.lease_seconds must be > 0 seconds, got {self.lease_seconds!r}")
         if not self.retry_initial_seconds > 0:
             raise ConfigError(f"controller.retry_initial_seconds (--retry-initial-seconds) must be > 0, "
                               f"got {self.retry_initial_seconds}")
