@@ -44,6 +44,8 @@ BLESSING_TYPE = "ModelBlessing"
 INFRA_BLESSING_TYPE = "InfraBlessing"
 PUSHED_MODEL_TYPE = "PushedModel"
 TRANSFORM_GRAPH_TYPE = "TransformGraph"
+# Execution type of an online-evaluation decision (components/online_evaluator/record.py).
+ONLINE_DECISION_TYPE = "driftline.OnlineDecision"
 
 # Custom properties read by more than the module that writes them.
 COMMITTED_STATE_PROPERTY = "committed_state"  # Examples: the ingest run's committed stream position (JSON)

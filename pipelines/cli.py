@@ -477,12 +477,13 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _home_lock(config):
-    """The home's controller lock: pipeline runs, gc and the controller never overlap on one home."""
-    from pipelines.controller import ControllerRunning, single_instance
+    """The home's controller lock (and, with ML Metadata on MySQL, the pipeline's lease): pipeline runs, gc and
+    the controller never overlap on one home, nor on one pipeline across machines."""
+    from pipelines.controller import ControllerRunning, pipeline_lock
 
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(single_instance(config.home))
+            stack.enter_context(pipeline_lock(config))
         except ControllerRunning as e:
             raise CommandError(str(e)) from None
         yield
@@ -532,6 +533,9 @@ def _add_controller_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quarantine-after", type=_int_at_least(1), metavar="N",
                    help=f"quarantine a span after N failed cycles in a row on it, so later spans get their cycles "
                         f"(default {c.quarantine_after_failures}; `driftline replay` trains it later)")
+    p.add_argument("--lease-seconds", type=_positive_float, metavar="S",
+                   help=f"with ML Metadata on MySQL: the pipeline's lease lasts this long past its last renewal, so a "
+                        f"killed controller's successor takes over within it (default {c.lease_seconds:g})")
 
 
 def _with_controller(config, args: argparse.Namespace):
@@ -541,7 +545,8 @@ def _with_controller(config, args: argparse.Namespace):
 
     changes = {field: getattr(args, arg) for field, arg in (
         ("retry_initial_seconds", "retry_initial_seconds"), ("retry_max_seconds", "retry_max_seconds"),
-        ("quarantine_after_failures", "quarantine_after")) if getattr(args, arg, None) is not None}
+        ("quarantine_after_failures", "quarantine_after"), ("lease_seconds", "lease_seconds"))
+        if getattr(args, arg, None) is not None}
     if not changes:
         return config
     config = config.replace(controller=dataclasses.replace(config.controller, **changes))
@@ -778,6 +783,62 @@ def run_unpin(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- promote / retire (online evaluation, by hand) ---------------------------------------------
+
+def add_online_decision_commands(subparsers: Any) -> None:
+    for action, text in (
+            ("promote", "push the running comparison's challenger now, as the new champion, and record it"),
+            ("retire", "end the running comparison: the challenger is dropped, the champion serves on")):
+        p = subparsers.add_parser(
+            action, help=text,
+            description=f"{text[0].upper()}{text[1:]}. Overrides the online evaluation's rule by hand: the "
+                        "decision is a driftline.OnlineDecision execution in ML Metadata (rule 'manual') with the "
+                        "evidence gathered so far, shown by `driftline status` and `lineage`. Refused while a "
+                        "controller runs on the home, or when no comparison is running.")
+        _add_home_arguments(p)
+        p.add_argument("--note", default="", help="why, in words (recorded with the decision)")
+        p.set_defaults(handler=run_online_decision, action=action)
+
+
+def run_online_decision(args: argparse.Namespace) -> int:
+    from components.online_evaluator.record import OnlineEvalError, decide_by_hand
+    from pipelines.metadata import open_store
+
+    config = _home_config(args)
+    _require_metadata(config)
+    try:
+        with _home_lock(config):
+            d = decide_by_hand(open_store(config.metadata_connection), config.pipeline_name, args.action,
+                               config.online.rule(), note=args.note, serving_dir=config.serving_dir)
+    except OnlineEvalError as e:
+        raise CommandError(str(e)) from None
+    pushed = f"; pushed as version {d.pushed_version}" if d.pushed_version is not None else ""
+    print(f"Recorded: {d.describe()}{pushed}")
+    return 0
+
+
+def _latest_online_decision(config):
+    """The newest online-evaluation decision ML Metadata holds, or None."""
+    from components.online_evaluator.record import latest_decision
+    from pipelines.metadata import open_store, store_exists
+
+    if not store_exists(config.metadata_connection):
+        return None
+    return latest_decision(open_store(config.metadata_connection), config.pipeline_name)
+
+
+def _with_online_decision(config, text: str, as_json: bool) -> str:
+    """`status` / `lineage` output with the latest online decision added (a line, or a JSON key)."""
+    import json
+
+    d = _latest_online_decision(config)
+    if as_json:
+        data = json.loads(text)
+        data["online_decision"] = d.to_dict() if d is not None else None
+        return json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
+    return text if d is None else f"{text}\nonline evaluation: {d.describe()}"
+
+
 # -- status ---------------------------------------------------------------------------------
 
 def add_status_command(subparsers: Any) -> None:
@@ -812,7 +873,7 @@ def run_status(args: argparse.Namespace) -> int:
                           indent=2, sort_keys=True)
     else:
         text = "\n".join([lineage.format_status(st), *registry.status_lines(servers)])
-    _print_with_config_versions(config, text, args.json)
+    _print_with_config_versions(config, _with_online_decision(config, text, args.json), args.json)
     return 0
 
 
@@ -873,11 +934,12 @@ def run_lineage(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CommandError(f"cannot write the plot {args.plot!r}: {e}") from None
     if args.json:
-        print(json.dumps(lineage.lineage_to_dict(chain, serving, config.pipeline_name, quarantined, pin), indent=2,
-                         sort_keys=True, allow_nan=False))
+        print(_with_online_decision(config, json.dumps(
+            lineage.lineage_to_dict(chain, serving, config.pipeline_name, quarantined, pin), indent=2,
+            sort_keys=True, allow_nan=False), True))
     else:
-        _print_with_config_versions(config, lineage.format_lineage(chain, serving, quarantined, home=config.home,
-                                                                   pin=pin), False)
+        _print_with_config_versions(config, _with_online_decision(config, lineage.format_lineage(
+            chain, serving, quarantined, home=config.home, pin=pin), False), False)
         if args.plot:
             print(f"\nplot: {args.plot}")
     return 0
@@ -1073,6 +1135,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_command(subparsers)
     add_rollback_command(subparsers)
     add_unpin_command(subparsers)
+    add_online_decision_commands(subparsers)
     add_gc_command(subparsers)
     add_status_command(subparsers)
     add_lineage_command(subparsers)

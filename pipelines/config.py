@@ -22,6 +22,7 @@ from components.config_base import ConfigError
 from components.evaluator.config import GateConfig
 from components.latency_validator.config import LatencyConfig
 from components.metadata_config import METADATA_KINDS, MetadataConfig
+from components.online_evaluator.config import OnlineEvalConfig
 from components.streaming_example_gen.config import (KAFKA_EVENT_TIMES, KAFKA_RESERVED_SETTINGS,
                                                      KAFKA_SECRET_SETTINGS, SOURCE_KINDS, KafkaConfig,
                                                      SourceConfig, WindowConfig, looks_like_secret)
@@ -34,7 +35,8 @@ __all__ = ["ConfigError", "METADATA_KINDS", "MetadataConfig", "WindowConfig", "S
            "NumericTransform", "TransformConfig", "TrainerConfig", "GateConfig", "PusherConfig",
            "RetentionConfig", "ControllerConfig", "LatencyConfig", "driftline_setup_file",
            "beam_default_sdk_image", "BeamConfig", "IMAGE_SOURCE_DIR", "IMAGE_SETUP_FILE", "DATAFLOW_PACKAGING",
-           "CLOUD_BEAM_RUNNERS", "BEAM_RUNNERS", "LOOPBACK_HOSTS", "is_gcs", "CloudConfig", "DriftlineConfig", "default_config"]
+           "CLOUD_BEAM_RUNNERS", "BEAM_RUNNERS", "LOOPBACK_HOSTS", "is_gcs", "CloudConfig", "DriftlineConfig", "default_config",
+           "OnlineEvalConfig"]
 __all__ += ["ServeConfig"]
 
 
@@ -86,8 +88,15 @@ class ControllerConfig:
     retry_initial_seconds: float = 5.0
     retry_max_seconds: float = 300.0
     quarantine_after_failures: int = 3
+    # With ML Metadata on MySQL: the controller's lease on the pipeline (components/lease.py) lasts this long
+    # past its last renewal (renewed every third of it, and before each publish); a SIGKILLed controller's
+    # successor takes over at most this long after the kill. Unused on SQLite (the home's lock file guards).
+    lease_seconds: float = 30.0
 
     def validate(self) -> None:
+        if isinstance(self.lease_seconds, bool) or not isinstance(self.lease_seconds, (int, float)) \
+                or not self.lease_seconds > 0:
+            raise ConfigError(f"controller.lease_seconds must be > 0 seconds, got {self.lease_seconds!r}")
         if not self.retry_initial_seconds > 0:
             raise ConfigError(f"controller.retry_initial_seconds (--retry-initial-seconds) must be > 0, "
                               f"got {self.retry_initial_seconds}")
@@ -284,6 +293,8 @@ class DriftlineConfig:
     controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
     metadata: MetadataConfig = dataclasses.field(default_factory=MetadataConfig)
     serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
+    # Online evaluation of a challenger beside the champion (components/online_evaluator).
+    online: OnlineEvalConfig = dataclasses.field(default_factory=OnlineEvalConfig)
 
     @property
     def pipeline_root(self) -> str:
@@ -323,6 +334,7 @@ class DriftlineConfig:
         self.beam.validate()
         self.metadata.validate()
         self.serve.validate()
+        self.online.validate()
         horizon = self.window.dedup_horizon_runs
         if self.retention.enabled and horizon is not None and horizon > self.retention.keep_cycles:
             raise ConfigError(

@@ -2,7 +2,7 @@
 
 The file is the dataclasses of `pipelines/config.py` as YAML, section by
 section (`pipeline_name`, `home`, `source`, `window`, `transform`, `trainer`,
-`gate`, `pusher`, `latency`, `retention`, `controller`, `beam`, `cloud`, `metadata`, `serve`). Every
+`gate`, `pusher`, `latency`, `retention`, `controller`, `beam`, `cloud`, `metadata`, `serve`, `online`). Every
 key is optional: what a file leaves out keeps the dataclass's default, so the
 defaults keep their one home in `pipelines/config.py`. The event schema goes
 inline under `source.schema` or by path as `source.schema_file` (JSON or YAML,
@@ -32,6 +32,7 @@ from pipelines.config import (
     TransformConfig, WindowConfig, default_config,
 )
 from pipelines.serve.config import ServeConfig
+from pipelines.config import OnlineEvalConfig
 
 # The name a home's own config file has: the first run writes it, and every command that is given only
 # --home reads it, so status, lineage, gc, rollback and the controller see the pipeline that ran there.
@@ -43,6 +44,7 @@ SECTIONS: Dict[str, type] = {
     "gate": GateConfig, "pusher": PusherConfig, "latency": LatencyConfig, "retention": RetentionConfig,
     "controller": ControllerConfig, "beam": BeamConfig, "cloud": CloudConfig, "metadata": MetadataConfig,
     "serve": ServeConfig,
+    "online": OnlineEvalConfig,
 }
 
 

@@ -17,8 +17,9 @@ only ever states what happened: "run R, which published spans S, ran with this
 config". A run killed mid-way records nothing; the next run with the same
 config is then recorded as its first user.
 
-The canonical text is `config_file.config_dict` minus `home` and `metadata` (they
-say where this ML Metadata lives, not what the pipeline does, and `--home ./h`
+The canonical text is `config_file.config_dict` minus `home`, `metadata` and
+`controller.lease_seconds` (they say where this ML Metadata lives and how
+controllers share it, not what the pipeline does, and `--home ./h`
 and `--home h` are the same pipeline) and `serve` (how `driftline serve` runs,
 read by the server, not by a pipeline run), with
 local paths made absolute, dumped with sorted keys. Kafka secrets are never in
@@ -75,6 +76,8 @@ def canonical_dict(config: Any) -> Dict[str, Any]:
     d.pop("home", None)
     d.pop("metadata", None)
     d.pop("serve", None)
+    # Like metadata: how controllers share the pipeline, not what it does (and existing hashes stay).
+    (d.get("controller") or {}).pop("lease_seconds", None)
     d["source"]["log_dir"] = _absolute(d["source"].get("log_dir") or "")
     d["pusher"]["serving_dir"] = _absolute(d["pusher"].get("serving_dir") or "")
     return d

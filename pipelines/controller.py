@@ -4,6 +4,14 @@
   `<home>/controller.lock`, which the kernel releases when the process dies,
   however it dies; so a lock left by a killed controller is simply taken
   over, while a live one is refused with its pid.
+* One controller per pipeline across machines, when ML Metadata is on
+  MySQL: `pipeline_lock` also takes the pipeline's lease in the metadata
+  database (components/lease.py: holder, expiry, fencing token), renewed
+  every third of `controller.lease_seconds` and before each publish. A
+  second controller waits on standby and takes over once the lease expires
+  (a SIGKILLed holder's after at most lease_seconds); a controller that
+  lost its lease publishes nothing more (the executors' fence refuses), goes
+  back to standby, and runs recovery again when it holds the lease anew.
 * Cycles never overlap: they run one after another in this process.
 * When to run: `due` asks the same question ingestion will (`windowing.decide`
   on the events after the committed position), so a cycle starts exactly
@@ -111,6 +119,67 @@ def single_instance(home: str) -> Iterator[str]:
         os.close(fd)
 
 
+def _take_lease(config: DriftlineConfig, stop: Optional[threading.Event], tell: Callable[..., None]):
+    """The pipeline's lease (ML Metadata on MySQL), or None on SQLite. Without `stop`, one try: another
+    holder raises ControllerRunning. With `stop`, waits on standby until it is free or expired (None if stopped).
+    """
+    from components import lease as lease_lib
+
+    md = config.metadata_connection
+    if md.kind != "mysql":
+        return None
+    seconds = config.controller.lease_seconds
+    announced = None
+    while True:
+        try:
+            return lease_lib.try_acquire(md, config.pipeline_name, seconds)
+        except lease_lib.LeaseHeld as e:
+            if stop is None:
+                raise ControllerRunning(
+                    f"a controller already holds pipeline {config.pipeline_name!r}: {e}. Stop it first, or wait "
+                    f"until its lease expires (controller.lease_seconds, {seconds:g} s after its last renewal)") from None
+            if announced != (e.holder, e.token):
+                tell(f"standby: {e}; taking over when it expires")
+                announced = (e.holder, e.token)
+            wait = min(max(e.seconds_left, 0.1), seconds / 3)
+        except lease_lib.MetadataConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001: the database is down or unreachable; the lease waits for it
+            if stop is None:
+                raise
+            tell(f"cannot take the lease on {md.describe()} ({type(e).__name__}: {e}); retrying", logging.WARNING)
+            wait = seconds / 3
+        if stop.wait(wait):
+            return None
+
+
+@contextlib.contextmanager
+def pipeline_lock(config: DriftlineConfig, stop: Optional[threading.Event] = None,
+                  say: Optional[Callable[..., None]] = None) -> Iterator[object]:
+    """The pipeline's guards for the block: the home's `flock` (`single_instance`), and with ML Metadata on
+    MySQL the pipeline's lease too, renewed in the background and made the one the executors fence their
+    publishes with. Yields the lease (None on SQLite, or when `stop` was set while waiting on standby).
+    Without `stop`, a lease held elsewhere raises ControllerRunning at once."""
+    from components import lease as lease_lib
+
+    tell = _teller(say)
+    with single_instance(config.home):
+        held = _take_lease(config, stop, tell)
+        if held is None:
+            yield None
+            return
+        tell(f"holding the {held.describe()}")
+        held.start_heartbeat()
+        try:
+            with lease_lib.held(held):
+                yield held
+        finally:
+            try:
+                held.release()
+            except Exception as e:  # noqa: BLE001: it expires by itself within lease_seconds
+                tell(f"could not release the lease ({type(e).__name__}: {e}); it expires by itself", logging.WARNING)
+
+
 def _read_holder(fd: int) -> dict:
     try:
         return json.loads(os.pread(fd, 4096, 0) or b"{}")
@@ -200,7 +269,11 @@ def retryable(error: BaseException) -> bool:
     from components.event_schema import SchemaError
     from pipelines.config import ConfigError
 
-    return isinstance(error, Exception) and not isinstance(error, (ConfigError, SchemaError, ControllerRunning))
+    from components.lease import LeaseLost
+
+    # LeaseLost is no misconfiguration, but retrying cannot fix it either: the controller goes back to standby.
+    return isinstance(error, Exception) and not isinstance(error, (ConfigError, SchemaError, ControllerRunning,
+                                                                    LeaseLost))
 
 
 def record_failed_cycle(config: DriftlineConfig, error: BaseException, *, resumed: bool, trigger: str,
@@ -250,6 +323,7 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
     """
     import tenacity
 
+    from components import lease as lease_lib
     from pipelines import recovery, retention
     from pipelines.local_runner import run_cycle
 
@@ -279,12 +353,17 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
     def start():
         # Retried like a cycle when ML Metadata or the folders fail: recovery is idempotent.
         try:
+            # Recovery cancels the executions of a dead holder: only under a lease just confirmed.
+            lease_lib.fence("start-up recovery")
             report = recovery.recover_interrupted(config)
             if report.anything:
                 tell(f"recovery: {report.describe()}", logging.WARNING)
             if config.retention.enabled:
                 tell(retention.apply(config).describe())
         except Exception as e:
+            lost = lease_lost(e)
+            if lost is not None:
+                raise lost from e
             emit(json.dumps({"cycle": 0, **record_failed_cycle(config, e, resumed=False, trigger="start-up recovery",
                                                                say=tell)}, sort_keys=True))
             tell(f"start-up recovery failed: {type(e).__name__}: {e}", logging.ERROR)
@@ -309,6 +388,12 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
             started = time.monotonic()
             cycle = run_cycle(config, resume=check.resume)
         except Exception as e:
+            lost = lease_lost(e)
+            if lost is not None:
+                # Not this cycle's failure to record: another controller holds the pipeline now.
+                if metrics is not None:
+                    metrics.cycle_failed(None if started is None else time.monotonic() - started)
+                raise lost from e
             attempt += 1
             line = {"cycle": cycles + 1, "attempt": attempt,
                     **record_failed_cycle(config, e, resumed=check.resume, trigger=check.why, say=tell)}
@@ -353,16 +438,15 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
         sleep=stop.wait,  # SIGTERM ends the wait at once
         before_sleep=before_sleep,
         retry_error_callback=lambda state: stopped)  # stopped while failing: exit cleanly
-    try:
-        with single_instance(config.home), contextlib.ExitStack() as serving_metrics:
-            if metrics is not None:
-                refresh_metrics()  # the first scrape already reports what ML Metadata says
-                address = serving_metrics.enter_context(metrics.serve(metrics_host, metrics_port))
-                tell(f"metrics on http://{address}/metrics")
-            tell(f"controller {os.getpid()} on {config.home}: watching {config.source.describe()}")
+    def cycles_under_lease() -> bool:
+        """Recovery, then cycles, while this process holds the pipeline; True when the lease was lost."""
+        try:
             if retrying(start) == stopped:
                 stop.set()
             while not stop.is_set() and (max_cycles is None or cycles < max_cycles):
+                held = lease_lib.current()
+                if held is not None and held.lost.is_set():
+                    raise lease_lib.LeaseLost(f"the {held.describe()} was lost ({held.lost_reason})")
                 result = retrying(step)
                 if result == stopped:
                     break
@@ -371,11 +455,53 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
                         tell(f"idle: {result.why}")
                         break
                     stop.wait(poll_seconds)
+        except lease_lib.LeaseLost as e:
+            tell(f"lease lost, nothing more is published: {e}; back to standby", logging.WARNING)
+            return True
+        return False
+
+    try:
+        with contextlib.ExitStack() as serving_metrics:
+            if metrics is not None:
+                refresh_metrics()  # the first scrape already reports what ML Metadata says
+                address = serving_metrics.enter_context(metrics.serve(metrics_host, metrics_port))
+                tell(f"metrics on http://{address}/metrics")
+            tell(f"controller {os.getpid()} on {config.home}: watching {config.source.describe()}")
+            lost = True
+            while lost and not stop.is_set():
+                # On SQLite the home's flock alone; on MySQL also the pipeline's lease, waited for on standby.
+                with pipeline_lock(config, stop=stop, say=say):
+                    if stop.is_set():  # stopped on standby: nothing was held, nothing runs
+                        break
+                    lost = cycles_under_lease()
             tell(f"controller {os.getpid()}: stopping after {cycles} cycle(s)")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return cycles
+
+
+def lease_lost(error: BaseException):
+    """The LeaseLost behind a failed step, or None: raised by a fence (anywhere in the cause chain), or the lease
+    this process works under can no longer be confirmed (then nothing about the failure may be recorded)."""
+    from components import lease as lease_lib
+
+    seen, e = set(), error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, lease_lib.LeaseLost):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    held = lease_lib.current()
+    if held is None:
+        return None
+    try:
+        if held.renew():
+            return None
+        why = held.lost_reason
+    except Exception as problem:  # noqa: BLE001: a lease that cannot be confirmed is not held
+        why = f"it could not be confirmed: {type(problem).__name__}: {problem}"
+    return lease_lib.LeaseLost(f"the {held.describe()} was lost ({why}) while {type(error).__name__}: {error}")
 
 
 def run_cycles(config: DriftlineConfig, cycles: int, say: Optional[Callable[[str], None]] = None,

@@ -26,9 +26,9 @@ killed cycle leaves behind is:
   blessing is a committed verdict, so its push is owed; a push is never
   recorded for a model the gate did not bless, nor over a newer push.
 
-Run these only while holding the home's controller lock
-(`pipelines.controller.single_instance`): nothing else may be running a
-cycle. Plain functions over ML Metadata and folders; no TFX import.
+Run these only while holding the home's controller lock, and with ML
+Metadata on MySQL the pipeline's lease (`pipelines.controller.pipeline_lock`):
+nothing else may be running a cycle. Plain functions over ML Metadata and folders; no TFX import.
 """
 from __future__ import annotations
 

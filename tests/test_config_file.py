@@ -18,6 +18,7 @@ from pipelines.config import (
     TransformConfig, WindowConfig, default_config,
 )
 from pipelines.config import ServeConfig
+from pipelines.config import OnlineEvalConfig
 from pipelines.config_file import dump_config, init_text, load_config
 from pipelines.music_simulator import music_schema
 from pipelines.simulator import SimulatorConfig, simulate
@@ -53,6 +54,9 @@ def every_section(home: str) -> DriftlineConfig:
         metadata=MetadataConfig(kind="mysql", host="db.internal", port=3307, database="driftline", user="dl",
                                 password_env="DL_DB_PASSWORD"),
         serve=ServeConfig(shadow=True, shadow_poll_seconds=2.5),
+        online=OnlineEvalConfig(reward_field="converted", threshold=0.99, min_impressions=5000, prior_alpha=2.0,
+                                prior_beta=18.0, max_latency_p99_ms=40.0, max_error_rate=0.01,
+                                max_calibration_error=0.25),
     ).validate()
 
 
@@ -241,7 +245,7 @@ def test_ingest_with_a_config_file_persists_it_and_status_finds_the_pipeline(tmp
 def test_the_starter_file_is_valid_yaml_with_the_documented_sections(tmp_path):
     data = yaml.safe_load(init_text(str(tmp_path)))
     assert list(data) == ["pipeline_name", "home", "source", "window", "transform", "trainer", "gate", "pusher",
-                          "latency", "retention", "controller", "beam", "cloud", "metadata", "serve"]
+                          "latency", "retention", "controller", "beam", "cloud", "metadata", "serve", "online"]
     assert EventSchema.from_dict(data["source"]["schema"]).name == "ad_clicks"
 
 

@@ -11,6 +11,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
+from components import lease
 from components.blessing_pusher import serving
 # The PushedModel's custom property names live beside the serving code, which imports no TFX.
 from components.blessing_pusher.serving import (  # noqa: F401  (re-exported)
@@ -101,10 +102,13 @@ class Executor(base_executor.BaseExecutor):
             # Not a failure: the cycle ran and the gate said no; serving stays as it is.
             reason = f"not pushed: {why}"
             mark_not_pushed(pushed_model, model.id, reason)
+            lease.fence(f"the record that model {model.id} was not pushed")
             logging.warning("BlessingPusher: model %s (%s) %s; %s is untouched (serving version %s)",
                             model.id, model.uri, reason, serving_dir, serving.serving_version(serving_dir))
             return
         model_dir = serving_model_path(model)
+        # Right before serving changes: a controller that lost its lease (another took over) pushes nothing.
+        lease.fence(f"the push of model {model.id} into {serving_dir}")
         result = serving.push(model_dir, serving_dir)
         reason = f"pushed as version {result.version}: {why}"
         mark_pushed(pushed_model, model.id, result, reason)

@@ -13,7 +13,7 @@ from tfx.components.evaluator import executor as stock_evaluator_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from components import mlmd_vocabulary as vocab
+from components import lease, mlmd_vocabulary as vocab
 from components.evaluator import gate as gate_lib
 from components.evaluator import tfma_run
 from components.evaluator.config import GateConfig
@@ -89,6 +89,7 @@ class Executor(stock_evaluator_executor.Executor):
         evaluation.set_string_custom_property(VERDICT_JSON_PROPERTY, verdict.to_json())
         record_blessing(blessing, verdict, candidate, baseline, examples,
                         component_id=exec_properties.get("current_component_id"), carried=carried)
+        lease.fence(f"the gate's verdict on model {candidate.id}")  # only the lease's holder publishes
         logging.info("DriftlineEvaluator on span %d (%s split, carried spans %s): %s", examples.span, split,
                      [a.span for a in carried], verdict.reason)
 

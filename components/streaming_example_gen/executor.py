@@ -9,6 +9,7 @@ publishes exactly one span, into that URI.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Dict, List, Optional
@@ -20,7 +21,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from components import mlmd_vocabulary as vocab
+from components import lease, mlmd_vocabulary as vocab
 from components.event_schema import EventSchema
 from components.streaming_example_gen import ingest, sources, windowing
 from components.streaming_example_gen.committed_state import COMMITTED_STATE_PROPERTY
@@ -106,10 +107,37 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if driverless:
             # Every file was renamed out of it: the artifact holds its splits and dead letters only.
             ingest.remove_tmp(template.uri)
+        if not driverless:
+            # Driverless runs (Vertex AI Pipelines) publish into the artifact the orchestrator registered,
+            # under names of its own: the key is for the orchestrators that run the driver.
+            name_for_publish(artifacts, self._context, run.plan.start.to_json())
         output_dict[EXAMPLES_KEY][:] = artifacts
+        # Under a controller's lease (ML Metadata on MySQL): only the current holder publishes a span.
+        lease.fence(f"StreamingExampleGen's spans {[a.span for a in artifacts]}")
         logging.info("StreamingExampleGen: read %s of %s from %s to %s; emitted spans %s; committed %s",
                      run.plan.describe(), source.describe(), run.plan.start, run.plan.end,
                      [a.span for a in output_dict[EXAMPLES_KEY]], run.committed.to_json())
+
+
+def publish_key(pipeline: str, node: str, span: int, start_position: str) -> str:
+    """The ML Metadata name of a span's `Examples`: one per pipeline, node, span and the committed position the
+    run started from. ML Metadata keeps an artifact's name unique within its type, so a second publish of the
+    same span from the same position (two controllers that read the same committed state) is refused by ML
+    Metadata itself: its whole publish (the execution, its spans and their committed state) rolls back."""
+    digest = hashlib.sha256("\0".join((pipeline, node, str(span), start_position)).encode()).hexdigest()[:32]
+    # Readable first, unique by the digest; MLMD's MySQL schema holds names of up to 255 characters.
+    return f"{pipeline[:120]}.{node[:60]}.span-{span}.{digest}"
+
+
+def name_for_publish(artifacts: List[types.Artifact], context: Any, start_position: str) -> None:
+    """Names each span's artifact by `publish_key`. Without a pipeline and node (an orchestrator that gives the
+    executor none), the artifacts stay unnamed, as TFX leaves them."""
+    info = getattr(context, "pipeline_info", None) if context is not None else None
+    node = getattr(context, "pipeline_node", None) if context is not None else None
+    if info is None or not info.id or node is None or not node.node_info.id:
+        return
+    for artifact in artifacts:
+        artifact.name = publish_key(info.id, node.node_info.id, artifact.span, start_position)
 
 
 def build_artifacts(template: types.Artifact, run: ingest.IngestRun, window: windowing.Window,

@@ -9,7 +9,7 @@ from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
-from components import mlmd_vocabulary as vocab
+from components import lease, mlmd_vocabulary as vocab
 from components.event_schema import EventSchema
 from components.warm_start_trainer import cycle, training_inputs, warm_start
 from components.warm_start_trainer.config import TrainerConfig
@@ -52,5 +52,7 @@ class Executor(base_executor.BaseExecutor):
         props[vocab.MAX_EVENT_TIME_MS_PROPERTY] = newest.get_int_custom_property(vocab.MAX_EVENT_TIME_MS_PROPERTY)
         props["newest_examples_id"] = newest.id
         vocab.set_custom_properties(model, props)
+        # Under a controller's lease: a model trained by a holder that lost it is not published.
+        lease.fence(f"the model trained on spans {props['trained_spans']}")
         logging.info("WarmStartTrainer: %s; trained spans %s, %s examples, %.1f s", props["start_reason"],
                      props["trained_spans"], props["trained_examples"], props["train_wall_seconds"])

@@ -1,0 +1,50 @@
+"""Online evaluation's settings (the `online` section of the config file).
+
+Composed into DriftlineConfig by pipelines/config.py, which re-exports this name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+from components.config_base import ConfigError
+from components.online_evaluator.decision import DecisionRule, Guardrails, Prior
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineEvalConfig:
+    """How a challenger is judged on live traffic against the champion (components/online_evaluator)."""
+
+    # The reward: the joined impression's field counted as one success when > 0, per impression. The
+    # default, the label the join sets from the click outcomes, makes the reward clicks per impression.
+    reward_field: str = "clicked"
+    # Promote when P(challenger better) >= threshold, retire when P(worse) >= threshold ...
+    threshold: float = 0.95
+    # ... once the comparison has this many impressions (both arms together).
+    min_impressions: int = 1000
+    # Each arm's Beta prior on its reward rate.
+    prior_alpha: float = 1.0
+    prior_beta: float = 1.0
+    # Guardrails on the challenger (None: not checked); a breach retires it.
+    max_latency_p99_ms: Optional[float] = None
+    max_error_rate: Optional[float] = None
+    max_calibration_error: Optional[float] = None
+
+    def validate(self) -> None:
+        if not isinstance(self.reward_field, str) or not self.reward_field:
+            raise ConfigError(f"online.reward_field must name a field of the joined impressions, got "
+                              f"{self.reward_field!r}")
+        try:
+            self.rule()
+        except ValueError as e:
+            raise ConfigError(f"online: {e}") from None
+        for name in ("prior_alpha", "prior_beta"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"online.{name} must be finite")
+
+    def rule(self) -> DecisionRule:
+        return DecisionRule(threshold=self.threshold, min_impressions=self.min_impressions,
+                            prior=Prior(self.prior_alpha, self.prior_beta),
+                            guardrails=Guardrails(self.max_latency_p99_ms, self.max_error_rate,
+                                                  self.max_calibration_error))
