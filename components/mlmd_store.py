@@ -126,3 +126,38 @@ def open_store(target: MetadataTarget) -> metadata_store.MetadataStore:
         os.makedirs(os.path.dirname(os.path.abspath(md.path)), exist_ok=True)
         return metadata_store.MetadataStore(connection_config(md))
     return _connect(md, create=True)
+
+
+def pipeline_context(store: metadata_store.MetadataStore, pipeline_name: str) -> metadata_store_pb2.Context:
+    """The pipeline's context (TFX's `pipeline` context type), created if no run has made it yet."""
+    from ml_metadata import errors as mlmd_errors
+
+    from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE
+
+    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
+    if context is not None:
+        return context
+    try:
+        type_id = store.get_context_type(PIPELINE_CONTEXT_TYPE).id
+    except mlmd_errors.NotFoundError:
+        # No properties: TFX registers this type with can_add_fields/can_omit_fields, so it stays compatible.
+        type_id = store.put_context_type(metadata_store_pb2.ContextType(name=PIPELINE_CONTEXT_TYPE))
+    [context_id] = store.put_contexts([metadata_store_pb2.Context(type_id=type_id, name=pipeline_name)])
+    return store.get_contexts_by_id([context_id])[0]
+
+
+def pushed_model_type_id(store: metadata_store.MetadataStore) -> int:
+    """The id of TFX's PushedModel artifact type, registered exactly as TFX would if no push has yet."""
+    from ml_metadata import errors as mlmd_errors
+
+    from components.mlmd_vocabulary import PUSHED_MODEL_TYPE
+
+    try:
+        return store.get_artifact_type(PUSHED_MODEL_TYPE).id
+    except mlmd_errors.NotFoundError:
+        from tfx.types import standard_artifacts  # the exact type TFX would register
+
+        artifact_type = metadata_store_pb2.ArtifactType()
+        artifact_type.CopyFrom(standard_artifacts.PushedModel._get_artifact_type())  # pylint: disable=protected-access
+        artifact_type.ClearField("id")
+        return store.put_artifact_type(artifact_type, can_add_fields=True, can_omit_fields=True)

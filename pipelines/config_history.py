@@ -41,6 +41,7 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.mlmd_store import pipeline_context
 from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE
 from pipelines.metadata import (PIPELINE_RUN_CONTEXT_TYPE, RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID,
                                 open_store, prop, run_outputs, store_exists)
@@ -123,17 +124,6 @@ def _type_id(store: metadata_store.MetadataStore, get, put, proto) -> int:
         return put(proto)
 
 
-def _pipeline_context(store: metadata_store.MetadataStore, pipeline_name: str) -> metadata_store_pb2.Context:
-    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
-    if context is not None:
-        return context
-    # No properties: TFX registers this type with can_add_fields/can_omit_fields, so it stays compatible.
-    type_id = _type_id(store, store.get_context_type, store.put_context_type,
-                       metadata_store_pb2.ContextType(name=PIPELINE_CONTEXT_TYPE))
-    [context_id] = store.put_contexts([metadata_store_pb2.Context(type_id=type_id, name=pipeline_name)])
-    return store.get_contexts_by_id([context_id])[0]
-
-
 def _config_artifacts(store: metadata_store.MetadataStore, pipeline_name: str) -> List[metadata_store_pb2.Artifact]:
     context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
     if context is None:
@@ -168,7 +158,7 @@ def record_run_config(store: metadata_store.MetadataStore, pipeline_name: str, c
     artifact.custom_properties["first_run"].string_value = context.name
     artifact.custom_properties["first_spans"].string_value = json.dumps(sorted(spans))
     [artifact_id] = store.put_artifacts([artifact])
-    pipeline = _pipeline_context(store, pipeline_name)
+    pipeline = pipeline_context(store, pipeline_name)
     store.put_attributions_and_associations(
         [metadata_store_pb2.Attribution(artifact_id=artifact_id, context_id=c.id) for c in (pipeline, context)], [])
     return next(v for v in versions(store, pipeline_name) if v.artifact_id == artifact_id)

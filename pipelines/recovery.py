@@ -257,12 +257,12 @@ def _publish_push(store: metadata_store.MetadataStore, config: DriftlineConfig,
                   why: str) -> None:
     """Publishes the pusher execution's PushedModel and marks it COMPLETE, as TFX would have, in one transaction."""
     from components.blessing_pusher import serving
-    from components.blessing_pusher.rollback import _pushed_model_type_id
+    from components.mlmd_store import pushed_model_type_id
 
     # Where TFX put the output folder of this execution: <pipeline_root>/<node>/<output key>/<execution id>.
     uri = os.path.join(os.path.abspath(config.pipeline_root), PUSHER_ID, "pushed_model", str(execution.id))
     os.makedirs(uri, exist_ok=True)
-    pushed = metadata_store_pb2.Artifact(type_id=_pushed_model_type_id(store), uri=uri,
+    pushed = metadata_store_pb2.Artifact(type_id=pushed_model_type_id(store), uri=uri,
                                          state=metadata_store_pb2.Artifact.LIVE)
     props = pushed.custom_properties
     props[serving.PUSHED_PROPERTY].int_value = 1

@@ -30,6 +30,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.blessing_pusher import serving
 from components.blessing_pusher.serving import RollbackError, RollbackResult  # noqa: F401  (re-exported)
 from components.mlmd_store import MetadataTarget, describe, open_store
+from components.mlmd_store import pipeline_context, pushed_model_type_id
 from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE, PUSHED_MODEL_TYPE
 
 ROLLBACK_EXECUTION_TYPE = "driftline.Rollback"
@@ -119,31 +120,6 @@ def _unpin_type_id(store: metadata_store.MetadataStore) -> int:
     return store.put_execution_type(execution_type, can_add_fields=True, can_omit_fields=True)
 
 
-def _pipeline_context(store: metadata_store.MetadataStore, pipeline_name: str) -> metadata_store_pb2.Context:
-    try:
-        type_id = store.get_context_type(PIPELINE_CONTEXT_TYPE).id
-    except mlmd_errors.NotFoundError:
-        # No properties: TFX registers this type with can_add_fields/can_omit_fields, so it stays compatible.
-        type_id = store.put_context_type(metadata_store_pb2.ContextType(name=PIPELINE_CONTEXT_TYPE))
-    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
-    if context is None:
-        [context_id] = store.put_contexts([metadata_store_pb2.Context(type_id=type_id, name=pipeline_name)])
-        context = store.get_contexts_by_id([context_id])[0]
-    return context
-
-
-def _pushed_model_type_id(store: metadata_store.MetadataStore) -> int:
-    try:
-        return store.get_artifact_type(PUSHED_MODEL_TYPE).id
-    except mlmd_errors.NotFoundError:
-        from tfx.types import standard_artifacts  # the exact type TFX would register
-
-        artifact_type = metadata_store_pb2.ArtifactType()
-        artifact_type.CopyFrom(standard_artifacts.PushedModel._get_artifact_type())  # pylint: disable=protected-access
-        artifact_type.ClearField("id")
-        return store.put_artifact_type(artifact_type, can_add_fields=True, can_omit_fields=True)
-
-
 def _event(kind: int) -> metadata_store_pb2.Event:
     event = metadata_store_pb2.Event(type=kind)
     event.path.steps.add().key = EVENT_KEY
@@ -168,7 +144,7 @@ def record_rollback(store: metadata_store.MetadataStore, pipeline_name: str, ser
     if model_id is not None:
         # The pin, in the same transaction as the rollback: never one without the other.
         execution.properties[PINNED_MODEL_PROPERTY].int_value = int(model_id)
-    pushed = metadata_store_pb2.Artifact(type_id=_pushed_model_type_id(store), uri=destination,
+    pushed = metadata_store_pb2.Artifact(type_id=pushed_model_type_id(store), uri=destination,
                                          state=metadata_store_pb2.Artifact.LIVE)
     props = pushed.custom_properties
     props[serving.PUSHED_PROPERTY].int_value = 1
@@ -186,7 +162,7 @@ def record_rollback(store: metadata_store.MetadataStore, pipeline_name: str, ser
     if target is not None:
         artifacts_and_events.append((target, _event(metadata_store_pb2.Event.INPUT)))
     artifacts_and_events.append((pushed, _event(metadata_store_pb2.Event.OUTPUT)))
-    context = _pipeline_context(store, pipeline_name)
+    context = pipeline_context(store, pipeline_name)
     execution_id, artifact_ids, _ = store.put_execution(execution, artifacts_and_events, [context])
     return dataclasses.replace(result, destination=destination, execution_id=execution_id,
                                pushed_model_id=artifact_ids[-1],
@@ -252,7 +228,7 @@ def unpin(store: metadata_store.MetadataStore, pipeline_name: str, at_ms: Option
         event.path.steps.add().key = PIN_EVENT_KEY
         event.path.steps.add().index = 0
         artifacts_and_events.append((model[0], event))
-    store.put_execution(execution, artifacts_and_events, [_pipeline_context(store, pipeline_name)])
+    store.put_execution(execution, artifacts_and_events, [pipeline_context(store, pipeline_name)])
     return pin
 
 

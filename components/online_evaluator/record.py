@@ -23,7 +23,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.blessing_pusher import serving
-from components.blessing_pusher.rollback import _pushed_model_type_id  # the PushedModel type TFX registers
+from components.mlmd_store import pipeline_context, pushed_model_type_id
 from components.mlmd_vocabulary import MODEL_TYPE, ONLINE_DECISION_TYPE, PIPELINE_CONTEXT_TYPE
 from components.online_evaluator.decision import (
     CONTINUE, PROMOTE, REPLACE, RETIRE, RULE_MANUAL, RULE_NEW_COMPARISON, RULE_NEWER_CANDIDATE, START,
@@ -85,19 +85,6 @@ def _type_id(store: metadata_store.MetadataStore) -> int:
     return store.put_execution_type(t, can_add_fields=True, can_omit_fields=True)
 
 
-def _pipeline_context(store: metadata_store.MetadataStore, pipeline_name: str) -> metadata_store_pb2.Context:
-    try:
-        type_id = store.get_context_type(PIPELINE_CONTEXT_TYPE).id
-    except mlmd_errors.NotFoundError:
-        # No properties: TFX registers this type with can_add_fields/can_omit_fields, so it stays compatible.
-        type_id = store.put_context_type(metadata_store_pb2.ContextType(name=PIPELINE_CONTEXT_TYPE))
-    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
-    if context is None:
-        [context_id] = store.put_contexts([metadata_store_pb2.Context(type_id=type_id, name=pipeline_name)])
-        context = store.get_contexts_by_id([context_id])[0]
-    return context
-
-
 def _model(store: metadata_store.MetadataStore, model_id: int) -> Optional[metadata_store_pb2.Artifact]:
     found = store.get_artifacts_by_id([model_id])
     if not found:
@@ -153,7 +140,7 @@ def record(store: metadata_store.MetadataStore, pipeline_name: str, comparison: 
         if model is not None:
             inputs.append((model, _event(key)))
     if pushed is not None:
-        artifact = metadata_store_pb2.Artifact(type_id=_pushed_model_type_id(store), uri=pushed.destination,
+        artifact = metadata_store_pb2.Artifact(type_id=pushed_model_type_id(store), uri=pushed.destination,
                                                state=metadata_store_pb2.Artifact.LIVE)
         props = artifact.custom_properties
         props[serving.PUSHED_PROPERTY].int_value = 1
@@ -167,7 +154,7 @@ def record(store: metadata_store.MetadataStore, pipeline_name: str, comparison: 
         out.path.steps.add().index = 0
         inputs.append((artifact, out))
         e.custom_properties["pushed_version"].int_value = pushed.version
-    execution_id, _, _ = store.put_execution(e, inputs, [_pipeline_context(store, pipeline_name)])
+    execution_id, _, _ = store.put_execution(e, inputs, [pipeline_context(store, pipeline_name)])
     return RecordedDecision(execution_id, action, rule, reason, comparison.champion_model_id,
                             comparison.challenger_model_id, comparison.champion, comparison.challenger, p, at_ms,
                             manual, replaced_model_id, pushed.version if pushed is not None else None)
