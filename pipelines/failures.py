@@ -39,6 +39,7 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.mlmd_store import pipeline_context
 from components.streaming_example_gen.committed_state import NODE_CONTEXT_TYPE, node_context_name
 from components.warm_start_trainer.quarantine import (FAILURE_EXECUTION_TYPE, QUARANTINE_EXECUTION_TYPE,
                                                      REPLAY_EXECUTION_TYPE, SPAN_EVENT_KEY, failed_span_states,
@@ -143,7 +144,7 @@ def record_failure(config: DriftlineConfig, error: BaseException, *, resumed: bo
               "first_at_ms": now_ms, "at_ms": now_ms, "resumed": int(resumed), "trigger": trigger, "pid": os.getpid()}
     _set_properties(execution, values)
     execution_id, _, _ = store.put_execution(execution, [(a, _input_event(i)) for i, a in enumerate(spans)],
-                                             [_pipeline_context(store, name)])
+                                             [pipeline_context(store, name)])
     record = FailureRecord(execution_id=execution_id, at_ms=now_ms, first_at_ms=now_ms, error_type=error_type,
                            error=message, spans=[_span(a) for a in spans], consecutive=consecutive, repeats=1,
                            resumed=resumed, trigger=trigger)
@@ -272,7 +273,7 @@ def _record_span(store: metadata_store.MetadataStore, pipeline_name: str, type_n
                                              last_known_state=metadata_store_pb2.Execution.COMPLETE)
     _set_properties(execution, {"pipeline_name": pipeline_name, "span": _span(artifact), "failures": failures,
                                 "reason": reason, "at_ms": now_ms})
-    store.put_execution(execution, [(artifact, _input_event(0))], [_pipeline_context(store, pipeline_name)])
+    store.put_execution(execution, [(artifact, _input_event(0))], [pipeline_context(store, pipeline_name)])
     return QuarantinedSpan(span=_span(artifact), artifact_id=artifact.id, failures=failures, reason=reason,
                            at_ms=now_ms)
 
@@ -296,19 +297,6 @@ def _executions(store: metadata_store.MetadataStore, name: str) -> List[metadata
         return store.get_executions_by_type(name)
     except mlmd_errors.NotFoundError:
         return []
-
-
-def _pipeline_context(store: metadata_store.MetadataStore, pipeline_name: str) -> metadata_store_pb2.Context:
-    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
-    if context is not None:
-        return context
-    try:
-        type_id = store.get_context_type(PIPELINE_CONTEXT_TYPE).id
-    except mlmd_errors.NotFoundError:
-        # No properties: TFX registers this type with can_add_fields/can_omit_fields, so it stays compatible.
-        type_id = store.put_context_type(metadata_store_pb2.ContextType(name=PIPELINE_CONTEXT_TYPE))
-    [context_id] = store.put_contexts([metadata_store_pb2.Context(type_id=type_id, name=pipeline_name)])
-    return store.get_contexts_by_id([context_id])[0]
 
 
 def _input_event(index: int) -> metadata_store_pb2.Event:

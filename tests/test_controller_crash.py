@@ -83,6 +83,10 @@ def controller_config(home: str, log_dir: str):
 
 
 def server_main(home: str, log_dir: str) -> None:
+    fork_server(lambda: controller_config(home, log_dir))
+
+
+def fork_server(make_config) -> None:
     """Imports TFX and the components once, then forks one controller per `RUN out err idle` line."""
     from pipelines.report import quiet_tensorflow
 
@@ -94,7 +98,7 @@ def server_main(home: str, log_dir: str) -> None:
     from pipelines.controller import run_continuous
     from pipelines.report import configure_logging
 
-    config = controller_config(home, log_dir)
+    config = make_config()
     print("READY", flush=True)
     for line in sys.stdin:
         cmd, *args = line.split()

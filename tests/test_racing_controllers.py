@@ -75,47 +75,7 @@ def race_config(home: str, log_dir: str, database: str, serving_dir: str):
 
 def server_main(home: str, log_dir: str, database: str, serving_dir: str) -> None:
     """test_controller_crash's fork server, for a controller on the shared database and serving folder."""
-    from pipelines.report import quiet_tensorflow
-
-    quiet_tensorflow()
-    import tfx.v1  # noqa: F401
-    import tensorflow_model_analysis  # noqa: F401
-    import tensorflow_transform  # noqa: F401
-    from pipelines import local_runner, pipeline  # noqa: F401
-    from pipelines.controller import run_continuous
-    from pipelines.report import configure_logging
-
-    config = race_config(home, log_dir, database, serving_dir)
-    print("READY", flush=True)
-    for line in sys.stdin:
-        cmd, *args = line.split()
-        if cmd == "RUN":
-            out, err, idle = args
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
-                    os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
-                    sys.stdout = os.fdopen(1, "w", buffering=1)
-                    sys.stderr = os.fdopen(2, "w", buffering=1)
-                    configure_logging("info")
-                    run_continuous(config, poll_seconds=0.5, until_idle=idle == "1")
-                    code = 0
-                except BaseException:  # noqa: BLE001: the exit code and the log tell the test
-                    import traceback
-
-                    traceback.print_exc()
-                finally:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(code)
-            print(f"PID {pid}", flush=True)
-        elif cmd == "WAIT":
-            _, status = os.waitpid(int(args[0]), 0)
-            print(f"EXIT {-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)}", flush=True)
-        elif cmd == "QUIT":
-            return
+    crash.fork_server(lambda: race_config(home, log_dir, database, serving_dir))
 
 
 class Server(crash.Server):
