@@ -184,12 +184,15 @@ def test_two_controllers_killed_at_random_share_one_pipeline_safely(tmp_path):
             if now >= next_kill and pids and not paused:
                 holder = lease_holder_pid(md, config.pipeline_name)
                 holding = [n for n, p in pids.items() if p == holder]
-                # Into a cycle of the holder's (a random moment of it), unless none starts within 20 s.
-                if holding and now < next_kill + 20 and not in_cycle(errs[holding[0]][-1]):
+                # Into a cycle of the holder's (a random moment of it), unless none starts within 40 s.
+                cycling = bool(holding) and in_cycle(errs[holding[0]][-1])
+                if holding and now < next_kill + 40 and not cycling:
+                    into_cycle = None  # not yet in one, or the one it was in ended first: wait for the next
                     time.sleep(0.05)
                     continue
-                if holding and in_cycle(errs[holding[0]][-1]) and into_cycle is None:
-                    into_cycle = now + rng.uniform(0.5, 8.0)
+                if cycling and into_cycle is None:
+                    # Well inside a warm cycle (5-15 s here): a later moment often finds it over.
+                    into_cycle = now + rng.uniform(0.3, 3.0)
                 if into_cycle is not None and now < into_cycle:
                     time.sleep(0.05)
                     continue
@@ -276,7 +279,11 @@ def audit(configs, outs, errs, history, log_dir, serving_dir, t0, pb) -> None:
     executions = store.get_executions()
     states = collections.Counter(pb.Execution.State.Name(e.last_known_state) for e in executions)
     assert not states["RUNNING"] and not states["NEW"], states
-    assert states["CANCELED"] >= 1, f"no kill interrupted an execution: the proof is vacuous ({states})"
+    # Recovery marks what a kill or a pause interrupted CANCELED; an unfenced component (Transform) of a paused
+    # holder may still finish afterwards and overwrite that state, so the controllers' lines are the record.
+    interrupted = sum(t.count("recovery: marked interrupted executions CANCELED") for t in text.values())
+    assert interrupted >= 1 or states["CANCELED"] >= 1, \
+        f"no kill or pause interrupted an execution: the proof is vacuous ({states})"
     print(f"executions: {dict(states)}")
 
     # ---- every event in exactly one span ---------------------------------------------------------------------
