@@ -483,6 +483,7 @@ def test_cli_status_and_lineage(run, tmp_path, capsys):
     assert main(["status", "--home", config.home, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data.pop("servers") == []  # no `driftline serve` runs for this home (tests/test_serve_status.py)
+    assert data.pop("online_decision") is None  # no online comparison ran (tests/test_online_record.py)
     st = lineage.status(config).to_dict()
     for volatile in ("now_ms", "freshness_seconds"):
         assert data.pop(volatile) > 0 and st.pop(volatile) > 0
