@@ -154,6 +154,11 @@ def closed_spans(config: DriftlineConfig, min_new_events: Optional[int] = None) 
     from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID, open_store
 
     if config.join is not None:
+        if min_new_events is not None:
+            from pipelines.config import ConfigError
+
+            raise ConfigError("--min-new-events does not apply to a join: a joined span exists only once its "
+                              "impressions' attribution windows have closed; drop --min-new-events")
         return joined_spans(config)
     store = open_store(config.metadata_connection)
     state, _ = latest_committed_state(store, config.pipeline_name, STREAMING_EXAMPLE_GEN_ID)

@@ -318,3 +318,10 @@ def test_a_join_pipeline_does_not_compile_for_vertex(tmp_path):
     config = load_config(_join_file(tmp_path))
     with pytest.raises(ConfigError, match="drop the join section to compile for Vertex"):
         create_pipeline(config, target=VERTEX)
+
+
+def test_min_new_events_with_a_join_stops_the_cli_naming_the_fix(tmp_path, capsys):
+    (tmp_path / "imp").mkdir()
+    (tmp_path / "out").mkdir()
+    assert cli.main(["run", "--config", _join_file(tmp_path), "--continuous", "--min-new-events", "10"]) == 2
+    assert "drop --min-new-events" in capsys.readouterr().err
