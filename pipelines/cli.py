@@ -586,6 +586,9 @@ def run_run(args: argparse.Namespace) -> int:
     from components.event_schema import SchemaError
     from pipelines.config import ConfigError
 
+    if config.join is not None and args.min_new_events is not None:
+        raise CommandError("--min-new-events does not apply to a join: a joined span exists only once its "
+                           "impressions' attribution windows have closed; drop --min-new-events", exit_code=2)
     if args.continuous:
         from pipelines.controller import ControllerRunning, run_continuous
         from pipelines.local_runner import preflight

@@ -23,6 +23,7 @@ from components.evaluator.config import GateConfig
 from components.latency_validator.config import LatencyConfig
 from components.metadata_config import METADATA_KINDS, MetadataConfig
 from components.online_evaluator.config import OnlineEvalConfig
+from components.streaming_example_gen.join_config import JoinConfig, JoinStreamConfig
 from components.streaming_example_gen.config import (KAFKA_EVENT_TIMES, KAFKA_RESERVED_SETTINGS,
                                                      KAFKA_SECRET_SETTINGS, SOURCE_KINDS, KafkaConfig,
                                                      SourceConfig, WindowConfig, looks_like_secret)
@@ -31,7 +32,7 @@ from pipelines.serve.config import ServeConfig
 from transforms.config import NUMERIC_MODES, NumericTransform, TransformConfig
 
 __all__ = ["ConfigError", "METADATA_KINDS", "MetadataConfig", "WindowConfig", "SOURCE_KINDS", "KAFKA_EVENT_TIMES", "KAFKA_RESERVED_SETTINGS",
-           "KAFKA_SECRET_SETTINGS", "looks_like_secret", "KafkaConfig", "SourceConfig", "NUMERIC_MODES",
+           "KAFKA_SECRET_SETTINGS", "looks_like_secret", "KafkaConfig", "SourceConfig", "JoinConfig", "JoinStreamConfig", "NUMERIC_MODES",
            "NumericTransform", "TransformConfig", "TrainerConfig", "GateConfig", "PusherConfig",
            "RetentionConfig", "ControllerConfig", "LatencyConfig", "driftline_setup_file",
            "beam_default_sdk_image", "BeamConfig", "IMAGE_SOURCE_DIR", "IMAGE_SETUP_FILE", "DATAFLOW_PACKAGING",
@@ -295,6 +296,9 @@ class DriftlineConfig:
     serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
     # Online evaluation of a challenger beside the champion (components/online_evaluator).
     online: OnlineEvalConfig = dataclasses.field(default_factory=OnlineEvalConfig)
+    # Set: the examples are impressions joined to their outcomes (JoinExampleGen under StreamingExampleGen's
+    # node id), and `source` is the impressions log with the joined examples' schema (`with_join`).
+    join: Optional[JoinConfig] = None
 
     @property
     def pipeline_root(self) -> str:
@@ -322,6 +326,8 @@ class DriftlineConfig:
             raise ConfigError(f"pipeline_name {self.pipeline_name!r} may hold only letters, digits, '-' and '_'")
         if not self.home:
             raise ConfigError("home is empty: set it to a folder for ML Metadata and artifacts")
+        if self.join is not None:
+            self._validate_join()
         self.source.validate()
         self.window.validate()
         self.transform.validate(self.source.schema)
@@ -342,6 +348,32 @@ class DriftlineConfig:
                 f"({self.retention.keep_cycles}): retention would delete the event ids of spans the dedup still "
                 "compares against. Raise retention.keep_cycles to at least the horizon, or lower the horizon.")
         return self
+
+    def _validate_join(self) -> None:
+        """In join mode `source` must be the impressions: one stream read two ways would disagree."""
+        if not isinstance(self.join, JoinConfig):
+            raise ConfigError("join must be a JoinConfig(impressions=..., outcomes=..., ...) or None")
+        self.join.validate()
+        imp = self.join.impressions
+        if self.source.kind != "event_log" or self.source.kafka is not None:
+            raise ConfigError("join is set and source.kind is 'kafka': the join reads two event logs "
+                              "(join.impressions.log_dir, join.outcomes.log_dir); drop source.kafka and the "
+                              "--kafka-* flags, or drop the join section")
+        if os.path.abspath(self.source.log_dir or "") != os.path.abspath(imp.log_dir):
+            raise ConfigError(f"join is set but source.log_dir ({self.source.log_dir!r}) is not the impressions "
+                              f"log join.impressions.log_dir ({imp.log_dir!r}): in join mode the pipeline reads "
+                              "the impressions; leave source.log_dir (and --log) out, or set it to that folder")
+        if self.source.schema != self.join.examples_schema:
+            raise ConfigError(f"join is set but source.schema ({self.source.schema.name!r}) is not the joined "
+                              f"examples' schema (join.impressions.schema {imp.schema.name!r} with its label "
+                              f"{imp.schema.label_field!r} required): leave source.schema out, or build the "
+                              "config with DriftlineConfig.with_join(join)")
+
+    def with_join(self, join: JoinConfig) -> "DriftlineConfig":
+        """This config in join mode: `source` becomes the impressions log with the joined examples' schema."""
+        return self.replace(join=join, source=dataclasses.replace(
+            self.source, kind="event_log", kafka=None, log_dir=join.impressions.log_dir,
+            schema=join.examples_schema))
 
     @property
     def temp_location(self) -> str:

@@ -2,11 +2,13 @@
 
 The file is the dataclasses of `pipelines/config.py` as YAML, section by
 section (`pipeline_name`, `home`, `source`, `window`, `transform`, `trainer`,
-`gate`, `pusher`, `latency`, `retention`, `controller`, `beam`, `cloud`, `metadata`, `serve`, `online`). Every
+`gate`, `pusher`, `latency`, `retention`, `controller`, `beam`, `cloud`, `metadata`, `serve`, `online`,
+`join`). Every
 key is optional: what a file leaves out keeps the dataclass's default, so the
 defaults keep their one home in `pipelines/config.py`. The event schema goes
 inline under `source.schema` or by path as `source.schema_file` (JSON or YAML,
-relative to the config file).
+relative to the config file); so do `join.impressions.schema` and `join.outcomes.schema`. With a `join`
+section, `source` defaults to the impressions log and the joined examples' schema.
 
 Types and unknown keys are checked by pydantic models derived from the
 dataclasses' own fields (so a new setting needs no second declaration here);
@@ -27,7 +29,8 @@ import yaml
 
 from components.event_schema import EventSchema, SchemaError
 from pipelines.config import (
-    BeamConfig, CloudConfig, ConfigError, ControllerConfig, DriftlineConfig, GateConfig, KafkaConfig,
+    BeamConfig, CloudConfig, ConfigError, ControllerConfig, DriftlineConfig, GateConfig, JoinConfig,
+    JoinStreamConfig, KafkaConfig,
     LatencyConfig, MetadataConfig, NumericTransform, PusherConfig, RetentionConfig, SourceConfig, TrainerConfig,
     TransformConfig, WindowConfig, default_config,
 )
@@ -45,7 +48,12 @@ SECTIONS: Dict[str, type] = {
     "controller": ControllerConfig, "beam": BeamConfig, "cloud": CloudConfig, "metadata": MetadataConfig,
     "serve": ServeConfig,
     "online": OnlineEvalConfig,
+    "join": JoinConfig,
 }
+# Sections that may be absent (None in DriftlineConfig): `join: null` is the single-stream pipeline.
+OPTIONAL_SECTIONS = ("join",)
+# Dataclasses whose `schema` is an EventSchema, given inline (schema:) or by file (schema_file:).
+_SCHEMA_HOLDERS = (SourceConfig, JoinStreamConfig)
 
 
 def home_config_path(home: str) -> str:
@@ -82,7 +90,7 @@ def _model(cls: type) -> type:
     hints = typing.get_type_hints(cls)
     fields: Dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if cls is SourceConfig and f.name == "schema":
+        if cls in _SCHEMA_HOLDERS and f.name == "schema":
             # Inline, or by file (schema_file): read by EventSchema.from_dict, whose messages we keep.
             # (`schema_` in Python: `schema` is a BaseModel attribute.)
             fields["schema_"] = (Optional[Dict[str, Any]], pydantic.Field(None, alias="schema"))
@@ -98,13 +106,22 @@ def _build(cls: type, model: pydantic.BaseModel, where: str, base_dir: str, path
     values: Dict[str, Any] = {}
     for name in model.model_fields_set:
         value = getattr(model, name)
-        if cls is SourceConfig and name in ("schema_", "schema_file"):
+        if cls in _SCHEMA_HOLDERS and name in ("schema_", "schema_file"):
             continue
         values[name] = _plain_value(value, where + name, base_dir, path)
-    if cls is SourceConfig:
+    if cls in _SCHEMA_HOLDERS:
         schema = _schema(model, where, base_dir, path)
         if schema is not None:
             values["schema"] = schema
+    if cls in (JoinConfig, JoinStreamConfig):
+        # Settings without a default: name the one missing rather than a constructor's TypeError.
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"{path}: {where}{missing[0]} is missing: the join needs "
+                              + ("impressions: and outcomes:, each with log_dir: and schema: (or schema_file:)"
+                                 if cls is JoinConfig else "log_dir: (the stream's event log) and schema: (or "
+                                 "schema_file:)"))
     return cls(**values)
 
 
@@ -146,12 +163,13 @@ def _schema(model: pydantic.BaseModel, where: str, base_dir: str, path: str) -> 
 
 def _root_model() -> type:
     fields: Dict[str, Any] = {"pipeline_name": (str, None), "home": (str, None)}
-    fields.update({name: (_model(cls), None) for name, cls in SECTIONS.items()})
+    fields.update({name: (Optional[_model(cls)] if name in OPTIONAL_SECTIONS else _model(cls), None)
+                   for name, cls in SECTIONS.items()})
     return pydantic.create_model("DriftlineConfigFile", __config__=_STRICT, **fields)
 
 
 _ROOT = _root_model()
-_DATACLASS_OF = {_model(cls): cls for cls in (*SECTIONS.values(), KafkaConfig, NumericTransform)}
+_DATACLASS_OF = {_model(cls): cls for cls in (*SECTIONS.values(), KafkaConfig, NumericTransform, JoinStreamConfig)}
 _DATACLASS_OF[_ROOT] = DriftlineConfig
 
 
@@ -217,7 +235,16 @@ def loads_config(text: str, path: str = "<config>", base_dir: Optional[str] = No
         # A dataclass's own __post_init__ checks (the event schema's) and the schema file's messages.
         text = str(e)
         raise ConfigError(text if text.startswith(f"{path}:") else f"{path}: {text}") from None
-    if config.source.kind == "event_log" and (model.source is None or "log_dir" not in model.source.model_fields_set):
+    if config.join is not None:
+        # Join mode: what the file leaves out of `source` is the impressions log and the joined examples'
+        # schema (DriftlineConfig.with_join); what it sets must agree, which validate() checks.
+        given = model.source.model_fields_set if model.source is not None else set()
+        joined = config.with_join(config.join).source
+        config = config.replace(source=dataclasses.replace(
+            config.source, kind="event_log" if "kind" not in given else config.source.kind,
+            log_dir=config.source.log_dir if "log_dir" in given else joined.log_dir,
+            schema=config.source.schema if given & {"schema_", "schema_file"} else joined.schema))
+    elif config.source.kind == "event_log" and (model.source is None or "log_dir" not in model.source.model_fields_set):
         # As default_config and the CLI do: the event log of a home is <home>/events unless the file says.
         config = config.replace(source=dataclasses.replace(config.source, log_dir=os.path.join(config.home, "events")))
     try:
@@ -315,6 +342,9 @@ _SECTION_NOTES = {
     "metadata": ["kind: sqlite (path: '' means <home>/metadata.sqlite) or mysql (host, port, database, user;",
                  "the password is read from the environment variable named by password_env)."],
     "cloud": ["Only for `driftline compile --target vertex` and DataflowRunner."],
+    "join": ["null: one stream whose events carry their label (source). Set: impressions (log_dir, schema",
+             "or schema_file; the label field optional) joined to outcomes (log_dir, schema) by `key`; source",
+             "then defaults to the impressions log. See README, \"Joining outcomes to impressions\"."],
 }
 
 

@@ -81,6 +81,12 @@ def canonical_dict(config: Any) -> Dict[str, Any]:
     (d.get("controller") or {}).pop("lease_seconds", None)
     d["source"]["log_dir"] = _absolute(d["source"].get("log_dir") or "")
     d["pusher"]["serving_dir"] = _absolute(d["pusher"].get("serving_dir") or "")
+    if d.get("join") is None:
+        # A single-stream pipeline: its hash stays what it was before join mode existed.
+        d.pop("join", None)
+    else:
+        for stream in ("impressions", "outcomes"):
+            d["join"][stream]["log_dir"] = _absolute(d["join"][stream].get("log_dir") or "")
     return d
 
 

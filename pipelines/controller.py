@@ -222,6 +222,13 @@ def closed_spans(config: DriftlineConfig, min_new_events: Optional[int] = None) 
     from components.streaming_example_gen.committed_state import latest_committed_state
     from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID, open_store
 
+    if config.join is not None:
+        if min_new_events is not None:
+            from pipelines.config import ConfigError
+
+            raise ConfigError("--min-new-events does not apply to a join: a joined span exists only once its "
+                              "impressions' attribution windows have closed; drop --min-new-events")
+        return joined_spans(config)
     store = open_store(config.metadata_connection)
     state, _ = latest_committed_state(store, config.pipeline_name, STREAMING_EXAMPLE_GEN_ID)
     window = config.window.runtime()
@@ -254,6 +261,28 @@ def closed_spans(config: DriftlineConfig, min_new_events: Optional[int] = None) 
     if min_new_events is not None and new_events >= min_new_events:
         return Due(True, f"{new_events} new events waiting (at least {min_new_events})")
     return Due(False, f"no span closed; {new_events} new events waiting")
+
+
+def joined_spans(config: DriftlineConfig) -> Due:
+    """Join mode: whether JoinExampleGen would emit a span now, by the join's own rules (`join_run.run_join`
+    from the committed join state, writing nothing); else which stream's watermark holds the join back."""
+    from components.streaming_example_gen import join, join_run
+    from components.streaming_example_gen.committed_state import latest_committed_state_json
+    from pipelines.metadata import STREAMING_EXAMPLE_GEN_ID, open_store
+
+    text, _ = latest_committed_state_json(open_store(config.metadata_connection), config.pipeline_name,
+                                          STREAMING_EXAMPLE_GEN_ID)
+    state = join.JoinState.from_json(text)
+    run = join_run.run_join(config.join, config.window.runtime(), state, output_root="",
+                            chunk_bytes=config.source.chunk_bytes, write=False)
+    result = run.result
+    if result.emits:
+        spans = sorted(result.emitted_spans)
+        return Due(True, f"span{'s' if len(spans) > 1 else ''} {', '.join(map(str, spans))} joined "
+                         f"(attribution windows closed under both watermarks)")
+    held = result.held_back_by
+    return Due(False, f"no span's attribution windows closed; {result.pending_impressions} impressions waiting"
+                      + (f", held back by the {held} stream's watermark" if held else ""))
 
 
 # Errors that no retry can fix: a configuration that is wrong stays wrong. Everything else (a broker

@@ -21,8 +21,9 @@ from components.mlmd_vocabulary import (BLESSING_TYPE, INFRA_BLESSING_TYPE, MODE
 from components.mlmd_vocabulary import PUBLISHED_STATES as _PUBLISHED
 from pipelines.controller_lock import controller_state
 from pipelines.failures import consecutive_failures, last_failure, quarantined_spans
-from pipelines.lineage_records import (CycleOutcome, EvalMetrics, LatencyRecord, LineageError, ModelRecord,
-                                       RollbackRecord, ServingInfo, Status, _json, _non_negative)
+from pipelines.lineage_records import (ClickFreshness, CycleOutcome, EvalMetrics, JoinStatus, LatencyRecord,
+                                       LineageError, ModelRecord, RollbackRecord, ServingInfo, Status, _json,
+                                       _non_negative)
 from pipelines.metadata import (EVALUATOR_ID, PUSHER_ID, RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID, TRAINER_ID,
                                 describe, ingested_spans, open_store, prop, run_outputs, store_exists)
 from pipelines.config import MetadataConfig
@@ -124,8 +125,68 @@ def models(store_or_path: StoreOrPath, pipeline_name: str = "driftline") -> List
                                 model_id=model_id, pushed_model_id=p.id)
         if model_id is not None:
             rollbacks.setdefault(model_id, []).append(record)
-    return [_model_record(m, blessings.get(m.id), pushes.get(m.id), rollbacks.get(m.id, []), latencies.get(m.id))
-            for m in found[MODEL_TYPE]]
+    records = [_model_record(m, blessings.get(m.id), pushes.get(m.id), rollbacks.get(m.id, []), latencies.get(m.id))
+               for m in found[MODEL_TYPE]]
+    spans = ingested_spans(store, pipeline_name)
+    if any(s.joined for s in spans):
+        fresh = click_freshness(records, spans)
+        records = [dataclasses.replace(m, click_freshness=fresh.get(m.model_id)) for m in records]
+    return records
+
+
+def click_freshness(records: Sequence[ModelRecord], spans: Sequence[Any]) -> Dict[int, ClickFreshness]:
+    """{pushed model id: its ClickFreshness}: each joined span's outcomes count toward the first pushed model
+    (by push time) that trained on the span, new or replayed; a model rejected by the gate serves nothing."""
+    by_span: Dict[int, List[Any]] = {}
+    for s in spans:
+        if s.joined:
+            by_span.setdefault(s.span, []).append(s)
+    served: set = set()
+    result: Dict[int, ClickFreshness] = {}
+    pushed = sorted((m for m in records if m.pushed_version is not None and m.pushed_at_ms is not None),
+                    key=lambda m: (m.pushed_at_ms, m.model_id))
+    for m in pushed:
+        first = sorted(s for s in set(m.trained_spans) if s in by_span and s not in served)
+        if not first:
+            continue
+        served.update(first)
+        points: List[tuple] = []  # (outcome time, weight)
+        count = 0
+        for span in first:
+            for record in by_span[span]:
+                q, n = record.outcome_time_quantiles_ms, record.attributed_count or 0
+                if q and n:
+                    points += [(t, n / len(q)) for t in q]
+                    count += n
+        median = newest = oldest = None
+        if points:
+            points.sort()
+            half, acc = sum(w for _, w in points) / 2.0, 0.0
+            for t, w in points:
+                acc += w
+                if acc >= half:
+                    median = (m.pushed_at_ms - t) / 1000.0
+                    break
+            newest, oldest = (m.pushed_at_ms - points[-1][0]) / 1000.0, (m.pushed_at_ms - points[0][0]) / 1000.0
+        result[m.model_id] = ClickFreshness(model_id=m.model_id, pushed_version=m.pushed_version,
+                                            pushed_at_ms=m.pushed_at_ms, spans=first, outcomes=count,
+                                            median_seconds=median, newest_seconds=newest, oldest_seconds=oldest)
+    return result
+
+
+def join_status(spans: Sequence[Any]) -> Optional[JoinStatus]:
+    """Join mode (None otherwise): the watermarks the newest joined span recorded, and the dead-letter totals."""
+    joined = [s for s in spans if s.joined]
+    if not joined:
+        return None
+    newest = max(joined, key=lambda s: (s.create_time_ms, s.artifact_id, s.span))
+    imp, out = newest.impressions_watermark_ms, newest.outcomes_watermark_ms
+    held = None if imp == out else ("impressions" if imp is None or (out is not None and imp < out) else "outcomes")
+    return JoinStatus(impressions_watermark_ms=imp, outcomes_watermark_ms=out, held_back_by=held,
+                      newest_span=max(s.span for s in joined),
+                      attributed_outcomes=sum(s.attributed_count or 0 for s in joined),
+                      late_outcomes=sum(s.late_outcome_count for s in joined),
+                      orphan_outcomes=sum(s.orphan_outcome_count for s in joined))
 
 
 def _model_record(m: metadata_store_pb2.Artifact, blessing: Optional[metadata_store_pb2.Artifact],
@@ -408,4 +469,5 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
         models_payload_deleted=sum(1 for m in records if m.payload_deleted),
         last_failure=failure, consecutive_failures=consecutive_failures(store, config.pipeline_name, failure),
         quarantined_spans=quarantined_spans(store, config.pipeline_name),
-        pin=current_pin(store, config.pipeline_name))
+        pin=current_pin(store, config.pipeline_name), join=join_status(spans),
+        click_freshness=serving_model.click_freshness if serving_model is not None else None)

@@ -21,6 +21,13 @@ def preflight(config: DriftlineConfig) -> None:
     """
     from components.streaming_example_gen import sources
 
+    if config.join is not None:
+        # Both logs of the join: a wrong folder for either stops here with what to fix.
+        from components import event_log
+
+        for stream in (config.join.impressions, config.join.outcomes):
+            event_log.list_segments(stream.log_dir)
+        return
     sources.from_config(config.source).preflight()
 
 
@@ -82,6 +89,11 @@ class CycleReport:
     latency_p99_ms: Optional[float] = None
     # A resumed cycle: its spans were published by an interrupted one.
     resumed: bool = False
+    # Join mode, a pushed model: from the clicks of the spans it served first to its push (ClickFreshness).
+    click_freshness_median_seconds: Optional[float] = None
+    click_freshness_newest_seconds: Optional[float] = None
+    click_freshness_oldest_seconds: Optional[float] = None
+    clicks_served: Optional[int] = None
 
     @property
     def trained(self) -> bool:
@@ -127,6 +139,16 @@ def cycle_report(config: DriftlineConfig, wall_seconds: float) -> CycleReport:
     if pushed and prop(pushed[0], "pushed") == 1:
         report.pushed_version = prop(pushed[0], "pushed_version")
         report.pushed_at_ms = prop(pushed[0], "pushed_at_ms")
+        if config.join is not None and report.model_id is not None:
+            from pipelines.lineage_queries import models
+
+            fresh = next((m.click_freshness for m in models(store, config.pipeline_name)
+                          if m.model_id == report.model_id), None)
+            if fresh is not None:
+                report.click_freshness_median_seconds = fresh.median_seconds
+                report.click_freshness_newest_seconds = fresh.newest_seconds
+                report.click_freshness_oldest_seconds = fresh.oldest_seconds
+                report.clicks_served = fresh.outcomes
     return report
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -54,6 +54,31 @@ class SpanRecord:
     future_count: int = 0
     too_late_count: int = 0
     duplicate_count: int = 0
+    # JoinExampleGen's spans only (None / empty for StreamingExampleGen's): each stream's watermark when the
+    # span was emitted, the outcomes attributed to its impressions, their event times at 0 %, 5 %, ... 100 %
+    # (click-to-serving freshness runs from them), and the outcomes dead-lettered as late or orphan.
+    impressions_watermark_ms: Optional[int] = None
+    outcomes_watermark_ms: Optional[int] = None
+    attributed_count: Optional[int] = None
+    outcome_time_quantiles_ms: Tuple[int, ...] = ()
+    late_outcome_count: int = 0
+    orphan_outcome_count: int = 0
+
+    @property
+    def joined(self) -> bool:
+        return self.impressions_watermark_ms is not None or self.outcomes_watermark_ms is not None
+
+
+def _watermark(a: metadata_store_pb2.Artifact, name: str) -> Optional[int]:
+    value = _prop(a, name)
+    return None if value is None or value < 0 else int(value)
+
+
+def _quantiles(a: metadata_store_pb2.Artifact) -> Tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in json.loads(_prop(a, "outcome_time_quantiles_ms") or "[]"))
+    except (ValueError, TypeError):
+        return ()
 
 
 def ingested_spans(store: metadata_store.MetadataStore, pipeline_name: str,
@@ -80,7 +105,12 @@ def ingested_spans(store: metadata_store.MetadataStore, pipeline_name: str,
             dead_letter_uri=_prop(a, "dead_letter_uri") or "", create_time_ms=a.create_time_since_epoch,
             payload_deleted=a.state != metadata_store_pb2.Artifact.LIVE,
             future_count=_prop(a, "future_count") or 0, too_late_count=_prop(a, "too_late_count") or 0,
-            duplicate_count=_prop(a, "duplicate_count") or 0))
+            duplicate_count=_prop(a, "duplicate_count") or 0,
+            impressions_watermark_ms=_watermark(a, "impressions_watermark_ms"),
+            outcomes_watermark_ms=_watermark(a, "outcomes_watermark_ms"),
+            attributed_count=_prop(a, "attributed_count"), outcome_time_quantiles_ms=_quantiles(a),
+            late_outcome_count=_prop(a, "late_outcome_count") or 0,
+            orphan_outcome_count=_prop(a, "orphan_outcome_count") or 0))
     return sorted(rows, key=lambda r: (r.span, r.artifact_id))
 
 

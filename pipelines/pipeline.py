@@ -7,6 +7,10 @@ One cycle::
           │                      │                    │ replay_examples     │
           └──── ImportSchemaGen ─┘      latest_blessed_model_resolver ──────┘   replay_resolver
 
+With `config.join` set, JoinExampleGen (impressions joined to their outcomes) takes
+StreamingExampleGen's place under the same node id, and the rest of the graph reads
+its spans unchanged (`local_example_gen`; local only).
+
 Between the evaluator and the pusher sits the LatencyValidator (when
 `config.latency.enabled`): it load-tests the candidate on the newest span's
 eval split, and the pusher needs its `InfraBlessing` as well as the
@@ -87,15 +91,31 @@ def dedup_horizon_runs(config: DriftlineConfig) -> int:
     return max(config.trainer.replay_spans, 1)
 
 
+def local_example_gen(config: DriftlineConfig):
+    """The local pipeline's example gen: StreamingExampleGen, or JoinExampleGen when `config.join` is set.
+
+    Both take the node id STREAMING_EXAMPLE_GEN_ID, so the controller, status, lineage, retention, recovery and
+    rollback find the spans where they always do; the committed state on the artifacts tells the two apart
+    (a join's refuses to be read as a stream's, and the other way round).
+    """
+    if config.join is not None:
+        from components.streaming_example_gen.join_component import JoinExampleGen
+
+        # The join needs at least one run's impression ids to tell a late outcome from an orphan.
+        return JoinExampleGen(config.join, config.window, chunk_bytes=config.source.chunk_bytes,
+                              dedup_horizon_runs=max(dedup_horizon_runs(config), 1)).with_id(STREAMING_EXAMPLE_GEN_ID)
+    return StreamingExampleGen.from_config(
+        config.source, config.window, dedup_horizon_runs=dedup_horizon_runs(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
+
+
 def create_ingest_pipeline(config: DriftlineConfig, with_statistics: bool = False) -> tfx.dsl.Pipeline:
-    """StreamingExampleGen alone, or followed by stock StatisticsGen and SchemaGen.
+    """StreamingExampleGen (JoinExampleGen in join mode) alone, or followed by stock StatisticsGen and SchemaGen.
 
     Stock StatisticsGen reads one `Examples` artifact, while a run may emit
     several spans; it is given the newest span of the run.
     """
     config.validate()
-    example_gen = StreamingExampleGen.from_config(
-        config.source, config.window, dedup_horizon_runs=dedup_horizon_runs(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
+    example_gen = local_example_gen(config)
     components: List = [example_gen]
     if with_statistics:
         from tfx.dsl.input_resolution.canned_resolver_functions import latest_created
@@ -132,6 +152,12 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     vertex = target == VERTEX
     if vertex:
+        if config.join is not None:
+            from pipelines.config import ConfigError
+
+            raise ConfigError("join is set: JoinExampleGen runs only on the local controller so far (its driver "
+                              "reads the committed join state; Vertex runs no custom drivers); drop the join "
+                              "section to compile for Vertex")
         config.validate_for_vertex()
     else:
         config.validate()
@@ -153,8 +179,7 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
             config.source, config.window, driverless=True,
             previous_examples=latest_examples.outputs["examples"]).with_id(STREAMING_EXAMPLE_GEN_ID)
     else:
-        example_gen = StreamingExampleGen.from_config(
-            config.source, config.window, dedup_horizon_runs=dedup_horizon_runs(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
+        example_gen = local_example_gen(config)
     if vertex:
         from components.event_schema_gen import EventSchemaGen
 

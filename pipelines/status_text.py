@@ -93,6 +93,8 @@ def format_status(st: Status) -> str:
                      f"to {format_ms(st.newest_event_ms)} UTC)")
     else:
         lines.append("  freshness:   -")
+    if st.click_freshness is not None:
+        lines.append(f"  from click:  {st.click_freshness.describe()} (version {st.click_freshness.pushed_version})")
     if st.serving_latency is not None:
         lines.append(f"  latency:     {st.serving_latency.describe()}")
     c = st.last_cycle
@@ -111,6 +113,14 @@ def format_status(st: Status) -> str:
     if st.spans_payload_deleted:
         lines.append(f"               payload deleted by retention for {st.spans_payload_deleted} of the spans "
                      "(records kept)")
+    if st.join is not None:
+        j = st.join
+        held = (f"the {j.held_back_by} stream holds the join back" if j.held_back_by
+                else "neither stream holds the join back")
+        lines.append(f"  join:        impressions watermark {format_ms(j.impressions_watermark_ms)} UTC, outcomes "
+                     f"watermark {format_ms(j.outcomes_watermark_ms)} UTC: {held} (as of span {j.newest_span})")
+        lines.append(f"               {j.attributed_outcomes:,} outcomes attributed, {j.late_outcomes:,} late, "
+                     f"{j.orphan_outcomes:,} orphans (dead letters)")
     lines.append(f"  models:      {st.models_trained} trained, {st.models_blessed} blessed, "
                  f"{st.models_rejected} rejected; {st.pushes} pushed, {st.rollbacks} rollback"
                  f"{'' if st.rollbacks == 1 else 's'}")
@@ -250,6 +260,8 @@ def _format_chain(chain_records: Sequence[ModelRecord], serving_info: Optional[S
             lines.append(f"  latency: {m.latency.reason or m.latency.describe()}")
         if m.pushed_version is not None:
             lines.append(f"  push:  version {m.pushed_version} at {format_ms(m.pushed_at_ms)} UTC")
+            if m.click_freshness is not None:
+                lines.append(f"  from click: {m.click_freshness.describe()}")
         elif m.push_reason:
             lines.append(f"  push:  {m.push_reason}")
         for r in m.rollbacks:

@@ -6,6 +6,7 @@ a pipeline with another name or serving folder. One TFX run in this file (a chea
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -79,9 +80,10 @@ def test_default_config_round_trips(tmp_path):
 def test_a_config_touching_every_section_round_trips(tmp_path):
     config = every_section(str(tmp_path / "home"))
     default = default_config(DriftlineConfig().home)
-    # The test's own premise: every field of DriftlineConfig is set away from its default.
+    # The test's own premise: every field of DriftlineConfig is set away from its default (but `join`, which
+    # changes what `source` must be: test_a_join_config_round_trips_and_its_source_defaults_to_the_impressions).
     assert [f.name for f in dataclasses.fields(DriftlineConfig)
-            if getattr(config, f.name) == getattr(default, f.name)] == []
+            if getattr(config, f.name) == getattr(default, f.name)] == ["join"]
     assert round_trip(config, tmp_path) == config
     kafka = kafka_config(str(tmp_path / "home"))
     assert round_trip(kafka, tmp_path) == kafka
@@ -245,7 +247,9 @@ def test_ingest_with_a_config_file_persists_it_and_status_finds_the_pipeline(tmp
 def test_the_starter_file_is_valid_yaml_with_the_documented_sections(tmp_path):
     data = yaml.safe_load(init_text(str(tmp_path)))
     assert list(data) == ["pipeline_name", "home", "source", "window", "transform", "trainer", "gate", "pusher",
-                          "latency", "retention", "controller", "beam", "cloud", "metadata", "serve", "online"]
+                          "latency", "retention", "controller", "beam", "cloud", "metadata", "serve", "online",
+                          "join"]
+    assert data["join"] is None  # the single-stream pipeline; the section documents the join
     assert EventSchema.from_dict(data["source"]["schema"]).name == "ad_clicks"
 
 
@@ -258,3 +262,73 @@ def test_an_old_gate_section_still_loads_and_the_deprecated_count_warns_naming_i
         config = loads_config(text)
     assert config.gate.min_eval_examples == 400 and config.gate.max_log_loss is None
     assert config.gate.max_auc_drop == 0.01
+
+
+def _join_file(tmp_path, extra: str = "", join_extra: str = "") -> str:
+    from pipelines import two_streams
+
+    (tmp_path / "outcomes.json").write_text(two_streams.outcomes_schema().to_json())
+    return write(tmp_path / "join.yaml", f"""
+home: {tmp_path / 'home'}
+join:
+  impressions:
+    log_dir: {tmp_path / 'imp'}
+    schema: {json.dumps(two_streams.impressions_schema().to_dict())}
+  outcomes:
+    log_dir: {tmp_path / 'out'}
+    schema_file: outcomes.json
+  attribution_window_seconds: 120
+{join_extra}{extra}""")
+
+
+def test_a_join_config_round_trips_and_its_source_defaults_to_the_impressions(tmp_path):
+    from pipelines import two_streams
+
+    config = load_config(_join_file(tmp_path))
+    expected = two_streams.join_config(str(tmp_path / "imp"), str(tmp_path / "out"), attribution_window_seconds=120)
+    assert config.join == expected
+    # `source` left out: the impressions log, with the joined examples' schema (the label required).
+    assert config.source.log_dir == str(tmp_path / "imp")
+    label = config.source.schema.field_map[config.source.schema.label_field]
+    assert label.required and config.source.schema.name == "ad_impressions"
+    assert config == default_config(str(tmp_path / "home")).with_join(expected)
+    assert round_trip(config, tmp_path) == config
+
+
+@pytest.mark.parametrize("extra, join_extra, fix", [
+    ("source:\n  log_dir: /elsewhere\n", "", "leave source.log_dir (and --log) out"),
+    ("source:\n  log_dir: ''\n  kind: kafka\n  kafka: {bootstrap_servers: 'b:9092', topic: t}\n", "",
+     "drop source.kafka and the --kafka-* flags"),
+    ("", "  key: user_id\n", "set it to the outcome field holding the impression id"),
+])
+def test_a_join_config_that_conflicts_stops_naming_the_fix(tmp_path, extra, join_extra, fix):
+    with pytest.raises(ConfigError, match=re.escape(fix)):
+        load_config(_join_file(tmp_path, extra, join_extra))
+
+
+def test_a_join_section_without_its_streams_names_them(tmp_path):
+    path = write(tmp_path / "c.yaml", f"home: {tmp_path}\njoin:\n  attribution_window_seconds: 60\n")
+    with pytest.raises(ConfigError, match="join.impressions is missing"):
+        load_config(path)
+
+
+def test_log_flag_conflicting_with_the_join_stops_the_cli(tmp_path, capsys):
+    (tmp_path / "imp").mkdir()
+    (tmp_path / "out").mkdir()
+    assert cli.main(["run", "--config", _join_file(tmp_path), "--log", str(tmp_path / "other"), "--cycles", "1"]) == 2
+    assert "is not the impressions log" in capsys.readouterr().err
+
+
+def test_a_join_pipeline_does_not_compile_for_vertex(tmp_path):
+    from pipelines.pipeline import VERTEX, create_pipeline
+
+    config = load_config(_join_file(tmp_path))
+    with pytest.raises(ConfigError, match="drop the join section to compile for Vertex"):
+        create_pipeline(config, target=VERTEX)
+
+
+def test_min_new_events_with_a_join_stops_the_cli_naming_the_fix(tmp_path, capsys):
+    (tmp_path / "imp").mkdir()
+    (tmp_path / "out").mkdir()
+    assert cli.main(["run", "--config", _join_file(tmp_path), "--continuous", "--min-new-events", "10"]) == 2
+    assert "drop --min-new-events" in capsys.readouterr().err

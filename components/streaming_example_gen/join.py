@@ -181,6 +181,8 @@ class Example:
     event: Dict[str, Any]
     label: float
     outcomes: int  # counted outcomes attributed to it
+    # The event times of those outcomes: click-to-serving freshness is measured from them.
+    outcome_times_ms: List[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -226,6 +228,7 @@ class _Pending:
     outcome_ids: set = dataclasses.field(default_factory=set)
     label: float = 0.0
     counted: int = 0
+    outcome_times_ms: List[int] = dataclasses.field(default_factory=list)
 
 
 def _parse(schema: EventSchema, line: bytes) -> Dict[str, Any]:
@@ -362,6 +365,7 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
                 else:
                     imp.outcome_ids.add(outcome_id)
                     imp.counted += 1
+                    imp.outcome_times_ms.append(t)
                     imp.label = 1.0 if config.label_rule == "any" else imp.label + float(event[config.value_field] or 0)
                     if imp.span not in emitted_set:
                         still.append(p)
@@ -382,7 +386,8 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
             event = dict(imp.event)
             label = imp.label if config.label_rule == "value" else int(imp.label)
             event[imp_schema.label_field] = label
-            examples.append(Example(key, imp.span, window.split_of(imp.span, imp.time_ms), event, label, imp.counted))
+            examples.append(Example(key, imp.span, window.split_of(imp.span, imp.time_ms), event, label, imp.counted,
+                                    imp.outcome_times_ms))
     left = [i for i in pending.values() if i.span not in emitted_set]
     imp_resume = min((i.position for i in left), default=imp_read_end)
     out_resume = min(still, default=out_read_end)

@@ -48,6 +48,16 @@ class JoinConfig:
     orphan_bound_seconds: int = 3600
 
     @property
+    def examples_schema(self) -> EventSchema:
+        """The schema of the joined examples: the impressions' with the label required, since the join always
+        sets it. In a pipeline (DriftlineConfig.join) it is `source.schema`, what Transform, the trainer, the
+        gate and serving read."""
+        imp = self.impressions.schema
+        fields = tuple(dataclasses.replace(f, required=True) if f.name == imp.label_field else f
+                       for f in imp.fields)
+        return dataclasses.replace(imp, fields=fields)
+
+    @property
     def attribution_window_ms(self) -> int:
         return self.attribution_window_seconds * 1000
 

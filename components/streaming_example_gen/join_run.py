@@ -57,12 +57,14 @@ class JoinRun:
 
 
 def run_join(config: JoinConfig, window: windowing.Window, state: join.JoinState, output_root: str,
-             dedup_span_uris: Sequence[str] = (), chunk_bytes: int = 8 << 20,
+             dedup_span_uris: Sequence[str] = (), chunk_bytes: int = 8 << 20, write: bool = True,
              now_ms: Optional[int] = None) -> JoinRun:
     """Reads, joins and writes every emitted span under `output_root/span-<n>`; returns what to publish.
 
     `dedup_span_uris`: recently emitted spans, whose impression ids (their `event_ids/`) tell a late
-    outcome from an orphan. `now_ms`: the clock the future bound is taken from (default: this machine's).
+    outcome from an orphan. `write=False` writes nothing: the controller's question whether a run would
+    emit a span (pipelines/controller.py), answered by the same rules the run applies. `now_ms`: the clock
+    the future bound is taken from (default: this machine's).
     """
     started = time.monotonic()
     imp_schema, out_schema = config.impressions.schema, config.outcomes.schema
@@ -76,7 +78,7 @@ def run_join(config: JoinConfig, window: windowing.Window, state: join.JoinState
     result.state = dataclasses.replace(result.state, imp_segment_sizes=imp_plan.segment_sizes,
                                        out_segment_sizes=out_plan.segment_sizes)
     imp_start, out_start = imp_plan.start, out_plan.start
-    if result.emits:
+    if result.emits and write:
         write_spans(result, imp_schema, output_root)
     return JoinRun(state, result, imp_start, out_start, time.monotonic() - started)
 
@@ -112,6 +114,7 @@ def span_properties(run: JoinRun, window: windowing.Window, span: int, config: J
     first = span == min(result.emitted_spans)
     counts = result.dead_letter_counts() if first else {}
     times = [e.event[config.impressions.schema.event_time_field] for e in examples]
+    outcome_times = [t for e in examples for t in e.outcome_times_ms]
     start_ms, end_ms = window.span_bounds(span)
     return {
         COMMITTED_STATE_PROPERTY: run.committed.to_json(),
@@ -128,6 +131,9 @@ def span_properties(run: JoinRun, window: windowing.Window, span: int, config: J
         "future_event_count": counts.get(join.FUTURE_IMPRESSION, 0) + counts.get(join.FUTURE_OUTCOME, 0),
         "duplicate_outcome_count": counts.get(join.DUPLICATE_OUTCOME, 0),
         "dead_letter_kinds": json.dumps(counts, sort_keys=True),
+        # Click-to-serving freshness (pipelines/lineage_queries.click_freshness) runs from these times to the
+        # push of the first model trained on the span: 21 quantiles (0 %, 5 %, ... 100 %) keep it bounded.
+        "outcome_time_quantiles_ms": json.dumps(outcome_time_quantiles(outcome_times)),
         "min_event_time_ms": min(times) if times else -1,
         "max_event_time_ms": max(times) if times else -1,
         "span_start_ms": start_ms,
@@ -139,6 +145,18 @@ def span_properties(run: JoinRun, window: windowing.Window, span: int, config: J
         "pending_outcomes": result.pending_outcomes,
         "ingest_wall_seconds": round(run.wall_seconds, 3),
     }
+
+
+OUTCOME_QUANTILES = 20  # intervals: the quantiles 0 %, 5 %, ..., 100 %
+
+
+def outcome_time_quantiles(times_ms: Sequence[int]) -> List[int]:
+    """The event times of a span's attributed outcomes at 0 %, 5 %, ..., 100 % (nearest rank); [] for none."""
+    if not len(times_ms):
+        return []
+    ordered = np.sort(np.asarray(times_ms, dtype=np.int64))
+    ranks = np.round(np.linspace(0, len(ordered) - 1, OUTCOME_QUANTILES + 1)).astype(int)
+    return [int(ordered[r]) for r in ranks]
 
 
 def _ms(value: Optional[int]) -> int:
