@@ -566,11 +566,13 @@ def remove_tmp(output_root: str) -> None:
 
 
 class RunnerLostElements(RuntimeError):
-    """The Beam run returned fewer chunk results than the read plan has chunks (or ranges that do not tile it).
+    """The Beam run returned fewer chunk results than the event-log read plan has chunks.
 
-    Every unit yields exactly one result, so a shortfall means the runner dropped elements; committing the
+    Every chunk yields exactly one result, so a shortfall means the runner dropped elements; committing the
     plan's end would skip the lost events forever. Seen only with DirectRunner multi_processing and several
-    workers (2 of 14 runs at 1M events, never under in_memory or the portable runner).
+    workers (2 of 14 runs at 1M events on 2026-11-23, 3 of 10 on 2026-12-05; never under in_memory or the
+    portable runner). A Kafka read whose ranges do not tile its plan raises a plain RuntimeError instead and
+    is not rerun: its split points may differ between runs, so a rerun could leave a piece written twice.
     """
 
 
