@@ -2,13 +2,17 @@
 PYTHON := .venv/bin/python
 DEMO_HOME ?= demo_home
 
-.PHONY: venv demo test bench clean notebook mariadb test-mariadb
+.PHONY: venv demo demo-loop test bench clean notebook mariadb test-mariadb
 
 venv:
 	@bash scripts/bootstrap.sh
 
 demo: venv
 	$(PYTHON) -m pipelines.cli demo --home $(DEMO_HOME)
+
+# The closed loop in real time: users -> driftline serve -> impressions + clicks -> join -> train -> push.
+demo-loop: venv
+	$(PYTHON) -m pipelines.cli demo --closed-loop --home $(DEMO_HOME)_loop
 
 test: venv
 	$(PYTHON) -m pytest tests

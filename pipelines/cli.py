@@ -995,6 +995,14 @@ def add_demo_command(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true",
                    help="delete --home even if the demo did not create it (a previous demo's home is always "
                         "replaced)")
+    p.add_argument("--closed-loop", action="store_true",
+                   help="the closed loop in real time: simulated users rank ads through a `driftline serve` "
+                        "process, their clicks are joined to its impressions, each cycle trains, gates, pushes "
+                        "and hot-swaps; prints the served CTR per span beside the offline AUC")
+    p.add_argument("--span-seconds", type=_int_at_least(5), default=20,
+                   help="--closed-loop: span length in seconds (default 20)")
+    p.add_argument("--requests-per-second", type=_positive_float, default=20.0,
+                   help="--closed-loop: the population's rank requests per second (default 20)")
     _add_log_level_argument(p)
     p.set_defaults(handler=run_demo)
 
@@ -1012,6 +1020,16 @@ def run_demo(args: argparse.Namespace) -> int:
     from pipelines.report import quiet_tensorflow
 
     quiet_tensorflow()
+    if args.closed_loop:
+        from pipelines.closed_loop import run_closed_loop, served_table
+
+        result = run_closed_loop(args.home, cycles=args.cycles, span_seconds=args.span_seconds,
+                                 requests_per_second=args.requests_per_second,
+                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
+        print("\n" + served_table(result.rows))
+        print(f"\n{result.tally.requests:,} rank requests, {result.tally.failed} failed; versions served in order: "
+              f"{result.tally.versions_in_order}; server log: {result.server_log}")
+        return 0 if len(result.cycles) == args.cycles and result.cycles[-1].get("outcome") == "ok" else 1
     from pipelines.demo import cycle_table, run_demo as demo
 
     rows = demo(args.home, cycles=args.cycles, events_per_minute=args.events_per_minute,

@@ -338,3 +338,52 @@ def test_a_bounded_window_needs_the_clock():
     with pytest.raises(ValueError, match="now_ms"):
         join.join_step(join_config(), BOUNDED, join.JoinState(), [], [], Position("00000000.jsonl", 0),
                        Position("00000000.jsonl", 0))
+
+
+def _with_position(cfg, **kw):
+    """The helper's join with an int `position` on the impressions (what a ranking server logs)."""
+    from components.event_schema import FieldSpec
+
+    schema = cfg.impressions.schema
+    schema = dataclasses.replace(schema, fields=schema.fields + (FieldSpec("position", "int"),
+                                                                 FieldSpec("score", "float")))
+    return dataclasses.replace(cfg, impressions=JoinStreamConfig(cfg.impressions.log_dir, schema), **kw)
+
+
+def test_candidates_scored_but_not_shown_are_no_examples_and_server_fields_are_dropped(tmp_path):
+    from components.event_log import EventLogWriter
+    from components.streaming_example_gen import join_run
+
+    import tensorflow as tf
+
+    cfg = _with_position(join_config(str(tmp_path / "imp"), str(tmp_path / "out")), max_position=2,
+                         drop_fields=("score",))
+    cfg.validate()
+    assert [f.name for f in cfg.examples_schema.fields] == ["impression_id", "ts", "ad_id", "label", "position"]
+    with EventLogWriter(cfg.impressions.log_dir) as w:
+        w.write_events([{"impression_id": f"r{k}", "ts": 1_000 + k, "ad_id": "a", "position": k, "score": 0.5}
+                        for k in range(5)] + [{"impression_id": "tick", "ts": 2 * SPAN_MS, "ad_id": "a",
+                                                "position": 0, "score": 0.1}])
+    with EventLogWriter(cfg.outcomes.log_dir) as w:
+        w.write_events([{"outcome_id": "o1", "impression_id": "r1", "ts": 1_500, "outcome_type": "click"},
+                        {"outcome_id": "t", "impression_id": "tick", "ts": 2 * SPAN_MS, "outcome_type": "view"}])
+    run = join_run.run_join(cfg, WINDOW, join.JoinState(), str(tmp_path / "spans"))
+    # Positions 0 and 1 were shown (the top 2); 2-4 were scored only, and are neither examples nor dead letters.
+    assert labels(run.result) == {"r0": 0, "r1": 1}
+    assert [d.kind for d in run.result.dead_letters] == [join.NOT_COUNTED]
+    files = sorted((tmp_path / "spans").rglob("*.gz"))
+    records = [tf.train.Example.FromString(r.numpy()) for f in files
+               for r in tf.data.TFRecordDataset(str(f), compression_type="GZIP")]
+    assert len(records) == 2 and all("score" not in r.features.feature and "position" in r.features.feature
+                                     for r in records)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(drop_fields=("label",)), "join.drop_fields"),
+    (dict(drop_fields=("nope",)), "join.drop_fields"),
+    (dict(max_position=2, position_field="ad_id"), "join.max_position needs"),
+    (dict(max_position=0), "join.max_position must be >= 1"),
+])
+def test_drop_fields_and_max_position_misconfigurations_name_the_fix(change, words):
+    with pytest.raises(ConfigError, match=words):
+        _with_position(join_config(), **change).validate()

@@ -294,6 +294,8 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
             continue
         span = window.span_of(t)
         imp_max = t if imp_max is None else max(imp_max, t)
+        if config.max_position is not None and event[config.position_field] >= config.max_position:
+            continue  # scored but not shown: no example (it still moves the impressions' watermark)
         if last_span is not None and span <= last_span:
             # Read before: emitted with its span. New: its span was emitted already.
             if new:

@@ -55,6 +55,7 @@ class JoinExampleGenSpec(types.ComponentSpec):
 def join_config_to_json(config: JoinConfig) -> str:
     d = {k: v for k, v in vars(config).items() if k not in ("impressions", "outcomes")}
     d["counted_types"] = list(config.counted_types)
+    d["drop_fields"] = list(config.drop_fields)
     for name in ("impressions", "outcomes"):
         stream = getattr(config, name)
         d[name] = {"log_dir": stream.log_dir, "schema": json.loads(stream.schema.to_json())}
@@ -66,6 +67,7 @@ def join_config_from_json(text: str) -> JoinConfig:
     for name in ("impressions", "outcomes"):
         d[name] = JoinStreamConfig(d[name]["log_dir"], EventSchema.from_json(json.dumps(d[name]["schema"])))
     d["counted_types"] = tuple(d["counted_types"])
+    d["drop_fields"] = tuple(d.get("drop_fields", ()))
     return JoinConfig(**d)
 
 

@@ -46,6 +46,13 @@ class JoinConfig:
     # An outcome whose impression has not appeared by the time the impression stream's watermark passes the
     # outcome's event time plus this bound is dead-lettered as an orphan.
     orphan_bound_seconds: int = 3600
+    # Impression fields not carried into the examples (what a server adds to its log: request id, model
+    # version, score), so the examples' schema, and the model's inputs, stay the stream's own.
+    drop_fields: Tuple[str, ...] = ()
+    # A ranking server logs every candidate it scored, shown or not: with `max_position` set, an impression
+    # whose int `position_field` is >= it was not shown, and is no example (skipped, not dead-lettered).
+    max_position: Optional[int] = None
+    position_field: str = "position"
 
     @property
     def examples_schema(self) -> EventSchema:
@@ -54,7 +61,7 @@ class JoinConfig:
         gate and serving read."""
         imp = self.impressions.schema
         fields = tuple(dataclasses.replace(f, required=True) if f.name == imp.label_field else f
-                       for f in imp.fields)
+                       for f in imp.fields if f.name not in self.drop_fields)
         return dataclasses.replace(imp, fields=fields)
 
     @property
@@ -110,3 +117,15 @@ class JoinConfig:
                                   f"field {imp.label_field!r} type='float'")
         elif self.value_field is not None:
             raise ConfigError("join.value_field is read only by label_rule='value': drop it, or set label_rule='value'")
+        keep = (imp.id_field, imp.event_time_field, imp.label_field)
+        bad = [f for f in self.drop_fields if f not in imp_fields or f in keep]
+        if bad:
+            raise ConfigError(f"join.drop_fields {bad} must name impression fields other than the id, event time "
+                              f"and label {list(keep)}; the impressions' fields are {sorted(imp_fields)}")
+        if self.max_position is not None:
+            field = imp_fields.get(self.position_field)
+            if field is None or field.type != "int" or not field.required:
+                raise ConfigError(f"join.max_position needs join.position_field ({self.position_field!r}) to name "
+                                  f"a required int field of the impressions {sorted(imp_fields)}")
+            if self.max_position < 1:
+                raise ConfigError(f"join.max_position must be >= 1 (the top k shown), got {self.max_position}")

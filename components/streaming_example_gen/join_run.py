@@ -79,7 +79,7 @@ def run_join(config: JoinConfig, window: windowing.Window, state: join.JoinState
                                        out_segment_sizes=out_plan.segment_sizes)
     imp_start, out_start = imp_plan.start, out_plan.start
     if result.emits and write:
-        write_spans(result, imp_schema, output_root)
+        write_spans(result, config.examples_schema, output_root)
     return JoinRun(state, result, imp_start, out_start, time.monotonic() - started)
 
 

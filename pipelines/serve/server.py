@@ -164,7 +164,10 @@ def options_from_config(config, host: str, port: int, impressions_dir: Optional[
     elif impressions_kafka is not None:
         impressions = impressions_kafka
     else:
-        impressions = impressions_dir or os.path.join(config.home, "impressions")
+        # Join mode: the log the join reads is the one to write (its schema drops what the server adds).
+        default = config.join.impressions.log_dir if config.join is not None else os.path.join(config.home,
+                                                                                                "impressions")
+        impressions = impressions_dir or default
     return ServeOptions(serving_dir=config.serving_dir, schema=config.source.schema, model_name=config.pipeline_name,
                         impressions_dir=impressions, host=host, port=port, metadata=config.metadata_connection,
                         home=config.home, shadow_poll_seconds=config.serve.shadow_poll_seconds, **overrides)
