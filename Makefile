@@ -2,17 +2,19 @@
 PYTHON := .venv/bin/python
 DEMO_HOME ?= demo_home
 
-.PHONY: venv demo demo-loop test bench clean notebook mariadb test-mariadb
+.PHONY: venv demo demo-replay test bench clean notebook mariadb test-mariadb
 
 venv:
 	@bash scripts/bootstrap.sh
 
+# The main job, the closed loop in real time: users -> driftline serve -> impressions + clicks -> join ->
+# train -> gate -> push -> hot swap -> the same users.
 demo: venv
-	$(PYTHON) -m pipelines.cli demo --home $(DEMO_HOME)
+	$(PYTHON) -m pipelines.cli demo --closed-loop --home $(DEMO_HOME)
 
-# The closed loop in real time: users -> driftline serve -> impressions + clicks -> join -> train -> push.
-demo-loop: venv
-	$(PYTHON) -m pipelines.cli demo --closed-loop --home $(DEMO_HOME)_loop
+# The replayed stream without a server (a poisoned span the gate refuses; fast, no wall-clock waits).
+demo-replay: venv
+	$(PYTHON) -m pipelines.cli demo --home $(DEMO_HOME)_replay
 
 test: venv
 	$(PYTHON) -m pytest tests
@@ -35,7 +37,7 @@ bench: venv
 	$(PYTHON) benchmarks/ingest.py
 
 clean:
-	rm -rf $(DEMO_HOME) .pytest_cache
+	rm -rf $(DEMO_HOME) $(DEMO_HOME)_replay .pytest_cache
 
 # Re-executes the notebook in place, refreshing its committed outputs (a few minutes).
 notebook: venv

@@ -81,10 +81,27 @@ def _tail(path: str) -> str:
         return ""
 
 
+CONTINUOUS, STATIC = 1, 0  # retrain_every_spans: a cycle as each span closes; never after the first push
+
+
 def run_closed_loop(home: str, cycles: int = 4, span_seconds: int = 20, history_minutes: int = 3,
                     requests_per_second: float = 20.0, events_per_minute: int = 3000, seed: int = 0,
-                    progress: Callable[[str], None] = lambda s: None) -> ClosedLoopResult:
-    """Runs `cycles` cycles of the loop on an empty `home` (the first on the written history); see the module doc."""
+                    progress: Callable[[str], None] = lambda s: None, *, live_spans: Optional[int] = None,
+                    retrain_every_spans: int = CONTINUOUS,
+                    hot_ad_after_seconds: Optional[float] = None) -> ClosedLoopResult:
+    """Runs the loop on an empty `home` (the first cycle on the written history); see the module doc.
+
+    By default it ends after `cycles` cycles. With `live_spans` it ends instead once the population has
+    ranked through the server for that many spans' time, and the controller retrains as
+    `retrain_every_spans` says: `CONTINUOUS` (1) runs a cycle as each span closes, K > 1 wakes every K spans
+    and runs one cycle over the spans closed since (a model retrained in batch every K spans, warm-started),
+    `STATIC` (0) keeps the first model. `hot_ad_after_seconds`: the world's hot ad (a new id with a high
+    click rate) appears that long after the population starts.
+    """
+    if retrain_every_spans < 0:
+        raise ValueError(f"retrain_every_spans must be >= 0 (0: static), got {retrain_every_spans}")
+    if retrain_every_spans != CONTINUOUS and live_spans is None:
+        raise ValueError("a batch or static regime runs for a stretch of live traffic: give live_spans")
     from pipelines.config_file import persist_config
     from pipelines.controller import run_continuous
 
@@ -122,13 +139,37 @@ def run_closed_loop(home: str, cycles: int = 4, span_seconds: int = 20, history_
         elif "users" not in users and last.get("pushed_version"):
             # The first model serves: the population starts.
             _wait_healthy(url, server, log_path, timeout_s=180)
-            users["users"] = Population(url, config.pipeline_name, config.join.outcomes.log_dir, population,
+            users_config = population
+            if hot_ad_after_seconds is not None:
+                hot_ms = int(time.time() * 1000 + hot_ad_after_seconds * 1000)
+                users_config = dataclasses.replace(population, world=dataclasses.replace(
+                    population.world, hot_ad_minute=(hot_ms - origin_ms) / 60_000))
+            users["users"] = Population(url, config.pipeline_name, config.join.outcomes.log_dir, users_config,
                                         span_ms).start()
             progress("population: ranking through the server")
+            threading.Thread(target=_stop_if_all_refused, args=(users["users"].tally, stop, progress),
+                             daemon=True).start()
+            if live_spans is not None:
+                live_end.start()
+                if retrain_every_spans != CONTINUOUS:
+                    first_push.set()  # the continuous controller's part ends here
 
+    # With live_spans: the end of the live stretch stops whatever runs then.
+    live_end = threading.Timer(float(live_spans or 0) * span_seconds, stop.set)
+    live_end.daemon = True
+    first_push = threading.Event()
     try:
-        run_continuous(config, poll_seconds=0.5, max_cycles=cycles, stop=stop, emit=emit, say=progress)
+        if live_spans is None:
+            run_continuous(config, poll_seconds=0.5, max_cycles=cycles, stop=stop, emit=emit, say=progress)
+        else:
+            run_continuous(config, poll_seconds=0.5, stop=_either(stop, first_push), emit=emit, say=progress)
+            # Batch: a cycle every K spans over what closed since; static: no cycle at all.
+            while retrain_every_spans > CONTINUOUS and not stop.wait(retrain_every_spans * span_seconds):
+                run_continuous(config, poll_seconds=0.5, max_cycles=1, until_idle=True, stop=stop, emit=emit,
+                               say=progress)
+            stop.wait()
     finally:
+        live_end.cancel()
         tally = users["users"].stop() if "users" in users else Tally(span_ms=span_ms)
         server.terminate()
         try:
@@ -139,6 +180,33 @@ def run_closed_loop(home: str, cycles: int = 4, span_seconds: int = 20, history_
     result = ClosedLoopResult(config=config, cycles=lines, tally=tally, server_log=log_path)
     result.rows = served_rows(config, tally)
     return result
+
+
+# This many requests, every one failed: the server refuses the population (a schema mismatch, say), so no
+# impression is logged, the join's watermark never moves and no cycle would ever come: stop instead.
+ALL_REFUSED_AFTER = 50
+
+
+def _stop_if_all_refused(tally: Tally, stop: threading.Event, progress: Callable[[str], None]) -> None:
+    while not stop.wait(1.0):
+        if tally.requests >= ALL_REFUSED_AFTER:
+            if tally.failed == tally.requests:
+                progress(f"population: all {tally.requests} requests failed, stopping: {tally.errors[:1]}")
+                stop.set()
+            return
+
+
+def _either(a: threading.Event, b: threading.Event) -> threading.Event:
+    """An event set as soon as `a` or `b` is (run_continuous watches one event)."""
+    both = threading.Event()
+
+    def watch() -> None:
+        while not (a.wait(0.2) or b.is_set()):
+            pass
+        both.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return both
 
 
 def served_rows(config: DriftlineConfig, tally: Tally) -> List[dict]:
@@ -152,6 +220,10 @@ def served_rows(config: DriftlineConfig, tally: Tally) -> List[dict]:
         s = tally.spans[span]
         rows.append({"span": span, "start_ms": span * tally.span_ms, "shown": s.shown, "served_ctr": s.ctr,
                      "clicks_in_window": s.clicks_in_window, "versions": dict(sorted(s.versions.items())),
+                     "expected_clicks": s.expected_clicks, "oracle_expected_clicks": s.oracle_expected_clicks,
+                     "random_expected_clicks": s.random_expected_clicks,
+                     "hot_candidates": s.hot_candidates, "hot_shown": s.hot_shown,
+                     "hot_clicks_in_window": s.hot_clicks_in_window,
                      "offline_auc": {v: auc.get(v) for v in sorted(s.versions)}})
     return rows
 

@@ -31,10 +31,12 @@ from components import event_log
 from components.event_schema import ad_click_schema
 from components.streaming_example_gen.join_config import JoinConfig, JoinStreamConfig
 from pipelines import simulator, two_streams
+from pipelines.serve.impressions import SERVER_FIELDS
 
-# What the server adds to each impression (pipelines/serve/impressions.SERVER_FIELDS): not carried into the
-# examples, whose schema is what the model takes as input (the position still decides what was shown).
-SERVER_ONLY_FIELDS = ("request_id", "model_version", "score", "position")
+# What the server adds to each impression: not carried into the examples, whose schema is what the model
+# takes as input, and so what the server asks a request for (the position still decides what was shown).
+# Derived, so a field the server starts logging can never become a model input by accident.
+SERVER_ONLY_FIELDS = tuple(f.name for f in SERVER_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,14 @@ class SpanTally:
     clicks_in_window: int = 0
     clicks_after_window: int = 0
     versions: Dict[int, int] = dataclasses.field(default_factory=dict)  # served version -> ads shown
+    # The true click probabilities of the ads shown, summed; and of the best `shown` of each request's candidates.
+    expected_clicks: float = 0.0
+    oracle_expected_clicks: float = 0.0
+    random_expected_clicks: float = 0.0  # ... and of `shown` of them drawn at random
+    # The hot ad (the world's `hot_ad_minute`): requests it was a candidate in, times shown, clicks in window.
+    hot_candidates: int = 0
+    hot_shown: int = 0
+    hot_clicks_in_window: int = 0
 
     @property
     def ctr(self) -> Optional[float]:
@@ -167,6 +177,9 @@ class Population:
         rng = np.random.default_rng([c.seed, 21])
         window_ms = c.attribution_window_seconds * 1000
         interval = 1.0 / c.requests_per_second
+        hot_ms = simulator.hot_ad_start_ms(c.world, c.origin_ms)
+        # Once live, the hot ad is among a request's candidates as often as the world shows it among events.
+        hot_in_request = min(1.0, c.world.hot_ad_share * c.candidates)
         with httpx.Client(timeout=30.0) as client, event_log.EventLogWriter(self.outcomes_dir) as writer:
             next_at = time.monotonic()
             while not self._stop.is_set():
@@ -174,6 +187,9 @@ class Population:
                 user = int(np.searchsorted(world.user_cdf, rng.random(), side="right"))
                 ads = _distinct(rng, world.ad_cdf, c.candidates)
                 now_ms = int(time.time() * 1000)
+                hot = hot_ms is not None and now_ms >= hot_ms and rng.random() < hot_in_request
+                if hot:
+                    ads[-1] = world.hot_index
                 device = simulator.DEVICES[int(world.user_device[user])]
                 prices = np.maximum(np.round(world.ad_price[ads] * np.exp(rng.normal(0.0, 0.1, len(ads))), 2), 0.01)
                 candidates = [{"ad_id": f"a{a}", "ad_category": f"c{int(world.ad_category[a])}", "price": float(p)}
@@ -195,11 +211,20 @@ class Population:
                 if version not in self.tally.versions_in_order:
                     self.tally.versions_in_order.append(version)
                 top = body["order"][:c.shown]
-                events = [dict(context, **candidates[i], event_time=shown_ms) for i in top]
-                probability = simulator.click_probability(c.world, events, origin_ms=c.origin_ms)
+                events = [dict(context, **candidate, event_time=shown_ms) for candidate in candidates]
+                every = simulator.click_probability(c.world, events, origin_ms=c.origin_ms)
+                probability = every[top]
                 span = self.tally.span(shown_ms)
                 span.shown += len(top)
+                # Expected clicks (free of the clicks' coin flips), and the best any order could expect.
+                span.expected_clicks += float(probability.sum())
+                span.oracle_expected_clicks += float(np.sort(every)[::-1][:len(top)].sum())
+                span.random_expected_clicks += float(every.mean()) * len(top)
                 span.versions[version] = span.versions.get(version, 0) + len(top)
+                hot_at = len(ads) - 1 if hot else None
+                if hot:
+                    span.hot_candidates += 1
+                    span.hot_shown += int(hot_at in top)
                 for i, p in zip(top, probability):
                     if rng.random() >= p:
                         continue
@@ -210,6 +235,7 @@ class Population:
                         delay = 1 + int(rng.exponential(c.click_delay_mean_seconds * 1000))
                         if delay <= window_ms:
                             span.clicks_in_window += 1
+                            span.hot_clicks_in_window += int(i == hot_at)
                         else:
                             span.clicks_after_window += 1
                     iid = body["impression_ids"][i]
