@@ -133,9 +133,9 @@ def plot(result: dict, path: str) -> None:
         rows = sorted(next(iter(result["runs"].values()))["rows"], key=lambda r: r["span"])
         first = rows[0]["span"] if rows else 0
         ax1.plot([r["span"] - first for r in rows if r["shown"]],
-                 [r["oracle_expected_clicks"] / r["shown"] for r in rows if r["shown"]], "k--", label="best order")
+                 [r["oracle_expected_clicks"] / r["shown"] for r in rows if r["shown"]], "k--", label=f"best order ({next(iter(result['runs']))}'s candidates)")
         ax1.plot([r["span"] - first for r in rows if r["shown"]],
-                 [r["random_expected_clicks"] / r["shown"] for r in rows if r["shown"]], "k:", label="random order")
+                 [r["random_expected_clicks"] / r["shown"] for r in rows if r["shown"]], "k:", label="random order (same)")
     ax1.set_xlabel(f"span of live traffic ({result['args']['span_seconds']} s)")
     ax1.set_ylabel("expected CTR of the ads shown")
     ax1.set_title("served CTR (true click probability of what was shown)")
