@@ -408,3 +408,66 @@ def test_streaming_example_gen_ingests_the_routed_and_explored_log(server, routi
             else:
                 assert value == entry[name]
     decide(routing_home, "retire", (40, 1000), (43, 1000))
+
+
+def export_picky_challenger(like: str, path: str) -> str:
+    """A real SavedModel with `like`'s raw signature (the same inputs) that scores 0.5, except that it fails on
+    any price over 100: it loads and passes the warm-up (zeros), then fails on the request that sends one."""
+    import tensorflow as tf
+
+    from pipelines.serve.signatures import RAW_SIGNATURE
+
+    specs = tf.saved_model.load(like).signatures[RAW_SIGNATURE].structured_input_signature[1]
+    names = sorted(specs)
+
+    class Picky(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in names])
+        def serve(self, *columns):
+            price = tf.cast(columns[names.index("price")], tf.float32)
+            with tf.control_dependencies([tf.debugging.assert_less_equal(price, 100.0, message="price over 100")]):
+                return {"probability": tf.fill(tf.shape(price), 0.5)}
+
+    module = Picky()
+    tf.saved_model.save(module, path, signatures={RAW_SIGNATURE: module.serve})
+    return path
+
+
+def test_a_challenger_that_fails_to_score_fails_no_request(server, routing_home, serve_models, sample, expected,
+                                                           tmp_path_factory):
+    """The challenger scores until a request it cannot score: that request gets the champion's scores (200),
+    counted, and every request after it is the champion's at propensity 1 while the comparison stays open."""
+    base = server["base"]
+    picky = export_picky_challenger(serve_models[1], str(tmp_path_factory.mktemp("picky") / "model"))
+    model_id = record_model(routing_home["history"], newest_event_ms=T0_MS + 4, saved_model=picky)
+    strong, weak = (120, 1000), (40, 1000)
+    decide(routing_home, "start", weak, strong, challenger=model_id)
+    routed_to(base, model_id, quad_p_better(weak, strong))
+    assert all(r["arm"] == "challenger" and r["predictions"] == [0.5] * len(sample)
+               for r in predict_many(base, sample, 5, "picky-ok").values())
+    errors = metric(base, "driftline_serve_challenger_score_errors_total")
+    pricey = [{**e, "price": 1000.0} for e in sample]
+    [r] = predict_many(base, pricey, 1, "picky-fails").values()
+    assert r["arm"] == "champion" and r["arm_propensity"] == 1.0 and r["challenger_model_id"] == model_id
+    from test_serve_e2e import _expected
+
+    np.testing.assert_allclose(r["predictions"], _expected(serve_models[1], pricey), rtol=1e-6)
+    assert metric(base, "driftline_serve_challenger_score_errors_total") == errors + 1
+    for r in predict_many(base, sample, 10, "picky-after").values():
+        assert r["arm"] == "champion" and r["arm_propensity"] == 1.0
+        np.testing.assert_allclose(r["predictions"], expected[1], rtol=1e-6)
+    assert metric(base, "driftline_serve_challenger_loaded") == 0
+    decide(routing_home, "retire", weak, strong, challenger=model_id)
+    until(lambda: metric(base, "driftline_serve_challenger_model_id") == 0, what="the end of the comparison")
+
+
+def test_the_exploration_rate_is_checked_naming_the_fix(tmp_path, capsys):
+    from components.config_base import ConfigError
+    from pipelines import cli
+    from pipelines.config import ServeConfig
+
+    for bad in (1.0, -0.1, float("nan"), "0.1", True):
+        with pytest.raises(ConfigError, match=r"serve.exploration_rate must be a probability in \[0, 1\).*0.02"):
+            ServeConfig(exploration_rate=bad).validate()
+    ServeConfig(exploration_rate=0).validate()
+    assert cli.main(["serve", "--home", str(tmp_path), "--exploration-rate", "1.5"]) == 2
+    assert "--exploration-rate must be a probability in [0, 1)" in capsys.readouterr().err
