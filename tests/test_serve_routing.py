@@ -471,3 +471,21 @@ def test_the_exploration_rate_is_checked_naming_the_fix(tmp_path, capsys):
     ServeConfig(exploration_rate=0).validate()
     assert cli.main(["serve", "--home", str(tmp_path), "--exploration-rate", "1.5"]) == 2
     assert "--exploration-rate must be a probability in [0, 1)" in capsys.readouterr().err
+
+
+def test_a_server_started_during_a_comparison_routes_by_the_evidence_in_ml_metadata(server, routing_home, sample):
+    """A restart loses no evidence: the server keeps none. A fresh server process on the same home (SIGKILL of
+    the old one would change nothing it reads) routes by the comparison's recorded counts from its first poll."""
+    champion_counts, challenger_counts = (40, 1000), (36, 1000)
+    p = quad_p_better(champion_counts, challenger_counts)
+    assert 0.1 < p < 0.4
+    decide(routing_home, "start")
+    decide(routing_home, "continue", champion_counts, challenger_counts)  # the evidence so far
+    with running_server(routing_home["home"], "--poll-seconds", "0.2") as fresh:
+        routed_to(fresh["base"], routing_home["challenger"], p)
+        responses = predict_many(fresh["base"], sample, 200, "restarted")
+    to_challenger = sum(r["arm"] == "challenger" for r in responses.values())
+    assert abs(to_challenger / 200 - p) < 5 * math.sqrt(p * (1 - p) / 200), to_challenger
+    assert all(math.isclose(r["arm_propensity"], p if r["arm"] == "challenger" else 1 - p, rel_tol=1e-6)
+               for r in responses.values())
+    decide(routing_home, "retire", champion_counts, challenger_counts)

@@ -16,7 +16,9 @@ def add_serve_command(subparsers: Any) -> None:
                     "/v1/models/NAME:predict and :rank with raw events, GET /v1/models/NAME, /healthz and "
                     "/metrics. A new version (a push, a rollback) is loaded in the background and swapped in "
                     "atomically. Every scored item is appended to the impressions log (default HOME/impressions), "
-                    "an event log StreamingExampleGen can ingest. NAME is the pipeline name.")
+                    "an event log StreamingExampleGen can ingest. While ML Metadata has an open champion/challenger "
+                    "comparison, each request goes to one of them by Thompson sampling; rank requests are served "
+                    "in a random order with probability serve.exploration_rate. NAME is the pipeline name.")
     _add_home_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_int_at_least(0), default=DEFAULT_PORT,
