@@ -16,7 +16,9 @@ def add_serve_command(subparsers: Any) -> None:
                     "/v1/models/NAME:predict and :rank with raw events, GET /v1/models/NAME, /healthz and "
                     "/metrics. A new version (a push, a rollback) is loaded in the background and swapped in "
                     "atomically. Every scored item is appended to the impressions log (default HOME/impressions), "
-                    "an event log StreamingExampleGen can ingest. NAME is the pipeline name.")
+                    "an event log StreamingExampleGen can ingest. While ML Metadata has an open champion/challenger "
+                    "comparison, each request goes to one of them by Thompson sampling; rank requests are served "
+                    "in a random order with probability serve.exploration_rate. NAME is the pipeline name.")
     _add_home_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_int_at_least(0), default=DEFAULT_PORT,
@@ -37,12 +39,27 @@ def add_serve_command(subparsers: Any) -> None:
                    help="shadow scoring: the newest blessed model that is not serving (per ML Metadata) also scores "
                         "every request, off the request's path, its score logged beside the served one in the "
                         "impressions log (default: the config's serve.shadow, off)")
+    p.add_argument("--exploration-rate", type=_exploration_rate, default=None, metavar="EPS",
+                   help="the probability that a rank request is served in a uniformly random order instead of the "
+                        "score order, each impression logging its position's propensity (default: the config's "
+                        "serve.exploration_rate, 0.02; 0: never)")
     p.add_argument("--body-timeout-seconds", type=_positive_float, default=10.0,
                    help="a request body that has not arrived after this long gets a 408 (default 10)")
     from pipelines.cli import _add_log_level_argument
 
     _add_log_level_argument(p)
     p.set_defaults(handler=run_serve)
+
+
+def _exploration_rate(text: str) -> float:
+    from components.config_base import ConfigError
+    from pipelines.serve.config import check_exploration_rate
+
+    try:
+        return check_exploration_rate(float(text), "--exploration-rate")
+    except (ValueError, ConfigError) as e:
+        raise argparse.ArgumentTypeError(str(e) if isinstance(e, ConfigError) else
+                                         f"--exploration-rate must be a number in [0, 1), got {text!r}") from None
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -71,7 +88,9 @@ def run_serve(args: argparse.Namespace) -> int:
     options = server.options_from_config(config, args.host, args.port, args.impressions, args.no_impressions,
                                          impressions_kafka=kafka, max_body_bytes=args.max_body_bytes,
                                          max_items=args.max_items, poll_seconds=args.poll_seconds,
-                                         body_timeout_s=args.body_timeout_seconds, shadow=shadow)
+                                         body_timeout_s=args.body_timeout_seconds, shadow=shadow,
+                                         **({} if args.exploration_rate is None else
+                                            {"exploration_rate": args.exploration_rate}))
     try:
         server.run(options)
     except OSError as e:  # the port is taken, the address is not this machine's
