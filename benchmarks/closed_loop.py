@@ -75,7 +75,8 @@ def run_regime(home: str, retrain_every_spans: int, args: argparse.Namespace) ->
                              hot_ad_after_seconds=args.hot_after_spans * args.span_seconds)
     return {"rows": result.rows, "cycles": result.cycles, "requests": result.tally.requests,
             "failed": result.tally.failed, "errors": result.tally.errors,
-            "versions_in_order": result.tally.versions_in_order, "wall_s": time.monotonic() - started}
+            "versions_in_order": result.tally.versions_in_order, "wall_s": time.monotonic() - started,
+            "exploration_rate": result.config.serve.exploration_rate}
 
 
 def _ratio(a: float, b: float) -> Optional[float]:
@@ -161,7 +162,9 @@ def section(result: dict) -> str:
              f"requests/s ({a['candidates']} candidates, top {a['shown']} shown), spans of {a['span_seconds']} s, "
              f"a {a['attribution_window_seconds']} s attribution window, {a['live_spans']} spans of live traffic "
              f"after the first model serves (the first and last, partial, left out of the totals), the hot ad "
-             f"{a['hot_after_spans']} spans in. Seed {a['seed']}. Command: `{result['command']}`.", "",
+             f"{a['hot_after_spans']} spans in, the server exploring "
+             f"{', '.join(sorted({str(r.get('exploration_rate', '?')) for r in result['runs'].values()}))} of its rank "
+             f"orders (`serve.exploration_rate`). Seed {a['seed']}. Command: `{result['command']}`.", "",
              "| regime | cycles | served CTR | expected CTR | best order | random order | share of best gain | "
              "hot ad shown/candidate | spans to hot ad shown >= 50 % | click freshness median s | failed requests |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
