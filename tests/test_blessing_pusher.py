@@ -7,7 +7,7 @@ import pytest
 
 import components  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from components.blessing_pusher import serving
-from tests.test_serving import save_model, served_scale, tree
+from test_serving import save_model, served_scale, tree
 
 PIPELINE = "pusher-test"
 PUSHER_ID = "BlessingPusher"

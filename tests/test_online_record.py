@@ -12,7 +12,7 @@ from components.online_evaluator.decision import Counts, DecisionRule
 from pipelines import cli
 from pipelines.config import default_config
 from pipelines.metadata import open_store
-from tests.mlmd_history import History
+from mlmd_history import History
 
 RULE = DecisionRule(threshold=0.95, min_impressions=1000)
 
