@@ -10,6 +10,7 @@ import contextlib
 import glob
 import os
 import tempfile
+import time
 from typing import Any, Dict, List, Optional
 
 import components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -133,3 +134,58 @@ def record_model(history, newest_event_ms: int, blessed: bool = True, push_versi
                             "pushed_destination": os.path.join(history.serving_dir, str(push_version)),
                             "pushed_at_ms": pushed_at_ms})]})
     return model_id
+
+
+def until(predicate, timeout: float = 60, what: str = "the condition"):
+    """Polls `predicate` every 0.1 s until it returns something true (returned), or fails after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
+        time.sleep(0.1)
+
+
+def ingest_impressions(home: str, tmp_path, span_ms: int):
+    """StreamingExampleGen's ingest of the server's impressions log (every closed span, one run): (the
+    examples' serialized bytes, the dead letters' rows)."""
+    import json
+
+    import apache_beam as beam
+    import tensorflow as tf
+
+    from components.streaming_example_gen import ingest, windowing
+    from components.streaming_example_gen.sources import EventLogSource
+    from pipelines.serve.impressions import impressions_schema
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    work.mkdir()
+    run = ingest.run_ingest(beam.Pipeline, source=EventLogSource(os.path.join(home, "impressions"),
+                                                                 chunk_bytes=1 << 16),
+                            schema=impressions_schema(SCHEMA), window=windowing.Window(span_ms, 0, 0.2),
+                            state=windowing.CommittedState(), output_root=str(out), work_dir=str(work))
+    assert run.result is not None and run.result.decision.emitted_spans
+    examples, dead = [], []
+    for span in run.result.decision.emitted_spans:
+        uri = ingest.span_dir(str(out), span)
+        for path in glob.glob(os.path.join(uri, "Split-*", "*.tfrecord.gz")):
+            examples += [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+        for path in glob.glob(os.path.join(uri, ingest.DEAD_LETTER_DIR, "*.jsonl")):
+            with open(path) as f:
+                dead += [json.loads(line) for line in f]
+    return examples, dead
+
+
+def read_impressions(home: str) -> List[Dict[str, Any]]:
+    """Every line of `<home>/impressions/`, parsed, in segment order (none while the folder is not there:
+    the writer process creates it with its first batch, a moment after the first request)."""
+    import json
+
+    folder = os.path.join(home, "impressions")
+    lines: List[Dict[str, Any]] = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        if name.endswith(".jsonl"):
+            with open(os.path.join(folder, name), "rb") as f:
+                lines += [json.loads(line) for line in f if line.strip()]
+    return lines

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_helpers import SCHEMA, events, running_server
+from serve_helpers import SCHEMA, events, ingest_impressions, read_impressions, running_server
 
 NAME = "driftline"  # the default config's pipeline name: the model name
 FEATURES = ("user_id", "ad_id", "ad_category", "device", "hour_of_day", "price")
@@ -182,19 +182,6 @@ def test_bad_rank_requests_and_hostile_bodies_leave_the_server_up(server, sample
         assert 'driftline_serve_requests_total{code="413",endpoint="predict"}' in text
 
 
-def _read_impressions(home):
-    import json
-
-    folder = os.path.join(home, "impressions")
-    lines = []
-    # The writer process creates the folder with its first batch, a moment after the first request.
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
-        if name.endswith(".jsonl"):
-            with open(os.path.join(folder, name), "rb") as f:
-                lines += [json.loads(line) for line in f if line.strip()]
-    return lines
-
-
 def test_hot_swap_under_load_then_the_impressions_log(server, models, sample):
     """Two pushes while a client ranks without pause: no request fails, every response names its version,
     the version changes 1 -> 2 -> 3, and the impressions log holds each scored candidate with its scorer."""
@@ -253,7 +240,7 @@ def test_hot_swap_under_load_then_the_impressions_log(server, models, sample):
     by_id = {r["request_id"]: r for r in responses}
     deadline = time.monotonic() + 30
     while True:
-        logged = [e for e in _read_impressions(server["home"]) if e["request_id"] in by_id]
+        logged = [e for e in read_impressions(server["home"]) if e["request_id"] in by_id]
         if len(logged) >= len(by_id) * len(candidates) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -279,7 +266,7 @@ def test_logged_impressions_are_a_stream_and_give_back_the_served_score(server, 
     from pipelines.serve.impressions import impressions_schema
 
     schema = impressions_schema(SCHEMA)
-    logged = _read_impressions(server["home"])
+    logged = read_impressions(server["home"])
     assert logged
     folder = os.path.join(server["home"], "impressions")
     lines = [line for name in sorted(os.listdir(folder)) if name.endswith(".jsonl")
@@ -303,15 +290,7 @@ def test_streaming_example_gen_ingests_the_impressions_log(server, models, sampl
     the component's executor runs) reads the server's impressions log with `impressions_schema`: every
     logged impression in a closed span comes out as one tf.Example, and those examples, through the serving
     version's `serving_default` (the transform graph on tf.Examples), give back exactly the logged score."""
-    import glob
-    import json
-
-    import apache_beam as beam
     import tensorflow as tf
-
-    from components.streaming_example_gen import ingest, windowing
-    from components.streaming_example_gen.sources import EventLogSource
-    from pipelines.serve.impressions import impressions_schema
 
     span_ms = 2000
     context = {k: sample[0][k] for k in CONTEXT}
@@ -326,26 +305,13 @@ def test_streaming_example_gen_ingests_the_impressions_log(server, models, sampl
                              headers={"X-Request-Id": "ingest-closer"})
         assert closer.status_code == 200, closer.text
     deadline = time.monotonic() + 30
-    while not any(e["request_id"] == "ingest-closer" for e in _read_impressions(server["home"])):
+    while not any(e["request_id"] == "ingest-closer" for e in read_impressions(server["home"])):
         assert time.monotonic() < deadline, "the closer's impression was never logged"
         time.sleep(0.1)
-    logged = {e[SCHEMA.id_field]: e for e in _read_impressions(server["home"]) if e["request_id"] != "ingest-closer"}
+    logged = {e[SCHEMA.id_field]: e for e in read_impressions(server["home"]) if e["request_id"] != "ingest-closer"}
     assert {i for i in first.json()["impression_ids"]} <= set(logged)
 
-    out, work = tmp_path / "out", tmp_path / "work"
-    work.mkdir()
-    run = ingest.run_ingest(beam.Pipeline, source=EventLogSource(os.path.join(server["home"], "impressions"),
-                                                                 chunk_bytes=1 << 16),
-                            schema=impressions_schema(SCHEMA), window=windowing.Window(span_ms, 0, 0.2),
-                            state=windowing.CommittedState(), output_root=str(out), work_dir=str(work))
-    assert run.result is not None and run.result.decision.emitted_spans
-    examples, dead = [], []
-    for span in run.result.decision.emitted_spans:
-        uri = ingest.span_dir(str(out), span)
-        for path in glob.glob(os.path.join(uri, "Split-*", "*.tfrecord.gz")):
-            examples += [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
-        for path in glob.glob(os.path.join(uri, ingest.DEAD_LETTER_DIR, "*.jsonl")):
-            dead += [json.loads(line) for line in open(path)]
+    examples, dead = ingest_impressions(server["home"], tmp_path, span_ms)
     assert dead == []
 
     def feature(example, name):

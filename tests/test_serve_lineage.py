@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_helpers import record_model, running_server
+from serve_helpers import read_impressions, record_model, running_server, until
 
 NAME = "driftline"
 T0_MS = 1_790_000_000_000  # the newest event time of the first model's data
@@ -24,16 +24,6 @@ def scrape(base: str) -> dict:
     text = httpx.get(f"{base}/metrics", timeout=10).text
     return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
             if not s.labels}
-
-
-def until(predicate, timeout=60, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +92,7 @@ def test_shadow_scoring_logs_the_newest_blessed_candidates_score_beside_the_serv
     features the served model scored. A newer but refused model is no candidate."""
     from pipelines.serve.impressions import impressions_schema
     from serve_helpers import SCHEMA, events
-    from test_serve_e2e import CONTEXT, FEATURES, _expected, _read_impressions
+    from test_serve_e2e import CONTEXT, FEATURES, _expected
 
     base, home, history = server["base"], server["home"], lineage_home["history"]
     until(lambda: scrape(base).get("driftline_serve_model_id") is not None, what="the served version's lineage")
@@ -120,7 +110,7 @@ def test_shadow_scoring_logs_the_newest_blessed_candidates_score_beside_the_serv
         return r.json()
 
     def logged(request_id):
-        return until(lambda: [e for e in _read_impressions(home) if e["request_id"] == request_id] or None,
+        return until(lambda: [e for e in read_impressions(home) if e["request_id"] == request_id] or None,
                      what=f"the impressions of {request_id}")
 
     rank("before-shadow")

@@ -9,7 +9,6 @@ outside the code under test: P(challenger better) by scipy's quadrature of the
 two Beta densities, each model's scores from its own `serving_default` on
 tf.Examples, the ranking policy's propensities from its definition.
 """
-import json
 import math
 import os
 import threading
@@ -21,7 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from scipy import integrate, stats
 
-from serve_helpers import SCHEMA, events, record_model, running_server
+import serve_helpers
+from serve_helpers import SCHEMA, events, ingest_impressions, read_impressions, record_model, running_server
 
 NAME = "driftline"
 T0_MS = 1_790_000_000_000
@@ -52,23 +52,7 @@ def metric(base, name, **labels):
 
 
 def until(predicate, timeout=90, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
-        time.sleep(0.1)
-
-
-def read_impressions(home):
-    folder = os.path.join(home, "impressions")
-    out = []
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if name.endswith(".jsonl"):
-            with open(os.path.join(folder, name), "rb") as f:
-                out += [json.loads(line) for line in f if line.strip()]
-    return out
+    return serve_helpers.until(predicate, timeout, what)
 
 
 def logged(home, request_ids, per_request):
@@ -342,14 +326,7 @@ def test_streaming_example_gen_ingests_the_routed_and_explored_log(server, routi
     """The whole log this module's server wrote (both arms, explored and greedy rank requests, predict requests)
     goes through StreamingExampleGen's ingest path with `impressions_schema`: no dead letter, and every new
     field comes out in the tf.Examples as it was logged."""
-    import glob
-
-    import apache_beam as beam
     import tensorflow as tf
-
-    from components.streaming_example_gen import ingest, windowing
-    from components.streaming_example_gen.sources import EventLogSource
-    from pipelines.serve.impressions import impressions_schema
 
     base, home = server["base"], server["home"]
     decide(routing_home, "start", (40, 1000), (43, 1000))
@@ -369,21 +346,8 @@ def test_streaming_example_gen_ingests_the_routed_and_explored_log(server, routi
     assert {e.get("arm") for e in lines.values()} == {"champion", "challenger"}
     assert {e.get("explored") for e in lines.values()} == {None, 0, 1}  # predict lines have none
 
-    out, work = tmp_path / "out", tmp_path / "work"
-    work.mkdir()
-    run = ingest.run_ingest(beam.Pipeline, source=EventLogSource(os.path.join(home, "impressions"),
-                                                                 chunk_bytes=1 << 16),
-                            schema=impressions_schema(SCHEMA), window=windowing.Window(span_ms, 0, 0.2),
-                            state=windowing.CommittedState(), output_root=str(out), work_dir=str(work))
-    assert run.result is not None and run.result.decision.emitted_spans
-    examples, dead = [], []
-    for span in run.result.decision.emitted_spans:
-        uri = ingest.span_dir(str(out), span)
-        for path in glob.glob(os.path.join(uri, "Split-*", "*.tfrecord.gz")):
-            examples += [tf.train.Example.FromString(r.numpy())
-                         for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
-        for path in glob.glob(os.path.join(uri, ingest.DEAD_LETTER_DIR, "*.jsonl")):
-            dead += [json.loads(line) for line in open(path)]
+    raw, dead = ingest_impressions(home, tmp_path, span_ms)
+    examples = [tf.train.Example.FromString(r) for r in raw]
     assert dead == []
 
     def feature(example, name):
