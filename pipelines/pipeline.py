@@ -102,8 +102,11 @@ def local_example_gen(config: DriftlineConfig):
         from components.streaming_example_gen.join_component import JoinExampleGen
 
         # The join needs at least one run's impression ids to tell a late outcome from an orphan.
+        # Online evaluation: each span also counts each arm's impressions and successes (the comparison's evidence).
         return JoinExampleGen(config.join, config.window, chunk_bytes=config.source.chunk_bytes,
-                              dedup_horizon_runs=max(dedup_horizon_runs(config), 1)).with_id(STREAMING_EXAMPLE_GEN_ID)
+                              dedup_horizon_runs=max(dedup_horizon_runs(config), 1),
+                              reward_field=config.online.reward_field if config.online.enabled else None,
+                              ).with_id(STREAMING_EXAMPLE_GEN_ID)
     return StreamingExampleGen.from_config(
         config.source, config.window, dedup_horizon_runs=dedup_horizon_runs(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
 
@@ -258,7 +261,7 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
     pusher = BlessingPusher.from_config(
         config.pusher, model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=latency.outputs["blessing"] if latency is not None else None,
-        serving_dir=config.serving_dir).with_id(PUSHER_ID)
+        serving_dir=config.serving_dir, challenger_mode=config.online.enabled).with_id(PUSHER_ID)
     if vertex:
         components = [latest_examples, example_gen, schema_gen, transform, latest_blessed, trainer, evaluator]
     else:
