@@ -18,7 +18,8 @@ folder at the artifact's URI) of every artifact older than the newest
 * **serving**: for each version in the serving folder (the serving one and
   those a rollback can return to), the `PushedModel` that put it there (its
   payload is that version, which the pusher's own `keep_versions` bounds) and
-  the model behind it; with `keep_all_pushed_models`, every model ever pushed.
+  the model behind it; with `keep_all_pushed_models`, every model ever pushed;
+  and the open online comparison's challenger (it serves beside the champion).
 
 Everything else (old spans, transform graphs and statistics, models,
 model runs, evaluations, blessings, schemas) loses its payload, with two
@@ -200,6 +201,14 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
         judged_on = prop(pinned[pin.model_id], "newest_examples_id") if pinned else None
         if judged_on is not None:
             protect([judged_on], "the span the pinned model was judged on: the next cycle trains on its eval split")
+
+    # Online evaluation: the open comparison's challenger serves beside the champion (`driftline serve` loads
+    # it from its SavedModel), and a promotion pushes that SavedModel, however many cycles the comparison runs.
+    from components.online_evaluator.record import open_comparison
+
+    running = open_comparison(store, config.pipeline_name)
+    if running is not None:
+        protect([running.challenger_model_id], "the online comparison's challenger: it serves beside the champion")
 
     # The versions in the serving folder (serving, or ready for a rollback): their push records and models.
     pushes = [a for a in artifacts if type_names.get(a.type_id) == "PushedModel" and a.state in _PUBLISHED
