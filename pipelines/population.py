@@ -34,7 +34,9 @@ from pipelines import simulator, two_streams
 
 # What the server adds to each impression (pipelines/serve/impressions.SERVER_FIELDS): not carried into the
 # examples, whose schema is what the model takes as input (the position still decides what was shown).
-SERVER_ONLY_FIELDS = ("request_id", "model_version", "score", "position")
+SERVER_ONLY_FIELDS = ("request_id", "model_version", "score", "position", "shadow_model_id", "shadow_score",
+                      "arm", "arm_propensity", "challenger_model_id", "model_id", "greedy_position", "explored",
+                      "propensity")
 
 
 @dataclasses.dataclass(frozen=True)

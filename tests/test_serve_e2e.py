@@ -35,8 +35,9 @@ def server(models, tmp_path_factory):
 
     home = str(tmp_path_factory.mktemp("serve_home"))
     serving.push(models[1], os.path.join(home, "serving"))
+    # Exploring off: these tests check the score order (tests/test_serve_routing.py checks exploring).
     with running_server(home, "--poll-seconds", "0.2", "--max-body-bytes", str(1 << 20),
-                        "--body-timeout-seconds", "2") as s:
+                        "--body-timeout-seconds", "2", "--exploration-rate", "0") as s:
         yield s
 
 

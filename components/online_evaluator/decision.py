@@ -133,9 +133,13 @@ def prob_better(champion: BetaPosterior, challenger: BetaPosterior) -> float:
 
 
 def choose_arm(champion: BetaPosterior, challenger: BetaPosterior,
-               rng: np.random.Generator) -> Tuple[str, float]:
-    """Thompson sampling: (the arm whose posterior draw is larger, the probability it is chosen)."""
-    p = prob_better(champion, challenger)
+               rng: np.random.Generator, p_better: Optional[float] = None) -> Tuple[str, float]:
+    """Thompson sampling: (the arm whose posterior draw is larger, the probability it is chosen).
+
+    `p_better`: `prob_better(champion, challenger)` when the caller already has it (`driftline serve`
+    computes it once per change of the posteriors, not per request: the Monte Carlo case costs milliseconds).
+    """
+    p = prob_better(champion, challenger) if p_better is None else p_better
     if rng.beta(challenger.alpha, challenger.beta) > rng.beta(champion.alpha, champion.beta):
         return CHALLENGER, p
     return CHAMPION, 1.0 - p

@@ -3,8 +3,9 @@
 * `POST /v1/models/<name>:predict`: `{"instances": [event, ...]}` or columnar
   `{"inputs": {field: [value, ...]}}` -> `{"predictions": [score, ...], "model_version": V, ...}`;
 * `POST /v1/models/<name>:rank`: `{"context": {...}, "candidates": [{...}, ...]}` (each candidate is
-  merged over the context) -> `{"scores": [...], "order": [index, ...], "model_version": V, ...}`,
-  `order` listing the candidates' indices best first;
+  merged over the context) -> `{"scores": [...], "order": [index, ...], "explored": bool, "model_version": V,
+  ...}`, `order` listing the candidates' indices as served: best first, or, with probability
+  `serve.exploration_rate`, a uniformly random order (`explored`: true; pipelines/serve/routing.py);
 * `GET /v1/models/<name>`: `model_version_status` as TF Serving reports it;
 * `GET /healthz`: 200 once a model is loaded, 503 before;
 * `GET /metrics`: Prometheus text (pipelines/serve/metrics.py).
@@ -15,6 +16,14 @@ whose message names the field. Bodies over `max_body_bytes` get a 413 from
 their Content-Length alone, or as soon as a chunked body passes the limit; a
 body that does not arrive within `body_timeout_s` gets a 408. Anything else
 that goes wrong in a request is a 500 for that request only.
+
+While ML Metadata has an open champion/challenger comparison, each request is
+scored whole by one arm, drawn by Thompson sampling (pipelines/serve/routing.py),
+and the response says which: `arm` ("champion" or "challenger"),
+`arm_propensity` (the probability it was drawn), `challenger_model_id`, and
+`model_id` (the ML Metadata id of the model that scored it, when known).
+`model_version` stays the serving folder's version (the champion's). With no
+comparison open none of these four are in the response.
 """
 from __future__ import annotations
 
@@ -41,6 +50,7 @@ from pipelines.serve.impressions import ImpressionLog
 from pipelines.serve.inputs import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS, BadRequest, RequestChecker
 from pipelines.serve.metrics import ServeMetrics
 from pipelines.serve.model_store import LoadedModel, ModelStore
+from pipelines.serve.routing import CHALLENGER, CHAMPION, Routing, explore_order
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +68,16 @@ class ServeState:
     impressions: Optional[ImpressionLog] = None
     # The shadow candidate now (lineage_watch.LineageWatch.shadow), None: no shadow scoring.
     shadow: Optional[Callable[[], Any]] = None
+    # The open comparison now (routing.ComparisonWatch.routing), None: no routing (no ML Metadata).
+    routing: Optional[Callable[[], Optional[Routing]]] = None
+    # Told when the challenger fails on a request (the champion then scores it): routing.ComparisonWatch.
+    challenger_failed: Optional[Callable[[Routing], None]] = None
+    # The served version's Model id in ML Metadata, when known (lineage_watch.LineageWatch.current).
+    served_lineage: Optional[Callable[[int], Any]] = None
+    # The epsilon of the ranking policy (serve.exploration_rate); 0: the score order always.
+    exploration_rate: float = 0.0
+    # Draws the arms and the explored orders. Used on the event loop only (numpy Generators are not thread-safe).
+    rng: np.random.Generator = dataclasses.field(default_factory=np.random.default_rng)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_items: int = DEFAULT_MAX_ITEMS
     body_timeout_s: float = 10.0
@@ -134,26 +154,56 @@ def create_app(state: ServeState) -> Starlette:
         impression_ids = [f"{server_id}-{i}" for i in range(n)]
         columns[schema.id_field] = impression_ids
         columns[schema.event_time_field] = [received_ms] * n
-        scores = await run_in_threadpool(model.predict, columns)
+        # Read once, like the served model: a new comparison meanwhile does not change this request's.
+        routing = state.routing() if state.routing is not None else None
+        facts = state.served_lineage(model.version) if state.served_lineage is not None else None
+        champion_id = facts.model_id if facts is not None else None
+        if routing is not None and champion_id is not None and champion_id == routing.challenger_model_id:
+            routing = None  # the challenger was promoted: it is the champion now, whatever ML Metadata says next
+        arm, arm_propensity = routing.choose(state.rng) if routing is not None else (CHAMPION, 1.0)
+        scores = None
+        if arm == CHALLENGER:
+            try:
+                scores = await run_in_threadpool(routing.model.predict, columns)
+                if len(scores) != n:
+                    raise ValueError(f"{len(scores)} scores for {n} items")
+            except Exception as e:  # the challenger's failure is never the request's: the champion scores it
+                log.error("challenger model %s failed on a request, routing no more to it: %s: %s",
+                          routing.challenger_model_id, type(e).__name__, e)
+                if state.challenger_failed is not None:
+                    state.challenger_failed(routing)
+                arm, arm_propensity, scores = CHAMPION, 1.0, None
+        if scores is None:
+            scores = await run_in_threadpool(model.predict, columns)
+        metrics.arm_requests.labels(arm).inc()
         score_list = scores.tolist()
+        served: Dict[str, List[Any]] = {}
         if rank:
-            # Best first; equal scores keep the candidates' order.
-            order = np.argsort(-scores, kind="stable")
-            positions = np.empty(n, dtype=np.int64)
-            positions[order] = np.arange(n)
-            order, positions = order.tolist(), positions.tolist()
+            order, positions, greedy, explored, propensity = explore_order(scores, state.exploration_rate, state.rng)
+            served = {"greedy_position": greedy, "explored": [int(explored)] * n, "propensity": propensity}
+            if explored:
+                metrics.explored.inc()
         else:
             order, positions = None, list(range(n))
         metrics.items.inc(n)
+        scorer_id = routing.challenger_model_id if arm == CHALLENGER else champion_id
+        routed: Dict[str, Any] = {"arm": arm, "arm_propensity": arm_propensity}
+        if routing is not None:
+            routed["challenger_model_id"] = routing.challenger_model_id
+        if scorer_id is not None:
+            routed["model_id"] = scorer_id
         if state.impressions is not None:
             # Rows are built and written by the log's thread, off the request's path; the shadow candidate
             # (read once, like the served model) scores them there too: this request hands over a reference.
             shadow = state.shadow() if state.shadow is not None else None
             state.impressions.submit({**columns, "request_id": [request_id] * n, "model_version": [model.version] * n,
-                                      "score": score_list, "position": positions}, n, shadow=shadow)
+                                      "score": score_list, "position": positions, **served,
+                                      **{k: [v] * n for k, v in routed.items()}}, n, shadow=shadow)
         body: Dict[str, Any] = {"model_version": model.version, "request_id": request_id}
+        if routing is not None:
+            body.update(routed)
         if rank:
-            body.update(scores=score_list, order=order)
+            body.update(scores=score_list, order=order, explored=explored)
         else:
             body["predictions"] = score_list
         body["impression_ids"] = impression_ids

@@ -37,12 +37,27 @@ def add_serve_command(subparsers: Any) -> None:
                    help="shadow scoring: the newest blessed model that is not serving (per ML Metadata) also scores "
                         "every request, off the request's path, its score logged beside the served one in the "
                         "impressions log (default: the config's serve.shadow, off)")
+    p.add_argument("--exploration-rate", type=_exploration_rate, default=None, metavar="EPS",
+                   help="the probability that a rank request is served in a uniformly random order instead of the "
+                        "score order, each impression logging its position's propensity (default: the config's "
+                        "serve.exploration_rate, 0.02; 0: never)")
     p.add_argument("--body-timeout-seconds", type=_positive_float, default=10.0,
                    help="a request body that has not arrived after this long gets a 408 (default 10)")
     from pipelines.cli import _add_log_level_argument
 
     _add_log_level_argument(p)
     p.set_defaults(handler=run_serve)
+
+
+def _exploration_rate(text: str) -> float:
+    from components.config_base import ConfigError
+    from pipelines.serve.config import check_exploration_rate
+
+    try:
+        return check_exploration_rate(float(text), "--exploration-rate")
+    except (ValueError, ConfigError) as e:
+        raise argparse.ArgumentTypeError(str(e) if isinstance(e, ConfigError) else
+                                         f"--exploration-rate must be a number in [0, 1), got {text!r}") from None
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -71,7 +86,9 @@ def run_serve(args: argparse.Namespace) -> int:
     options = server.options_from_config(config, args.host, args.port, args.impressions, args.no_impressions,
                                          impressions_kafka=kafka, max_body_bytes=args.max_body_bytes,
                                          max_items=args.max_items, poll_seconds=args.poll_seconds,
-                                         body_timeout_s=args.body_timeout_seconds, shadow=shadow)
+                                         body_timeout_s=args.body_timeout_seconds, shadow=shadow,
+                                         **({} if args.exploration_rate is None else
+                                            {"exploration_rate": args.exploration_rate}))
     try:
         server.run(options)
     except OSError as e:  # the port is taken, the address is not this machine's

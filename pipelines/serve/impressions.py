@@ -10,9 +10,17 @@ names (the id field holds the impression id, the event-time field the time the
 request arrived, in epoch milliseconds), plus what the server added:
 
 * `request_id`: the request's id (the client's `X-Request-Id`, or one the server made);
-* `model_version`: the version that scored it;
-* `score`: the model's output;
-* `position`: the item's place in the ranked order (rank), or in the request (predict);
+* `model_version`: the version the server served (the champion's; a line the challenger scored says so
+  in `arm` and names its model in `model_id`);
+* `score`: the output of the model that scored it;
+* `position`: the item's place in the order served (rank), or in the request (predict);
+* `arm` ("champion" or "challenger") and `arm_propensity`, the probability with which that arm was
+  drawn for the request (Thompson sampling; 1.0 when no comparison is open); while one is open,
+  `challenger_model_id` (its challenger's ML Metadata id, on both arms' lines); `model_id`, the ML
+  Metadata id of the model that scored the line, when the server knows it (pipelines/serve/routing.py);
+* rank requests only: `greedy_position` (the item's place in the score order), `explored` (1: the
+  order was the exploration draw, a random permutation) and `propensity` (the probability that the
+  ranking policy put the item at `position`: `(1 - eps) * [position == greedy_position] + eps / N`);
 * `shadow_model_id`, `shadow_score`: with shadow scoring on, the ML Metadata id of the shadow
   candidate (the newest blessed model that is not serving) and its score of the same features;
   absent when no candidate scored the item.
@@ -61,7 +69,12 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 SERVER_FIELDS = (FieldSpec("request_id", "string"), FieldSpec("model_version", "int"),
                  FieldSpec("score", "float"), FieldSpec("position", "int"),
                  FieldSpec("shadow_model_id", "int", required=False),
-                 FieldSpec("shadow_score", "float", required=False))
+                 FieldSpec("shadow_score", "float", required=False),
+                 # Optional: logs written before routing and exploration existed have none of them.
+                 FieldSpec("arm", "string", required=False), FieldSpec("arm_propensity", "float", required=False),
+                 FieldSpec("challenger_model_id", "int", required=False), FieldSpec("model_id", "int", required=False),
+                 FieldSpec("greedy_position", "int", required=False), FieldSpec("explored", "int", required=False),
+                 FieldSpec("propensity", "float", required=False))
 # Requests' batches waiting for the writer; beyond it lines are dropped and counted (queue_full).
 DEFAULT_MAX_PENDING = 4096
 # Lines joined into one append (one lock, one write).

@@ -8,6 +8,9 @@ when scraped, so they are never stale. What ML Metadata says of the served
 version (its model id, push time, and the newest event time of its training
 data, so its freshness) comes from `lineage_watch.LineageWatch`, which reads
 the store after each swap; the gauges are absent while it knows nothing.
+The open champion/challenger comparison (routing.ComparisonWatch) is read the
+same way: the challenger's id, P(challenger better) and each arm's propensity
+per request, beside the requests each arm scored.
 """
 from __future__ import annotations
 
@@ -25,10 +28,12 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 
 class _ModelCollector(Collector):
     def __init__(self, current: Callable[[], Optional[object]],
                  lineage: Optional[Callable[[int], Optional[object]]] = None,
-                 shadow: Optional[Callable[[], Optional[object]]] = None):
+                 shadow: Optional[Callable[[], Optional[object]]] = None,
+                 routing: Optional[Callable[[], Optional[object]]] = None):
         self._current = current
         self._lineage = lineage
         self._shadow = shadow
+        self._routing = routing
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         model = self._current()
@@ -41,6 +46,8 @@ class _ModelCollector(Collector):
                                       "The ML Metadata id of the model shadow-scoring every request (0: none)")
             gauge.add_metric([], float(shadow.model_id) if shadow is not None else 0.0)
             yield gauge
+        if self._routing is not None:
+            yield from self._routing_gauges(self._routing())
         if model is not None:
             age = GaugeMetricFamily("driftline_serve_model_age_seconds",
                                     "Seconds since the served version was published in the serving folder")
@@ -51,6 +58,29 @@ class _ModelCollector(Collector):
             loaded.add_metric([], model.loaded_at_s)
             yield loaded
             yield from self._lineage_gauges(model.version)
+
+    @staticmethod
+    def _routing_gauges(routing) -> Iterator[GaugeMetricFamily]:
+        challenger = GaugeMetricFamily("driftline_serve_challenger_model_id",
+                                       "The ML Metadata id of the open comparison's challenger (0: none open)")
+        challenger.add_metric([], float(routing.challenger_model_id) if routing is not None else 0.0)
+        yield challenger
+        loaded = GaugeMetricFamily("driftline_serve_challenger_loaded",
+                                   "1 while the challenger is loaded and routed to; 0 when it is not (none open, or "
+                                   "it failed to load or to score)")
+        loaded.add_metric([], 1.0 if routing is not None and routing.model is not None else 0.0)
+        yield loaded
+        propensity = GaugeMetricFamily("driftline_serve_arm_propensity",
+                                       "The probability that a request goes to each arm now", labels=["arm"])
+        champion, challenger_p = routing.propensities() if routing is not None else (1.0, 0.0)
+        propensity.add_metric(["champion"], champion)
+        propensity.add_metric(["challenger"], challenger_p)
+        yield propensity
+        if routing is not None:
+            better = GaugeMetricFamily("driftline_serve_challenger_p_better",
+                                       "P(challenger better) under the comparison's posteriors in ML Metadata")
+            better.add_metric([], routing.p_better)
+            yield better
 
     def _lineage_gauges(self, version: int) -> Iterator[GaugeMetricFamily]:
         facts = self._lineage(version) if self._lineage is not None else None
@@ -82,7 +112,8 @@ class _ModelCollector(Collector):
 class ServeMetrics:
     def __init__(self, current_model: Callable[[], Optional[object]],
                  lineage: Optional[Callable[[int], Optional[object]]] = None,
-                 shadow: Optional[Callable[[], Optional[object]]] = None):
+                 shadow: Optional[Callable[[], Optional[object]]] = None,
+                 routing: Optional[Callable[[], Optional[object]]] = None):
         self.registry = CollectorRegistry()
         self.requests = Counter("driftline_serve_requests", "HTTP requests answered, by endpoint and status code",
                                 ["endpoint", "code"], registry=self.registry)
@@ -113,6 +144,19 @@ class ServeMetrics:
                                      registry=self.registry)
         self.shadow_load_errors = Counter("driftline_serve_shadow_load_errors", "Shadow candidates that did not load",
                                           registry=self.registry)
-        self.registry.register(_ModelCollector(current_model, lineage, shadow))
+        self.arm_requests = Counter("driftline_serve_arm_requests", "Scored requests by the arm that scored them "
+                                    "(champion: the served version)", ["arm"], registry=self.registry)
+        self.challenger_load_errors = Counter("driftline_serve_challenger_load_errors",
+                                              "Challengers that did not load (the champion serves everything)",
+                                              registry=self.registry)
+        self.challenger_score_errors = Counter("driftline_serve_challenger_score_errors",
+                                               "Requests the challenger failed to score (the champion scored them, "
+                                               "and the challenger is routed to no more)", registry=self.registry)
+        self.explored = Counter("driftline_serve_explored_requests",
+                                "Rank requests served in a random order (serve.exploration_rate)",
+                                registry=self.registry)
+        self.registry.register(_ModelCollector(current_model, lineage, shadow, routing))
+        for arm in ("champion", "challenger"):
+            self.arm_requests.labels(arm)
         for reason in ("queue_full", "write_error"):
             self.impressions_not_logged.labels(reason)  # present at 0, so alerts see the series

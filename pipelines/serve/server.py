@@ -47,6 +47,12 @@ class ServeOptions:
     # in the impressions thread; needs `metadata` and the impressions log.
     shadow: bool = False
     shadow_poll_seconds: float = 10.0
+    # The ranking policy's epsilon (serve.exploration_rate); 0: rank by score only.
+    exploration_rate: float = 0.0
+    # Champion/challenger routing (pipelines/serve/routing.py), whenever `metadata` has an open comparison:
+    # how often it is read, and each arm's Beta prior (the online section's).
+    comparison_poll_seconds: float = 5.0
+    prior: Optional[object] = None
     # The home whose `servers/` folder gets this process's record (pipelines/serve/registry.py); None: none.
     home: Optional[str] = None
 
@@ -58,6 +64,7 @@ def build_state(options: ServeOptions):
     from pipelines.serve.lineage_watch import LineageWatch
     from pipelines.serve.metrics import ServeMetrics
     from pipelines.serve.model_store import ModelStore
+    from pipelines.serve.routing import ComparisonWatch
 
     if options.shadow and (options.metadata is None or options.impressions_dir is None):
         raise ValueError("shadow scoring needs ML Metadata (to find the candidate) and the impressions log "
@@ -71,12 +78,33 @@ def build_state(options: ServeOptions):
                              shadow_poll_seconds=options.shadow_poll_seconds,
                              on_shadow_load_error=lambda model_id, why: metrics.shadow_load_errors.inc())
     shadow = (lambda: watch.shadow) if options.shadow else None
+    comparison = None
+    if options.metadata is not None:
+        from components.online_evaluator.decision import Prior
+
+        comparison = ComparisonWatch(options.metadata, options.model_name, options.schema,
+                                     prior=options.prior or Prior(), poll_seconds=options.comparison_poll_seconds,
+                                     on_error=lambda why: metrics.lineage_errors.inc(),
+                                     on_load_error=lambda model_id, why: metrics.challenger_load_errors.inc())
+    routing = (lambda: comparison.routing) if comparison is not None else None
     metrics = ServeMetrics(lambda: holder["store"].current, lineage=watch.current if watch is not None else None,
-                           shadow=shadow)
+                           shadow=shadow, routing=routing)
+
+    def after_poll(model) -> None:
+        # Both read ML Metadata in the store's thread, never on a request; one failing does not skip the other.
+        try:
+            watch.tick(model)
+        finally:
+            comparison.tick(model)
+
+    def challenger_failed(failed) -> None:
+        metrics.challenger_score_errors.inc()
+        comparison.scoring_failed(failed)
+
     store = ModelStore(options.serving_dir, options.schema, poll_seconds=options.poll_seconds,
                        on_load_error=lambda version, why: metrics.load_errors.inc(),
                        on_swap=lambda model: metrics.model_swaps.inc(),
-                       on_poll=watch.tick if watch is not None else None)
+                       on_poll=after_poll if watch is not None else None)
     holder["store"] = store
     impressions = None
     if options.impressions_dir is not None:
@@ -85,9 +113,11 @@ def build_state(options: ServeOptions):
                                     on_shadow=lambda n, error: (metrics.shadow_scored if error is None
                                                                 else metrics.shadow_errors).inc(n))
     return ServeState(model_name=options.model_name, schema=options.schema, store=store, metrics=metrics,
-                      impressions=impressions, shadow=shadow, max_body_bytes=options.max_body_bytes,
-                      max_items=options.max_items,
-                      body_timeout_s=options.body_timeout_s)
+                      impressions=impressions, shadow=shadow, routing=routing,
+                      challenger_failed=challenger_failed if comparison is not None else None,
+                      served_lineage=watch.current if watch is not None else None,
+                      exploration_rate=options.exploration_rate, max_body_bytes=options.max_body_bytes,
+                      max_items=options.max_items, body_timeout_s=options.body_timeout_s)
 
 
 def run(options: ServeOptions) -> None:
@@ -170,4 +200,7 @@ def options_from_config(config, host: str, port: int, impressions_dir: Optional[
         impressions = impressions_dir or default
     return ServeOptions(serving_dir=config.serving_dir, schema=config.source.schema, model_name=config.pipeline_name,
                         impressions_dir=impressions, host=host, port=port, metadata=config.metadata_connection,
-                        home=config.home, shadow_poll_seconds=config.serve.shadow_poll_seconds, **overrides)
+                        home=config.home, shadow_poll_seconds=config.serve.shadow_poll_seconds,
+                        **{"exploration_rate": config.serve.exploration_rate,
+                           "comparison_poll_seconds": config.serve.comparison_poll_seconds,
+                           "prior": config.online.rule().prior, **overrides})
