@@ -22,6 +22,7 @@ from components import event_log
 from components.event_schema import FieldSpec
 from components.streaming_example_gen.join_config import JoinStreamConfig
 
+pytestmark = pytest.mark.e2e
 SPAN_MS = 600_000
 WINDOW_S = 120
 LATENESS_S = 30
