@@ -24,7 +24,9 @@ components/warm_start_trainer/training_inputs.py. Off with
 `gate.max_carried_eval_spans: 0`.
 
 The base model and the baseline are the same thing, the latest blessed
-model, resolved from ML Metadata across runs; so is the replay window.
+model, resolved from ML Metadata across runs; so is the replay window. In
+online mode (`online.enabled`) they are the serving champion instead: a
+blessed candidate is only a challenger until live traffic promotes it.
 After `driftline rollback` they are the model rolled back to, pinned in ML
 Metadata, until `driftline unpin` (`PinnedOrLatestBlessedModelStrategy`).
 
@@ -211,8 +213,9 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
         base_strategy = {"strategy_class": tfx.dsl.experimental.LatestBlessedModelStrategy}
     else:
         # The model a rollback pinned while the pin stands, else the latest blessed model.
+        # Online evaluation: the serving champion, not a challenger the latest blessing may name.
         base_strategy = {"strategy_class": PinnedOrLatestBlessedModelStrategy,
-                         "config": {"pipeline_name": config.pipeline_name}}
+                         "config": {"pipeline_name": config.pipeline_name, "champion": config.online.enabled}}
     latest_blessed = tfx.dsl.Resolver(
         **base_strategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),

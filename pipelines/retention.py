@@ -7,7 +7,8 @@ folder at the artifact's URI) of every artifact older than the newest
 `RetentionConfig.keep_cycles` cycles unless something still needs it:
 
 * **the next cycle**: the latest blessed model and its blessing (the next
-  base model and baseline), and the model a rollback pinned while the pin
+  base model and baseline; in online mode also the serving champion's, which
+  is), and the model a rollback pinned while the pin
   stands, each with the span it was judged on; the replay window
   (the newest `trainer.replay_spans + 1` spans that are not quarantined, as
   the replay resolver counts them), spans not trained yet
@@ -192,6 +193,19 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
         judged_on = prop(base, "newest_examples_id")
         if judged_on is not None:
             protect([judged_on], "the span the base model was judged on: the next cycle trains on its eval split")
+    # Online evaluation: the serving champion is the base model and baseline (the latest blessed model may be
+    # a challenger); its blessing must stay LIVE for the resolver to offer it.
+    if config.online.enabled:
+        from components.online_evaluator.record import champion_model_id
+
+        champion = champion_model_id(store, config.pipeline_name)
+        models = {m.id: m for m in by_type.get("Model", [])}
+        if champion in models:
+            protect([champion] + ([blessed[champion]] if champion in blessed else []),
+                    "the champion (online evaluation): the next cycle's base model and baseline")
+            judged_on = prop(models[champion], "newest_examples_id")
+            if judged_on is not None:
+                protect([judged_on], "the span the champion was judged on: the next cycle trains on its eval split")
     # A rollback's pin replaces it as base model and baseline while it stands, however old the model.
     pin = current_pin(store, config.pipeline_name)
     if pin is not None:

@@ -166,6 +166,11 @@ def test_served_counts_flow_into_decisions_once_across_restarts(online_run):
     first_span = t0 // SPAN_MS
     assert cycle.spans == [first_span + 3, first_span + 4] and cycle.blessed and cycle.pushed_version is None
     assert len(record.decisions(store, config.pipeline_name)) == before  # nothing counted, nothing deployed
+    # The base model and the baseline are the serving champion, not the challenger (the latest blessed model).
+    from pipelines.lineage_queries import models
+
+    [m] = [m for m in models(store, config.pipeline_name) if m.model_id == cycle.model_id]
+    assert (m.base_model_id, m.baseline_model_id) == (champion_id, champion_id)
 
     # Hand count: span 4 is all served impressions (the minutes 40-50); span 3's were logged before any routing.
     in_span4 = [e for e in served if e["event_time"] // SPAN_MS == first_span + 4]

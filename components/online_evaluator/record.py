@@ -85,6 +85,27 @@ class RecordedDecision:
         return d
 
 
+def champion_model_id(store: metadata_store.MetadataStore, pipeline_name: str) -> Optional[int]:
+    """The Model the newest recorded push put into serving (a BlessingPusher's, a promotion's or a rollback's
+    `PushedModel` with pushed=1 and a model id), or None: online mode's base model and baseline. No TFX, no
+    serving folder: what the resolver and retention can read from ML Metadata alone."""
+    from components.mlmd_vocabulary import PUBLISHED_STATES, PUSHED_MODEL_TYPE, prop
+
+    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
+    if context is None:
+        return None
+    try:
+        type_id = store.get_artifact_type(PUSHED_MODEL_TYPE).id
+    except mlmd_errors.NotFoundError:
+        return None
+    pushes = [a for a in store.get_artifacts_by_context(context.id)
+              if a.type_id == type_id and a.state in PUBLISHED_STATES and prop(a, serving.PUSHED_PROPERTY) == 1
+              and prop(a, serving.MODEL_ID_PROPERTY) is not None]
+    if not pushes:
+        return None
+    return int(prop(max(pushes, key=lambda a: (a.create_time_since_epoch, a.id)), serving.MODEL_ID_PROPERTY))
+
+
 def _type_id(store: metadata_store.MetadataStore) -> int:
     t = metadata_store_pb2.ExecutionType(name=ONLINE_DECISION_TYPE)
     for name, kind in _PROPERTIES.items():
