@@ -572,7 +572,8 @@ def run_cycles(config: DriftlineConfig, cycles: int, say: Optional[Callable[[str
     """`driftline run --cycles N`: up to N cycles with the controller's crash recovery, without retries.
 
     Call it while holding the home's lock. Recovery first (an interrupted
-    push finished, dead executions CANCELED), then before each cycle the
+    push finished, dead executions CANCELED; in online mode the online step,
+    also after each cycle: `online_step`), then before each cycle the
     controller's question (`due`): a resumed cycle while spans are published
     but untrained, a cycle when a span has closed, and otherwise one line
     ("nothing to do: ...") and no more cycles: no TFX run, nothing recorded.
