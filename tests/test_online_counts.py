@@ -7,7 +7,6 @@ by hand from what was written.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
