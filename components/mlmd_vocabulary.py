@@ -56,6 +56,9 @@ BLESSED_PROPERTY = "blessed"  # ModelBlessing / InfraBlessing: int 1 / 0 (TFX's 
 CURRENT_MODEL_ID_PROPERTY = "current_model_id"  # ModelBlessing: the candidate's id (TFX's key)
 REASON_PROPERTY = "reason"  # blessings and PushedModel: why, in words
 EVAL_SPAN_PROPERTY = "eval_span"  # blessings: the span the candidate was judged on (the newest)
+# Examples (join mode, online evaluation): each arm's shown impressions and successes per challenger (JSON,
+# components/online_evaluator/arm_counts.py); what the controller feeds the comparison once per span.
+ARM_COUNTS_PROPERTY = "arm_counts"
 # ModelBlessing: every span whose eval split the candidate was judged on, carried ones included (JSON list)
 EVAL_SPANS_PROPERTY = "eval_spans"
 # ModelBlessing: int 1 when the verdict was "too little evidence" (its eval splits are carried), else 0

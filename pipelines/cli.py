@@ -820,6 +820,35 @@ def run_online_decision(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_challenge_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "challenge", help="deploy a model as the challenger of the serving champion now, and record it",
+        description="Deploys Model --model-id (an ML Metadata id: `driftline lineage` lists them; blessed or not, it "
+                    "needs its SavedModel) as the challenger beside the serving champion: a driftline.OnlineDecision "
+                    "START (or REPLACE of a running challenger) recorded as manual. `driftline serve` routes by it; "
+                    "a controller with online.enabled counts each arm's joined outcomes and promotes or retires it. "
+                    "Refused while a controller runs on the home, or when nothing serves.")
+    _add_home_arguments(p)
+    p.add_argument("--model-id", type=int, required=True, help="the Model artifact to deploy as the challenger")
+    p.add_argument("--note", default="", help="why, in words (recorded with the decision)")
+    p.set_defaults(handler=run_challenge)
+
+
+def run_challenge(args: argparse.Namespace) -> int:
+    from components.online_evaluator.record import OnlineEvalError
+    from pipelines.online import challenge
+
+    config = _home_config(args)
+    _require_metadata(config)
+    try:
+        with _home_lock(config):
+            d = challenge(config, args.model_id, note=args.note)
+    except OnlineEvalError as e:
+        raise CommandError(str(e)) from None
+    print(f"Recorded: {d.describe()}")
+    return 0
+
+
 def _latest_online_decision(config):
     """The newest online-evaluation decision ML Metadata holds, or None."""
     from components.online_evaluator.record import latest_decision
@@ -1157,6 +1186,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rollback_command(subparsers)
     add_unpin_command(subparsers)
     add_online_decision_commands(subparsers)
+    add_challenge_command(subparsers)
     add_gc_command(subparsers)
     add_status_command(subparsers)
     add_lineage_command(subparsers)

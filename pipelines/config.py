@@ -341,6 +341,8 @@ class DriftlineConfig:
         self.metadata.validate()
         self.serve.validate()
         self.online.validate()
+        if self.online.enabled:
+            self._validate_online()
         horizon = self.window.dedup_horizon_runs
         if self.retention.enabled and horizon is not None and horizon > self.retention.keep_cycles:
             raise ConfigError(
@@ -368,6 +370,25 @@ class DriftlineConfig:
                               f"examples' schema (join.impressions.schema {imp.schema.name!r} with its label "
                               f"{imp.schema.label_field!r} required): leave source.schema out, or build the "
                               "config with DriftlineConfig.with_join(join)")
+
+    def _validate_online(self) -> None:
+        """Online evaluation counts each arm's joined outcomes: it needs the join, and the server's arm fields."""
+        from components.online_evaluator.arm_counts import ARM_FIELD, CHALLENGER_ID_FIELD
+
+        if self.join is None:
+            raise ConfigError("online.enabled needs the join section: the comparison is judged on each arm's joined "
+                              "outcomes (clicks per impression); add a join: section (impressions and outcomes "
+                              "logs), or set online.enabled: false")
+        imp = self.join.impressions.schema.field_map
+        for name, kind in ((ARM_FIELD, "string"), (CHALLENGER_ID_FIELD, "int")):
+            if name not in imp or imp[name].type != kind:
+                raise ConfigError(f"online.enabled: the impressions schema needs the server's field {name!r} "
+                                  f"(type {kind!r}, required: false) to count each arm's impressions; add it "
+                                  f"(and to join.drop_fields: it is no model input)")
+        if self.online.reward_field not in self.join.examples_schema.field_map:
+            raise ConfigError(f"online.reward_field {self.online.reward_field!r} is not a field of the joined "
+                              f"examples {sorted(self.join.examples_schema.field_map)}: set it to one (by default "
+                              "the label the join sets from the clicks)")
 
     def with_join(self, join: JoinConfig) -> "DriftlineConfig":
         """This config in join mode: `source` becomes the impressions log with the joined examples' schema."""

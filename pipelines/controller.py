@@ -44,6 +44,12 @@
 * Human lines go to the "driftline.controller" logger (levels, timestamps:
   `driftline run --log-level`); the JSON lines stay on stdout. With
   `metrics_port`, Prometheus metrics are served (`pipelines/metrics.py`).
+* Online evaluation (`online.enabled`, `pipelines/online.py`), after each
+  cycle and on start: the new spans' per-arm counts update the open
+  comparison (promote, retire or continue, recorded in ML Metadata with the
+  spans it counted), and the newest blessed candidate is deployed as the
+  challenger; idempotent from ML Metadata, so a crash in between is healed
+  by the next call. A failure there is logged and retried after the next cycle.
 * Retention (`pipelines/retention.py`), after each cycle and on start:
   the payload of artifacts older than `retention.keep_cycles` cycles that
   nothing needs any more is deleted, their records stay; so are the folders
@@ -305,6 +311,29 @@ def retryable(error: BaseException) -> bool:
                                                                     LeaseLost))
 
 
+def online_step(config: DriftlineConfig, tell: Callable[..., None]) -> Optional[dict]:
+    """Online mode's reconcile (pipelines/online.py) after a cycle or on start: its JSON fields, None when off.
+
+    Never raises but for a lost lease: the cycle it follows succeeded, and the next call redoes whatever this
+    one did not record (every step is idempotent from ML Metadata)."""
+    if not config.online.enabled:
+        return None
+    from components import lease as lease_lib
+    from pipelines import online
+
+    try:
+        step = online.reconcile(config)
+    except lease_lib.LeaseLost:
+        raise
+    except Exception as e:  # noqa: BLE001: see above; said, and retried after the next cycle
+        tell(f"online evaluation not brought up to date (retried after the next cycle): {type(e).__name__}: {e}",
+             logging.WARNING)
+        return {"error": f"{type(e).__name__}: {e}"}
+    if step.anything:
+        tell(step.describe())
+    return step.to_dict()
+
+
 def record_failed_cycle(config: DriftlineConfig, error: BaseException, *, resumed: bool, trigger: str,
                         say: Optional[Callable[..., None]] = None) -> dict:
     """Records a failed cycle in ML Metadata (pipelines/failures.py); returns its JSON line's fields.
@@ -387,6 +416,8 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
             report = recovery.recover_interrupted(config)
             if report.anything:
                 tell(f"recovery: {report.describe()}", logging.WARNING)
+            # What a controller killed after its last cycle did not record (counts, a challenger) is recorded now.
+            online_step(config, tell)
             if config.retention.enabled:
                 tell(retention.apply(config).describe())
         except Exception as e:
@@ -436,6 +467,9 @@ def run_continuous(config: DriftlineConfig, *, poll_seconds: float = 5.0, min_ne
         cycles += 1
         attempt = 0
         line = {"cycle": cycles, "outcome": "ok", "trigger": check.why, **dataclasses.asdict(cycle)}
+        online = online_step(config, tell)
+        if online is not None:
+            line["online"] = online
         if config.retention.enabled:
             try:
                 kept = retention.apply(config)
@@ -538,7 +572,8 @@ def run_cycles(config: DriftlineConfig, cycles: int, say: Optional[Callable[[str
     """`driftline run --cycles N`: up to N cycles with the controller's crash recovery, without retries.
 
     Call it while holding the home's lock. Recovery first (an interrupted
-    push finished, dead executions CANCELED), then before each cycle the
+    push finished, dead executions CANCELED; in online mode the online step,
+    also after each cycle: `online_step`), then before each cycle the
     controller's question (`due`): a resumed cycle while spans are published
     but untrained, a cycle when a span has closed, and otherwise one line
     ("nothing to do: ...") and no more cycles: no TFX run, nothing recorded.
@@ -558,6 +593,7 @@ def run_cycles(config: DriftlineConfig, cycles: int, say: Optional[Callable[[str
     report = recovery.recover_interrupted(config)
     if report.anything:
         tell(f"recovery: {report.describe()}", logging.WARNING)
+    online_step(config, tell)
     reports = []
     for n in range(1, cycles + 1):
         check = due(config)
@@ -570,6 +606,7 @@ def run_cycles(config: DriftlineConfig, cycles: int, say: Optional[Callable[[str
         except Exception as e:
             line = record_failed_cycle(config, e, resumed=check.resume, trigger=check.why, say=tell)
             raise CycleFailed(n, line) from e
+        online_step(config, tell)
     return reports
 
 

@@ -24,7 +24,9 @@ components/warm_start_trainer/training_inputs.py. Off with
 `gate.max_carried_eval_spans: 0`.
 
 The base model and the baseline are the same thing, the latest blessed
-model, resolved from ML Metadata across runs; so is the replay window.
+model, resolved from ML Metadata across runs; so is the replay window. In
+online mode (`online.enabled`) they are the serving champion instead: a
+blessed candidate is only a challenger until live traffic promotes it.
 After `driftline rollback` they are the model rolled back to, pinned in ML
 Metadata, until `driftline unpin` (`PinnedOrLatestBlessedModelStrategy`).
 
@@ -102,8 +104,11 @@ def local_example_gen(config: DriftlineConfig):
         from components.streaming_example_gen.join_component import JoinExampleGen
 
         # The join needs at least one run's impression ids to tell a late outcome from an orphan.
+        # Online evaluation: each span also counts each arm's impressions and successes (the comparison's evidence).
         return JoinExampleGen(config.join, config.window, chunk_bytes=config.source.chunk_bytes,
-                              dedup_horizon_runs=max(dedup_horizon_runs(config), 1)).with_id(STREAMING_EXAMPLE_GEN_ID)
+                              dedup_horizon_runs=max(dedup_horizon_runs(config), 1),
+                              reward_field=config.online.reward_field if config.online.enabled else None,
+                              ).with_id(STREAMING_EXAMPLE_GEN_ID)
     return StreamingExampleGen.from_config(
         config.source, config.window, dedup_horizon_runs=dedup_horizon_runs(config)).with_id(STREAMING_EXAMPLE_GEN_ID)
 
@@ -208,8 +213,9 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
         base_strategy = {"strategy_class": tfx.dsl.experimental.LatestBlessedModelStrategy}
     else:
         # The model a rollback pinned while the pin stands, else the latest blessed model.
+        # Online evaluation: the serving champion, not a challenger the latest blessing may name.
         base_strategy = {"strategy_class": PinnedOrLatestBlessedModelStrategy,
-                         "config": {"pipeline_name": config.pipeline_name}}
+                         "config": {"pipeline_name": config.pipeline_name, "champion": config.online.enabled}}
     latest_blessed = tfx.dsl.Resolver(
         **base_strategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -258,7 +264,7 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
     pusher = BlessingPusher.from_config(
         config.pusher, model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=latency.outputs["blessing"] if latency is not None else None,
-        serving_dir=config.serving_dir).with_id(PUSHER_ID)
+        serving_dir=config.serving_dir, challenger_mode=config.online.enabled).with_id(PUSHER_ID)
     if vertex:
         components = [latest_examples, example_gen, schema_gen, transform, latest_blessed, trainer, evaluator]
     else:

@@ -221,6 +221,11 @@ def _recover_push(store: metadata_store.MetadataStore, config: DriftlineConfig,
     verdicts = [serving.blessing_verdict({k: prop(b, k) for k in b.custom_properties}) for b in blessings]
     if not all(v.blessed for v in verdicts):
         return no("the model is not blessed")
+    if prop(execution, "challenger_mode") == 1 and serving.serving_version(serving_dir) is not None:
+        # Online evaluation: a blessed model never goes over a serving champion; the controller deploys it as
+        # the challenger from its blessing (pipelines/online.py), so there is no push to finish.
+        return no(f"online evaluation: a champion serves (version {serving.serving_version(serving_dir)}), so the "
+                  "model is deployed as the challenger, not pushed")
     started = execution.create_time_since_epoch
     newer = [a.id for a in _artifacts_of_type(store, "PushedModel")
              if prop(a, serving.PUSHED_PROPERTY) == 1 and a.create_time_since_epoch >= started]

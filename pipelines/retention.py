@@ -7,7 +7,8 @@ folder at the artifact's URI) of every artifact older than the newest
 `RetentionConfig.keep_cycles` cycles unless something still needs it:
 
 * **the next cycle**: the latest blessed model and its blessing (the next
-  base model and baseline), and the model a rollback pinned while the pin
+  base model and baseline; in online mode also the serving champion's, which
+  is), and the model a rollback pinned while the pin
   stands, each with the span it was judged on; the replay window
   (the newest `trainer.replay_spans + 1` spans that are not quarantined, as
   the replay resolver counts them), spans not trained yet
@@ -18,7 +19,8 @@ folder at the artifact's URI) of every artifact older than the newest
 * **serving**: for each version in the serving folder (the serving one and
   those a rollback can return to), the `PushedModel` that put it there (its
   payload is that version, which the pusher's own `keep_versions` bounds) and
-  the model behind it; with `keep_all_pushed_models`, every model ever pushed.
+  the model behind it; with `keep_all_pushed_models`, every model ever pushed;
+  and the open online comparison's challenger (it serves beside the champion).
 
 Everything else (old spans, transform graphs and statistics, models,
 model runs, evaluations, blessings, schemas) loses its payload, with two
@@ -191,6 +193,19 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
         judged_on = prop(base, "newest_examples_id")
         if judged_on is not None:
             protect([judged_on], "the span the base model was judged on: the next cycle trains on its eval split")
+    # Online evaluation: the serving champion is the base model and baseline (the latest blessed model may be
+    # a challenger); its blessing must stay LIVE for the resolver to offer it.
+    if config.online.enabled:
+        from components.online_evaluator.record import champion_model_id
+
+        champion = champion_model_id(store, config.pipeline_name)
+        models = {m.id: m for m in by_type.get("Model", [])}
+        if champion in models:
+            protect([champion] + ([blessed[champion]] if champion in blessed else []),
+                    "the champion (online evaluation): the next cycle's base model and baseline")
+            judged_on = prop(models[champion], "newest_examples_id")
+            if judged_on is not None:
+                protect([judged_on], "the span the champion was judged on: the next cycle trains on its eval split")
     # A rollback's pin replaces it as base model and baseline while it stands, however old the model.
     pin = current_pin(store, config.pipeline_name)
     if pin is not None:
@@ -200,6 +215,14 @@ def plan(config: DriftlineConfig, store: Optional[metadata_store.MetadataStore] 
         judged_on = prop(pinned[pin.model_id], "newest_examples_id") if pinned else None
         if judged_on is not None:
             protect([judged_on], "the span the pinned model was judged on: the next cycle trains on its eval split")
+
+    # Online evaluation: the open comparison's challenger serves beside the champion (`driftline serve` loads
+    # it from its SavedModel), and a promotion pushes that SavedModel, however many cycles the comparison runs.
+    from components.online_evaluator.record import open_comparison
+
+    running = open_comparison(store, config.pipeline_name)
+    if running is not None:
+        protect([running.challenger_model_id], "the online comparison's challenger: it serves beside the champion")
 
     # The versions in the serving folder (serving, or ready for a rollback): their push records and models.
     pushes = [a for a in artifacts if type_names.get(a.type_id) == "PushedModel" and a.state in _PUBLISHED

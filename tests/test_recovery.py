@@ -46,7 +46,8 @@ def test_untrained_spans_are_those_no_judged_model_trained_on(tmp_path):
     assert untrained(h) == []
 
 
-def interrupted_push(h: History, blessed: bool = True, renamed: bool = True, infra_blessed=None):
+def interrupted_push(h: History, blessed: bool = True, renamed: bool = True, infra_blessed=None,
+                     challenger_mode: bool = False):
     """A cycle whose evaluator finished and whose pusher was killed, before or after its rename.
 
     `infra_blessed` (0 or 1): the pusher also took the LatencyValidator's InfraBlessing.
@@ -66,7 +67,8 @@ def interrupted_push(h: History, blessed: bool = True, renamed: bool = True, inf
         inputs["infra_blessing"] = lv["infra"]
     pusher, _ = h.execute(run, "BlessingPusher", inputs,
                           {"pushed_model": [("PushedModel", {})]}, state=pb.Execution.RUNNING,
-                          exec_props={"serving_dir": h.serving_dir, "keep_versions": h.keep_versions})
+                          exec_props={"serving_dir": h.serving_dir, "keep_versions": h.keep_versions,
+                                      **({"challenger_mode": 1} if challenger_mode else {})})
     if renamed:
         shutil.copytree(os.path.join(h.artifact(model).uri, "Format-Serving"), os.path.join(h.serving_dir, "2"))
     return model, pusher
@@ -126,6 +128,23 @@ def test_an_interrupted_push_the_latency_gate_refused_is_not_completed(tmp_path)
     report = recover_interrupted(config_for(h), h.store)
     assert report.push.how == "not pushed" and "not blessed" in report.push.reason
     assert versions(h) == [1]
+
+
+def test_an_interrupted_challenger_mode_push_is_not_pushed_over_the_champion_but_deployed_beside_it(tmp_path):
+    from components.online_evaluator import record
+    from pipelines import online
+    from pipelines.config import LatencyConfig, OnlineEvalConfig
+
+    h = History(str(tmp_path))
+    model, pusher = interrupted_push(h, renamed=False, challenger_mode=True)
+    config = config_for(h).replace(online=OnlineEvalConfig(enabled=True), latency=LatencyConfig(enabled=False))
+    report = recover_interrupted(config, h.store)
+    assert report.push.how == "not pushed" and "deployed as the challenger" in report.push.reason
+    assert versions(h) == [1]
+    # The controller's online step, run after recovery on start, deploys it from its blessing.
+    step = online.reconcile(config, h.store)
+    assert (step.deployed.action, step.deployed.challenger_model_id) == ("start", model)
+    assert record.open_comparison(h.store, h.pipeline).champion_model_id == h.cycles[0]["model"]
 
 
 def test_an_interrupted_push_overtaken_by_a_newer_one_is_not_completed(tmp_path):

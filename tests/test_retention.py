@@ -342,3 +342,38 @@ def test_carried_and_released_eval_splits_keep_their_spans(tmp_path):
     # Off: nothing is carried, and these spans go as refused spans always did.
     config = config.replace(gate=dataclasses.replace(config.gate, max_carried_eval_spans=0))
     assert c[2]["examples"][0] not in retention.plan(config, h.store).keep
+
+
+def test_the_online_comparisons_challenger_is_kept_however_old(tmp_path):
+    """The open comparison's challenger serves beside the champion: retention keeps it until the comparison ends."""
+    from components.online_evaluator import record
+
+    h = History(str(tmp_path), keep_versions=1)
+    champion = h.cycle()["model"]
+    challenger = h.cycle(push=False)["model"]
+    h.cycle(push=False)  # a newer blessed model: the next base model, so nothing else keeps the challenger
+    for _ in range(3):
+        h.cycle(blessed=False)
+    record.start(h.store, h.pipeline, champion, challenger)
+    plan = retention.plan(config_for(h, keep_cycles=1, replay_spans=0), h.store)
+    assert plan.keep[challenger].startswith("the online comparison's challenger")
+    record.decide_by_hand(h.store, h.pipeline, "retire")
+    plan = retention.plan(config_for(h, keep_cycles=1, replay_spans=0), h.store)
+    assert challenger in {a.id for a in plan.delete}
+
+
+def test_online_mode_keeps_the_champions_blessing_the_next_base_model(tmp_path):
+    """In online mode the serving champion, not the latest blessed challenger, is the next base model and baseline:
+    its blessing stays LIVE for the resolver, however old."""
+    from pipelines.config import OnlineEvalConfig
+
+    h = History(str(tmp_path), keep_versions=1)
+    champion = h.cycle()
+    h.cycle(push=False)  # blessed: a challenger, the latest blessed model
+    for _ in range(3):
+        h.cycle(blessed=False)
+    config = config_for(h, keep_cycles=1, replay_spans=0)
+    assert champion["blessing"] in {a.id for a in retention.plan(config, h.store).delete}
+    plan = retention.plan(config.replace(online=OnlineEvalConfig(enabled=True)), h.store)
+    assert plan.keep[champion["blessing"]].startswith("the champion (online evaluation)")
+    assert plan.keep[champion["examples"][0]].startswith("the span the champion was judged on")

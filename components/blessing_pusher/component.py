@@ -17,6 +17,8 @@ class BlessingPusherSpec(types.ComponentSpec):
     PARAMETERS = {
         executor_module.SERVING_DIR_KEY: ExecutionParameter(type=str),
         executor_module.KEEP_VERSIONS_KEY: ExecutionParameter(type=int),
+        # 1: online evaluation; a blessed model is not pushed over a serving one (it is deployed as the challenger).
+        executor_module.CHALLENGER_MODE_KEY: ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
         executor_module.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -40,6 +42,11 @@ class BlessingPusher(base_component.BaseComponent):
     succeeds: the `PushedModel` output says `pushed=0` with the blessing's
     reason.
 
+    With `challenger_mode` (online evaluation, `online.enabled`), a blessed model is pushed only when
+    nothing serves yet (the first model); over a serving champion it is not pushed: the `PushedModel` says
+    `pushed=0`, `challenger=1` and why, and the controller deploys the model as the challenger beside the
+    champion (pipelines/online.py records the comparison in ML Metadata).
+
     Output `pushed_model` custom properties: `pushed` (int 1/0),
     `pushed_destination` and `pushed_version` (str, as stock Pusher),
     `model_id` (int), `reason` (str), `pushed_at_ms` (int).
@@ -56,7 +63,7 @@ class BlessingPusher(base_component.BaseComponent):
 
     def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel, serving_dir: str,
                  keep_versions: int = PusherConfig.keep_versions,
-                 infra_blessing: Optional[types.BaseChannel] = None):
+                 infra_blessing: Optional[types.BaseChannel] = None, challenger_mode: bool = False):
         if not serving_dir:
             raise ConfigError("BlessingPusher needs a serving_dir")
         PusherConfig(serving_dir=serving_dir, keep_versions=keep_versions).validate()
@@ -66,6 +73,7 @@ class BlessingPusher(base_component.BaseComponent):
             infra_blessing=infra_blessing,
             serving_dir=serving_dir,
             keep_versions=int(keep_versions),
+            challenger_mode=int(bool(challenger_mode)),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel),
         )
         super().__init__(spec=spec)
@@ -73,8 +81,9 @@ class BlessingPusher(base_component.BaseComponent):
     @classmethod
     def from_config(cls, pusher: PusherConfig, model: types.BaseChannel, model_blessing: types.BaseChannel,
                     infra_blessing: Optional[types.BaseChannel] = None,
-                    serving_dir: Optional[str] = None) -> "BlessingPusher":
+                    serving_dir: Optional[str] = None, challenger_mode: bool = False) -> "BlessingPusher":
         """The pusher settings; `serving_dir` overrides `pusher.serving_dir` (DriftlineConfig.serving_dir
         resolves its default, <home>/serving)."""
         return cls(model=model, model_blessing=model_blessing, serving_dir=serving_dir or pusher.serving_dir,
-                   keep_versions=pusher.keep_versions, infra_blessing=infra_blessing)
+                   keep_versions=pusher.keep_versions, infra_blessing=infra_blessing,
+                   challenger_mode=challenger_mode)

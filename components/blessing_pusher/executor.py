@@ -25,6 +25,9 @@ INFRA_BLESSING_KEY = "infra_blessing"
 PUSHED_MODEL_KEY = "pushed_model"
 SERVING_DIR_KEY = "serving_dir"
 KEEP_VERSIONS_KEY = "keep_versions"
+CHALLENGER_MODE_KEY = "challenger_mode"
+# PushedModel (challenger mode): int 1 when a blessed model was not pushed because a champion serves.
+CHALLENGER_PROPERTY = "challenger"
 
 # The blessings checked, in order; a missing optional one is skipped.
 BLESSING_KEYS = (MODEL_BLESSING_KEY, INFRA_BLESSING_KEY)
@@ -107,6 +110,18 @@ class Executor(base_executor.BaseExecutor):
                             model.id, model.uri, reason, serving_dir, serving.serving_version(serving_dir))
             return
         model_dir = serving_model_path(model)
+        champion = serving.serving_version(serving_dir) if exec_properties.get(CHALLENGER_MODE_KEY) else None
+        if champion is not None:
+            # Online evaluation: a blessed candidate earns its place on live traffic beside the champion, so
+            # serving is untouched here. Nor is it a push for recovery to finish after a crash
+            # (pipelines/recovery.py reads the execution's challenger_mode): the controller deploys it as the challenger from ML Metadata after the cycle.
+            reason = (f"not pushed: {why}; deployed as the challenger beside serving version {champion} "
+                      "(online.enabled): promoted only by the online comparison")
+            mark_not_pushed(pushed_model, model.id, reason)
+            pushed_model.set_int_custom_property(CHALLENGER_PROPERTY, 1)
+            lease.fence(f"the record that model {model.id} is a challenger")
+            logging.info("BlessingPusher: model %s %s", model.id, reason)
+            return
         # Right before serving changes: a controller that lost its lease (another took over) pushes nothing.
         lease.fence(f"the push of model {model.id} into {serving_dir}")
         result = serving.push(model_dir, serving_dir)

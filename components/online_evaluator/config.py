@@ -16,6 +16,11 @@ from components.online_evaluator.decision import DecisionRule, Guardrails, Prior
 class OnlineEvalConfig:
     """How a challenger is judged on live traffic against the champion (components/online_evaluator)."""
 
+    # On (needs the `join` section): a blessed candidate is not pushed over a serving champion but deployed as
+    # the challenger beside it, and each cycle's joined outcomes update the comparison (pipelines/online.py).
+    # The first model (nothing serving) is pushed as before. Off: every blessed candidate is pushed.
+    enabled: bool = False
+
     # The reward: the joined impression's field counted as one success when > 0, per impression. The
     # default, the label the join sets from the click outcomes, makes the reward clicks per impression.
     reward_field: str = "clicked"
@@ -32,6 +37,8 @@ class OnlineEvalConfig:
     max_calibration_error: Optional[float] = None
 
     def validate(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"online.enabled must be true or false, got {self.enabled!r}")
         if not isinstance(self.reward_field, str) or not self.reward_field:
             raise ConfigError(f"online.reward_field must name a field of the joined impressions, got "
                               f"{self.reward_field!r}")

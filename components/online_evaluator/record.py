@@ -9,14 +9,17 @@ promote` / `retire`); the Beta posteriors are in a JSON custom property, the rea
 
 ML Metadata is the single source of truth: the running comparison is the newest decision's models and
 counts, unless that decision ended it (promote, retire). A controller or server that restarts reads it
-back with `open_comparison` and loses no evidence that was recorded.
+back with `open_comparison` and loses no evidence that was recorded. A decision made from spans' counts
+(`update_and_decide(..., counted_examples=...)`, the controller in online mode) has those spans' `Examples`
+as inputs (event key "examples") in the same write as its counts, so `counted_examples_ids` says which
+spans are in the evidence: none is lost or counted twice, whenever a controller dies.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence, Set
 
 from ml_metadata import errors as mlmd_errors
 from ml_metadata.metadata_store import metadata_store
@@ -36,6 +39,10 @@ _PROPERTIES = {
     "champion_successes": _INT, "champion_trials": _INT, "challenger_successes": _INT, "challenger_trials": _INT,
     "p_better": _DOUBLE, "threshold": _DOUBLE, "min_impressions": _INT, "at_ms": _INT, "manual": _INT,
 }
+
+
+# The input event key of the spans' Examples whose counts a decision added.
+COUNTED_EXAMPLES_KEY = "examples"
 
 
 class OnlineEvalError(RuntimeError):
@@ -78,6 +85,27 @@ class RecordedDecision:
         return d
 
 
+def champion_model_id(store: metadata_store.MetadataStore, pipeline_name: str) -> Optional[int]:
+    """The Model the newest recorded push put into serving (a BlessingPusher's, a promotion's or a rollback's
+    `PushedModel` with pushed=1 and a model id), or None: online mode's base model and baseline. No TFX, no
+    serving folder: what the resolver and retention can read from ML Metadata alone."""
+    from components.mlmd_vocabulary import PUBLISHED_STATES, PUSHED_MODEL_TYPE, prop
+
+    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
+    if context is None:
+        return None
+    try:
+        type_id = store.get_artifact_type(PUSHED_MODEL_TYPE).id
+    except mlmd_errors.NotFoundError:
+        return None
+    pushes = [a for a in store.get_artifacts_by_context(context.id)
+              if a.type_id == type_id and a.state in PUBLISHED_STATES and prop(a, serving.PUSHED_PROPERTY) == 1
+              and prop(a, serving.MODEL_ID_PROPERTY) is not None]
+    if not pushes:
+        return None
+    return int(prop(max(pushes, key=lambda a: (a.create_time_since_epoch, a.id)), serving.MODEL_ID_PROPERTY))
+
+
 def _type_id(store: metadata_store.MetadataStore) -> int:
     t = metadata_store_pb2.ExecutionType(name=ONLINE_DECISION_TYPE)
     for name, kind in _PROPERTIES.items():
@@ -96,6 +124,11 @@ def _model(store: metadata_store.MetadataStore, model_id: int) -> Optional[metad
     return found[0]
 
 
+def model_artifact(store: metadata_store.MetadataStore, model_id: int) -> Optional[metadata_store_pb2.Artifact]:
+    """The Model artifact `model_id` (None when ML Metadata has none; OnlineEvalError for another type)."""
+    return _model(store, model_id)
+
+
 def _event(key: str) -> metadata_store_pb2.Event:
     event = metadata_store_pb2.Event(type=metadata_store_pb2.Event.INPUT)
     event.path.steps.add().key = key
@@ -106,9 +139,11 @@ def _event(key: str) -> metadata_store_pb2.Event:
 def record(store: metadata_store.MetadataStore, pipeline_name: str, comparison: Comparison, action: str,
            rule: str, reason: str, decision_rule: DecisionRule, manual: bool = False,
            replaced_model_id: Optional[int] = None, at_ms: Optional[int] = None,
-           pushed: Optional[serving.PushResult] = None) -> RecordedDecision:
+           pushed: Optional[serving.PushResult] = None,
+           counted_examples: Sequence[metadata_store_pb2.Artifact] = ()) -> RecordedDecision:
     """Writes one decision (with `comparison`'s models and cumulative counts) as a new execution; a
-    promotion's push, when given, as its output `PushedModel` (what `status` and `lineage` read as serving)."""
+    promotion's push, when given, as its output `PushedModel` (what `status` and `lineage` read as serving);
+    `counted_examples`, the spans whose counts this decision added, as its inputs (key "examples")."""
     at_ms = int(time.time() * 1000) if at_ms is None else int(at_ms)
     champion = BetaPosterior.from_counts(comparison.champion, decision_rule.prior)
     challenger = BetaPosterior.from_counts(comparison.challenger, decision_rule.prior)
@@ -139,6 +174,14 @@ def record(store: metadata_store.MetadataStore, pipeline_name: str, comparison: 
         model = _model(store, model_id)
         if model is not None:
             inputs.append((model, _event(key)))
+    for i, examples in enumerate(counted_examples):
+        event = metadata_store_pb2.Event(type=metadata_store_pb2.Event.INPUT)
+        event.path.steps.add().key = COUNTED_EXAMPLES_KEY
+        event.path.steps.add().index = i
+        inputs.append((examples, event))
+    if counted_examples:
+        e.custom_properties["counted_spans"].string_value = json.dumps(sorted(a.properties["span"].int_value
+                                                                              for a in counted_examples))
     if pushed is not None:
         artifact = metadata_store_pb2.Artifact(type_id=pushed_model_type_id(store), uri=pushed.destination,
                                                state=metadata_store_pb2.Artifact.LIVE)
@@ -200,8 +243,12 @@ def open_comparison(store: metadata_store.MetadataStore, pipeline_name: str) -> 
 
 
 def start(store: metadata_store.MetadataStore, pipeline_name: str, champion_model_id: int, challenger_model_id: int,
-          decision_rule: DecisionRule = DecisionRule(), at_ms: Optional[int] = None) -> RecordedDecision:
+          decision_rule: DecisionRule = DecisionRule(), at_ms: Optional[int] = None, manual: bool = False,
+          note: str = "") -> RecordedDecision:
     """Deploys a candidate as the challenger: starts a comparison, or restarts the running one with it.
+
+    `manual`: a person did it (`driftline challenge`), recorded as such with `note`; the controller in
+    online mode does it for the newest blessed candidate (pipelines/online.py).
 
     A newer candidate that arrives during a running comparison replaces its challenger (a `replace`
     decision naming the one that made way, its final counts recorded by the decision before); a new
@@ -212,15 +259,16 @@ def start(store: metadata_store.MetadataStore, pipeline_name: str, champion_mode
             champion_model_id, challenger_model_id):
         raise OnlineEvalError(f"model {challenger_model_id} is already the challenger of model {champion_model_id}")
     fresh = Comparison(champion_model_id, challenger_model_id)
+    how = (" by hand" + (f": {note}" if note else "")) if manual else ""
     if running is None:
         return record(store, pipeline_name, fresh, START, RULE_NEW_COMPARISON,
-                      f"model {challenger_model_id} deployed as the challenger of model {champion_model_id}",
-                      decision_rule, at_ms=at_ms)
+                      f"model {challenger_model_id} deployed as the challenger of model {champion_model_id}{how}",
+                      decision_rule, at_ms=at_ms, manual=manual)
     return record(store, pipeline_name, fresh, REPLACE, RULE_NEWER_CANDIDATE,
                   f"model {challenger_model_id} replaces challenger model {running.challenger_model_id} "
                   f"(which had {running.challenger.successes}/{running.challenger.trials} against the champion's "
-                  f"{running.champion.successes}/{running.champion.trials}); the comparison restarts",
-                  decision_rule, replaced_model_id=running.challenger_model_id, at_ms=at_ms)
+                  f"{running.champion.successes}/{running.champion.trials}){how}; the comparison restarts",
+                  decision_rule, replaced_model_id=running.challenger_model_id, at_ms=at_ms, manual=manual)
 
 
 def _running(store: metadata_store.MetadataStore, pipeline_name: str) -> Comparison:
@@ -249,16 +297,28 @@ def push_challenger(store: metadata_store.MetadataStore, serving_dir: str, model
 
 def update_and_decide(store: metadata_store.MetadataStore, pipeline_name: str, champion: Counts, challenger: Counts,
                       decision_rule: DecisionRule = DecisionRule(), reading: Optional[GuardrailReading] = None,
-                      serving_dir: Optional[str] = None, at_ms: Optional[int] = None) -> RecordedDecision:
+                      serving_dir: Optional[str] = None, at_ms: Optional[int] = None,
+                      counted_examples: Sequence[metadata_store_pb2.Artifact] = ()) -> RecordedDecision:
     """One cycle: the running comparison plus this cycle's counts, judged by the rule, and recorded.
 
     With `serving_dir`, a promotion pushes the challenger first; if the push fails nothing is recorded
-    (OnlineEvalError), so the comparison and its evidence stand for the next cycle."""
+    (OnlineEvalError), so the comparison and its evidence stand for the next cycle. `counted_examples`: the
+    spans' Examples the counts came from, recorded as the decision's inputs in the same write."""
     running = _running(store, pipeline_name).update(champion, challenger)
     d: Decision = decide(running.champion, running.challenger, decision_rule, reading)
     pushed = push_challenger(store, serving_dir, running.challenger_model_id) \
         if d.action == PROMOTE and serving_dir is not None else None
-    return record(store, pipeline_name, running, d.action, d.rule, d.reason, decision_rule, at_ms=at_ms, pushed=pushed)
+    return record(store, pipeline_name, running, d.action, d.rule, d.reason, decision_rule, at_ms=at_ms, pushed=pushed,
+                  counted_examples=counted_examples)
+
+
+def counted_examples_ids(store: metadata_store.MetadataStore, pipeline_name: str) -> Set[int]:
+    """The ids of the `Examples` (spans) whose counts some recorded decision added: never to be counted again."""
+    ids = [d.execution_id for d in decisions(store, pipeline_name)]
+    if not ids:
+        return set()
+    return {e.artifact_id for e in store.get_events_by_execution_ids(ids)
+            if e.type == metadata_store_pb2.Event.INPUT and e.path.steps and e.path.steps[0].key == COUNTED_EXAMPLES_KEY}
 
 
 def decide_by_hand(store: metadata_store.MetadataStore, pipeline_name: str, action: str,
@@ -278,4 +338,4 @@ def decide_by_hand(store: metadata_store.MetadataStore, pipeline_name: str, acti
 
 
 __all__ = ["OnlineEvalError", "RecordedDecision", "record", "decisions", "latest_decision", "open_comparison",
-           "start", "update_and_decide", "decide_by_hand", "push_challenger", "CONTINUE"]
+           "start", "update_and_decide", "counted_examples_ids", "decide_by_hand", "push_challenger", "CONTINUE"]

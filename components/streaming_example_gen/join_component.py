@@ -47,6 +47,9 @@ class JoinExampleGenSpec(types.ComponentSpec):
         "chunk_bytes": ExecutionParameter(type=int),
         # Runs whose emitted impression ids tell a late outcome from an orphan.
         "dedup_horizon_runs": ExecutionParameter(type=int),
+        # Online evaluation on: the joined field whose value > 0 is a success; each span's Examples then carry
+        # each arm's counts per challenger (`arm_counts`). Absent: not counted.
+        "reward_field": ExecutionParameter(type=str, optional=True),
     }
     INPUTS: Dict[str, ChannelParameter] = {}
     OUTPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
@@ -121,7 +124,8 @@ class JoinExecutor(base_beam_executor.BaseBeamExecutor):
             artifact.split_names = artifact_utils.encode_split_names(list(windowing.SPLITS))
             examples_utils.set_payload_format(artifact, example_gen_pb2.FORMAT_TF_EXAMPLE)
             examples_utils.set_file_format(artifact, "tfrecords_gzip")
-            props = join_run.span_properties(run, window, span, config)
+            props = join_run.span_properties(run, window, span, config,
+                                             reward_field=exec_properties.get("reward_field") or None)
             props["dead_letter_uri"] = (os.path.join(artifact.uri, ingest.DEAD_LETTER_DIR)
                                         if span == min(run.result.emitted_spans) else "")
             vocab.set_custom_properties(artifact, props)
@@ -154,7 +158,7 @@ class JoinExampleGen(base_beam_component.BaseBeamComponent):
     DRIVER_CLASS = JoinExampleGenDriver
 
     def __init__(self, config: JoinConfig, window: Optional[WindowConfig] = None, chunk_bytes: int = 8 << 20,
-                 dedup_horizon_runs: int = 4):
+                 dedup_horizon_runs: int = 4, reward_field: Optional[str] = None):
         window = window or WindowConfig()
         config.validate()
         window.validate()
@@ -165,4 +169,4 @@ class JoinExampleGen(base_beam_component.BaseBeamComponent):
             join_config=join_config_to_json(config), span_seconds=window.span_seconds,
             allowed_lateness_seconds=window.allowed_lateness_seconds, eval_fraction=window.eval_fraction,
             max_future_seconds=window.max_future_seconds, chunk_bytes=chunk_bytes, dedup_horizon_runs=dedup_horizon_runs,
-            examples=types.Channel(type=standard_artifacts.Examples)))
+            reward_field=reward_field, examples=types.Channel(type=standard_artifacts.Examples)))

@@ -19,7 +19,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from components import event_log
-from components.mlmd_vocabulary import COMMITTED_STATE_PROPERTY
+from components.mlmd_vocabulary import ARM_COUNTS_PROPERTY, COMMITTED_STATE_PROPERTY
+from components.online_evaluator import arm_counts
 from components.event_log import Position
 from components.streaming_example_gen import ingest, join, windowing
 from components.streaming_example_gen.example_codec import ExampleEncoder
@@ -107,8 +108,12 @@ def write_spans(result: join.JoinResult, imp_schema, output_root: str) -> None:
     ingest.remove_tmp(output_root)
 
 
-def span_properties(run: JoinRun, window: windowing.Window, span: int, config: JoinConfig) -> Dict[str, object]:
-    """The custom properties of one emitted span's `Examples` artifact (the dead letters count in the first)."""
+def span_properties(run: JoinRun, window: windowing.Window, span: int, config: JoinConfig,
+                    reward_field: Optional[str] = None) -> Dict[str, object]:
+    """The custom properties of one emitted span's `Examples` artifact (the dead letters count in the first).
+
+    `reward_field` (online evaluation on): also each arm's shown impressions and successes per challenger
+    (`arm_counts`, components/online_evaluator/arm_counts.py), what the controller feeds the comparison."""
     result = run.result
     examples = [e for e in result.examples if e.span == span]
     first = span == min(result.emitted_spans)
@@ -116,7 +121,10 @@ def span_properties(run: JoinRun, window: windowing.Window, span: int, config: J
     times = [e.event[config.impressions.schema.event_time_field] for e in examples]
     outcome_times = [t for e in examples for t in e.outcome_times_ms]
     start_ms, end_ms = window.span_bounds(span)
+    online = {} if reward_field is None else {
+        ARM_COUNTS_PROPERTY: arm_counts.to_json(arm_counts.count_arms((e.event for e in examples), reward_field))}
     return {
+        **online,
         COMMITTED_STATE_PROPERTY: run.committed.to_json(),
         "start_position": join.JoinState(imp_resume=run.imp_start, out_resume=run.out_start).to_json(),
         "event_count": len(examples),

@@ -7,7 +7,8 @@
 * `CarriedEvalSpansStrategy`, thin spans: the spans whose eval splits are carried to this cycle's
   gate, and those released to its training (`training_inputs.carried_and_released`).
 * `PinnedOrLatestBlessedModelStrategy`, the base model and the baseline:
-  the model a rollback pinned while the pin stands, else the latest blessed model.
+  the model a rollback pinned while the pin stands, else (online evaluation) the champion, else the latest
+  blessed model.
 """
 from __future__ import annotations
 
@@ -150,19 +151,28 @@ class PinnedOrLatestBlessedModelStrategy(LatestBlessedModelStrategy):
         Resolver(strategy_class=PinnedOrLatestBlessedModelStrategy, config={"pipeline_name": "driftline"},
                  model=Channel(type=Model), model_blessing=Channel(type=ModelBlessing))
 
+    With `champion=True` (online evaluation, `online.enabled`) and no pin, it is the serving champion (the
+    model of the newest recorded push, `record.champion_model_id`) with its blessing: blessed candidates are
+    challengers until promoted, so the latest blessed model may be one that live traffic later retires.
+
     A pinned model whose payload is gone (not LIVE, so TFX does not offer it)
     is an error that says to unpin: falling back to the latest blessed model
     would silently undo the rollback. Retention keeps the pinned model.
     """
 
-    def __init__(self, pipeline_name: str):
+    def __init__(self, pipeline_name: str, champion: bool = False):
         self._pipeline_name = pipeline_name
+        self._champion = champion
 
     def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]
                           ) -> Optional[Dict[str, List[types.Artifact]]]:
         from components.blessing_pusher.rollback import current_pin
 
         pin = current_pin(store, self._pipeline_name)
+        if pin is None and self._champion:
+            champion = self._champion_inputs(store, input_dict)
+            if champion is not None:
+                return champion
         if pin is None:
             return super().resolve_artifacts(store, input_dict)
         model_key = blessing_key = None
@@ -196,4 +206,30 @@ class PinnedOrLatestBlessedModelStrategy(LatestBlessedModelStrategy):
         result[model_key] = pinned
         if blessing_key is not None:
             result[blessing_key] = sorted(blessings, key=lambda b: b.id)[-1:]
+        return result
+
+    def _champion_inputs(self, store, input_dict: Dict[str, List[types.Artifact]]
+                         ) -> Optional[Dict[str, List[types.Artifact]]]:
+        """Online evaluation (`champion=True`): the serving champion and its newest blessing, or None when it
+        is not among the inputs (nothing pushed yet, or a model of another pipeline promoted by hand).
+
+        A blessed candidate is deployed as a challenger, not pushed, so the latest blessed model may be a
+        challenger that live traffic later retires: the next candidate must be warm-started from, and judged
+        against, the model that serves."""
+        from components.online_evaluator.record import champion_model_id
+
+        champion_id = champion_model_id(store, self._pipeline_name)
+        model_key = next((k for k, v in input_dict.items() if v and v[0].type_name == "Model"), None)
+        blessing_key = next((k for k, v in input_dict.items() if v and v[0].type_name == "ModelBlessing"), None)
+        models = [a for a in input_dict.get(model_key) or [] if a.id == champion_id] if model_key else []
+        if champion_id is None or not models:
+            return None
+        result = {key: [] for key in input_dict}
+        result[model_key] = models
+        if blessing_key is not None:
+            result[blessing_key] = sorted(
+                (b for b in input_dict[blessing_key] if b.has_custom_property("current_model_id")
+                 and b.get_int_custom_property("current_model_id") == champion_id
+                 and b.has_custom_property("blessed") and b.get_int_custom_property("blessed") == 1),
+                key=lambda b: b.id)[-1:]
         return result

@@ -1,0 +1,197 @@
+"""Online evaluation end to end: a real `driftline serve` process routing by Thompson sampling, the simulated
+population ranking through it, and the controller in join + online mode judging each arm on the clicks.
+
+Two models are built on the same written history: a good one (the pipeline's first model, pushed: the
+champion) and a deliberately bad one, trained by a second pipeline in the same ML Metadata on the same
+impressions with their labels inverted (every clicked impression unclicked and the other way round), so it
+ranks the ads the users click least first.
+
+* Worse: the bad model is deployed by hand (`driftline challenge`) beside the good champion. The controller's
+  cycles count each arm's joined clicks until it retires the challenger; it is never promoted, and the good
+  champion (version 1) serves every request throughout.
+* Better: the bad model is made the champion by hand (`challenge`, then `promote`: version 2), and the good
+  model challenges it. The controller promotes it: version 3, pushed atomically, is the good model.
+
+The gate is set so that no candidate the cycles train is blessed: each comparison runs with the challenger
+the test deployed, and the cycles only join spans, count and decide.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from components import event_log
+
+SPAN_SECONDS = 20
+HISTORY_MINUTES = 3
+pytestmark = pytest.mark.e2e
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read(log_dir: str) -> list:
+    plan = event_log.plan_read(log_dir, None)
+    return [json.loads(line) for chunk in plan.chunks for _, line in event_log.read_chunk(log_dir, chunk)]
+
+
+def _write_inverted_history(impressions_dir: str, outcomes_dir: str, population) -> None:
+    """The written history with every label inverted: what the bad model learns from."""
+    import tempfile
+
+    from pipelines.population import write_history
+
+    with tempfile.TemporaryDirectory() as tmp:
+        imp, out = os.path.join(tmp, "imp"), os.path.join(tmp, "out")
+        write_history(imp, out, population, HISTORY_MINUTES)
+        impressions = _read(imp)
+        window_ms = population.attribution_window_seconds * 1000
+        times = {e["event_id"]: e["event_time"] for e in impressions}
+        clicked = {o["impression_id"] for o in _read(out)
+                   if o["event_time"] - times.get(o["impression_id"], o["event_time"]) <= window_ms}
+        flipped = [{"outcome_id": f"click-{e['event_id']}", "impression_id": e["event_id"],
+                    "event_time": e["event_time"] + 1000, "outcome_type": "click"}
+                   for e in impressions if e["event_id"] not in clicked]
+        with event_log.EventLogWriter(impressions_dir) as w:
+            w.write_events(impressions)
+        with event_log.EventLogWriter(outcomes_dir) as w:
+            w.write_events(sorted(flipped, key=lambda o: o["event_time"]))
+
+
+def _judge(config, challenger_id: int, lines: list, said: list, max_cycles: int = 8) -> None:
+    """Controller cycles until a decision ends the comparison of `challenger_id` (or max_cycles)."""
+    from components.online_evaluator import record
+    from pipelines.controller import run_continuous
+    from pipelines.metadata import open_store
+
+    stop = threading.Event()
+
+    def emit(line: str) -> None:
+        lines.append(json.loads(line))
+        if lines[-1].get("outcome") != "ok":
+            stop.set()
+        d = record.latest_decision(open_store(config.metadata_connection), config.pipeline_name)
+        if d is not None and d.challenger_model_id == challenger_id and d.action in record.TERMINAL_ACTIONS:
+            stop.set()
+
+    run_continuous(config, poll_seconds=0.5, max_cycles=max_cycles, stop=stop, emit=emit, say=said.append)
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    from components.blessing_pusher import serving
+    from components.online_evaluator import record
+    from pipelines import cli
+    from pipelines.closed_loop import _free_port, _wait_healthy, closed_loop_config
+    from pipelines.config import LatencyConfig, MetadataConfig, OnlineEvalConfig
+    from pipelines.config_file import persist_config
+    from pipelines.controller import run_cycles, single_instance
+    from pipelines.metadata import open_store
+    from pipelines.population import Population, PopulationConfig, write_history
+    from pipelines.serve.config import ServeConfig
+    from pipelines.simulator import SimulatorConfig
+
+    root = tmp_path_factory.mktemp("online_e2e")
+    home, home_bad = str(root / "home"), str(root / "bad")
+    origin_ms = (int(time.time() * 1000) // 60_000 - HISTORY_MINUTES) * 60_000
+    population = PopulationConfig(world=SimulatorConfig(seed=0, events_per_minute=3000, hot_ad_minute=None),
+                                  origin_ms=origin_ms, requests_per_second=15, seed=0)
+    config = closed_loop_config(home, population, SPAN_SECONDS).replace(
+        latency=LatencyConfig(enabled=False), serve=ServeConfig(comparison_poll_seconds=1.0),
+        online=OnlineEvalConfig(enabled=True, min_impressions=200)).validate()
+    write_history(config.join.impressions.log_dir, config.join.outcomes.log_dir, population, HISTORY_MINUTES)
+    persist_config(config)
+    with single_instance(home):
+        [good] = run_cycles(config, 1)
+    assert good.pushed_version == "1", good
+    # The bad model: a second pipeline in the same ML Metadata, on the inverted history.
+    bad_config = closed_loop_config(home_bad, population, SPAN_SECONDS).replace(
+        pipeline_name="inverted", latency=LatencyConfig(enabled=False),
+        metadata=MetadataConfig(path=config.metadata_path)).validate()
+    _write_inverted_history(bad_config.join.impressions.log_dir, bad_config.join.outcomes.log_dir, population)
+    with single_instance(home_bad):
+        [bad] = run_cycles(bad_config, 1)
+    assert bad.model_id is not None and bad.model_id != good.model_id
+    # From here on no candidate is blessed: the comparisons are the ones this test deploys.
+    judging = config.replace(gate=dataclasses.replace(config.gate, min_auc=0.999))
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = os.path.join(home, "server.log")
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = {"config": config, "good": good.model_id, "bad": bad.model_id, "worse_lines": [], "better_lines": [],
+              "said": [], "log": log_path}
+    assert cli.main(["challenge", "--home", home, "--model-id", str(bad.model_id), "--note", "built worse"]) == 0
+    with open(log_path, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--home", home, "--port",
+                                   str(port), "--poll-seconds", "0.5"], cwd=REPO, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    users = None
+    try:
+        _wait_healthy(url, server, log_path, timeout_s=180)
+        users = Population(url, config.pipeline_name, config.join.outcomes.log_dir, population,
+                           SPAN_SECONDS * 1000).start()
+        # Worse: the bad challenger beside the good champion.
+        _judge(judging, bad.model_id, result["worse_lines"], result["said"])
+        result["worse"] = record.latest_decision(open_store(config.metadata_connection), config.pipeline_name)
+        result["versions_after_worse"] = serving.versions(config.serving_dir)
+        result["impressions_after_worse"] = len(_read(config.join.impressions.log_dir))
+        # Better: the bad model made champion by hand, the good one challenges it.
+        assert cli.main(["challenge", "--home", home, "--model-id", str(bad.model_id)]) == 0
+        assert cli.main(["promote", "--home", home, "--note", "the bad model as champion"]) == 0
+        assert cli.main(["challenge", "--home", home, "--model-id", str(good.model_id), "--note", "built better"]) == 0
+        _judge(judging, good.model_id, result["better_lines"], result["said"])
+        result["better"] = record.latest_decision(open_store(config.metadata_connection), config.pipeline_name)
+    finally:
+        result["tally"] = users.stop() if users is not None else None
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    result["decisions"] = record.decisions(open_store(config.metadata_connection), config.pipeline_name)
+    for d in result["decisions"]:  # shown with -s: the evidence each decision had
+        print(d.describe())
+    return result
+
+
+def test_a_worse_challenger_is_retired_never_promoted_and_the_champion_serves_throughout(e2e):
+    from components.online_evaluator import record
+
+    worse = e2e["worse"]
+    assert worse is not None and (worse.action, worse.rule, worse.challenger_model_id) == (
+        "retire", "p_worse", e2e["bad"]), (e2e["worse_lines"], e2e["said"][-10:])
+    assert worse.champion_model_id == e2e["good"] and worse.pushed_version is None
+    assert worse.champion.trials + worse.challenger.trials >= 200
+    assert worse.challenger.rate < worse.champion.rate
+    bad_decisions = [d for d in e2e["decisions"] if d.challenger_model_id == e2e["bad"]]
+    first_phase = bad_decisions[:bad_decisions.index(worse) + 1]
+    assert first_phase[0].action == "start" and first_phase[0].manual
+    assert record.PROMOTE not in {d.action for d in first_phase}
+    # The champion never stopped: version 1 alone in the folder, and every request of the phase served by it.
+    assert e2e["versions_after_worse"] == [1]
+    served = _read(e2e["config"].join.impressions.log_dir)[:e2e["impressions_after_worse"]]
+    live = [e for e in served if e["request_id"] != "history"]
+    assert live and {e["model_version"] for e in live} == {1}
+    assert {e["model_id"] for e in live if e.get("arm") == "challenger"} == {e2e["bad"]}
+    assert e2e["tally"].failed == 0, e2e["tally"].errors
+
+
+def test_a_better_challenger_is_promoted_by_the_atomic_push(e2e):
+    from components.blessing_pusher import serving
+    from pipelines.lineage_queries import serving as serving_info
+
+    better = e2e["better"]
+    assert better is not None and (better.action, better.rule, better.challenger_model_id) == (
+        "promote", "p_better", e2e["good"]), (e2e["better_lines"], e2e["said"][-10:])
+    assert better.champion_model_id == e2e["bad"] and better.pushed_version == 3
+    assert better.challenger.rate > better.champion.rate
+    config = e2e["config"]
+    assert serving.serving_version(config.serving_dir) == 3
+    assert serving_info(config.metadata_path, config.serving_dir, config.pipeline_name).model_id == e2e["good"]
