@@ -92,21 +92,11 @@ def test_a_second_publish_of_the_same_joined_span_from_the_same_positions_is_ref
     from components.streaming_example_gen import join_component
     from components.streaming_example_gen.committed_state import latest_committed_state_json
     from components.streaming_example_gen.executor import publish_key
-    from pipelines import simulator, two_streams
-    from pipelines.config import WindowConfig, default_config
+    from join_helpers import simulated_join_pipeline
     from pipelines.local_runner import run_ingest
     from pipelines.metadata import open_store
 
-    home = str(tmp_path / "home")
-    imp_dir, out_dir = str(tmp_path / "home" / "impressions"), str(tmp_path / "home" / "outcomes")
-    sim = simulator.SimulatorConfig(seed=24, minutes=30, events_per_minute=60, late_fraction=0.0,
-                                    hot_ad_minute=None)
-    simulator.simulate(str(tmp_path / "events"), sim)
-    two_streams.split_log(str(tmp_path / "events"), imp_dir, out_dir,
-                          two_streams.TwoStreamConfig(attribution_window_seconds=120, click_delay_mean_seconds=20))
-    join = two_streams.join_config(imp_dir, out_dir, attribution_window_seconds=120)
-    config = default_config(home).replace(
-        pipeline_name=PIPELINE, window=WindowConfig(span_seconds=SPAN_S, allowed_lateness_seconds=30)).with_join(join)
+    config = simulated_join_pipeline(str(tmp_path), PIPELINE)
     node = "StreamingExampleGen"  # join mode keeps the node id
     run_ingest(config)
 

@@ -3,7 +3,7 @@
 One holder at a time however many race for it; a holder that stops renewing (SIGKILL) loses it after
 `lease_seconds`, and the next holder's fencing token is larger; the old holder's fence then refuses, so
 a cycle started under a lost or expired lease publishes nothing, checked here through real TFX runs
-(an ingest, the LatencyValidator). Skipped, saying how to run them, when no MariaDB is described (`eval "$(make -s mariadb)"`).
+(an ingest, a join, the LatencyValidator). Skipped, saying how to run them, when no MariaDB is described (`eval "$(make -s mariadb)"`).
 """
 from __future__ import annotations
 
@@ -203,6 +203,30 @@ def test_an_ingest_run_under_a_lost_lease_publishes_nothing(md, tmp_path):
     with lease.held(successor):
         run_ingest(config)
     assert len([a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE]) == 2
+
+
+@pytest.mark.e2e
+def test_a_join_run_under_a_lost_lease_publishes_nothing(md, tmp_path):
+    """The fence inside JoinExampleGen's executor (join mode), through a real TFX run on MariaDB."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    from components import lease
+    from join_helpers import simulated_join_pipeline
+    from pipelines.local_runner import run_ingest
+    from pipelines.metadata import open_store
+
+    config = simulated_join_pipeline(str(tmp_path), "fenced-join", metadata=md)
+    stale = lease.try_acquire(md, "fenced-join", 0.5)
+    time.sleep(0.7)
+    successor = lease.try_acquire(md, "fenced-join", 600)
+    with lease.held(stale), pytest.raises(Exception) as refused:
+        run_ingest(config)
+    assert "JoinExampleGen's spans" in str(refused.value) and "not published" in str(refused.value)
+    store = open_store(config.metadata_connection)
+    assert [a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE] == []
+    with lease.held(successor):
+        run_ingest(config)
+    assert [a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE]
 
 
 @pytest.mark.e2e

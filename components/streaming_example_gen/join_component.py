@@ -24,7 +24,7 @@ from tfx.proto.orchestration import driver_output_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components import mlmd_vocabulary as vocab
+from components import lease, mlmd_vocabulary as vocab
 from components.event_schema import EventSchema
 from components.streaming_example_gen import ingest, join, join_run, windowing
 from components.streaming_example_gen.committed_state import latest_committed_state_json, recent_run_span_uris
@@ -132,6 +132,8 @@ class JoinExecutor(base_beam_executor.BaseBeamExecutor):
         # committed state (two controllers that read it) as a whole.
         name_for_publish(artifacts, self._context, run.start_position)
         output_dict[EXAMPLES_KEY][:] = artifacts
+        # Under a controller's lease (ML Metadata on MySQL): only the current holder publishes a span.
+        lease.fence(f"JoinExampleGen's spans {[a.span for a in artifacts]}")
         logging.info("%s impressions from %s, outcomes from %s; join watermark %s (held back by %s); emitted "
                      "spans %s; %d dead letters %s; committed %s", MARK_JOINED, run.imp_start, run.out_start,
                      run.result.join_watermark_ms, run.result.held_back_by or "neither",
