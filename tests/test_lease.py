@@ -83,6 +83,24 @@ def test_a_cycle_started_under_a_lease_that_expired_does_not_publish(md):
     assert time.monotonic() - t0 < 5 and after.token == again.token + 1
 
 
+def test_the_first_lease_of_a_new_database_creates_it_as_ml_metadata_would(md):
+    """A new pipeline's first controller takes the lease before anything opened ML Metadata, which creates
+    its database on first open: the lease creates it too, instead of retrying "Unknown database" for ever."""
+    import dataclasses
+
+    from components import lease
+    from components.mlmd_store import store_exists
+
+    fresh = dataclasses.replace(md, database=md.database + "_new")
+    try:
+        assert store_exists(fresh) is False
+        held = lease.try_acquire(fresh, "p", 30)
+        assert held.token == 1 and lease.read(fresh, "p").holder == held.holder
+        held.release()
+    finally:
+        drop_databases(mysql_server_env(), [fresh.database])
+
+
 def test_many_racing_acquisitions_have_exactly_one_winner(md):
     from components import lease
 
