@@ -22,7 +22,8 @@ test: venv
 # The ML Metadata-heavy tests again with ML Metadata on MariaDB (tests/conftest.py, --metadata mysql).
 MARIADB_TESTS := tests/test_metadata_backend.py tests/test_retention.py tests/test_recovery.py \
 	tests/test_lineage.py tests/test_continuous_e2e.py tests/test_rollback_pin.py \
-	tests/test_idempotent_publish.py tests/test_lease.py tests/test_racing_controllers.py
+	tests/test_idempotent_publish.py tests/test_lease.py tests/test_racing_controllers.py \
+	tests/test_controller_crash.py tests/test_controller_restart.py
 
 # A local MariaDB for ML Metadata (scripts/mariadb.sh): installed with apt if missing, its own data
 # folder under build/, reused while it runs. Prints the connection: eval "$$(make -s mariadb)".

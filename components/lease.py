@@ -74,14 +74,34 @@ def holder_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _connect(md: MetadataConfig):
+_UNKNOWN_DATABASE = 1049  # MySQL's ER_BAD_DB_ERROR
+
+
+def _connect(md: MetadataConfig, create_database: bool = False):
+    """A connection to the metadata database. `create_database`: a database that does not exist yet is
+    created first, as ML Metadata's own first open creates it (a new pipeline's first controller takes the
+    lease before anything opened ML Metadata); read-only paths never create it."""
     import pymysql
     from pymysql.constants import CLIENT
 
-    # FOUND_ROWS: an UPDATE reports the rows it matched, so a renewal that changes nothing still counts.
-    return pymysql.connect(host=md.host, port=md.port, user=md.user, password=md.password(), database=md.database,
-                           connect_timeout=10, read_timeout=30, write_timeout=30, autocommit=False,
-                           client_flag=CLIENT.FOUND_ROWS)
+    def connect(database):
+        # FOUND_ROWS: an UPDATE reports the rows it matched, so a renewal that changes nothing still counts.
+        return pymysql.connect(host=md.host, port=md.port, user=md.user, password=md.password(), database=database,
+                               connect_timeout=10, read_timeout=30, write_timeout=30, autocommit=False,
+                               client_flag=CLIENT.FOUND_ROWS)
+
+    try:
+        return connect(md.database)
+    except pymysql.err.OperationalError as e:
+        if not create_database or e.args[0] != _UNKNOWN_DATABASE:
+            raise
+    server = connect(None)
+    try:
+        with server.cursor() as cursor:
+            cursor.execute("CREATE DATABASE IF NOT EXISTS `%s`" % md.database.replace("`", "``"))
+    finally:
+        server.close()
+    return connect(md.database)
 
 
 def check_config(md: MetadataConfig, lease_seconds: float) -> None:
@@ -197,7 +217,7 @@ def try_acquire(md: MetadataConfig, pipeline: str, lease_seconds: float, holder:
     another holder's lease has not expired."""
     check_config(md, lease_seconds)
     holder = holder or holder_name()
-    connection = _connect(md)
+    connection = _connect(md, create_database=True)
     try:
         with connection.cursor() as cursor:
             cursor.execute(_CREATE)

@@ -5,9 +5,10 @@ variable DRIFTLINE_TEST_METADATA, else sqlite). With `mysql`, every pipeline con
 default SQLite file resolves instead (`DriftlineConfig.metadata_connection`, the one place every open
 of the store goes through) to a MySQL database of its own, named after that file, on the server that
 `eval "$(bash scripts/mariadb.sh)"` describes (DRIFTLINE_MYSQL_HOST, _PORT, _USER, _PASSWORD). Only
-tests that read ML Metadata through the config run meaningfully that way: .ci/run picks them
-(retention, recovery, lineage, status, rollback); a test that starts another Python process keeps SQLite
-there.
+tests that read ML Metadata through the config run meaningfully that way: `make test-mariadb` picks them
+(retention, recovery, lineage, status, rollback, the controller's crash and restart). A Python process a
+test starts keeps SQLite unless it calls `use_test_metadata()` first (the session exports its choice as
+DRIFTLINE_TEST_METADATA): then its configs resolve to the same databases as the test's own.
 """
 import hashlib
 import os
@@ -49,6 +50,38 @@ def drop_databases(server, names) -> None:
                    check=False, capture_output=True, timeout=60)
 
 
+def _on_mysql(server, created: set) -> property:
+    """DriftlineConfig.metadata_connection, with the default SQLite file replaced by a MySQL database named
+    after it (the same name in every process, so a test and the processes it starts share it)."""
+    from pipelines.config import DriftlineConfig, MetadataConfig
+
+    resolve = DriftlineConfig.metadata_connection.fget
+
+    def on_mysql(self):
+        md = resolve(self)
+        if md.kind != "sqlite":
+            return md
+        name = TEST_DATABASE_PREFIX + hashlib.sha1(os.path.abspath(md.path).encode()).hexdigest()[:20]
+        created.add(name)
+        return MetadataConfig(kind="mysql", database=name, **server)
+
+    return property(on_mysql)
+
+
+def use_test_metadata() -> None:
+    """For a Python process a test started: resolve ML Metadata as the test's session does (MySQL when its
+    back end is mysql, as DRIFTLINE_TEST_METADATA says; nothing to do on SQLite). The test drops the
+    databases: it resolves the same configs itself."""
+    if os.environ.get("DRIFTLINE_TEST_METADATA", "sqlite") != "mysql":
+        return
+    server = mysql_server_env()
+    if server is None:
+        raise RuntimeError("DRIFTLINE_TEST_METADATA=mysql but no DRIFTLINE_MYSQL_HOST, _PORT, _USER, _PASSWORD")
+    from pipelines.config import DriftlineConfig
+
+    DriftlineConfig.metadata_connection = _on_mysql(server, set())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def metadata_backend(request):
     """'sqlite' or 'mysql': the back end every config's ML Metadata resolves to in this session."""
@@ -60,21 +93,13 @@ def metadata_backend(request):
     if server is None:
         pytest.exit("--metadata mysql needs a server: run `eval \"$(bash scripts/mariadb.sh)\"` (or `make mariadb`) "
                     "first, which exports DRIFTLINE_MYSQL_HOST, _PORT, _USER and _PASSWORD", returncode=4)
-    from pipelines.config import DriftlineConfig, MetadataConfig
+    from pipelines.config import DriftlineConfig
 
-    resolve = DriftlineConfig.metadata_connection.fget
     created = set()
-
-    def on_mysql(self):
-        md = resolve(self)
-        if md.kind != "sqlite":
-            return md
-        name = TEST_DATABASE_PREFIX + hashlib.sha1(os.path.abspath(md.path).encode()).hexdigest()[:20]
-        created.add(name)
-        return MetadataConfig(kind="mysql", database=name, **server)
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DriftlineConfig, "metadata_connection", property(on_mysql))
+        mp.setattr(DriftlineConfig, "metadata_connection", _on_mysql(server, created))
+        # `--metadata mysql` reaches the processes a test starts (use_test_metadata) as the variable would.
+        mp.setenv("DRIFTLINE_TEST_METADATA", kind)
         yield kind
     drop_databases(server, created)
 

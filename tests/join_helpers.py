@@ -31,6 +31,27 @@ def join_config(imp_dir: str = "imp", out_dir: str = "out", **kw) -> JoinConfig:
                       outcomes=JoinStreamConfig(out_dir, outcome_schema()), **kw)
 
 
+def simulated_join_pipeline(root: str, pipeline_name: str, **changes):
+    """A pipeline config in join mode over a small simulated stream split into impressions and delayed clicks
+    (pipelines/two_streams.py) under `root`: 30 minutes at 60 events a minute, 10-minute spans, a 2-minute
+    attribution window, so its first ingest run emits the first spans. `changes` go to `replace`."""
+    import os
+
+    from pipelines import simulator, two_streams
+    from pipelines.config import WindowConfig, default_config
+
+    home = os.path.join(root, "home")
+    imp_dir, out_dir = os.path.join(home, "impressions"), os.path.join(home, "outcomes")
+    sim = simulator.SimulatorConfig(seed=24, minutes=30, events_per_minute=60, late_fraction=0.0, hot_ad_minute=None)
+    simulator.simulate(os.path.join(root, "events"), sim)
+    two_streams.split_log(os.path.join(root, "events"), imp_dir, out_dir,
+                          two_streams.TwoStreamConfig(attribution_window_seconds=120, click_delay_mean_seconds=20))
+    join = two_streams.join_config(imp_dir, out_dir, attribution_window_seconds=120)
+    return default_config(home).replace(
+        pipeline_name=pipeline_name, window=WindowConfig(span_seconds=600, allowed_lateness_seconds=30),
+        **changes).with_join(join)
+
+
 # -- a fork server for cheap, killable join runs (the protocol of ingest_helpers.forkserver_main) ---------------
 
 JOIN_NODE_ID = "JoinExampleGen"

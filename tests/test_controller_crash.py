@@ -5,8 +5,9 @@ What is run: two `driftline simulate --live` processes append real-time ad-click
 (short 30 s spans, late and malformed lines), beside a hostile producer (tests/hostile_producer.py) that
 adds garbage, 5,000-level nesting, events a year in the future and two hours too late, retries of recent
 lines (duplicate ids), and half-written lines after which it dies mid-write and is restarted. The real
-controller (`pipelines.controller.run_continuous`: TFX LocalDagRunner, Beam DirectRunner, SQLite ML
-Metadata, retention on) runs cycles on it, and is SIGKILLed four times, then restarted:
+controller (`pipelines.controller.run_continuous`: TFX LocalDagRunner, Beam DirectRunner, ML Metadata on
+SQLite, or on MariaDB with the pipeline's lease under `make test-mariadb`, retention on) runs cycles on it,
+and is SIGKILLed four times, then restarted:
 
 1. as soon as ML Metadata shows a newly published span (the cycle dies in
    Transform or training: its spans are committed but untrained);
@@ -62,11 +63,12 @@ SEED = 20260405
 SPAN_S = 30
 LATENESS_S = 3
 EVENTS_PER_MINUTE = 6000
+LEASE_SECONDS = 6.0
 
 
 def controller_config(home: str, log_dir: str):
-    from pipelines.config import (GateConfig, LatencyConfig, RetentionConfig, TrainerConfig, WindowConfig,
-                                  default_config)
+    from pipelines.config import (ControllerConfig, GateConfig, LatencyConfig, RetentionConfig, TrainerConfig,
+                                  WindowConfig, default_config)
 
     return default_config(home, log_dir).replace(
         # Ten minutes: far beyond the simulators' lateness (at most 3 min), far short of the hostile 2 hours.
@@ -79,10 +81,16 @@ def controller_config(home: str, log_dir: str):
         latency=LatencyConfig(slo_p99_ms=10_000.0, seconds_per_batch_size=0.2, stage_repeats=2),
         # Retention runs after every cycle (and sweeps what kills leave) but keeps every payload, so
         # the end can read every span back; test_retention.py and the soak cover deletion.
-        retention=RetentionConfig(keep_cycles=1000)).validate()
+        retention=RetentionConfig(keep_cycles=1000),
+        # On MariaDB the controller holds the pipeline's lease: a killed one's successor waits for it to
+        # expire, so keep that short (SQLite ignores it).
+        controller=ControllerConfig(lease_seconds=LEASE_SECONDS)).validate()
 
 
 def server_main(home: str, log_dir: str) -> None:
+    from conftest import use_test_metadata
+
+    use_test_metadata()  # the test's back end: SQLite, or its MariaDB database under `make test-mariadb`
     fork_server(lambda: controller_config(home, log_dir))
 
 
@@ -158,15 +166,36 @@ class Server:
         self.stderr.close()
 
 
-def live_spans(metadata_path: str) -> int:
-    """Published Examples, read with plain SQLite (the controller may be writing: retry when locked)."""
-    if not os.path.exists(metadata_path):
+_connections = {}  # MySQL: one connection per database, reused by every poll
+LIVE_EXAMPLES = ("SELECT COUNT(*) FROM Artifact a JOIN Type t ON a.type_id = t.id "
+                 "WHERE t.name = 'Examples' AND a.state = 2")
+
+
+def live_spans(md) -> int:
+    """Published Examples, read with plain SQL, fast enough to poll every few milliseconds: on SQLite the
+    controller may be writing (retry when locked); on MySQL each query sees the latest commit (autocommit)."""
+    if md.kind == "mysql":
+        import pymysql
+
+        key = (md.host, md.port, md.database)
+        try:
+            if key not in _connections:
+                _connections[key] = pymysql.connect(host=md.host, port=md.port, user=md.user,
+                                                    password=md.password(), database=md.database, autocommit=True)
+            with _connections[key].cursor() as cursor:
+                cursor.execute(LIVE_EXAMPLES)
+                return cursor.fetchone()[0]
+        except pymysql.err.OperationalError:  # no database yet: the controller's first open creates it
+            _connections.pop(key, None)
+            return 0
+        except pymysql.err.ProgrammingError:  # no tables yet
+            return 0
+    if not os.path.exists(md.path):
         return 0
     for _ in range(50):
         try:
-            with sqlite3.connect(f"file:{metadata_path}?mode=ro", uri=True, timeout=0.2) as db:
-                return db.execute("SELECT COUNT(*) FROM Artifact a JOIN Type t ON a.type_id = t.id "
-                                  "WHERE t.name = 'Examples' AND a.state = 2").fetchone()[0]
+            with sqlite3.connect(f"file:{md.path}?mode=ro", uri=True, timeout=0.2) as db:
+                return db.execute(LIVE_EXAMPLES).fetchone()[0]
         except sqlite3.OperationalError:
             time.sleep(0.01)
     return 0
@@ -288,8 +317,9 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
             serving.check(f"after kill {name} ({how})")
 
         # 1. In the middle of a cycle, right after its spans were published.
-        n = live_spans(config.metadata_path)
-        kill("k1", "right after a span was published", lambda: live_spans(config.metadata_path) > n)
+        md = config.metadata_connection
+        n = live_spans(md)
+        kill("k1", "right after a span was published", lambda: live_spans(md) > n)
         # 2. In the pusher, between its rename into serving and ML Metadata's record of it.
         v = versions(config.serving_dir)
         kill("k2", "as soon as a new serving version appeared", lambda: versions(config.serving_dir) != v)
@@ -352,7 +382,7 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
     from pipelines.metadata import open_store
     from pipelines.recovery import model_serving_dir, same_tree, untrained_spans
 
-    store = open_store(config.metadata_path)
+    store = open_store(config.metadata_connection)
     executions = store.get_executions()
     states = collections.Counter(pb.Execution.State.Name(e.last_known_state) for e in executions)
     assert not states["RUNNING"] and not states["NEW"], states
@@ -363,7 +393,7 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
                        else "came after the push was recorded"))
 
     # ---- every line in exactly one place: one span, one dead-letter file or one duplicates list ------------
-    published = H.published_spans(config.metadata_path, config.pipeline_name)
+    published = H.published_spans(config.metadata_connection, config.pipeline_name)
     assert published and untrained_spans(store, config.pipeline_name) == []
     state, _ = latest_committed_state(store, config.pipeline_name, "StreamingExampleGen")
     window = windowing.Window(config.window.span_ms, config.window.allowed_lateness_ms, config.window.eval_fraction)

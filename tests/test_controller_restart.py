@@ -16,7 +16,8 @@ has exactly one newly closed span.
 
 Both run `pipelines.controller.run_continuous`, what `driftline run
 --continuous` runs, in fresh `python` processes (the two first ones side by
-side). From ML Metadata (`pipelines.lineage.models`), model by model:
+side), on SQLite or, under `make test-mariadb`, each home on a MariaDB
+database of its own (the restarted process takes the lease anew). From ML Metadata (`pipelines.lineage.models`), model by model:
 
 * the same spans, trained on the same examples (count by role), warm or cold
   for the same reason, on the same base-model chain (each base named by the
@@ -73,7 +74,10 @@ def worker(spec_path: str) -> None:
     """One controller process: `cycles` cycles, appending chunk `next_chunk` onwards after each report."""
     with open(spec_path) as f:
         spec = json.load(f)
+    from conftest import use_test_metadata
     from pipelines.report import quiet_tensorflow
+
+    use_test_metadata()  # the test's back end: SQLite, or its MariaDB database under `make test-mariadb`
 
     quiet_tensorflow()
     from pipelines.controller import run_continuous
@@ -148,8 +152,8 @@ def test_a_restarted_controller_trains_what_an_uninterrupted_one_trains(tmp_path
 
     config_a = restart_config(whole, os.path.join(whole, "events"))
     config_b = restart_config(restarted, os.path.join(restarted, "events"))
-    models_a = lineage.models(config_a.metadata_path, config_a.pipeline_name)
-    models_b = lineage.models(config_b.metadata_path, config_b.pipeline_name)
+    models_a = lineage.models(config_a.metadata_connection, config_a.pipeline_name)
+    models_b = lineage.models(config_b.metadata_connection, config_b.pipeline_name)
     assert len(models_a) == len(models_b) == CYCLES
     chain_a, chain_b = _chain(models_a), _chain(models_b)
     assert chain_a == chain_b

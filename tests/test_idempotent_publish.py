@@ -7,7 +7,9 @@ pipeline, the node, the span and the position the run started from (`executor.pu
 artifact names unique within a type, so the second publish fails as a whole: no second copy of the span, no
 second committed state, the first run's artifacts untouched. The second controller is played here by a real
 ingest run (TFX LocalDagRunner, Beam) whose driver is handed the committed position the first run started from,
-exactly what a controller that read ML Metadata before the first one published would see. Runs on the ML
+exactly what a controller that read ML Metadata before the first one published would see. JoinExampleGen's spans
+are named the same way, from both streams' start positions, and a second join run from the same committed state
+is refused alike. Runs on the ML
 Metadata back end the suite picks (`--metadata`), SQLite or MariaDB.
 """
 from __future__ import annotations
@@ -80,3 +82,47 @@ def test_a_second_publish_of_the_same_span_from_the_same_position_is_refused(tmp
     run_ingest(config)
     store = open_store(config.metadata_connection)
     assert [a.properties["span"].int_value for a in live_examples()] == [S0, S0 + 1, S0 + 2]
+
+
+@pytest.mark.e2e
+def test_a_second_publish_of_the_same_joined_span_from_the_same_positions_is_refused(tmp_path, monkeypatch):
+    """JoinExampleGen's spans are named after both streams' start positions: the same refusal in join mode."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    from components.streaming_example_gen import join_component
+    from components.streaming_example_gen.committed_state import latest_committed_state_json
+    from components.streaming_example_gen.executor import publish_key
+    from join_helpers import simulated_join_pipeline
+    from pipelines.local_runner import run_ingest
+    from pipelines.metadata import open_store
+
+    config = simulated_join_pipeline(str(tmp_path), PIPELINE)
+    node = "StreamingExampleGen"  # join mode keeps the node id
+    run_ingest(config)
+
+    store = open_store(config.metadata_connection)
+
+    def live_examples():
+        return sorted((a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE),
+                      key=lambda a: a.id)
+
+    first = live_examples()
+    spans = [a.properties["span"].int_value for a in first]
+    assert spans, "the first join run emitted no span: the test has nothing to repeat"
+    start = first[0].custom_properties["start_position"].string_value
+    assert '"imp_resume"' in start and '"out_resume"' in start, start
+    committed = latest_committed_state_json(store, PIPELINE, node)[0]
+
+    # A second controller that read the committed state before the first join run published its spans.
+    monkeypatch.setattr(join_component, "latest_committed_state_json", lambda *_: (None, None))
+    with pytest.raises(Exception) as refused:
+        run_ingest(config)
+    print(f"second publish refused: {type(refused.value).__name__}: {refused.value}")
+    assert any(m in str(refused.value) for m in ("UNIQUE constraint failed", "Duplicate entry", "AlreadyExists"))
+    monkeypatch.undo()
+
+    store = open_store(config.metadata_connection)
+    assert [(a.id, a.name) for a in live_examples()] == [(a.id, a.name) for a in first], "a span was published twice"
+    assert sorted(a.properties["span"].int_value for a in store.get_artifacts_by_type("Examples")) == spans
+    assert latest_committed_state_json(store, PIPELINE, node)[0] == committed
+    assert [a.name for a in first] == [publish_key(PIPELINE, node, s, start) for s in spans]

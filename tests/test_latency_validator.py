@@ -215,9 +215,10 @@ def test_a_model_without_the_serving_contract_is_refused_not_crashed(tmp_path, a
 PIPELINE = "latency-test"
 
 
-def run_pipeline(home, artifacts, model_key, blessing_props, config):
+def run_pipeline(home, artifacts, model_key, blessing_props, config, connection=None):
     """Importers for the span's Examples, the TransformGraph, a Model and its ModelBlessing;
-    then the LatencyValidator and the BlessingPusher with both blessings."""
+    then the LatencyValidator and the BlessingPusher with both blessings. `connection`: ML Metadata's
+    (default: SQLite in the home)."""
     from tfx.dsl.components.common.importer import Importer
     from tfx.orchestration import metadata, pipeline
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
@@ -247,7 +248,8 @@ def run_pipeline(home, artifacts, model_key, blessing_props, config):
     LocalDagRunner().run(pipeline.Pipeline(
         pipeline_name=PIPELINE, pipeline_root=os.path.join(home, "root"),
         components=[examples, transform_graph, model, blessing, latency, pusher],
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(os.path.join(home, "metadata.sqlite"))))
+        metadata_connection_config=connection or metadata.sqlite_metadata_connection_config(
+            os.path.join(home, "metadata.sqlite"))))
 
 
 def newest(store, type_name):

@@ -2,8 +2,8 @@
 
 One holder at a time however many race for it; a holder that stops renewing (SIGKILL) loses it after
 `lease_seconds`, and the next holder's fencing token is larger; the old holder's fence then refuses, so
-a cycle started under a lost or expired lease publishes nothing, checked here through a real TFX ingest
-run. Skipped, saying how to run them, when no MariaDB is described (`eval "$(make -s mariadb)"`).
+a cycle started under a lost or expired lease publishes nothing, checked here through real TFX runs
+(an ingest, a join, the LatencyValidator). Skipped, saying how to run them, when no MariaDB is described (`eval "$(make -s mariadb)"`).
 """
 from __future__ import annotations
 
@@ -81,6 +81,24 @@ def test_a_cycle_started_under_a_lease_that_expired_does_not_publish(md):
     t0 = time.monotonic()
     after = lease.try_acquire(md, "p", 30)
     assert time.monotonic() - t0 < 5 and after.token == again.token + 1
+
+
+def test_the_first_lease_of_a_new_database_creates_it_as_ml_metadata_would(md):
+    """A new pipeline's first controller takes the lease before anything opened ML Metadata, which creates
+    its database on first open: the lease creates it too, instead of retrying "Unknown database" for ever."""
+    import dataclasses
+
+    from components import lease
+    from components.mlmd_store import store_exists
+
+    fresh = dataclasses.replace(md, database=md.database + "_new")
+    try:
+        assert store_exists(fresh) is False
+        held = lease.try_acquire(fresh, "p", 30)
+        assert held.token == 1 and lease.read(fresh, "p").holder == held.holder
+        held.release()
+    finally:
+        drop_databases(mysql_server_env(), [fresh.database])
 
 
 def test_many_racing_acquisitions_have_exactly_one_winner(md):
@@ -203,6 +221,74 @@ def test_an_ingest_run_under_a_lost_lease_publishes_nothing(md, tmp_path):
     with lease.held(successor):
         run_ingest(config)
     assert len([a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE]) == 2
+
+
+@pytest.mark.e2e
+def test_a_join_run_under_a_lost_lease_publishes_nothing(md, tmp_path):
+    """The fence inside JoinExampleGen's executor (join mode), through a real TFX run on MariaDB."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    from components import lease
+    from join_helpers import simulated_join_pipeline
+    from pipelines.local_runner import run_ingest
+    from pipelines.metadata import open_store
+
+    config = simulated_join_pipeline(str(tmp_path), "fenced-join", metadata=md)
+    stale = lease.try_acquire(md, "fenced-join", 0.5)
+    time.sleep(0.7)
+    successor = lease.try_acquire(md, "fenced-join", 600)
+    with lease.held(stale), pytest.raises(Exception) as refused:
+        run_ingest(config)
+    assert "JoinExampleGen's spans" in str(refused.value) and "not published" in str(refused.value)
+    store = open_store(config.metadata_connection)
+    assert [a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE] == []
+    with lease.held(successor):
+        run_ingest(config)
+    assert [a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE]
+
+
+@pytest.mark.e2e
+def test_a_latency_verdict_under_a_lost_lease_is_not_published(md, tmp_path):
+    """The fence inside the LatencyValidator's executor, through a real TFX run on MariaDB: a holder that lost
+    the lease records no InfraBlessing (and so its pusher never runs); the current holder's verdict is recorded."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    import test_latency_validator as latency
+    from components import lease
+    from components.mlmd_store import connection_config
+    from pipelines.config import LatencyConfig
+    from pipelines.metadata import open_store
+    from tests import latency_helpers
+
+    root = tmp_path / "artifacts"
+    examples = str(root / "examples" / "span-3")
+    latency_helpers.write_eval_examples(examples, minutes=1)
+    transform_graph = latency_helpers.write_transform_graph(str(root / "transform_graph"))
+    artifacts = {"examples": examples, "transform_graph": transform_graph,
+                 "model": latency_helpers.write_model(str(root / "model"), transform_graph)}
+    config = LatencyConfig(slo_p99_ms=10_000.0, batch_sizes=(10,), candidates_per_request=10,
+                           seconds_per_batch_size=0.2, distinct_requests=2, stage_repeats=1)
+    store = open_store(md)  # creates the schema (and widens its int columns) as every driftline open does
+    home = str(tmp_path / "home")
+
+    def run() -> None:
+        latency.run_pipeline(home, artifacts, "model", {"blessed": 1, "reason": "blessed"}, config,
+                             connection=connection_config(md))
+
+    stale = lease.try_acquire(md, latency.PIPELINE, 0.5)
+    time.sleep(0.7)
+    successor = lease.try_acquire(md, latency.PIPELINE, 600)
+    with lease.held(stale), pytest.raises(Exception) as refused:
+        run()
+    assert "LatencyValidator's verdict" in str(refused.value) and "not published" in str(refused.value)
+    assert f"token {successor.token}" in str(refused.value)
+    assert [a for a in store.get_artifacts_by_type("InfraBlessing") if a.state == pb.Artifact.LIVE] == []
+    assert not os.path.isdir(os.path.join(home, "serving")) or not os.listdir(os.path.join(home, "serving"))
+    # The holder of the lease publishes its verdict, and the pusher acts on it.
+    with lease.held(successor):
+        run()
+    blessings = [a for a in store.get_artifacts_by_type("InfraBlessing") if a.state == pb.Artifact.LIVE]
+    assert [a.custom_properties["blessed"].int_value for a in blessings] == [1]
 
 
 def test_a_command_on_another_machines_pipeline_is_refused_naming_the_holder(md, tmp_path):

@@ -17,7 +17,7 @@ from components.evaluator.executor import CURRENT_MODEL_ID_PROPERTY, check_split
 from components.latency_validator import loadtest
 from components.warm_start_trainer.training_inputs import split_pattern
 from components.latency_validator.config import LatencyConfig
-from components import mlmd_vocabulary as vocab
+from components import lease, mlmd_vocabulary as vocab
 
 MODEL_KEY = "model"
 EXAMPLES_KEY = "examples"
@@ -61,6 +61,7 @@ class Executor(base_executor.BaseExecutor):
         if skip is not None:
             verdict = loadtest.LatencyVerdict(False, skip, config.slo_p99_ms)
             record_blessing(blessing, model, examples, None, verdict, config, model_ref)
+            fence(model)
             logging.info("LatencyValidator: model %s %s", model.id, skip)
             return
 
@@ -74,8 +75,16 @@ class Executor(base_executor.BaseExecutor):
             model_dir, split_pattern(examples.uri, split), config, label_key=label_key,
             transform_graph_dir=transform_graph.uri if transform_graph is not None else None)
         record_blessing(blessing, model, examples, profile, verdict, config, model_ref)
+        fence(model)
         logging.info("LatencyValidator: model %s on span %d's %s split: %s", model.id, examples.span, split,
                      verdict.reason)
+
+
+def fence(model: types.Artifact) -> None:
+    """Under a controller's lease (ML Metadata on MySQL): a verdict reached by a holder that lost the lease is
+    not published (the pusher would act on it). Last, after the load test's seconds, right before TFX records
+    the blessing."""
+    lease.fence(f"the LatencyValidator's verdict on model {model.id}")
 
 
 def skip_reason(model_blessing: Optional[types.Artifact], model: types.Artifact,

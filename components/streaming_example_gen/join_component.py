@@ -24,12 +24,13 @@ from tfx.proto.orchestration import driver_output_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components import mlmd_vocabulary as vocab
+from components import lease, mlmd_vocabulary as vocab
 from components.event_schema import EventSchema
 from components.streaming_example_gen import ingest, join, join_run, windowing
 from components.streaming_example_gen.committed_state import latest_committed_state_json, recent_run_span_uris
 from components.streaming_example_gen.config import WindowConfig
 from components.streaming_example_gen.driver import COMMITTED_STATE_KEY, DEDUP_SPAN_URIS_KEY, REQUESTED_AT_KEY
+from components.streaming_example_gen.executor import name_for_publish
 from components.streaming_example_gen.join_config import JoinConfig, JoinStreamConfig
 
 EXAMPLES_KEY = "examples"
@@ -130,7 +131,13 @@ class JoinExecutor(base_beam_executor.BaseBeamExecutor):
                                         if span == min(run.result.emitted_spans) else "")
             vocab.set_custom_properties(artifact, props)
             artifacts.append(artifact)
+        # Idempotent publish, as StreamingExampleGen's: each span is named after the pipeline, the node, the span
+        # and both streams' start positions, so ML Metadata refuses a second publish of a span from the same
+        # committed state (two controllers that read it) as a whole.
+        name_for_publish(artifacts, self._context, run.start_position)
         output_dict[EXAMPLES_KEY][:] = artifacts
+        # Under a controller's lease (ML Metadata on MySQL): only the current holder publishes a span.
+        lease.fence(f"JoinExampleGen's spans {[a.span for a in artifacts]}")
         logging.info("%s impressions from %s, outcomes from %s; join watermark %s (held back by %s); emitted "
                      "spans %s; %d dead letters %s; committed %s", MARK_JOINED, run.imp_start, run.out_start,
                      run.result.join_watermark_ms, run.result.held_back_by or "neither",

@@ -56,6 +56,11 @@ class JoinRun:
     def committed(self) -> join.JoinState:
         return self.result.state
 
+    @property
+    def start_position(self) -> str:
+        """Where this run started reading, both streams (JSON): with the span, what names a published span."""
+        return join.JoinState(imp_resume=self.imp_start, out_resume=self.out_start).to_json()
+
 
 def run_join(config: JoinConfig, window: windowing.Window, state: join.JoinState, output_root: str,
              dedup_span_uris: Sequence[str] = (), chunk_bytes: int = 8 << 20, write: bool = True,
@@ -126,7 +131,7 @@ def span_properties(run: JoinRun, window: windowing.Window, span: int, config: J
     return {
         **online,
         COMMITTED_STATE_PROPERTY: run.committed.to_json(),
-        "start_position": join.JoinState(imp_resume=run.imp_start, out_resume=run.out_start).to_json(),
+        "start_position": run.start_position,
         "event_count": len(examples),
         "train_count": sum(e.split == windowing.TRAIN for e in examples),
         "eval_count": sum(e.split == windowing.EVAL for e in examples),
