@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Opt
 import apache_beam as beam
 import numpy as np
 
+from components.beam_data_plane import make_runner_data_plane_lossless
 from components.event_schema import EventSchema, InvalidEvent
 from components.streaming_example_gen import windowing
 from components.streaming_example_gen.example_codec import ExampleEncoder
@@ -616,6 +617,10 @@ def run_ingest(make_pipeline, *, source, schema: EventSchema, window: windowing.
     bounds = windowing.TimeBounds.for_run(window, state, time.time_ns() // 1_000_000 if now_ms is None else now_ms)
     emitted_ids = read_event_ids(dedup_span_uris)
     summary_path = os.path.join(work_dir, SUMMARY_FILE)
+
+    # Beam 2.59's runner-side data plane drops elements when its periodic flush races a write (the
+    # multi_processing chunk loss): make it lossless before any graph runs (components/beam_data_plane.py).
+    make_runner_data_plane_lossless()
 
     def run_graph() -> IngestResult:
         with make_pipeline() as pipeline:
