@@ -570,9 +570,11 @@ class RunnerLostElements(RuntimeError):
     """The Beam run returned fewer chunk results than the event-log read plan has chunks.
 
     Every chunk yields exactly one result, so a shortfall means the runner dropped elements; committing the
-    plan's end would skip the lost events forever. Seen only with DirectRunner multi_processing and several
-    workers (2 of 14 runs at 1M events on 2026-11-23, 3 of 10 on 2026-12-05; never under in_memory or the
-    portable runner). A Kafka read whose ranges do not tile its plan raises a plain RuntimeError instead and
+    plan's end would skip the lost events forever. Seen with DirectRunner multi_processing and several
+    workers (2 of 14 runs at 1M events on 2026-11-23, 3 of 10 on 2026-12-05): Beam 2.59's runner-side data
+    plane cleared bytes written while its periodic flush ran, which `make_runner_data_plane_lossless`
+    (components/beam_data_plane.py) fixes; this check stays as the guard against any runner that loses
+    elements. A Kafka read whose ranges do not tile its plan raises a plain RuntimeError instead and
     is not rerun: its split points may differ between runs, so a rerun could leave a piece written twice.
     """
 
