@@ -1,10 +1,12 @@
 """A Beam run that loses elements is rerun whole, and never committed short.
 
 DirectRunner multi_processing was seen to return fewer chunk results than planned (2 of 14 runs at 1M
-events). The loss is injected here the way it shows: the real ingest graph runs over a real log, but the
-first runs never see one of the planned chunks. `run_ingest` must notice (every chunk yields exactly one
-result), rerun the whole graph, and publish every event exactly once; a runner that keeps losing fails the
-run, so nothing is committed and the next run reads the same events again.
+events), through a Beam data-plane race now fixed (tests/test_beam_data_plane.py); the check stays as a
+guard against any runner that loses elements. The loss is injected here the way it shows: the real
+ingest graph runs over a real log, but the first runs never see one of the planned chunks. `run_ingest`
+must notice (every chunk yields exactly one result), rerun the whole graph, and publish every event
+exactly once; a runner that keeps losing fails the run, so nothing is committed and the next run reads
+the same events again.
 """
 from __future__ import annotations
 

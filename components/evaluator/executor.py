@@ -14,6 +14,7 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
 from components import lease, mlmd_vocabulary as vocab
+from components.beam_data_plane import make_runner_data_plane_lossless
 from components.evaluator import gate as gate_lib
 from components.evaluator import tfma_run
 from components.evaluator.config import GateConfig
@@ -78,6 +79,8 @@ class Executor(stock_evaluator_executor.Executor):
         evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
         blessing = artifact_utils.get_single_instance(output_dict[BLESSING_KEY])
 
+        # The TFMA graph is as exposed as ingest to Beam 2.59's lossy runner-side flush under multi_processing.
+        make_runner_data_plane_lossless()
         metrics = tfma_run.evaluate(
             self._make_beam_pipeline, examples, split, label_key=exec_properties[LABEL_KEY_KEY],
             slice_feature=gate.slice_feature, candidate_path=tfma_run.serving_model_path(candidate),

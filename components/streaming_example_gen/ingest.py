@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Opt
 import apache_beam as beam
 import numpy as np
 
+from components.beam_data_plane import make_runner_data_plane_lossless
 from components.event_schema import EventSchema, InvalidEvent
 from components.streaming_example_gen import windowing
 from components.streaming_example_gen.example_codec import ExampleEncoder
@@ -569,9 +570,11 @@ class RunnerLostElements(RuntimeError):
     """The Beam run returned fewer chunk results than the event-log read plan has chunks.
 
     Every chunk yields exactly one result, so a shortfall means the runner dropped elements; committing the
-    plan's end would skip the lost events forever. Seen only with DirectRunner multi_processing and several
-    workers (2 of 14 runs at 1M events on 2026-11-23, 3 of 10 on 2026-12-05; never under in_memory or the
-    portable runner). A Kafka read whose ranges do not tile its plan raises a plain RuntimeError instead and
+    plan's end would skip the lost events forever. Seen with DirectRunner multi_processing and several
+    workers (2 of 14 runs at 1M events on 2026-11-23, 3 of 10 on 2026-12-05): Beam 2.59's runner-side data
+    plane cleared bytes written while its periodic flush ran, which `make_runner_data_plane_lossless`
+    (components/beam_data_plane.py) fixes; this check stays as the guard against any runner that loses
+    elements. A Kafka read whose ranges do not tile its plan raises a plain RuntimeError instead and
     is not rerun: its split points may differ between runs, so a rerun could leave a piece written twice.
     """
 
@@ -616,6 +619,10 @@ def run_ingest(make_pipeline, *, source, schema: EventSchema, window: windowing.
     bounds = windowing.TimeBounds.for_run(window, state, time.time_ns() // 1_000_000 if now_ms is None else now_ms)
     emitted_ids = read_event_ids(dedup_span_uris)
     summary_path = os.path.join(work_dir, SUMMARY_FILE)
+
+    # Beam 2.59's runner-side data plane drops elements when its periodic flush races a write (the
+    # multi_processing chunk loss): make it lossless before any graph runs (components/beam_data_plane.py).
+    make_runner_data_plane_lossless()
 
     def run_graph() -> IngestResult:
         with make_pipeline() as pipeline:

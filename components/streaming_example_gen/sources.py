@@ -105,9 +105,9 @@ class EventLogSource:
             # runner dropped elements.
             raise ingest.RunnerLostElements(
                 f"ingest got results for {len(unit_keys)} of {len(plan.chunks)} chunks of {self.log_dir!r}: the Beam "
-                "runner lost elements, so nothing is committed and the next run reads the same events again. Seen "
-                "with DirectRunner direct_running_mode=multi_processing and several workers; use the default "
-                "in_memory mode.")
+                "runner lost elements, so nothing is committed and the next run reads the same events again. Beam "
+                "2.59's runner-side data plane lost elements this way under DirectRunner multi_processing until "
+                "components/beam_data_plane.py fixed it; the default in_memory mode never showed it.")
 
 
 class KafkaSource:
