@@ -25,30 +25,33 @@ import numpy as np
 from components import event_log
 from components.evaluator import off_policy
 from components.evaluator.config import GateConfig
-from components.event_schema import EventSchema
+from components.event_schema import EventSchema, InvalidEvent
 
 RAW_SIGNATURE = "serving_raw"  # the name pipelines/serve/signatures.py exports (components do not import pipelines)
 BATCH = 8192
 
 
 def read_span_lines(log_dir: str, start: Optional[event_log.Position], span_start_ms: int, span_end_ms: int,
-                    event_time_field: str, max_line_bytes: int) -> Iterator[Dict[str, Any]]:
+                    schema: EventSchema) -> Iterator[Dict[str, Any]]:
     """The impression lines of the log from `start` whose event time is in [span_start_ms, span_end_ms).
 
-    A malformed line is passed over: the join dead-lettered it already, and it belongs to no request here.
+    Each is the line's JSON with the schema's fields as `schema.parse` types them (the server's exploration
+    fields ride along whether the schema declares them or not). A line the schema refuses is passed over:
+    the join dead-lettered it, so it is in no example and its request is incomplete here.
     """
     plan = event_log.plan_read(log_dir, start)
     for chunk in plan.chunks:
-        for _, line in event_log.read_chunk(log_dir, chunk, max_line_bytes):
-            if isinstance(line, event_log.OverlongLine):  # dead-lettered by the join; a prefix only
+        for _, line in event_log.read_chunk(log_dir, chunk, schema.max_line_bytes):
+            if isinstance(line, event_log.OverlongLine):
                 continue
             try:
-                event = json.loads(line)
-                t = int(event[event_time_field])
-            except (ValueError, TypeError, KeyError):
+                event = schema.parse(line)
+                raw = json.loads(line)
+            except (InvalidEvent, ValueError):
                 continue
-            if isinstance(event, dict) and span_start_ms <= t < span_end_ms:
-                yield event
+            if span_start_ms <= event[schema.event_time_field] < span_end_ms:
+                raw.update(event)
+                yield raw
 
 
 def read_labels(split_dir: str, id_field: str, label_field: str) -> Dict[Any, float]:
@@ -127,8 +130,7 @@ def estimate_span(impressions_log_dir: str, impressions_schema: EventSchema, max
         start = event_log.Position(str(resume[0]), int(resume[1])) if resume else None
     labels = read_labels(os.path.join(examples_uri, f"Split-{split}"), impressions_schema.id_field, label_field)
     model = RawModel(model_path)
-    lines = read_span_lines(impressions_log_dir, start, int(start_ms), int(end_ms),
-                            impressions_schema.event_time_field, impressions_schema.max_line_bytes)
+    lines = read_span_lines(impressions_log_dir, start, int(start_ms), int(end_ms), impressions_schema)
     selection = off_policy.select_requests(lines, labels, impressions_schema.id_field,
                                            impressions_schema.event_time_field, max_position, position_field,
                                            required_features=sorted(model.inputs))
