@@ -205,3 +205,39 @@ def test_estimate_span_says_why_when_it_cannot_estimate(span, tmp_path):
     empty = off_policy_run.estimate_span(*args, K, "position", span["examples_uri"], other, "eval", "clicked",
                                          model, gate)
     assert empty["requests_read"] == 0 and "no usable request among 0" in empty["why"]
+
+
+def test_status_and_lineage_show_the_estimate(tmp_path):
+    """A blessing whose verdict (the gate's own, from `decide`) carries an off-policy record, in real SQLite ML
+    Metadata: `driftline status` shows the newest estimate, `lineage` the model's."""
+    from components.evaluator import gate as gate_lib
+    from components.evaluator.config import GateConfig
+    from mlmd_history import History, _set
+    from pipelines import lineage
+    from pipelines.config import default_config
+
+    record = {"estimates": {"snips": {"estimate": 0.0312, "lower": 0.0281, "upper": 0.035}},
+              "served": {"estimate": 0.03, "lower": 0.029, "upper": 0.031},
+              "ratios": {"snips": {"estimate": 1.04, "lower": 0.94, "upper": 1.15}}, "requests": 812,
+              "explored_requests": 140, "confidence": 0.95, "estimator": "snips"}
+    metrics = {"overall": {"auc": 0.8, "example_count": 5000, "positive_count": 1000, "calibration": 1.0,
+                           "log_loss": 0.4, "mean_label": 0.2, "mean_prediction": 0.2, "auc_se": 0.005}, "slices": {}}
+    verdict = gate_lib.decide(metrics, None, GateConfig(slice_feature=None, off_policy_min_ratio=0.9),
+                              off_policy=record)
+    history = History(str(tmp_path))
+    history.cycle()
+    newest = history.cycle()
+    artifact = history.store.get_artifacts_by_id([newest["blessing"]])[0]
+    _set(artifact.custom_properties["verdict_json"], verdict.to_json())
+    history.store.put_artifacts([artifact])
+
+    st = lineage.status(default_config(str(tmp_path)))
+    assert st.off_policy_model_id == newest["model"] and st.off_policy["gated"] is True
+    text = lineage.format_status(st)
+    want = ("SNIPS CTR 0.0312 [0.0281, 0.0350] vs served 0.0300 [0.0290, 0.0310]: ratio 1.04 (lower 0.94) on 812 "
+            "requests (140 explored); gated")
+    assert f"off-policy:  model {newest['model']}: {want}" in text
+    records = lineage.models(history.store, "driftline")
+    chain = lineage.chain(None, "driftline", model_id=newest["model"], records=records)
+    assert f"  off-policy: {want}" in lineage.format_lineage(chain)
+    assert json.loads(lineage.to_json(st))["off_policy"]["requests"] == 812  # status --json
