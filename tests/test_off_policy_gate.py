@@ -171,9 +171,10 @@ def test_the_estimate_in_the_model_evaluation_and_the_gate_refusing_on_it(span, 
     assert json.loads(evaluation.get_string_custom_property("off_policy_json")) == record
     assert os.listdir(evaluation.uri) != ["off_policy.json"]  # beside TFMA's own output
     assert record["requests"] == want["requests"] and record["explored_requests"] == want["explored"]
-    champion_train = sum(q["arm"] == "champion" and not q["eval"] for q in span["requests"])
-    assert record["skipped"]["challenger_arm"] == sum(q["arm"] == "challenger" for q in span["requests"])
-    assert record["skipped"]["unlabelled"] == champion_train  # the train split's requests: not held out
+    # The train split's requests (earlier in the span) are not read: the candidate trained on them.
+    assert record["requests_read"] == sum(q["eval"] for q in span["requests"]) < REQUESTS
+    assert record["skipped"]["challenger_arm"] == sum(q["arm"] == "challenger" and q["eval"] for q in span["requests"])
+    assert record["skipped"]["unlabelled"] == 0
     for name in ("ips", "snips", "dr"):
         est = record["estimates"][name]
         assert est["estimate"] == pytest.approx(want[name], rel=1e-5), name

@@ -4,7 +4,8 @@ The evaluator's executor calls `estimate_span` in join mode. It reads:
 
 * the newest span's raw impressions from the join's impressions log (every scored candidate, shown or
   not), from where the run that emitted the span began reading (the Examples' `start_position`) to the
-  log's end, keeping the lines whose event time lies in the span (`span_start_ms`, `span_end_ms`);
+  log's end, keeping the lines whose event time lies in the span (`span_start_ms`, `span_end_ms`) and is
+  no earlier than the eval split's earliest example (the train requests are never held in memory);
 * the joined labels of the span's `eval` split (impression id -> label): the outcomes log's clicks as the
   join's rules attributed them. So only eval-split requests are used, which the candidate never trained
   on (all of a request's lines share its event time, so a request is wholly train or eval);
@@ -18,7 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -54,14 +55,17 @@ def read_span_lines(log_dir: str, start: Optional[event_log.Position], span_star
                 yield raw
 
 
-def read_labels(split_dir: str, id_field: str, label_field: str) -> Dict[Any, float]:
-    """Impression id -> label of every example in a split folder (the join's GZIP TFRecords)."""
+def read_labels(split_dir: str, id_field: str, label_field: str, event_time_field: str) -> Tuple[Dict[Any, float],
+                                                                                               Optional[int]]:
+    """(impression id -> label of every example in a split folder (the join's GZIP TFRecords), their earliest
+    event time or None)."""
     import tensorflow as tf
 
     labels: Dict[Any, float] = {}
+    earliest: Optional[int] = None
     files = sorted(glob.glob(os.path.join(split_dir, "*")))
     if not files:
-        return labels
+        return labels, earliest
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
         example = tf.train.Example.FromString(record)
         feature = example.features.feature
@@ -69,7 +73,10 @@ def read_labels(split_dir: str, id_field: str, label_field: str) -> Dict[Any, fl
         label = _value(feature[label_field]) if label_field in feature else None
         if ident is not None and label is not None:
             labels[ident] = float(label)
-    return labels
+        t = _value(feature[event_time_field]) if event_time_field in feature else None
+        if isinstance(t, int) and (earliest is None or t < earliest):
+            earliest = t
+    return labels, earliest
 
 
 def _value(feature) -> Any:
@@ -128,9 +135,13 @@ def estimate_span(impressions_log_dir: str, impressions_schema: EventSchema, max
     if text:
         resume = json.loads(text).get("imp_resume")
         start = event_log.Position(str(resume[0]), int(resume[1])) if resume else None
-    labels = read_labels(os.path.join(examples_uri, f"Split-{split}"), impressions_schema.id_field, label_field)
+    labels, earliest = read_labels(os.path.join(examples_uri, f"Split-{split}"), impressions_schema.id_field,
+                                   label_field, impressions_schema.event_time_field)
     model = RawModel(model_path)
-    lines = read_span_lines(impressions_log_dir, start, int(start_ms), int(end_ms), impressions_schema)
+    # The split is by event time (the eval split is the span's latest share) and a request's lines share its
+    # time: lines before the earliest eval example's time are train requests, not held in memory at all.
+    lines = read_span_lines(impressions_log_dir, start, max(int(start_ms), earliest or int(start_ms)), int(end_ms),
+                            impressions_schema)
     selection = off_policy.select_requests(lines, labels, impressions_schema.id_field,
                                            impressions_schema.event_time_field, max_position, position_field,
                                            required_features=sorted(model.inputs))
