@@ -178,6 +178,10 @@ def test_propensities_no_policy_gives_are_left_out():
     bad = lines_of("B", ["b0", "b1", "b2"], ["b0", "b1", "b2"], 0.3, {}, explored=False)
     bad[1]["propensity"] = 0.9  # another epsilon than its neighbours'
     assert select(bad, {"b0": 1.0}, k=1).skipped.inconsistent == 1
+    # Every line at propensity 0 or 1 (eps = 0), yet out of the score order: no policy logs that.
+    swapped = lines_of("C", ["c0", "c1"], ["c1", "c0"], 0.0, {}, explored=False)
+    assert [line["propensity"] for line in swapped] == [0.0, 0.0]
+    assert select(swapped, {"c1": 1.0}, k=2).skipped.inconsistent == 1
 
 
 def test_what_is_left_out_and_why():

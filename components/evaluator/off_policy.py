@@ -191,6 +191,8 @@ def _judge(arm: Any, group: List[Mapping[str, Any]], labels: Mapping[Any, float]
     if not all(-_TOLERANCE <= e <= 1 + _TOLERANCE for e in eps) or max(eps) - min(eps) > _TOLERANCE * n:
         return "inconsistent", math.nan
     epsilon = min(max(float(np.mean(eps)), 0.0), 1.0)
+    if epsilon == 0.0 and any(int(line[position_field]) != int(line[GREEDY_POSITION]) for line in group):
+        return "inconsistent", math.nan  # out of the score order with probability 0
     if epsilon == 0.0 and n > k:
         return "no_support", epsilon
     if any(line[id_field] not in labels for line in group if int(line[position_field]) < k):
