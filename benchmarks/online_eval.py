@@ -51,6 +51,7 @@ from scipy import stats
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import results_md  # noqa: E402
+from components.evaluator import off_policy  # noqa: E402
 from components.event_log import SEGMENT_SUFFIX  # noqa: E402
 from components.online_evaluator.decision import (  # noqa: E402
     PROMOTE, RETIRE, BetaPosterior, Counts, DecisionRule, decide, prob_better)
@@ -160,24 +161,36 @@ def wrong(scenario: str, action: str) -> bool:
 
 def snips(p: np.ndarray, champion_choice: np.ndarray, target_choice: np.ndarray, epsilon: float, n: int,
           rng: np.random.Generator, bootstrap: int = 200) -> Dict:
-    """Logs n epsilon-greedy impressions of the champion; SNIPS of the target policy with a bootstrap CI."""
+    """Logs n epsilon-greedy impressions of the champion; SNIPS of the target policy with a bootstrap CI.
+
+    The estimator is the gate's (components/evaluator/off_policy.py) with one ad shown per request (k = 1):
+    each logged request's k candidates are its lines, the champion's choice at greedy place 0; exploring
+    shows a uniformly random candidate (the first of a uniformly random permutation).
+    """
     k = p.shape[1]
     r = rng.integers(0, len(p), n)
     explore = rng.random(n) < epsilon
     shown = np.where(explore, rng.integers(0, k, n), champion_choice[r])
-    propensity = (1 - epsilon) * (shown == champion_choice[r]) + epsilon / k
     clicks = rng.random(n) < p[r, shown]
-    w = (shown == target_choice[r]) / propensity
-
-    def estimate(idx):
-        ws = w[idx]
-        return float((ws * clicks[idx]).sum() / ws.sum()) if ws.sum() > 0 else float("nan")
-
-    point = estimate(np.arange(n))
-    boot = np.array([estimate(rng.integers(0, n, n)) for _ in range(bootstrap)])
-    boot = boot[np.isfinite(boot)]
-    lo, hi = (np.percentile(boot, [2.5, 97.5]).tolist() if len(boot) else [float("nan")] * 2)
-    return {"estimate": point, "ci": [lo, hi], "served_ctr": float(clicks.mean())}
+    items = np.tile(np.arange(k), n)
+    request = np.repeat(np.arange(n), k)
+    # Greedy places: 0 for the champion's choice, the others after it in item order (only place 0 < k = 1 matters).
+    choice = champion_choice[r][request]
+    greedy = np.where(items == choice, 0, np.where(items < choice, items + 1, items))
+    is_shown = items == shown[request]
+    logged = off_policy.Logged(
+        request=request, shown=is_shown,
+        shown_probability=off_policy.shown_probability(greedy, np.full(len(items), epsilon), np.full(len(items), k), 1),
+        reward=np.where(is_shown, clicks[request], False).astype(float), greedy_position=greedy,
+        explored=explore, k=1)
+    target_score = (items == target_choice[r][request]).astype(float)
+    # Bounds at one-sided 0.975 each: the 95 % two-sided percentile interval this benchmark reports.
+    est = off_policy.estimate(logged, target_score, confidence=0.975, bootstrap=bootstrap, seed=rng)
+    s = est.estimates["snips"]
+    nan = float("nan")
+    return {"estimate": nan if s.estimate is None else s.estimate,
+            "ci": [nan if s.lower is None else s.lower, nan if s.upper is None else s.upper],
+            "served_ctr": float(clicks.mean())}
 
 
 # -- the run -------------------------------------------------------------------------------------------

@@ -108,5 +108,6 @@ from pipelines.status_text import (  # noqa: F401
     format_status,
     quarantine_lines,
     gate_tests_text,
+    off_policy_text,
     format_lineage,
 )

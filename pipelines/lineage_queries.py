@@ -216,7 +216,7 @@ def _model_record(m: metadata_store_pb2.Artifact, blessing: Optional[metadata_st
             candidate=EvalMetrics.from_overall((verdict.get("candidate_metrics") or {}).get("overall")),
             baseline=EvalMetrics.from_overall((verdict.get("baseline_metrics") or {}).get("overall")),
             failed_checks=list(verdict.get("failed_checks") or []),
-            gate_tests=dict(verdict.get("tests") or {}))
+            gate_tests=dict(verdict.get("tests") or {}), off_policy=dict(verdict.get("off_policy") or {}))
     if push is not None:
         fields["push_reason"] = prop(push, "reason")
         if prop(push, "pushed") == 1:
@@ -445,6 +445,7 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
     spans = ingested_spans(store, config.pipeline_name)
     cycle = last_cycle(store, config.pipeline_name)
     failure = last_failure(store, config.pipeline_name)
+    estimated = max((m for m in records if m.off_policy), key=lambda m: m.model_id, default=None)
     if cycle is not None and cycle.outcome == "running" and not controller.running:
         # Nothing holds the home's lock, so no process is running that cycle any more.
         cycle = dataclasses.replace(cycle, outcome="interrupted", reason=(
@@ -470,4 +471,6 @@ def status(config: Any, now_ms: Optional[int] = None) -> Status:
         last_failure=failure, consecutive_failures=consecutive_failures(store, config.pipeline_name, failure),
         quarantined_spans=quarantined_spans(store, config.pipeline_name),
         pin=current_pin(store, config.pipeline_name), join=join_status(spans),
-        click_freshness=serving_model.click_freshness if serving_model is not None else None)
+        click_freshness=serving_model.click_freshness if serving_model is not None else None,
+        off_policy=estimated.off_policy if estimated is not None else {},
+        off_policy_model_id=estimated.model_id if estimated is not None else None)

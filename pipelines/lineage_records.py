@@ -160,6 +160,9 @@ class ModelRecord:
     # The gate's paired tests against the baseline (the verdict's "tests": test, diff, lower, upper, p_value,
     # margin, confidence for "auc" and "log_loss"); empty for a first model or an older verdict.
     gate_tests: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Join mode: the gate's off-policy estimate of the candidate's CTR (the verdict's "off_policy":
+    # estimates, served, ratios with their bounds, the counts, gated and note); empty when none was made.
+    off_policy: Dict[str, Any] = dataclasses.field(default_factory=dict)
     # Serving: the pusher's push (not a rollback's), and the rollbacks that served this model again.
     pushed_version: Optional[str] = None
     pushed_at_ms: Optional[int] = None
@@ -306,6 +309,9 @@ class Status:
     # Join mode only: the streams' watermarks, and the serving model's freshness from the click.
     join: Optional[JoinStatus] = None
     click_freshness: Optional[ClickFreshness] = None
+    # The newest judged model's off-policy estimate (ModelRecord.off_policy) and that model's id.
+    off_policy: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    off_policy_model_id: Optional[int] = None
 
     @property
     def serving_version(self) -> Optional[int]:

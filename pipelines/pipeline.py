@@ -252,7 +252,8 @@ def create_pipeline(config: DriftlineConfig, resume: bool = False, target: str =
     evaluator = DriftlineEvaluator.from_config(
         config.gate, schema, examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],
-        carried_examples=carried.outputs["carried"] if carried is not None else None).with_id(EVALUATOR_ID)
+        carried_examples=carried.outputs["carried"] if carried is not None else None,
+        join=config.join).with_id(EVALUATOR_ID)  # join mode: the off-policy estimate reads its impressions
     latency = None
     if config.latency.enabled:
         from components.latency_validator import LatencyValidator

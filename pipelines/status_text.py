@@ -127,6 +127,8 @@ def format_status(st: Status) -> str:
     if st.models_payload_deleted:
         lines.append(f"               payload deleted by retention for {st.models_payload_deleted} of the models "
                      "(records kept)")
+    if st.off_policy:
+        lines.append(f"  off-policy:  model {st.off_policy_model_id}: {off_policy_text(st.off_policy)}")
     lines.append(f"  controller:  {st.controller.describe()}")
     f = st.last_failure
     if f is not None:
@@ -195,6 +197,22 @@ def gate_tests_text(tests: Dict[str, Any]) -> str:
     return "candidate - baseline: " + "; ".join(parts) if parts else "-"
 
 
+def off_policy_text(record: Dict[str, Any]) -> str:
+    """"SNIPS CTR 0.0312 [0.0281, 0.0350] vs served 0.0300 [...]: ratio 1.04 (lower 0.94) on 812 requests (140
+    explored); <the gate's note>" from a verdict's off_policy record."""
+    name = record.get("estimator") or "snips"
+    est = (record.get("estimates") or {}).get(name)
+    if not isinstance(est, dict):
+        return str(record.get("note") or record.get("why") or "-")
+    served, ratio = record.get("served") or {}, (record.get("ratios") or {}).get(name) or {}
+    return (f"{name.upper()} CTR {_f(est.get('estimate'), '.4f')} [{_f(est.get('lower'), '.4f')}, "
+            f"{_f(est.get('upper'), '.4f')}] vs served {_f(served.get('estimate'), '.4f')} "
+            f"[{_f(served.get('lower'), '.4f')}, {_f(served.get('upper'), '.4f')}]: ratio "
+            f"{_f(ratio.get('estimate'), '.2f')} (lower {_f(ratio.get('lower'), '.2f')}) on {record.get('requests', 0)} "
+            f"requests ({record.get('explored_requests', 0)} explored); "
+            + ("gated" if record.get("gated") else str(record.get("note") or "not gated")))
+
+
 def _pin_text(pin: Pin) -> str:
     when = f" at {format_ms(pin.at_ms)} UTC" if pin.at_ms else ""
     return pin.describe() + when
@@ -256,6 +274,8 @@ def _format_chain(chain_records: Sequence[ModelRecord], serving_info: Optional[S
             lines.append(f"  gate:  {m.blessing_reason}")
         if m.gate_tests:
             lines.append(f"  tests: {gate_tests_text(m.gate_tests)}")
+        if m.off_policy:
+            lines.append(f"  off-policy: {off_policy_text(m.off_policy)}")
         if m.latency is not None:
             lines.append(f"  latency: {m.latency.reason or m.latency.describe()}")
         if m.pushed_version is not None:

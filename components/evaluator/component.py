@@ -14,6 +14,8 @@ from components.evaluator import executor as executor_lib
 from components.evaluator.config import GateConfig
 from components.evaluator.executor import Executor
 from components.event_schema import EventSchema
+from components.streaming_example_gen.join_component import join_config_to_json
+from components.streaming_example_gen.join_config import JoinConfig
 
 
 class DriftlineEvaluatorSpec(types.ComponentSpec):
@@ -21,6 +23,7 @@ class DriftlineEvaluatorSpec(types.ComponentSpec):
         executor_lib.GATE_CONFIG_KEY: ExecutionParameter(type=str),  # GateConfig.to_dict() as JSON
         executor_lib.LABEL_KEY_KEY: ExecutionParameter(type=str),
         executor_lib.EVAL_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
+        executor_lib.JOIN_CONFIG_KEY: ExecutionParameter(type=str, optional=True),  # join_config_to_json
     }
     INPUTS = {
         executor_lib.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
@@ -46,7 +49,8 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
     (optional) are earlier spans whose eval splits a verdict without enough
     evidence carried to this cycle (`resolvers.CarriedEvalSpansStrategy`):
     both models are scored on their eval splits and the newest span's, as one
-    data set. Outputs are stock
+    data set. `join` (join mode: JoinExampleGen's config) lets the gate read the impressions log and make
+    the off-policy estimate of the candidate's CTR (`off_policy_run`, `GateConfig.off_policy*`). Outputs are stock
     TFX artifacts: `evaluation` (a `ModelEvaluation`, standard TFMA output
     that `tfma.load_eval_result` reads) and `blessing` (a `ModelBlessing` with
     the `BLESSED`/`NOT_BLESSED` marker and the properties stock
@@ -67,7 +71,7 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
     def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
                  baseline_model: Optional[types.BaseChannel] = None, gate: Optional[GateConfig] = None,
                  label_key: Optional[str] = None, eval_split: str = executor_lib.DEFAULT_EVAL_SPLIT,
-                 carried_examples: Optional[types.BaseChannel] = None):
+                 carried_examples: Optional[types.BaseChannel] = None, join: Optional[JoinConfig] = None):
         gate = gate or GateConfig()
         if not label_key:
             # No default: the label is the stream's, not the built-in ad stream's.
@@ -81,6 +85,7 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
             model=model,
             baseline_model=baseline_model,
             carried_examples=carried_examples,
+            join_config=join_config_to_json(join) if join is not None else None,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
         )
@@ -89,8 +94,9 @@ class DriftlineEvaluator(base_beam_component.BaseBeamComponent):
     @classmethod
     def from_config(cls, gate: GateConfig, schema: EventSchema, examples: types.BaseChannel,
                     model: types.BaseChannel, baseline_model: Optional[types.BaseChannel] = None,
-                    carried_examples: Optional[types.BaseChannel] = None) -> "DriftlineEvaluator":
-        """The gate (validated against the event schema) and the schema's label field."""
+                    carried_examples: Optional[types.BaseChannel] = None,
+                    join: Optional[JoinConfig] = None) -> "DriftlineEvaluator":
+        """The gate (validated against the event schema) and the schema's label field; `join` in join mode."""
         gate.validate(schema)
         return cls(examples=examples, model=model, baseline_model=baseline_model, gate=gate,
-                   label_key=schema.label_field, carried_examples=carried_examples)
+                   label_key=schema.label_field, carried_examples=carried_examples, join=join)

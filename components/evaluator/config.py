@@ -10,6 +10,7 @@ from typing import Optional
 
 from components.config_base import ConfigError
 from components.event_schema import EventSchema
+from components.evaluator.off_policy import ESTIMATORS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,19 @@ class GateConfig:
     # inferred per span, so a producer that starts writing another shape shows
     # up here, and its span's model is kept out of serving.
     max_dead_letter_fraction: float = 0.05
+    # The off-policy estimate (join mode, components/evaluator/off_policy.py): from the newest span's logged
+    # impressions of the eval split (every scored candidate, with the exploring server's propensities), the
+    # candidate's CTR per shown slot if it served, beside the served CTR, with bootstrap bounds at
+    # `confidence`. `off_policy`: compute and record it (when the impressions carry propensities).
+    # `off_policy_min_ratio`: gate on it: refuse when the lower bound of (estimate / served CTR), by
+    # `off_policy_estimator`, is below this (e.g. 0.95: not confidently more than 5 % worse than what
+    # serves); None (the default) records without gating. Fewer than `off_policy_min_explored_requests`
+    # explored requests is too little exploration to judge: recorded, and not blocking.
+    off_policy: bool = True
+    off_policy_estimator: str = "snips"
+    off_policy_min_ratio: Optional[float] = None
+    off_policy_min_explored_requests: int = 100
+    off_policy_bootstrap: int = 1000
 
     def validate(self, schema: EventSchema) -> None:
         if not 0.0 <= self.min_auc <= 1.0 or not 0.0 <= self.min_slice_auc <= 1.0:
@@ -103,6 +117,21 @@ class GateConfig:
             warnings.warn("gate.min_eval_examples is deprecated: evidence is judged by the AUC interval's width "
                           "(gate.max_auc_interval_width); the fixed count is still enforced while it is set",
                           DeprecationWarning, stacklevel=2)
+        if self.off_policy_estimator not in ESTIMATORS:
+            raise ConfigError(f"gate.off_policy_estimator must be one of {list(ESTIMATORS)}, got "
+                              f"{self.off_policy_estimator!r}")
+        if self.off_policy_min_ratio is not None and not self.off_policy_min_ratio > 0:
+            raise ConfigError(f"gate.off_policy_min_ratio is a share of the served CTR (e.g. 0.95) and must be > 0, "
+                              f"or None to record the estimate without gating; got {self.off_policy_min_ratio}")
+        if self.off_policy_min_ratio is not None and not self.off_policy:
+            raise ConfigError("gate.off_policy_min_ratio gates on the off-policy estimate, which gate.off_policy: "
+                              "false turns off: set gate.off_policy: true, or drop off_policy_min_ratio")
+        if self.off_policy_min_explored_requests < 1:
+            raise ConfigError(f"gate.off_policy_min_explored_requests must be >= 1, got "
+                              f"{self.off_policy_min_explored_requests}")
+        if self.off_policy_bootstrap < 100:
+            raise ConfigError(f"gate.off_policy_bootstrap (bootstrap resamples) must be >= 100 for its bounds to "
+                              f"mean anything, got {self.off_policy_bootstrap}")
         if self.slice_feature is not None and self.slice_feature not in schema.field_map:
             raise ConfigError(f"gate.slice_feature {self.slice_feature!r} is not a field of event schema "
                               f"{schema.name!r}; use one of {sorted(schema.field_map)} or None")

@@ -29,6 +29,9 @@ BLESSING_KEY = "blessing"
 GATE_CONFIG_KEY = "gate_config"
 LABEL_KEY_KEY = "label_key"
 EVAL_SPLIT_KEY = "eval_split"
+# Join mode: the JoinConfig as JoinExampleGen's exec property holds it (join_component.join_config_to_json):
+# where the impressions log is, its schema and which positions were shown, for the off-policy estimate.
+JOIN_CONFIG_KEY = "join_config"
 DEFAULT_EVAL_SPLIT = "eval"
 
 # Custom properties. The first five are stock TFX Evaluator's (read by stock
@@ -52,6 +55,22 @@ BASELINE_AUC_PROPERTY = "baseline_auc"
 AUC_TEST_PROPERTY = "auc_test"
 LOG_LOSS_TEST_PROPERTY = "log_loss_test"
 CONFIDENCE_PROPERTY = "gate_confidence"
+# The off-policy estimate (off_policy_run.estimate_span; the verdict's `off_policy`): the whole record as JSON
+# on the evaluation and the blessing, a file beside TFMA's output in the evaluation, and its figures as floats
+# on the blessing (the gate's estimator; absent when none was made).
+OFF_POLICY_JSON_PROPERTY = "off_policy_json"
+OFF_POLICY_FILE = "off_policy.json"
+OFF_POLICY_FLOATS = {  # property -> (record key, estimator or None, field)
+    "off_policy_ctr": ("estimates", True, "estimate"),
+    "off_policy_ctr_lower": ("estimates", True, "lower"),
+    "off_policy_ctr_upper": ("estimates", True, "upper"),
+    "off_policy_ratio": ("ratios", True, "estimate"),
+    "off_policy_ratio_lower": ("ratios", True, "lower"),
+    "off_policy_ratio_upper": ("ratios", True, "upper"),
+    "served_ctr": ("served", False, "estimate"),
+    "served_ctr_lower": ("served", False, "lower"),
+    "served_ctr_upper": ("served", False, "upper"),
+}
 PAIRED_PROPERTIES = {  # property prefix -> Verdict.tests key
     "auc_diff": "auc",
     "log_loss_diff": "log_loss",
@@ -86,15 +105,70 @@ class Executor(stock_evaluator_executor.Executor):
             slice_feature=gate.slice_feature, candidate_path=tfma_run.serving_model_path(candidate),
             baseline_path=tfma_run.serving_model_path(baseline) if baseline is not None else None,
             output_path=evaluation.uri, also=carried)
+        off_policy = off_policy_estimate(exec_properties.get(JOIN_CONFIG_KEY), examples, split,
+                                         exec_properties[LABEL_KEY_KEY], candidate, gate)
         verdict = gate_lib.decide(metrics[tfma_run.CANDIDATE], metrics.get(tfma_run.BASELINE), gate,
-                                  ingested_counts(input_dict[EXAMPLES_KEY]), training_record(candidate))
+                                  ingested_counts(input_dict[EXAMPLES_KEY]), training_record(candidate),
+                                  off_policy=off_policy)
 
         evaluation.set_string_custom_property(VERDICT_JSON_PROPERTY, verdict.to_json())
+        record_off_policy(evaluation, blessing, verdict)
         record_blessing(blessing, verdict, candidate, baseline, examples,
                         component_id=exec_properties.get("current_component_id"), carried=carried)
         lease.fence(f"the gate's verdict on model {candidate.id}")  # only the lease's holder publishes
         logging.info("DriftlineEvaluator on span %d (%s split, carried spans %s): %s", examples.span, split,
                      [a.span for a in carried], verdict.reason)
+
+
+def off_policy_estimate(join_config: Optional[str], examples: types.Artifact, split: str, label_key: str,
+                        candidate: types.Artifact, gate: GateConfig) -> Optional[Dict[str, Any]]:
+    """The off-policy record of the candidate on the newest span (join mode with `gate.off_policy`), else None.
+
+    A failure to estimate (an unreadable log, a model without `serving_raw`) is recorded as the record's
+    `why` and logged: the estimate informs the gate, it must not stop the cycle.
+    """
+    if not join_config or not gate.off_policy:
+        return None
+    from components.evaluator import off_policy_run
+    from components.streaming_example_gen.join_component import join_config_from_json
+
+    join = join_config_from_json(join_config)
+    props = {name: _custom_property(examples, name) for name in ("span_start_ms", "span_end_ms", "start_position")}
+    try:
+        record = off_policy_run.estimate_span(
+            join.impressions.log_dir, join.impressions.schema, join.max_position, join.position_field, examples.uri,
+            props, split, label_key, tfma_run.serving_model_path(candidate), gate)
+    except Exception as e:  # noqa: BLE001 - see the docstring: recorded, not raised
+        logging.warning("DriftlineEvaluator: no off-policy estimate for model %d: %s: %s", candidate.id,
+                        type(e).__name__, e)
+        record = {"why": f"the estimate failed: {type(e).__name__}: {e}"}
+    record["span"] = examples.span
+    return record
+
+
+def _custom_property(artifact: types.Artifact, name: str) -> Any:
+    if not artifact.has_custom_property(name):
+        return None
+    value = artifact.get_custom_property(name)
+    return value if isinstance(value, (int, float, str)) else None
+
+
+def record_off_policy(evaluation: types.Artifact, blessing: types.Artifact, verdict: gate_lib.Verdict) -> None:
+    """The verdict's off-policy record beside TFMA's output (a file in the `ModelEvaluation`), and as properties."""
+    if not verdict.off_policy:
+        return
+    text = json.dumps(verdict.to_dict()["off_policy"], sort_keys=True, allow_nan=False)
+    io_utils.write_string_file(os.path.join(evaluation.uri, OFF_POLICY_FILE), text)
+    for artifact in (evaluation, blessing):
+        artifact.set_string_custom_property(OFF_POLICY_JSON_PROPERTY, text)
+    name = verdict.off_policy.get("estimator") or verdict.thresholds.get("off_policy_estimator")
+    for prop, (key, per_estimator, field) in OFF_POLICY_FLOATS.items():
+        part = verdict.off_policy.get(key) or {}
+        value = (part.get(name) or {}).get(field) if per_estimator else part.get(field)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            blessing.set_float_custom_property(prop, float(value))
+    if "explored_requests" in verdict.off_policy:
+        blessing.set_int_custom_property("off_policy_explored_requests", int(verdict.off_policy["explored_requests"]))
 
 
 def newest_span(examples: List[types.Artifact]) -> types.Artifact:

@@ -50,6 +50,12 @@ The rules (thresholds from `pipelines.config.GateConfig`):
 6. training, when the candidate's record is known (`Trained`, from the
    `Model` properties): a cold start must have trained on at least one
    example (an untrained model knows nothing, whatever its AUC by chance).
+7. online, predicted offline, when `off_policy_min_ratio` is set and the
+   off-policy estimate exists (join mode, an exploring server:
+   `off_policy`): the lower bound of (the candidate's estimated CTR / the
+   served CTR) must reach it. Fewer than `off_policy_min_explored_requests`
+   explored requests, or no estimate, is said in the verdict's `off_policy`
+   note and does not block.
 """
 from __future__ import annotations
 
@@ -105,6 +111,9 @@ class Verdict:
     # confidence, the p-value of "worse by more than the margin" and the margin (`paired_test`). Empty
     # without a baseline.
     tests: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The off-policy estimate (`off_policy.OffPolicyEstimate.to_dict()` plus what the run skipped), with
+    # `gated` (whether rule 7 judged it) and `note` (why not, or what it found). Empty when none was made.
+    off_policy: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def failed_checks(self) -> List[Check]:
@@ -148,6 +157,7 @@ class Verdict:
             "thresholds": dict(self.thresholds),
             "ignored_slices": dict(self.ignored_slices),
             "tests": {k: {kk: _json_number(vv) for kk, vv in v.items()} for k, v in self.tests.items()},
+            "off_policy": _json_tree(self.off_policy),
         }
 
     def to_json(self) -> str:
@@ -163,7 +173,8 @@ class Verdict:
                    baseline_metrics=_from_json_metrics(baseline) if baseline is not None else None,
                    thresholds=dict(d["thresholds"]), ignored_slices=dict(d.get("ignored_slices", {})),
                    tests={k: {kk: (_from_json_number(vv) if kk not in ("test",) else vv) for kk, vv in v.items()}
-                          for k, v in d.get("tests", {}).items()})
+                          for k, v in d.get("tests", {}).items()},
+                   off_policy=dict(d.get("off_policy") or {}))
 
     @classmethod
     def from_json(cls, text: str) -> "Verdict":
@@ -190,11 +201,13 @@ class Trained:
 
 
 def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: GateConfig,
-           ingested: Optional[Ingested] = None, trained: Optional[Trained] = None) -> Verdict:
+           ingested: Optional[Ingested] = None, trained: Optional[Trained] = None,
+           off_policy: Optional[Mapping[str, Any]] = None) -> Verdict:
     """The verdict on `candidate`, given the `baseline` (None for the first model) scored on the same data.
 
     `ingested`: the cycle's ingest counts (None when the examples carry none, as stock ExampleGen's);
-    `trained`: the candidate's training record (None when the model carries none, as stock Trainer's).
+    `trained`: the candidate's training record (None when the model carries none, as stock Trainer's);
+    `off_policy`: the off-policy estimate's record (`off_policy_run.estimate_span`), None when none was made.
     """
     overall = candidate.get("overall", {})
     has_baseline = baseline is not None
@@ -209,7 +222,8 @@ def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: Ga
     slices, ignored = slice_checks(candidate.get("slices", {}), gate, has_baseline)
     data = data_checks(ingested, gate) if ingested is not None else []
     training = training_checks(trained) if trained is not None else []
-    checks = evidence + bounds + change + slices + data + training
+    online, off_policy_record = off_policy_checks(off_policy, gate)
+    checks = evidence + bounds + change + slices + data + training + online
 
     failed_evidence = [c for c in evidence if not c.passed]
     failed = [c for c in checks if not c.passed]
@@ -222,8 +236,46 @@ def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: Ga
             reason += "; " + misfit
     else:
         reason = blessed_reason(overall, baseline.get("overall", {}) if has_baseline else None, tests, gate)
+        if online:
+            reason += "; " + online[0].message
     return Verdict(blessed=not failed, reason=reason, checks=checks, candidate_metrics=candidate,
-                   baseline_metrics=baseline, thresholds=gate.to_dict(), ignored_slices=ignored, tests=tests)
+                   baseline_metrics=baseline, thresholds=gate.to_dict(), ignored_slices=ignored, tests=tests,
+                   off_policy=off_policy_record)
+
+
+def off_policy_checks(record: Optional[Mapping[str, Any]], gate: GateConfig) -> Tuple[List[Check], Dict[str, Any]]:
+    """Rule 7: ([the off_policy_min_ratio check] or [], the record with `gated` and `note` added).
+
+    Not judged (no check, said in the note) without `off_policy_min_ratio`, without an estimate, with fewer
+    than `off_policy_min_explored_requests` explored requests, or when the ratio's lower bound is undefined
+    (no click served, no matched impression): too little to predict from must not block a candidate.
+    """
+    out: Dict[str, Any] = dict(record or {})
+    name = gate.off_policy_estimator
+    ratio = (out.get("ratios") or {}).get(name) or {}
+    est = (out.get("estimates") or {}).get(name) or {}
+    served = out.get("served") or {}
+    if not record or "estimates" not in record:
+        note = "no off-policy estimate: " + str(out.get("why") or "none was made")
+    elif gate.off_policy_min_ratio is None:
+        note = "recorded, not gated (gate.off_policy_min_ratio is unset)"
+    elif out.get("explored_requests", 0) < gate.off_policy_min_explored_requests:
+        note = (f"too little exploration to judge: {out.get('explored_requests', 0)} explored requests (need >= "
+                f"{gate.off_policy_min_explored_requests}, gate.off_policy_min_explored_requests); not gated")
+    elif not _is_number(ratio.get("lower")):
+        note = f"the {name} estimate's ratio to the served CTR is undefined on these requests; not gated"
+    else:
+        lower = float(ratio["lower"])
+        message = (f"off-policy {name.upper()} CTR {_f4(est.get('estimate'))} (bounds [{_f4(est.get('lower'))}, "
+                   f"{_f4(est.get('upper'))}]) against the served {_f4(served.get('estimate'))}: ratio "
+                   f"{_f3(ratio.get('estimate'))}, lower bound {_f3(lower)} at {_percent(out.get('confidence', gate.confidence))} "
+                   f"on {out.get('requests', 0)} requests ({out.get('explored_requests', 0)} explored)")
+        check = _at_least("off_policy_min_ratio", lower, gate.off_policy_min_ratio,
+                          message + f" (need >= {_f3(gate.off_policy_min_ratio)})")
+        out.update(gated=True, note=check.message)
+        return [check], out
+    out.update(gated=False, note=note)
+    return [], out
 
 
 # The names of the checks `evidence_checks` makes: failing any of them is "too little evidence".
@@ -506,6 +558,21 @@ def _percent(confidence: float) -> str:
 
 def _p(value: float) -> str:
     return f"{value:.3g}" if _is_number(value) else "undefined"
+
+
+def _f4(value: Optional[float]) -> str:
+    return f"{value:.4f}" if _is_number(value) else "n/a"
+
+
+def _json_tree(value: Any) -> Any:
+    """Nested dicts/lists with non-finite floats as None (strict JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_tree(v) for v in value]
+    if isinstance(value, float):
+        return _json_number(value)
+    return value
 
 
 def _f2(value: float) -> str:
