@@ -73,6 +73,16 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log_path: str, timeout_s: fl
         time.sleep(0.3)
 
 
+def stop_server(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """SIGTERM (the server drains and flushes its impressions log), then SIGKILL if it has not exited."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _tail(path: str) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -171,12 +181,7 @@ def run_closed_loop(home: str, cycles: int = 4, span_seconds: int = 20, history_
     finally:
         live_end.cancel()
         tally = users["users"].stop() if "users" in users else Tally(span_ms=span_ms)
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     result = ClosedLoopResult(config=config, cycles=lines, tally=tally, server_log=log_path)
     result.rows = served_rows(config, tally)
     return result

@@ -113,3 +113,20 @@ def join_forkserver_main(config_json: str) -> None:
             out.flush()
             return
         out.flush()
+
+
+def read_log(log_dir: str) -> list:
+    """Every event of an event log, parsed, in log order."""
+    from components import event_log
+
+    plan = event_log.plan_read(log_dir, None)
+    return [json.loads(line) for chunk in plan.chunks for _, line in event_log.read_chunk(log_dir, chunk)]
+
+
+def feed(events: list, log_dir: str, start_ms: int, end_ms: int) -> None:
+    """Appends the events with start_ms <= event_time < end_ms, in the order they were logged."""
+    from components import event_log
+
+    batch = [e for e in events if start_ms <= e["event_time"] < end_ms]
+    with event_log.EventLogWriter(log_dir) as writer:
+        writer.write_events(batch)

@@ -97,12 +97,9 @@ def running_server(home: str, *args: str, port: Optional[int] = None, timeout_s:
         yield {"base": base, "home": home, "proc": proc, "port": port, "log": log_path,
                "serving_dir": os.path.join(home, "serving")}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        from pipelines.closed_loop import stop_server
+
+        stop_server(proc)
 
 
 def record_model(history, newest_event_ms: int, blessed: bool = True, push_version: Optional[int] = None,

@@ -14,25 +14,13 @@ import statistics
 import threading
 
 import pytest
+from join_helpers import feed, read_log
 
-from components import event_log
 
 SPAN_MS = 600_000
 WINDOW_S = 120
 LATENESS_S = 30
 MINUTE = 60_000
-
-
-def _read_log(log_dir: str) -> list:
-    plan = event_log.plan_read(log_dir, None)
-    return [json.loads(line) for chunk in plan.chunks for _, line in event_log.read_chunk(log_dir, chunk)]
-
-
-def _feed(events: list, log_dir: str, start_ms: int, end_ms: int) -> None:
-    """Appends the events with start_ms <= event_time < end_ms, in the order they were logged."""
-    batch = [e for e in events if start_ms <= e["event_time"] < end_ms]
-    with event_log.EventLogWriter(log_dir) as writer:
-        writer.write_events(batch)
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +37,15 @@ def join_run(tmp_path_factory):
     truth = two_streams.split_log(str(root / "events"), staged_imp, staged_out,
                                   two_streams.TwoStreamConfig(attribution_window_seconds=WINDOW_S,
                                                               click_delay_mean_seconds=30, seed=2))
-    impressions, outcomes = _read_log(staged_imp), _read_log(staged_out)
+    impressions, outcomes = read_log(staged_imp), read_log(staged_out)
     home = str(root / "home")
     imp_dir, out_dir = os.path.join(home, "impressions"), os.path.join(home, "outcomes")
     t0 = sim.start_ms
     # Step 1: both streams to minute 32. Spans 0 and 1 close (their last windows end at minute 22);
     # span 2's would close at minute 32 + the allowed lateness.
     cut1, cut2_imp, cut2_out = t0 + 32 * MINUTE, t0 + 47 * MINUTE, t0 + 44 * MINUTE
-    _feed(impressions, imp_dir, 0, cut1)
-    _feed(outcomes, out_dir, 0, cut1)
+    feed(impressions, imp_dir, 0, cut1)
+    feed(outcomes, out_dir, 0, cut1)
     join = two_streams.join_config(imp_dir, out_dir, attribution_window_seconds=WINDOW_S)
     config = default_config(home).replace(
         window=WindowConfig(span_seconds=SPAN_MS // 1000, allowed_lateness_seconds=LATENESS_S),
@@ -76,8 +64,8 @@ def join_run(tmp_path_factory):
         elif len(lines) == 1:
             # Step 2, once cycle 1 is done: impressions to minute 47, the clicks lagging to minute 44, so the
             # outcomes' watermark holds the join back; spans 2 and 3 close (minute 42 + the lateness < 44).
-            _feed(impressions, imp_dir, cut1, cut2_imp)
-            _feed(outcomes, out_dir, cut1, cut2_out)
+            feed(impressions, imp_dir, cut1, cut2_imp)
+            feed(outcomes, out_dir, cut1, cut2_out)
 
     cycles = run_continuous(config, poll_seconds=0.2, max_cycles=2, stop=stop, emit=emit, say=said.append)
     return {"config": config, "cycles": cycles, "lines": lines, "said": said, "truth": truth,

@@ -17,6 +17,7 @@ import threading
 import zlib
 
 import pytest
+from join_helpers import feed, read_log
 
 from components import event_log
 from components.event_schema import FieldSpec
@@ -27,17 +28,6 @@ SPAN_MS = 600_000
 WINDOW_S = 120
 LATENESS_S = 30
 MINUTE = 60_000
-
-
-def _read_log(log_dir: str) -> list:
-    plan = event_log.plan_read(log_dir, None)
-    return [json.loads(line) for chunk in plan.chunks for _, line in event_log.read_chunk(log_dir, chunk)]
-
-
-def _feed(events: list, log_dir: str, start_ms: int, end_ms: int) -> None:
-    batch = [e for e in events if start_ms <= e["event_time"] < end_ms]
-    with event_log.EventLogWriter(log_dir) as writer:
-        writer.write_events(batch)
 
 
 def _served(impressions: list, labels: dict, challenger_id: int) -> list:
@@ -67,7 +57,7 @@ def online_run(tmp_path_factory):
     truth = two_streams.split_log(str(root / "events"), staged_imp, staged_out,
                                   two_streams.TwoStreamConfig(attribution_window_seconds=WINDOW_S,
                                                               click_delay_mean_seconds=30, seed=2))
-    impressions, outcomes = _read_log(staged_imp), _read_log(staged_out)
+    impressions, outcomes = read_log(staged_imp), read_log(staged_out)
     home = str(root / "home")
     imp_dir, out_dir = os.path.join(home, "impressions"), os.path.join(home, "outcomes")
     t0 = sim.start_ms
@@ -75,8 +65,8 @@ def online_run(tmp_path_factory):
     # Step 1 to minute 32: spans 0 and 1 close. Step 2 to minute 40: span 2 (its windows end at 32 + lateness).
     # Step 3 to minute 62, served with the challenger: spans 3 and 4 close.
     cuts = [t0 + 32 * MINUTE, t0 + 40 * MINUTE, t0 + 62 * MINUTE]
-    _feed(impressions, imp_dir, 0, cuts[0])
-    _feed(outcomes, out_dir, 0, cuts[0])
+    feed(impressions, imp_dir, 0, cuts[0])
+    feed(outcomes, out_dir, 0, cuts[0])
     join = two_streams.join_config(imp_dir, out_dir, attribution_window_seconds=WINDOW_S)
     schema = join.impressions.schema
     served_fields = (FieldSpec("arm", "string", required=False), FieldSpec("arm_propensity", "float", required=False),
@@ -101,8 +91,8 @@ def online_run(tmp_path_factory):
         if lines[-1].get("outcome") != "ok":
             stop.set()
         elif len(lines) == 1:
-            _feed(impressions, imp_dir, cuts[0], cuts[1])
-            _feed(outcomes, out_dir, cuts[0], cuts[1])
+            feed(impressions, imp_dir, cuts[0], cuts[1])
+            feed(outcomes, out_dir, cuts[0], cuts[1])
 
     cycles = run_continuous(config, poll_seconds=0.2, max_cycles=2, stop=stop, emit=emit, say=said.append)
     assert cycles == 2, (lines, said[-5:])
@@ -156,7 +146,7 @@ def test_served_counts_flow_into_decisions_once_across_restarts(online_run):
     served = _served(fresh, labels, challenger_id)
     with event_log.EventLogWriter(online_run["imp_dir"]) as writer:
         writer.write_events(served)
-    _feed(online_run["outcomes"], online_run["out_dir"], cuts[1], cuts[2])
+    feed(online_run["outcomes"], online_run["out_dir"], cuts[1], cuts[2])
     store = _store(config)
     before = len(record.decisions(store, config.pipeline_name))
 

@@ -87,7 +87,7 @@ def e2e(tmp_path_factory):
     from components.blessing_pusher import serving
     from components.online_evaluator import record
     from pipelines import cli
-    from pipelines.closed_loop import _free_port, _wait_healthy, closed_loop_config
+    from pipelines.closed_loop import _free_port, _wait_healthy, closed_loop_config, stop_server
     from pipelines.config import LatencyConfig, MetadataConfig, OnlineEvalConfig
     from pipelines.config_file import persist_config
     from pipelines.controller import run_cycles, single_instance
@@ -149,12 +149,7 @@ def e2e(tmp_path_factory):
         result["better"] = record.latest_decision(open_store(config.metadata_connection), config.pipeline_name)
     finally:
         result["tally"] = users.stop() if users is not None else None
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     result["decisions"] = record.decisions(open_store(config.metadata_connection), config.pipeline_name)
     for d in result["decisions"]:  # shown with -s: the evidence each decision had
         print(d.describe())
