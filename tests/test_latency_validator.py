@@ -13,7 +13,7 @@ import pytest
 import components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from components.latency_validator import loadtest
 from pipelines.config import ConfigError, LatencyConfig
-from tests import latency_helpers
+import latency_helpers
 
 LABEL = latency_helpers.SCHEMA.label_field
 # The expensive layer: one 2048-wide Dense applied six times to every candidate,

@@ -258,7 +258,7 @@ def test_a_latency_verdict_under_a_lost_lease_is_not_published(md, tmp_path):
     from components.mlmd_store import connection_config
     from pipelines.config import LatencyConfig
     from pipelines.metadata import open_store
-    from tests import latency_helpers
+    import latency_helpers
 
     root = tmp_path / "artifacts"
     examples = str(root / "examples" / "span-3")
