@@ -40,6 +40,24 @@ def mysql_server_env():
             "user": os.environ["DRIFTLINE_MYSQL_USER"], "password_env": "DRIFTLINE_MYSQL_PASSWORD"}
 
 
+def create_database(server, prefix: str) -> str:
+    """A new, empty database on the server, named TEST_DATABASE_PREFIX + prefix + a random part; its name.
+    Drop it with drop_databases."""
+    import uuid
+
+    import pymysql
+
+    name = f"{TEST_DATABASE_PREFIX}{prefix}_{uuid.uuid4().hex[:12]}"
+    connection = pymysql.connect(host=server["host"], port=server["port"], user=server["user"],
+                                 password=os.environ[server["password_env"]])
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE `{name}`")
+    finally:
+        connection.close()
+    return name
+
+
 def drop_databases(server, names) -> None:
     client = shutil.which("mariadb") or shutil.which("mysql")
     if not client or not names:
@@ -87,7 +105,9 @@ def metadata_backend(request):
     """'sqlite' or 'mysql': the back end every config's ML Metadata resolves to in this session."""
     kind = request.config.getoption("--metadata")
     if kind == "sqlite":
-        yield kind
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("DRIFTLINE_TEST_METADATA", kind)  # `--metadata sqlite` wins over the variable, in children too
+            yield kind
         return
     server = mysql_server_env()
     if server is None:

@@ -13,11 +13,10 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 
-from conftest import TEST_DATABASE_PREFIX, drop_databases, mysql_server_env
+from conftest import create_database, drop_databases, mysql_server_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,17 +32,10 @@ def _on_mysql(metadata_backend):
 @pytest.fixture
 def md():
     """A MetadataConfig on a database of its own, dropped afterwards."""
-    import pymysql
-
     from components.metadata_config import MetadataConfig
 
     server = mysql_server_env()
-    name = f"{TEST_DATABASE_PREFIX}lease_{uuid.uuid4().hex[:12]}"
-    connection = pymysql.connect(host=server["host"], port=server["port"], user=server["user"],
-                                 password=os.environ[server["password_env"]])
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE `{name}`")
-    connection.close()
+    name = create_database(server, "lease")
     yield MetadataConfig(kind="mysql", database=name, **server)
     drop_databases(server, [name])
 

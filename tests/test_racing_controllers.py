@@ -36,13 +36,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
 import ingest_helpers as H
 import test_controller_crash as crash
-from conftest import TEST_DATABASE_PREFIX, drop_databases, mysql_server_env
+from conftest import create_database, drop_databases, mysql_server_env
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -115,18 +114,18 @@ def lease_holder_pid(md, pipeline: str):
     return int(state.holder.split(":")[-2])  # host:pid:random
 
 
-@pytest.mark.e2e
-def test_two_controllers_killed_at_random_share_one_pipeline_safely(tmp_path):
-    import pymysql
-    from ml_metadata.proto import metadata_store_pb2 as pb
+@pytest.fixture
+def database():
+    """The shared ML Metadata database of the two controllers, dropped afterwards."""
+    server = mysql_server_env()
+    name = create_database(server, "race")
+    yield name
+    drop_databases(server, [name])
 
-    server_env = mysql_server_env()
-    database = f"{TEST_DATABASE_PREFIX}race_{uuid.uuid4().hex[:12]}"
-    connection = pymysql.connect(host=server_env["host"], port=server_env["port"], user=server_env["user"],
-                                 password=os.environ[server_env["password_env"]])
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE `{database}`")
-    connection.close()
+
+@pytest.mark.e2e
+def test_two_controllers_killed_at_random_share_one_pipeline_safely(tmp_path, database):
+    from ml_metadata.proto import metadata_store_pb2 as pb
 
     rng = random.Random(SEED)
     log_dir, serving_dir, logs = str(tmp_path / "events"), str(tmp_path / "serving"), tmp_path / "logs"
@@ -244,10 +243,7 @@ def test_two_controllers_killed_at_random_share_one_pipeline_safely(tmp_path):
         if sim.poll() is None:
             sim.kill()
             sim.wait()
-    try:
-        audit(configs, outs, errs, history, log_dir, serving_dir, t0, pb)
-    finally:
-        drop_databases(server_env, [database])
+    audit(configs, outs, errs, history, log_dir, serving_dir, t0, pb)
 
 
 def audit(configs, outs, errs, history, log_dir, serving_dir, t0, pb) -> None:
