@@ -130,3 +130,18 @@ def feed(events: list, log_dir: str, start_ms: int, end_ms: int) -> None:
     batch = [e for e in events if start_ms <= e["event_time"] < end_ms]
     with event_log.EventLogWriter(log_dir) as writer:
         writer.write_events(batch)
+
+
+def staged_two_streams(root, minutes: int, events_per_minute: int, window_s: int):
+    """The simulator's stream (seed 5, no late events, no hot ad) split into impressions and delayed clicks
+    (mean 30 s) under `root`: (the simulator config, the impressions, the outcomes, the split's truth)."""
+    from pipelines import simulator, two_streams
+
+    sim = simulator.SimulatorConfig(seed=5, minutes=minutes, events_per_minute=events_per_minute,
+                                    late_fraction=0.0, hot_ad_minute=None)
+    simulator.simulate(str(root / "events"), sim)
+    staged_imp, staged_out = str(root / "staged_imp"), str(root / "staged_out")
+    truth = two_streams.split_log(str(root / "events"), staged_imp, staged_out,
+                                  two_streams.TwoStreamConfig(attribution_window_seconds=window_s,
+                                                              click_delay_mean_seconds=30, seed=2))
+    return sim, read_log(staged_imp), read_log(staged_out), truth

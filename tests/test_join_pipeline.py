@@ -14,7 +14,7 @@ import statistics
 import threading
 
 import pytest
-from join_helpers import feed, read_log
+from join_helpers import feed, staged_two_streams
 
 
 SPAN_MS = 600_000
@@ -25,19 +25,12 @@ MINUTE = 60_000
 
 @pytest.fixture(scope="module")
 def join_run(tmp_path_factory):
-    from pipelines import simulator, two_streams
+    from pipelines import two_streams
     from pipelines.config import ControllerConfig, GateConfig, TrainerConfig, WindowConfig, default_config
     from pipelines.controller import run_continuous
 
     root = tmp_path_factory.mktemp("join_pipeline")
-    sim = simulator.SimulatorConfig(seed=5, minutes=50, events_per_minute=400, late_fraction=0.0,
-                                    hot_ad_minute=None)
-    simulator.simulate(str(root / "events"), sim)
-    staged_imp, staged_out = str(root / "staged_imp"), str(root / "staged_out")
-    truth = two_streams.split_log(str(root / "events"), staged_imp, staged_out,
-                                  two_streams.TwoStreamConfig(attribution_window_seconds=WINDOW_S,
-                                                              click_delay_mean_seconds=30, seed=2))
-    impressions, outcomes = read_log(staged_imp), read_log(staged_out)
+    sim, impressions, outcomes, truth = staged_two_streams(root, 50, 400, WINDOW_S)
     home = str(root / "home")
     imp_dir, out_dir = os.path.join(home, "impressions"), os.path.join(home, "outcomes")
     t0 = sim.start_ms
