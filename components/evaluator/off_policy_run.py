@@ -16,7 +16,6 @@ a span the estimate cannot use gives a record saying why.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -63,7 +62,8 @@ def read_labels(split_dir: str, id_field: str, label_field: str, event_time_fiel
 
     labels: Dict[Any, float] = {}
     earliest: Optional[int] = None
-    files = sorted(glob.glob(os.path.join(split_dir, "*")))
+    # tf.io.gfile: the split may be on gs:// (a Dataflow/Vertex run), as every artifact path may.
+    files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
     if not files:
         return labels, earliest
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
