@@ -8,7 +8,7 @@ pipeline's is `DriftlineConfig.metadata_connection`) or, for SQLite, its path.
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import List, Union
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -144,6 +144,24 @@ def pipeline_context(store: metadata_store.MetadataStore, pipeline_name: str) ->
         type_id = store.put_context_type(metadata_store_pb2.ContextType(name=PIPELINE_CONTEXT_TYPE))
     [context_id] = store.put_contexts([metadata_store_pb2.Context(type_id=type_id, name=pipeline_name)])
     return store.get_contexts_by_id([context_id])[0]
+
+
+def pipeline_artifacts(store: metadata_store.MetadataStore, pipeline_name: str,
+                       type_name: str) -> List[metadata_store_pb2.Artifact]:
+    """The pipeline context's artifacts of one type, oldest first; none if the context or type is not there yet."""
+    from ml_metadata import errors as mlmd_errors
+
+    from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE
+
+    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
+    if context is None:
+        return []
+    try:
+        type_id = store.get_artifact_type(type_name).id
+    except mlmd_errors.NotFoundError:
+        return []
+    return sorted((a for a in store.get_artifacts_by_context(context.id) if a.type_id == type_id),
+                  key=lambda a: a.id)
 
 
 def pushed_model_type_id(store: metadata_store.MetadataStore) -> int:

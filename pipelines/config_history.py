@@ -41,8 +41,7 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.mlmd_store import pipeline_context
-from components.mlmd_vocabulary import PIPELINE_CONTEXT_TYPE
+from components.mlmd_store import pipeline_artifacts, pipeline_context
 from pipelines.metadata import (PIPELINE_RUN_CONTEXT_TYPE, RESUME_RESOLVER_ID, STREAMING_EXAMPLE_GEN_ID,
                                 open_store, prop, run_outputs, store_exists)
 
@@ -131,15 +130,7 @@ def _type_id(store: metadata_store.MetadataStore, get, put, proto) -> int:
 
 
 def _config_artifacts(store: metadata_store.MetadataStore, pipeline_name: str) -> List[metadata_store_pb2.Artifact]:
-    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
-    if context is None:
-        return []
-    try:
-        type_id = store.get_artifact_type(CONFIG_ARTIFACT_TYPE).id
-    except mlmd_errors.NotFoundError:
-        return []
-    return sorted((a for a in store.get_artifacts_by_context(context.id) if a.type_id == type_id),
-                  key=lambda a: a.id)
+    return pipeline_artifacts(store, pipeline_name, CONFIG_ARTIFACT_TYPE)
 
 
 def record_run_config(store: metadata_store.MetadataStore, pipeline_name: str, config: Any,

@@ -27,8 +27,8 @@ from typing import Dict, List, Optional
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.mlmd_vocabulary import (ARM_COUNTS_PROPERTY, EXAMPLES_TYPE, PIPELINE_CONTEXT_TYPE, PUBLISHED_STATES,
-                                        prop)
+from components.mlmd_store import pipeline_artifacts
+from components.mlmd_vocabulary import ARM_COUNTS_PROPERTY, EXAMPLES_TYPE, PUBLISHED_STATES, prop
 from components.online_evaluator import arm_counts, record
 from components.online_evaluator.decision import CHALLENGER, CHAMPION, Counts
 from pipelines.config import DriftlineConfig
@@ -71,16 +71,8 @@ def champion_model_id(store: metadata_store.MetadataStore, config: DriftlineConf
 
 def _spans(store: metadata_store.MetadataStore, pipeline_name: str) -> List[metadata_store_pb2.Artifact]:
     """The pipeline's published Examples that carry arm counts, oldest first."""
-    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT_TYPE, pipeline_name)
-    if context is None:
-        return []
-    try:
-        type_id = store.get_artifact_type(EXAMPLES_TYPE).id
-    except Exception:  # noqa: BLE001: no Examples type yet, so no span
-        return []
-    rows = [a for a in store.get_artifacts_by_context(context.id)
-            if a.type_id == type_id and a.state in PUBLISHED_STATES and ARM_COUNTS_PROPERTY in a.custom_properties]
-    return sorted(rows, key=lambda a: a.id)
+    return [a for a in pipeline_artifacts(store, pipeline_name, EXAMPLES_TYPE)
+            if a.state in PUBLISHED_STATES and ARM_COUNTS_PROPERTY in a.custom_properties]
 
 
 def count_new_spans(store: metadata_store.MetadataStore, config: DriftlineConfig,

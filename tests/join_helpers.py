@@ -145,3 +145,27 @@ def staged_two_streams(root, minutes: int, events_per_minute: int, window_s: int
                                   two_streams.TwoStreamConfig(attribution_window_seconds=window_s,
                                                               click_delay_mean_seconds=30, seed=2))
     return sim, read_log(staged_imp), read_log(staged_out), truth
+
+
+def run_two_cycles(config, after_first_cycle) -> tuple:
+    """Two controller cycles (`run_continuous`): (the cycles' JSON lines, what it said).
+
+    `after_first_cycle()` runs once cycle 1 is done (to feed the next step of the streams). A failing cycle
+    stops the run, as it would otherwise be retried for ever, and fails the caller's fixture.
+    """
+    import threading
+
+    from pipelines.controller import run_continuous
+
+    lines, said, stop = [], [], threading.Event()
+
+    def emit(line: str) -> None:
+        lines.append(json.loads(line))
+        if lines[-1].get("outcome") != "ok":
+            stop.set()
+        elif len(lines) == 1:
+            after_first_cycle()
+
+    cycles = run_continuous(config, poll_seconds=0.2, max_cycles=2, stop=stop, emit=emit, say=said.append)
+    assert cycles == 2, (lines, said[-5:])
+    return lines, said

@@ -23,6 +23,14 @@ SPAN_S = 600
 S0 = H.BASE_MS // (SPAN_S * 1000)
 
 
+def live_examples(store):
+    """The store's LIVE Examples, oldest first."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    return sorted((a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE),
+                  key=lambda a: a.id)
+
+
 @pytest.mark.e2e
 def test_a_second_publish_of_the_same_span_from_the_same_position_is_refused(tmp_path, monkeypatch):
     from ml_metadata.proto import metadata_store_pb2 as pb
@@ -42,12 +50,7 @@ def test_a_second_publish_of_the_same_span_from_the_same_position_is_refused(tmp
     run_ingest(config)
 
     store = open_store(config.metadata_connection)
-
-    def live_examples():
-        return sorted((a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE),
-                      key=lambda a: a.id)
-
-    first = live_examples()
+    first = live_examples(store)
     assert [a.properties["span"].int_value for a in first] == [S0, S0 + 1]
     start = first[0].custom_properties["start_position"].string_value
     assert [a.name for a in first] == [publish_key(PIPELINE, "StreamingExampleGen", s, start) for s in (S0, S0 + 1)]
@@ -62,7 +65,8 @@ def test_a_second_publish_of_the_same_span_from_the_same_position_is_refused(tmp
     assert any(m in str(refused.value) for m in ("UNIQUE constraint failed", "Duplicate entry", "AlreadyExists"))
 
     store = open_store(config.metadata_connection)
-    assert [(a.id, a.name) for a in live_examples()] == [(a.id, a.name) for a in first], "a span was published twice"
+    assert [(a.id, a.name) for a in live_examples(store)] == [(a.id, a.name) for a in first], \
+        "a span was published twice"
     assert [a.properties["span"].int_value for a in store.get_artifacts_by_type("Examples")].count(S0) == 1
     monkeypatch.undo()
     assert latest_committed_state(store, PIPELINE, "StreamingExampleGen")[0] == committed
@@ -81,7 +85,7 @@ def test_a_second_publish_of_the_same_span_from_the_same_position_is_refused(tmp
     log.append(H.BASE_MS + 25 * H.MINUTE_MS, minutes=10, per_minute=60)
     run_ingest(config)
     store = open_store(config.metadata_connection)
-    assert [a.properties["span"].int_value for a in live_examples()] == [S0, S0 + 1, S0 + 2]
+    assert [a.properties["span"].int_value for a in live_examples(store)] == [S0, S0 + 1, S0 + 2]
 
 
 @pytest.mark.e2e
@@ -101,12 +105,7 @@ def test_a_second_publish_of_the_same_joined_span_from_the_same_positions_is_ref
     run_ingest(config)
 
     store = open_store(config.metadata_connection)
-
-    def live_examples():
-        return sorted((a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE),
-                      key=lambda a: a.id)
-
-    first = live_examples()
+    first = live_examples(store)
     spans = [a.properties["span"].int_value for a in first]
     assert spans, "the first join run emitted no span: the test has nothing to repeat"
     start = first[0].custom_properties["start_position"].string_value
@@ -122,7 +121,8 @@ def test_a_second_publish_of_the_same_joined_span_from_the_same_positions_is_ref
     monkeypatch.undo()
 
     store = open_store(config.metadata_connection)
-    assert [(a.id, a.name) for a in live_examples()] == [(a.id, a.name) for a in first], "a span was published twice"
+    assert [(a.id, a.name) for a in live_examples(store)] == [(a.id, a.name) for a in first], \
+        "a span was published twice"
     assert sorted(a.properties["span"].int_value for a in store.get_artifacts_by_type("Examples")) == spans
     assert latest_committed_state_json(store, PIPELINE, node)[0] == committed
     assert [a.name for a in first] == [publish_key(PIPELINE, node, s, start) for s in spans]

@@ -11,10 +11,9 @@ import dataclasses
 import json
 import os
 import statistics
-import threading
 
 import pytest
-from join_helpers import feed, staged_two_streams
+from join_helpers import feed, run_two_cycles, staged_two_streams
 
 
 SPAN_MS = 600_000
@@ -27,7 +26,6 @@ MINUTE = 60_000
 def join_run(tmp_path_factory):
     from pipelines import two_streams
     from pipelines.config import ControllerConfig, GateConfig, TrainerConfig, WindowConfig, default_config
-    from pipelines.controller import run_continuous
 
     root = tmp_path_factory.mktemp("join_pipeline")
     sim, impressions, outcomes, truth = staged_two_streams(root, 50, 400, WINDOW_S)
@@ -48,20 +46,14 @@ def join_run(tmp_path_factory):
                         # Mechanics are under test: 800 eval examples a span give an AUC interval ~0.12 wide.
                         max_auc_interval_width=0.2),
         controller=ControllerConfig(retry_initial_seconds=1.0, retry_max_seconds=2.0)).with_join(join).validate()
-    lines, said, stop = [], [], threading.Event()
+    def step_2() -> None:
+        # Once cycle 1 is done: impressions to minute 47, the clicks lagging to minute 44, so the outcomes'
+        # watermark holds the join back; spans 2 and 3 close (minute 42 + the lateness < 44).
+        feed(impressions, imp_dir, cut1, cut2_imp)
+        feed(outcomes, out_dir, cut1, cut2_out)
 
-    def emit(line: str) -> None:
-        lines.append(json.loads(line))
-        if lines[-1].get("outcome") != "ok":
-            stop.set()  # a failing cycle would be retried for ever: fail the test instead
-        elif len(lines) == 1:
-            # Step 2, once cycle 1 is done: impressions to minute 47, the clicks lagging to minute 44, so the
-            # outcomes' watermark holds the join back; spans 2 and 3 close (minute 42 + the lateness < 44).
-            feed(impressions, imp_dir, cut1, cut2_imp)
-            feed(outcomes, out_dir, cut1, cut2_out)
-
-    cycles = run_continuous(config, poll_seconds=0.2, max_cycles=2, stop=stop, emit=emit, say=said.append)
-    return {"config": config, "cycles": cycles, "lines": lines, "said": said, "truth": truth,
+    lines, said = run_two_cycles(config, step_2)
+    return {"config": config, "lines": lines, "said": said, "truth": truth,
             "impressions": impressions, "outcomes": outcomes, "t0": t0,
             "cuts": (cut1, cut2_imp, cut2_out)}
 
@@ -80,7 +72,6 @@ def test_the_controller_runs_join_cycles_that_train_and_push(join_run):
     from pipelines.metadata import ingested_spans, open_store
 
     lines = join_run["lines"]
-    assert join_run["cycles"] == 2, (lines, join_run["said"][-5:])
     first = join_run["t0"] // SPAN_MS
     assert [line["spans"] for line in lines] == [[first, first + 1], [first + 2, first + 3]]
     assert [line["start"] for line in lines] == ["cold", "warm"], [(line["blessed"], line["reason"], line["pushed_version"]) for line in lines]

@@ -13,11 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import threading
 import zlib
 
 import pytest
-from join_helpers import feed, staged_two_streams
+from join_helpers import feed, run_two_cycles, staged_two_streams
 
 from components import event_log
 from components.event_schema import FieldSpec
@@ -47,7 +46,6 @@ def online_run(tmp_path_factory):
     from pipelines import two_streams
     from pipelines.config import (ControllerConfig, GateConfig, OnlineEvalConfig, TrainerConfig, WindowConfig,
                                   default_config)
-    from pipelines.controller import run_continuous
 
     root = tmp_path_factory.mktemp("online_controller")
     sim, impressions, outcomes, truth = staged_two_streams(root, 62, 300, WINDOW_S)
@@ -77,18 +75,11 @@ def online_run(tmp_path_factory):
         # No decision but continue: the counts must accumulate, whatever they say.
         online=OnlineEvalConfig(enabled=True, min_impressions=10 ** 9),
         controller=ControllerConfig(retry_initial_seconds=1.0, retry_max_seconds=2.0)).with_join(join).validate()
-    lines, said, stop = [], [], threading.Event()
+    def step_2() -> None:
+        feed(impressions, imp_dir, cuts[0], cuts[1])
+        feed(outcomes, out_dir, cuts[0], cuts[1])
 
-    def emit(line: str) -> None:
-        lines.append(json.loads(line))
-        if lines[-1].get("outcome") != "ok":
-            stop.set()
-        elif len(lines) == 1:
-            feed(impressions, imp_dir, cuts[0], cuts[1])
-            feed(outcomes, out_dir, cuts[0], cuts[1])
-
-    cycles = run_continuous(config, poll_seconds=0.2, max_cycles=2, stop=stop, emit=emit, say=said.append)
-    assert cycles == 2, (lines, said[-5:])
+    lines, said = run_two_cycles(config, step_2)
     return {"config": config, "lines": lines, "said": said, "truth": truth, "impressions": impressions,
             "outcomes": outcomes, "t0": t0, "cuts": cuts, "imp_dir": imp_dir, "out_dir": out_dir}
 
