@@ -365,3 +365,84 @@ def test_an_unreachable_topic_and_a_switched_source_stop_naming_the_stream(tansu
                             imp_resume=Position("segment-000000000000.jsonl", 0))
     with pytest.raises(KafkaSourceError, match="A pipeline keeps its source for its whole life"):
         join_run.run_join(config, WINDOW, logged, str(tmp_path / "o"), write=False)
+
+
+def test_a_config_file_joins_a_topic_to_a_log_and_its_source_is_the_topic(tmp_path):
+    from pipelines import two_streams
+    from pipelines.config_file import dump_config, load_config, loads_config
+    from pipelines.serve.impressions import KafkaImpressions
+    from pipelines.serve.server import options_from_config
+
+    (tmp_path / "outcomes.json").write_text(two_streams.outcomes_schema().to_json())
+    path = tmp_path / "join.yaml"
+    path.write_text(f"""
+home: {tmp_path / 'home'}
+join:
+  impressions:
+    kind: kafka
+    kafka: {{bootstrap_servers: 'broker:9092', topic: impressions, partitions: [0, 1],
+             client_config: {{security.protocol: SASL_SSL, sasl.mechanism: PLAIN, sasl.username: u}},
+             secret_env: {{sasl.password: KAFKA_SASL_PASSWORD}}}}
+    schema: {json.dumps(two_streams.impressions_schema().to_dict())}
+  outcomes:
+    log_dir: {tmp_path / 'out'}
+    schema_file: outcomes.json
+  attribution_window_seconds: 120
+""")
+    config = load_config(str(path))
+    imp = config.join.impressions
+    assert imp.is_kafka and imp.kafka.topic == "impressions" and imp.kafka.partitions == (0, 1)
+    assert imp.kafka.secret_env == {"sasl.password": "KAFKA_SASL_PASSWORD"} and not imp.log_dir
+    # `source` left out: the impressions topic, with the joined examples' schema.
+    assert config.source.kind == "kafka" and config.source.kafka == imp.kafka and not config.source.log_dir
+    assert config.source.schema == config.join.examples_schema
+    assert loads_config(dump_config(config), base_dir=str(tmp_path)) == config
+    # A source that is not the impressions topic is refused, naming the fix.
+    with pytest.raises(ConfigError, match=r"leave source \(and --log, --kafka-\*\) out"):
+        config.replace(source=dataclasses.replace(config.source, kafka=dataclasses.replace(
+            imp.kafka, topic="other"))).validate()
+    with pytest.raises(ConfigError, match="join.impressions.kafka.secret_env") as e:
+        loads_config(path.read_text().replace("secret_env: {sasl.password: KAFKA_SASL_PASSWORD}", "secret_env: {}")
+                     .replace("sasl.username: u}", "sasl.username: u, sasl.password: hunter2}"), base_dir=str(tmp_path))
+    assert "hunter2" not in str(e.value)
+    # The server of a join over an impressions topic writes that topic; with secrets it cannot, and says so.
+    with pytest.raises(ConfigError, match="--no-impressions"):
+        options_from_config(config, "127.0.0.1", 0, None, False)
+    plain = config.with_join(dataclasses.replace(config.join, impressions=dataclasses.replace(
+        imp, kafka=dataclasses.replace(imp.kafka, secret_env={}))))
+    sink = options_from_config(plain, "127.0.0.1", 0, None, False).impressions_dir
+    assert isinstance(sink, KafkaImpressions) and sink.topic == "impressions"
+    assert sink.bootstrap_servers == "broker:9092"
+
+
+def test_a_re_read_impression_wins_over_a_new_duplicate_in_a_lower_partition(tansu, tmp_path):
+    """Records a published run read are read before new ones, whatever their partition: the first reading of an
+    impression stays its example and a later copy is a duplicate dead letter, as in a log."""
+    imp, out = TopicStream(tansu, "imp", 2), TopicStream(tansu, "out", 1)
+    config = dataclasses.replace(join_config("x", "y", orphan_bound_seconds=ORPHAN_S),
+                                 impressions=imp.config(impression_schema()), outcomes=out.config(outcome_schema()))
+    t = BASE_MS + 70_000  # span 1
+
+    def impression(iid, ts, ad, partition):
+        return partition, json.dumps({"impression_id": iid, "ts": ts, "ad_id": ad}).encode(), None
+
+    def view(iid, ts):
+        return 0, json.dumps({"outcome_id": f"v-{iid}", "impression_id": iid, "ts": ts,
+                              "outcome_type": "view"}).encode(), None
+    # Span 0 closes, span 1 (holding "dup" in partition 1) stays open.
+    tansu.produce(imp.topic, [impression("a", BASE_MS + 1000, "ad1", 0), impression("dup", t, "first", 1),
+                              impression("b", t + 10_000, "ad1", 0)])
+    tansu.produce(out.topic, [view("b", t + 10_000)])
+    first = run_until_idle(config, tmp_path, Joined())
+    assert list(first.examples) == ["a"]
+    state = first.state
+    assert state.imp_resume.get(1) == 0 and state.imp_resume.get(0) == 1, state.to_json()
+    # A copy of "dup" lands in partition 0, read before partition 1 if the order were by partition alone.
+    tansu.produce(imp.topic, [impression("dup", t + 5, "second", 0), impression("c", BASE_MS + 300_000, "f", 0)])
+    tansu.produce(out.topic, [view("c", BASE_MS + 300_000)])
+    second = Joined(states=list(first.states), span_uris=list(first.span_uris))
+    run_until_idle(config, tmp_path, second)
+    dead = [r for r in second.dead_rows if r["stream"] == "impressions"]
+    assert [(r["partition"], json.loads(r["line"])["ad_id"]) for r in dead] == [(0, "second")], dead
+    assert dead[0]["reason"].startswith("duplicate impression")
+    assert sorted(second.examples) == ["b", "dup"]
