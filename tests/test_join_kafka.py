@@ -360,6 +360,13 @@ def test_an_unreachable_topic_and_a_switched_source_stop_naming_the_stream(tansu
 
     with pytest.raises(KafkaSourceError, match=r"join\.impressions \(Kafka topic 'no-such-topic'"):
         join_run.run_join(missing, WINDOW, join.JoinState(), str(tmp_path / "o"), write=False)
+    # `driftline run` checks both streams before TFX records anything.
+    from pipelines import local_runner
+    from pipelines.config import default_config
+
+    local_runner.preflight(default_config(str(tmp_path / "home")).with_join(config))
+    with pytest.raises(KafkaSourceError, match=r"join\.impressions \(Kafka topic 'no-such-topic'.*Create it"):
+        local_runner.preflight(default_config(str(tmp_path / "home")).with_join(missing))
     # A state committed over an event log is not read as a topic's (nor the other way round).
     logged = join.JoinState(imp_end=Position("segment-000000000000.jsonl", 10),
                             imp_resume=Position("segment-000000000000.jsonl", 0))
