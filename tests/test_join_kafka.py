@@ -113,9 +113,11 @@ class TopicStream:
     def config(self, schema, **kw):
         return JoinStreamConfig(schema=schema, kind="kafka", kafka=self.kafka(**kw))
 
-    def write(self, events):
+    def write(self, events, time_in_record: bool = False):
+        """`time_in_record`: the event time goes in the record's timestamp, the payload's `ts` is a wrong 1."""
         self.broker.produce(self.topic, [(zlib.crc32(e["impression_id"].encode()) % self.partitions,
-                                          json.dumps(e).encode(), None) for e in events])
+                                          json.dumps(dict(e, ts=1) if time_in_record else e).encode(),
+                                          e["ts"] if time_in_record else None) for e in events])
 
 
 def _streams(kind, root, broker, name, partitions):
@@ -290,6 +292,18 @@ def test_a_join_over_topics_gives_the_examples_labels_and_dead_letters_of_the_lo
         assert len({(r["partition"], r["offset"]) for r in rows}) == len(rows)
     else:
         assert all("segment" in r for r in rows)
+
+
+def test_a_topic_whose_event_time_is_the_record_timestamp_joins_by_it(truth, through_logs, tansu, tmp_path):
+    imp, out = TopicStream(tansu, "imp", IMP_PARTITIONS), TopicStream(tansu, "out", OUT_PARTITIONS)
+    imp.write(truth.impressions)
+    out.write(truth.outcomes, time_in_record=True)
+    config = dataclasses.replace(join_config("x", "y", orphan_bound_seconds=ORPHAN_S),
+                                 impressions=imp.config(impression_schema()),
+                                 outcomes=out.config(outcome_schema(), event_time="record_timestamp"))
+    joined = run_until_idle(config, tmp_path, Joined())
+    assert_matches_truth(joined, truth)
+    assert joined.examples == through_logs.examples and joined.dead == through_logs.dead
 
 
 def test_a_restart_mid_stream_resumes_from_the_committed_vectors_losing_and_duplicating_nothing(truth, through_logs,
