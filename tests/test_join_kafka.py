@@ -467,3 +467,14 @@ def test_a_re_read_impression_wins_over_a_new_duplicate_in_a_lower_partition(tan
     assert [(r["partition"], json.loads(r["line"])["ad_id"]) for r in dead] == [(0, "second")], dead
     assert dead[0]["reason"].startswith("duplicate impression")
     assert sorted(second.examples) == ["b", "dup"]
+
+
+def test_the_off_policy_estimate_says_why_it_makes_none_over_an_impressions_topic():
+    from components.evaluator import off_policy_run
+    from components.evaluator.config import GateConfig
+
+    record = off_policy_run.estimate_span("", impression_schema(), 2, "position", "/nonexistent", {
+        "span_start_ms": 0, "span_end_ms": SPAN_MS, "start_position": json.dumps(
+            {"imp_resume": {"topic": "imp", "offsets": {"0": 3}}})}, "eval", "label", "/nonexistent", GateConfig())
+    assert record == {"why": "the impressions are a Kafka topic (join.impressions.kind: kafka): the off-policy "
+                             "estimate reads them from an event log only"}
