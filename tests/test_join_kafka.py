@@ -372,8 +372,9 @@ def test_an_unreachable_topic_and_a_switched_source_stop_naming_the_stream(tansu
         schema=impression_schema(), kind="kafka", kafka=dataclasses.replace(imp.kafka(), topic="no-such-topic")))
     from components.kafka_log import KafkaSourceError
 
-    with pytest.raises(KafkaSourceError, match=r"join\.impressions \(Kafka topic 'no-such-topic'"):
+    with pytest.raises(KafkaSourceError, match=r"join\.impressions \(Kafka topic 'no-such-topic'") as e:
         join_run.run_join(missing, WINDOW, join.JoinState(), str(tmp_path / "o"), write=False)
+    assert "set join.impressions.kafka.topic to an existing topic" in str(e.value), str(e.value)
     # `driftline run` checks both streams before TFX records anything.
     from pipelines import local_runner
     from pipelines.config import default_config

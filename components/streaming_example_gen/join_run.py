@@ -42,8 +42,10 @@ def stream_source(stream: JoinStreamConfig, name: str, chunk_bytes: int):
 
 
 def named_error(name: str, source, e: event_log.EventLogError) -> event_log.EventLogError:
-    """The same error (KafkaSourceError is an EventLogError), saying which stream of the join it concerns."""
-    return type(e)(f"join.{name} ({source.describe()}): {e}")
+    """The same error (KafkaSourceError is an EventLogError), saying which stream of the join it concerns; the
+    Kafka client's messages name a single source's settings (source.kafka.topic), a join's are join.<name>.kafka."""
+    text = str(e).replace("source.kafka.", f"join.{name}.kafka.") if source.kind == "kafka" else str(e)
+    return type(e)(f"join.{name} ({source.describe()}): {text}")
 
 
 def read_stream(source, name: str, end: Optional[windowing.Frontier], resume: Optional[windowing.Frontier],
