@@ -155,14 +155,15 @@ class Record:
 
 
 def resolve_secrets(secret_env: Optional[Mapping[str, str]] = None, secret_files: Optional[Mapping[str, str]] = None,
-                    environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+                    environ: Optional[Mapping[str, str]] = None, where: str = "source.kafka") -> Dict[str, str]:
     """The values of the secret settings: setting -> value, read from the environment and from files, now.
 
     Called only when a consumer is about to connect, in the process that
     connects (the controller, a Beam worker), so a value is never part of
     the configuration that ML Metadata or a compiled spec records. A
     variable that is not set, or a file that cannot be read, is a
-    KafkaSourceError that names it and the setting, never the value.
+    KafkaSourceError that names it and the setting, never the value. `where`: the settings' path in the
+    config, for the messages (a join stream's is join.impressions.kafka or join.outcomes.kafka).
     """
     environ = os.environ if environ is None else environ
     resolved: Dict[str, str] = {}
@@ -170,7 +171,7 @@ def resolve_secrets(secret_env: Optional[Mapping[str, str]] = None, secret_files
         value = environ.get(name)
         if not value:
             raise KafkaSourceError(
-                f"source.kafka.secret_env takes {setting!r} from the environment variable {name!r}, which is "
+                f"{where}.secret_env takes {setting!r} from the environment variable {name!r}, which is "
                 f"{'empty' if value == '' else 'not set'} in this process (pid {os.getpid()} on "
                 f"{socket.gethostname()}). Set it wherever driftline connects to Kafka: the controller or "
                 "`driftline run`, and every Beam worker.")
@@ -182,12 +183,12 @@ def resolve_secrets(secret_env: Optional[Mapping[str, str]] = None, secret_files
                 value = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise KafkaSourceError(
-                f"source.kafka.secret_files takes {setting!r} from the file {path!r}, which cannot be read here "
+                f"{where}.secret_files takes {setting!r} from the file {path!r}, which cannot be read here "
                 f"({type(e).__name__}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}). Mount it at that path "
                 "wherever driftline connects to Kafka, readable by the user it runs as.") from None
         value = value[:-2] if value.endswith("\r\n") else value[:-1] if value.endswith("\n") else value
         if not value:
-            raise KafkaSourceError(f"source.kafka.secret_files takes {setting!r} from the file {path!r}, which is "
+            raise KafkaSourceError(f"{where}.secret_files takes {setting!r} from the file {path!r}, which is "
                                    "empty: write the value into it")
         resolved[setting] = value
     return resolved
@@ -195,7 +196,8 @@ def resolve_secrets(secret_env: Optional[Mapping[str, str]] = None, secret_files
 
 def consumer_settings(bootstrap_servers: str, client_config: Optional[Mapping[str, Any]] = None,
                       secret_env: Optional[Mapping[str, str]] = None,
-                      secret_files: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+                      secret_files: Optional[Mapping[str, str]] = None,
+                      where: str = "source.kafka") -> Dict[str, Any]:
     """librdkafka settings of every driftline consumer: explicit offsets, no commits, errors not resets.
 
     Secret settings are resolved here, at connect time (`resolve_secrets`):
@@ -203,7 +205,7 @@ def consumer_settings(bootstrap_servers: str, client_config: Optional[Mapping[st
     """
     settings: Dict[str, Any] = {"group.id": DEFAULT_GROUP_ID}
     settings.update(client_config or {})
-    settings.update(resolve_secrets(secret_env, secret_files))
+    settings.update(resolve_secrets(secret_env, secret_files, where=where))
     settings.update({
         "bootstrap.servers": bootstrap_servers,
         "enable.auto.commit": False,

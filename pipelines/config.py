@@ -357,11 +357,19 @@ class DriftlineConfig:
             raise ConfigError("join must be a JoinConfig(impressions=..., outcomes=..., ...) or None")
         self.join.validate()
         imp = self.join.impressions
-        if self.source.kind != "event_log" or self.source.kafka is not None:
-            raise ConfigError("join is set and source.kind is 'kafka': the join reads two event logs "
-                              "(join.impressions.log_dir, join.outcomes.log_dir); drop source.kafka and the "
-                              "--kafka-* flags, or drop the join section")
-        if os.path.abspath(self.source.log_dir or "") != os.path.abspath(imp.log_dir):
+        if imp.is_kafka:
+            # The impressions are a topic: `source` is that topic (with_join), for whatever reads `source`.
+            if self.source.kind != "kafka" or self.source.kafka != imp.kafka or self.source.log_dir:
+                raise ConfigError(f"join is set and join.impressions is {imp.describe()}, but source is "
+                                  f"{self.source.describe()}: in join mode the pipeline reads the impressions; leave "
+                                  "source (and --log, --kafka-*) out, or build the config with "
+                                  "DriftlineConfig.with_join(join)")
+        elif self.source.kind != "event_log" or self.source.kafka is not None:
+            raise ConfigError("join is set and source.kind is 'kafka', but join.impressions is an event log "
+                              f"({imp.log_dir!r}): drop source.kafka and the --kafka-* flags, set "
+                              "join.impressions.kind: kafka (and join.impressions.kafka) to read the impressions "
+                              "from a topic, or drop the join section")
+        elif os.path.abspath(self.source.log_dir or "") != os.path.abspath(imp.log_dir):
             raise ConfigError(f"join is set but source.log_dir ({self.source.log_dir!r}) is not the impressions "
                               f"log join.impressions.log_dir ({imp.log_dir!r}): in join mode the pipeline reads "
                               "the impressions; leave source.log_dir (and --log) out, or set it to that folder")
@@ -391,10 +399,12 @@ class DriftlineConfig:
                               "the label the join sets from the clicks)")
 
     def with_join(self, join: JoinConfig) -> "DriftlineConfig":
-        """This config in join mode: `source` becomes the impressions log with the joined examples' schema."""
+        """This config in join mode: `source` becomes the impressions stream (its event log, or its Kafka
+        topic) with the joined examples' schema."""
+        imp = join.impressions
         return self.replace(join=join, source=dataclasses.replace(
-            self.source, kind="event_log", kafka=None, log_dir=join.impressions.log_dir,
-            schema=join.examples_schema))
+            self.source, kind=imp.kind, kafka=imp.kafka if imp.is_kafka else None,
+            log_dir="" if imp.is_kafka else imp.log_dir, schema=join.examples_schema))
 
     @property
     def temp_location(self) -> str:

@@ -117,11 +117,14 @@ def _build(cls: type, model: pydantic.BaseModel, where: str, base_dir: str, path
         # Settings without a default: name the one missing rather than a constructor's TypeError.
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if cls is JoinStreamConfig and "schema" not in values:
+            missing.append("schema")  # None by default only so that a Kafka stream may leave log_dir out
         if missing:
             raise ConfigError(f"{path}: {where}{missing[0]} is missing: the join needs "
-                              + ("impressions: and outcomes:, each with log_dir: and schema: (or schema_file:)"
-                                 if cls is JoinConfig else "log_dir: (the stream's event log) and schema: (or "
-                                 "schema_file:)"))
+                              + ("impressions: and outcomes:, each with log_dir: (or kind: kafka and kafka:) and "
+                                 "schema: (or schema_file:)"
+                                 if cls is JoinConfig else "schema: (or schema_file:), and log_dir: (the stream's "
+                                 "event log) or kind: kafka and kafka: (bootstrap_servers, topic, ...)"))
     return cls(**values)
 
 
@@ -241,7 +244,8 @@ def loads_config(text: str, path: str = "<config>", base_dir: Optional[str] = No
         given = model.source.model_fields_set if model.source is not None else set()
         joined = config.with_join(config.join).source
         config = config.replace(source=dataclasses.replace(
-            config.source, kind="event_log" if "kind" not in given else config.source.kind,
+            config.source, kind=config.source.kind if "kind" in given else joined.kind,
+            kafka=config.source.kafka if "kafka" in given else joined.kafka,
             log_dir=config.source.log_dir if "log_dir" in given else joined.log_dir,
             schema=config.source.schema if given & {"schema_", "schema_file"} else joined.schema))
     elif config.source.kind == "event_log" and (model.source is None or "log_dir" not in model.source.model_fields_set):
@@ -347,7 +351,9 @@ _SECTION_NOTES = {
                "(README, \"Online evaluation\")."],
     "join": ["null: one stream whose events carry their label (source). Set: impressions (log_dir, schema",
              "or schema_file; the label field optional) joined to outcomes (log_dir, schema) by `key`; source",
-             "then defaults to the impressions log. See README, \"Joining outcomes to impressions\"."],
+             "then defaults to the impressions stream. Either stream may be a Kafka topic instead of a log:",
+             "kind: kafka and kafka: (as source.kafka, secrets by secret_env / secret_files names only).",
+             "See README, \"Joining outcomes to impressions\"."],
 }
 
 

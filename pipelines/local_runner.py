@@ -22,11 +22,16 @@ def preflight(config: DriftlineConfig) -> None:
     from components.streaming_example_gen import sources
 
     if config.join is not None:
-        # Both logs of the join: a wrong folder for either stops here with what to fix.
-        from components import event_log
+        # Both streams of the join: a wrong folder, an unreachable broker or a missing topic stops here.
+        from components.event_log import EventLogError
+        from components.streaming_example_gen import join_run
 
-        for stream in (config.join.impressions, config.join.outcomes):
-            event_log.list_segments(stream.log_dir)
+        for name in join_run.STREAMS:
+            source = join_run.stream_source(getattr(config.join, name), name, config.source.chunk_bytes)
+            try:
+                source.preflight()
+            except EventLogError as e:  # KafkaSourceError too: the same error, naming the stream
+                raise join_run.named_error(name, source, e) from e
         return
     sources.from_config(config.source).preflight()
 

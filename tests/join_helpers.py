@@ -70,6 +70,15 @@ def join_forkserver_main(config_json: str) -> None:
 
     cfg = json.loads(config_json)
     config = join_config(cfg["imp_dir"], cfg["out_dir"], **cfg["join"])
+    # A stream given as KafkaConfig settings (cfg["kafka"][name]) is read from that topic instead of its log.
+    for name, settings in (cfg.get("kafka") or {}).items():
+        import dataclasses
+
+        from components.streaming_example_gen.config import KafkaConfig
+
+        schema = getattr(config, name).schema
+        config = dataclasses.replace(config, **{name: JoinStreamConfig(schema=schema, kind="kafka",
+                                                                       kafka=KafkaConfig(**settings))})
     window = WindowConfig(span_seconds=cfg["span_seconds"], allowed_lateness_seconds=cfg["allowed_lateness_seconds"])
     out = sys.stdout
     out.write("READY\n")

@@ -12,6 +12,10 @@ only what ML Metadata says was published:
 * every impression is in exactly one published span, its own, with the label the generator implies;
 * every outcome line is either attributed once (the spans' attributed_count adds up) or a dead letter once,
   with the reason the generator implies; no span is published twice.
+
+The same, over two Kafka topics of the Tansu broker (tests/kafka_broker.py; records keyed by impression id,
+3 and 2 partitions): the committed positions are then per-partition offset vectors, and a dead letter names
+its partition and offset.
 """
 from __future__ import annotations
 
@@ -24,10 +28,13 @@ import statistics
 import sys
 import time
 
+import zlib
+
 import pytest
 
 import ingest_helpers as H
 from join_helpers import JOIN_NODE_ID
+from kafka_broker import tansu  # noqa: F401  (the session fixture)
 
 SPAN_S, LATENESS_S, W_MS, ORPHAN_S = 60, 5, 10_000, 30
 SPAN_MS = SPAN_S * 1000
@@ -55,12 +62,31 @@ class JoinForkServer(H.ForkServer):
         self._expect("READY", timeout_s, stderr_path)
 
 
-class TwoStreams:
-    """Writes both logs and remembers, per impression, its label, and per outcome, its expected fate."""
+class TopicWriter:
+    """Appends events to a topic, keyed by impression id (one impression's outcomes in one partition, in order),
+    and remembers each record's (partition, offset) in write order."""
 
-    def __init__(self, imp_dir: str, out_dir: str, rng: random.Random):
-        self.imps = H.EventLogWriter(imp_dir, max_segment_bytes=16 << 10)
-        self.outs = H.EventLogWriter(out_dir, max_segment_bytes=16 << 10)
+    def __init__(self, broker, topic: str, partitions: int):
+        broker.create_topic(topic, partitions)
+        self.broker, self.topic, self.partitions = broker, topic, partitions
+        self.placed = []  # ((partition, offset), event)
+
+    def write_events(self, events) -> None:
+        if not events:
+            return
+        where = self.broker.produce(self.topic, [(zlib.crc32(e["impression_id"].encode()) % self.partitions,
+                                                  json.dumps(e).encode(), None) for e in events])
+        self.placed += list(zip(where, events))
+
+    def kafka_settings(self) -> dict:
+        return dict(bootstrap_servers=self.broker.bootstrap, topic=self.topic, poll_timeout_s=0.5, read_timeout_s=10.0)
+
+
+class TwoStreams:
+    """Writes both streams and remembers, per impression, its label, and per outcome, its expected fate."""
+
+    def __init__(self, imps, outs, rng: random.Random):
+        self.imps, self.outs = imps, outs  # EventLogWriter or TopicWriter
         self.rng = rng
         self.truth_label = {}  # impression id -> 0/1
         self.impression_time = {}
@@ -149,13 +175,28 @@ def _read_examples(files):
 
 @pytest.mark.e2e
 def test_sigkilled_join_runs_label_every_impression_once_and_decide_every_outcome_once(tmp_path):
+    imp_dir, out_dir = str(tmp_path / "impressions"), str(tmp_path / "outcomes")
+    _sigkilled_join(tmp_path, H.EventLogWriter(imp_dir, max_segment_bytes=16 << 10),
+                    H.EventLogWriter(out_dir, max_segment_bytes=16 << 10))
+
+
+@pytest.mark.e2e
+def test_sigkilled_join_runs_over_kafka_topics_label_every_impression_once_and_decide_every_outcome_once(
+        tmp_path, tansu):
+    tag = f"{os.getpid()}-{random.randrange(1 << 30)}"
+    _sigkilled_join(tmp_path, TopicWriter(tansu, f"impressions-{tag}", 3), TopicWriter(tansu, f"outcomes-{tag}", 2))
+
+
+def _sigkilled_join(tmp_path, imps, outs):
     from ml_metadata.proto import metadata_store_pb2
 
     rng = random.Random(SEED)
     home, runs = tmp_path / "home", tmp_path / "runs"
     imp_dir, out_dir = str(tmp_path / "impressions"), str(tmp_path / "outcomes")
     runs.mkdir()
-    streams = TwoStreams(imp_dir, out_dir, rng)
+    streams = TwoStreams(imps, outs, rng)
+    kafka = {name: w.kafka_settings() for name, w in (("impressions", imps), ("outcomes", outs))
+             if isinstance(w, TopicWriter)}
     clock = {"t": H.BASE_MS}
 
     def grow(seconds: int) -> None:
@@ -165,7 +206,7 @@ def test_sigkilled_join_runs_label_every_impression_once_and_decide_every_outcom
     grow(90)
     server = JoinForkServer(dict(
         pipeline_name=PIPELINE, home=str(home), imp_dir=imp_dir, out_dir=out_dir, chunk_bytes=4096,
-        span_seconds=SPAN_S, allowed_lateness_seconds=LATENESS_S, horizon_runs=100,
+        span_seconds=SPAN_S, allowed_lateness_seconds=LATENESS_S, horizon_runs=100, kafka=kafka,
         join=dict(attribution_window_seconds=W_MS // 1000, orphan_bound_seconds=ORPHAN_S)),
         str(runs / "server.log"))
     history = []
@@ -255,17 +296,23 @@ def test_sigkilled_join_runs_label_every_impression_once_and_decide_every_outcom
     assert set(seen) == emitted, f"missing {sorted(emitted - set(seen))[:5]}, extra {sorted(set(seen) - emitted)[:5]}"
 
     # ---- outcomes: each line attributed once or a dead letter once, for the generator's reason ----
-    lines, _ = H.scan_log(out_dir)
+    # Where each outcome line is (a log's segment and offset, a topic's partition and offset), in write order.
+    if kafka:
+        written = [(where, event["outcome_id"]) for where, event in outs.placed]
+        lane = "partition"
+        assert all(r.get("topic") == outs.topic for r in dead), dead[:3]
+    else:
+        written = [((ln.segment, ln.offset), json.loads(ln.line)["outcome_id"]) for ln in H.scan_log(out_dir)[0]]
+        lane = "segment"
     copies = collections.Counter()
     expected = {}
-    for ln in lines:
-        oid = json.loads(ln.line)["outcome_id"]
-        expected[(ln.segment, ln.offset)] = streams.fate[(oid, copies[oid])]
+    for where, oid in written:
+        expected[where] = streams.fate[(oid, copies[oid])]
         copies[oid] += 1
-    at = collections.Counter((r["segment"], r["offset"]) for r in dead)
+    at = collections.Counter((r[lane], r["offset"]) for r in dead)
     assert all(r["stream"] == "outcomes" for r in dead), [r for r in dead if r["stream"] != "outcomes"][:3]
     assert max(at.values()) == 1, f"dead-lettered twice: {[k for k, n in at.items() if n > 1][:3]}"
-    got = {(r["segment"], r["offset"]): r["reason"] for r in dead}
+    got = {(r[lane], r["offset"]): r["reason"] for r in dead}
     wrong = [(p, expected[p], got[p]) for p in got if expected[p] is None or not got[p].startswith(expected[p])]
     assert not wrong, f"{len(wrong)} outcomes with the wrong fate, e.g. {wrong[:3]}"
     undecided = [(p, kind) for p, kind in expected.items() if kind is not None and p not in got]
@@ -280,3 +327,11 @@ def test_sigkilled_join_runs_label_every_impression_once_and_decide_every_outcom
     executions = store.get_executions_by_context(H.node_context(store, PIPELINE, JOIN_NODE_ID).id)
     assert any(x.last_known_state == metadata_store_pb2.Execution.RUNNING for x in executions), \
         "no run was killed mid-execution: the proof is vacuous"
+    if kafka:
+        # The positions committed in ML Metadata are the topics' per-partition vectors.
+        newest = max(artifacts, key=lambda a: a.id)
+        state = json.loads(newest.custom_properties["committed_state"].string_value)
+        for key, writer in (("imp", imps), ("out", outs)):
+            for which in ("end", "resume"):
+                vector = state[f"{key}_{which}"]
+                assert vector["topic"] == writer.topic and len(vector["offsets"]) == writer.partitions, state

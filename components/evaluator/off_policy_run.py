@@ -127,6 +127,9 @@ def estimate_span(impressions_log_dir: str, impressions_schema: EventSchema, max
     """
     if max_position is None:
         return {"why": "join.max_position is unset: which candidates were shown is unknown"}
+    if not impressions_log_dir:
+        return {"why": "the impressions are a Kafka topic (join.impressions.kind: kafka): the off-policy estimate "
+                       "reads them from an event log only"}
     start_ms, end_ms = examples_properties.get("span_start_ms"), examples_properties.get("span_end_ms")
     if start_ms is None or end_ms is None:
         return {"why": "the span's Examples record no span_start_ms/span_end_ms (not a JoinExampleGen span)"}

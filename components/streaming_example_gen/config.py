@@ -132,53 +132,54 @@ class KafkaConfig:
     # one trailing newline is dropped). Only the names and paths are recorded.
     secret_files: Dict[str, str] = dataclasses.field(default_factory=dict)
 
-    def validate(self) -> None:
+    def validate(self, where: str = "source.kafka") -> None:
+        """`where`: the setting's path in messages (a join stream's is join.impressions.kafka, ...)."""
         if not self.bootstrap_servers:
-            raise ConfigError("source.kafka.bootstrap_servers is empty: set it to the brokers, e.g. 'host1:9092,host2:9092'")
+            raise ConfigError(f"{where}.bootstrap_servers is empty: set it to the brokers, e.g. 'host1:9092,host2:9092'")
         if not self.topic:
-            raise ConfigError("source.kafka.topic is empty: set it to the topic the producers write events to")
+            raise ConfigError(f"{where}.topic is empty: set it to the topic the producers write events to")
         if self.partitions is not None and (not self.partitions or any(
                 isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in self.partitions)):
-            raise ConfigError(f"source.kafka.partitions must be None (all partitions) or a non-empty tuple of "
+            raise ConfigError(f"{where}.partitions must be None (all partitions) or a non-empty tuple of "
                               f"partition numbers >= 0, got {self.partitions!r}")
         if self.event_time not in KAFKA_EVENT_TIMES:
-            raise ConfigError(f"source.kafka.event_time must be one of {KAFKA_EVENT_TIMES}, got {self.event_time!r}")
+            raise ConfigError(f"{where}.event_time must be one of {KAFKA_EVENT_TIMES}, got {self.event_time!r}")
         if not self.poll_timeout_s > 0 or not self.read_timeout_s > 0:
-            raise ConfigError("source.kafka.poll_timeout_s and source.kafka.read_timeout_s must be > 0")
+            raise ConfigError(f"{where}.poll_timeout_s and {where}.read_timeout_s must be > 0")
         if self.read_timeout_s < self.poll_timeout_s:
-            raise ConfigError(f"source.kafka.read_timeout_s ({self.read_timeout_s:g}) must be >= poll_timeout_s "
+            raise ConfigError(f"{where}.read_timeout_s ({self.read_timeout_s:g}) must be >= poll_timeout_s "
                               f"({self.poll_timeout_s:g}): a range read waits for records the plan already saw")
         if self.max_records_per_partition < 1 or self.records_per_split < 1:
-            raise ConfigError("source.kafka.max_records_per_partition and source.kafka.records_per_split must be >= 1")
+            raise ConfigError(f"{where}.max_records_per_partition and {where}.records_per_split must be >= 1")
         reserved = sorted((set(self.client_config) | set(self.secret_env) | set(self.secret_files))
                           & set(KAFKA_RESERVED_SETTINGS))
         if reserved:
-            raise ConfigError(f"source.kafka.client_config sets {reserved}, which driftline owns: offsets are "
+            raise ConfigError(f"{where}.client_config sets {reserved}, which driftline owns: offsets are "
                               "committed in ML Metadata, so consumers never commit to Kafka nor reset offsets. "
-                              "Remove them (bootstrap.servers goes in source.kafka.bootstrap_servers).")
+                              f"Remove them (bootstrap.servers goes in {where}.bootstrap_servers).")
         secrets = sorted(k for k in self.client_config if looks_like_secret(k))
         if secrets:
             example = secrets[0]
             env = re.sub(r"[^A-Za-z0-9]+", "_", f"kafka_{example}").upper()
             # The value is never echoed: this message may itself end up in a log.
             raise ConfigError(
-                f"source.kafka.client_config sets {secrets}, which hold secrets: client_config is stored in plain "
+                f"{where}.client_config sets {secrets}, which hold secrets: client_config is stored in plain "
                 f"text in ML Metadata and in a compiled Vertex spec. Move them out of client_config into "
-                f"source.kafka.secret_env (setting -> environment variable, e.g. "
-                f"secret_env={{{example!r}: {env!r}}}) or source.kafka.secret_files (setting -> file path); "
+                f"{where}.secret_env (setting -> environment variable, e.g. "
+                f"secret_env={{{example!r}: {env!r}}}) or {where}.secret_files (setting -> file path); "
                 "their values are read only when a consumer connects.")
         both = sorted((set(self.secret_env) & set(self.secret_files))
                       | ((set(self.secret_env) | set(self.secret_files)) & set(self.client_config)))
         if both:
-            raise ConfigError(f"source.kafka settings {both} are given twice (client_config, secret_env, "
+            raise ConfigError(f"{where} settings {both} are given twice (client_config, secret_env, "
                               "secret_files): give each setting in one of them")
         for setting, name in self.secret_env.items():
             if not isinstance(name, str) or not _ENV_NAME.match(name):
-                raise ConfigError(f"source.kafka.secret_env[{setting!r}] must be the name of an environment "
+                raise ConfigError(f"{where}.secret_env[{setting!r}] must be the name of an environment "
                                   "variable (letters, digits, _), not the secret itself")
         for setting, path in self.secret_files.items():
             if not isinstance(path, str) or not path:
-                raise ConfigError(f"source.kafka.secret_files[{setting!r}] must be the path of a file that holds "
+                raise ConfigError(f"{where}.secret_files[{setting!r}] must be the path of a file that holds "
                                   "the value")
 
     def to_json(self) -> str:

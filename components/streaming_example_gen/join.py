@@ -30,7 +30,12 @@ the resume positions and decides everything from the state and positions alone, 
 simply redone. Only pending impressions (those in spans not yet emitted, inside an open window) and
 undecided outcomes are held: memory is bounded by the open windows, not by the stream.
 
-Positions are the event log's (segment, byte offset).
+Positions are each stream's own: an event log's (segment, byte offset), or a Kafka topic's per-partition
+offsets (`kafka_log.PartitionOffset` for a record; `kafka_log.KafkaOffsets`, a per-partition vector, for
+`*_end` and `*_resume`), the frontiers of windowing.py: a frontier says whether it covers a record, and
+the resume vector is the end moved back, per partition, to the first record still needed there. The rules
+never compare positions across partitions, except to order a run's reading: records a published run read
+(before `*_end`) come first, so the earlier reading wins a duplicate, as in a log.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ import numpy as np
 
 from components.event_log import Position
 from components.event_schema import EventSchema, InvalidEvent
+from components.kafka_log import KafkaOffsets, PartitionOffset
 from components.streaming_example_gen import windowing
 from components.streaming_example_gen.join_config import JoinConfig
 
@@ -62,32 +68,56 @@ KINDS = (MALFORMED_IMPRESSION, MALFORMED_OUTCOME, LATE_IMPRESSION, DUPLICATE_IMP
          BEFORE_IMPRESSION, OUTSIDE_WINDOW, DUPLICATE_OUTCOME, LATE_OUTCOME, ORPHAN_OUTCOME, FUTURE_IMPRESSION,
          FUTURE_OUTCOME)
 
-# (position, raw line) of one stream, in log order.
-Record = Tuple[Position, bytes]
+# (position, raw line) of one stream, in reading order; a Kafka record may add its timestamp (ms or None),
+# the event time of a stream configured with kafka.event_time='record_timestamp'.
+Record = Tuple[Any, ...]
+Frontier = windowing.Frontier
+RecordPosition = windowing.RecordPosition
+
+_pos = windowing.frontier_from_json_value
 
 
-def _pos(value: Any) -> Optional[Position]:
-    return None if value is None else Position(str(value[0]), int(value[1]))
-
-
-def _val(p: Optional[Position]) -> Any:
+def _val(p: Optional[Frontier]) -> Any:
     return None if p is None else p.to_json_value()
+
+
+def _record_val(p: RecordPosition) -> list:
+    """A record's position as JSON: [segment, offset] (a string first), or [partition, offset] (an int first)."""
+    return [p.partition, p.offset] if isinstance(p, PartitionOffset) else p.to_json_value()
+
+
+def _record_pos(value: Any) -> RecordPosition:
+    if isinstance(value[0], int):
+        return PartitionOffset(int(value[0]), int(value[1]))
+    return Position(str(value[0]), int(value[1]))
+
+
+def resume_frontier(read_end: Frontier, needed: Iterable[RecordPosition]) -> Frontier:
+    """Where the next run re-reads from: `read_end`, moved back to the first record still `needed` (per
+    partition of a Kafka topic: a partition with none resumes at its end)."""
+    needed = list(needed)
+    if isinstance(read_end, KafkaOffsets):
+        first: Dict[int, int] = {}
+        for p in needed:
+            first[p.partition] = min(p.offset, first.get(p.partition, p.offset))
+        return read_end.with_pending(KafkaOffsets.of(read_end.topic, first) if first else None)
+    return min(needed, default=read_end)
 
 
 @dataclasses.dataclass(frozen=True)
 class JoinState:
     """What a published join run committed; the initial state has no positions."""
 
-    imp_end: Optional[Position] = None
-    imp_resume: Optional[Position] = None
-    out_end: Optional[Position] = None
-    out_resume: Optional[Position] = None
+    imp_end: Optional[Frontier] = None
+    imp_resume: Optional[Frontier] = None
+    out_end: Optional[Frontier] = None
+    out_resume: Optional[Frontier] = None
     imp_max_event_time_ms: Optional[int] = None
     out_max_event_time_ms: Optional[int] = None
     last_span: Optional[int] = None
     # Positions of the outcomes before out_end not yet decided (waiting for their impression's window or
     # their impression), sorted; the first is out_resume. As few as the open windows hold.
-    pending_outcomes: Tuple[Position, ...] = ()
+    pending_outcomes: Tuple[RecordPosition, ...] = ()
     # (segment, size) of each log's segments read to their end (event_log.ReadPlan.segment_sizes): the next
     # read stops with an EventLogError if one has grown (a producer appending without the writer's lock).
     imp_segment_sizes: Tuple[Tuple[str, int], ...] = ()
@@ -95,7 +125,7 @@ class JoinState:
     # The future bound (clock + window.max_future_ms) of each published run whose impressions read reaches
     # past imp_resume, oldest first (windowing.CommittedState.cutoffs): a re-read pending impression is
     # judged by the run that first read it, so one dead-lettered as from the future is not taken later.
-    imp_cutoffs: Tuple[Tuple[Position, Optional[int]], ...] = ()
+    imp_cutoffs: Tuple[Tuple[Frontier, Optional[int]], ...] = ()
     # The newest future bound a published run used on the outcomes; a later run never uses a smaller one.
     # Outcomes need no history: one read before is re-read only while undecided, so it was accepted.
     out_cutoff_ms: Optional[int] = None
@@ -109,7 +139,7 @@ class JoinState:
             "kind": "join", "imp_end": _val(self.imp_end), "imp_resume": _val(self.imp_resume),
             "out_end": _val(self.out_end), "out_resume": _val(self.out_resume),
             "imp_max_event_time_ms": self.imp_max_event_time_ms, "out_max_event_time_ms": self.out_max_event_time_ms,
-            "last_span": self.last_span, "pending_outcomes": [p.to_json_value() for p in self.pending_outcomes],
+            "last_span": self.last_span, "pending_outcomes": [_record_val(p) for p in self.pending_outcomes],
             "imp_segment_sizes": [list(x) for x in self.imp_segment_sizes],
             "out_segment_sizes": [list(x) for x in self.out_segment_sizes],
             "imp_cutoffs": [[end.to_json_value(), cutoff] for end, cutoff in self.imp_cutoffs],
@@ -125,7 +155,7 @@ class JoinState:
                              "a join needs its own pipeline node (a new node id or pipeline name)")
         return cls(_pos(d["imp_end"]), _pos(d["imp_resume"]), _pos(d["out_end"]), _pos(d["out_resume"]),
                    d["imp_max_event_time_ms"], d["out_max_event_time_ms"], d["last_span"],
-                   tuple(_pos(p) for p in d["pending_outcomes"]),
+                   tuple(_record_pos(p) for p in d["pending_outcomes"]),
                    tuple((str(n), int(z)) for n, z in d.get("imp_segment_sizes", ())),
                    tuple((str(n), int(z)) for n, z in d.get("out_segment_sizes", ())),
                    # States committed before the future bound have no cutoffs: their lines are judged now.
@@ -156,9 +186,10 @@ def span_closed(window: windowing.Window, span: int, window_ms: int, join_wm: Op
 @dataclasses.dataclass
 class DeadLetter:
     stream: str  # "impressions" or "outcomes"
-    position: Position
+    position: RecordPosition
     line: bytes
     reason: str
+    topic: Optional[str] = None  # the stream's Kafka topic; None for an event log
 
     @property
     def kind(self) -> str:
@@ -167,8 +198,10 @@ class DeadLetter:
     def to_row(self) -> Dict[str, Any]:
         from components.streaming_example_gen.ingest import dead_letter_row
 
-        return dead_letter_row({"stream": self.stream, "segment": self.position.segment,
-                                "offset": self.position.offset}, self.line, self.reason)
+        p = self.position
+        where = ({"stream": self.stream, "topic": self.topic, "partition": p.partition, "offset": p.offset}
+                 if isinstance(p, PartitionOffset) else {"stream": self.stream, "segment": p.segment, "offset": p.offset})
+        return dead_letter_row(where, self.line, self.reason)
 
 
 @dataclasses.dataclass
@@ -221,7 +254,7 @@ class JoinResult:
 
 @dataclasses.dataclass
 class _Pending:
-    position: Position
+    position: RecordPosition
     time_ms: int
     span: int
     event: Dict[str, Any]
@@ -231,8 +264,17 @@ class _Pending:
     outcome_times_ms: List[int] = dataclasses.field(default_factory=list)
 
 
-def _parse(schema: EventSchema, line: bytes) -> Dict[str, Any]:
+def _parse(schema: EventSchema, line: bytes, record_time_ms: Optional[int] = None,
+           time_from_record: bool = False) -> Dict[str, Any]:
+    """The typed event; with `time_from_record` (a topic read with kafka.event_time='record_timestamp') its
+    event time is the record's timestamp, as StreamingExampleGen's RecordParser takes it."""
     try:
+        if time_from_record:
+            if record_time_ms is None:
+                from components.streaming_example_gen.ingest import NO_RECORD_TIMESTAMP
+
+                raise InvalidEvent(NO_RECORD_TIMESTAMP)
+            return schema.parse(line, record_time_ms)
         return schema.parse(line)
     except InvalidEvent:
         raise
@@ -242,11 +284,13 @@ def _parse(schema: EventSchema, line: bytes) -> Dict[str, Any]:
 
 def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
               impressions: Iterable[Record], outcomes: Iterable[Record],
-              imp_read_end: Position, out_read_end: Position,
+              imp_read_end: Frontier, out_read_end: Frontier,
               emitted_ids: Optional[np.ndarray] = None, now_ms: Optional[int] = None) -> JoinResult:
     """One join run over the records read since the resume positions (up to `*_read_end`).
 
-    `impressions`, `outcomes`: (position, line) from `state.imp_resume` / `state.out_resume` on, in log order.
+    `impressions`, `outcomes`: (position, line[, record timestamp ms]) from `state.imp_resume` /
+    `state.out_resume` on, in reading order: a log's order; for a topic, the records a published run read
+    (before `*_end`) first, then the new ones, each part by partition and offset (join_run.read_stream).
     `emitted_ids`: the sorted `ingest.id_hash` of the impressions of recently emitted spans, to tell a late
     outcome from one whose impression has not come (yet). `now_ms`: the run's clock; with
     `window.max_future_ms` set, an event later than now_ms + max_future_ms is a dead letter *from the future*
@@ -272,16 +316,31 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
         if state.out_cutoff_ms is not None:
             out_cutoff = max(out_cutoff, state.out_cutoff_ms)
 
-    def new_line(end: Optional[Position], p: Position) -> bool:
+    def new_line(end: Optional[Frontier], p: RecordPosition) -> bool:
         return end is None or not end.covers(p)
 
-    for p, line in impressions:
+    def stream_of(stream) -> Tuple[Optional[str], bool]:
+        """(the topic dead letters name, whether event time is the record's timestamp) of a stream."""
+        if not stream.is_kafka:
+            return None, False
+        return stream.kafka.topic, stream.kafka.event_time == "record_timestamp"
+
+    imp_topic, imp_from_record = stream_of(config.impressions)
+    out_topic, out_from_record = stream_of(config.outcomes)
+
+    def imp_dead(p, line, reason):
+        dead.append(DeadLetter("impressions", p, line, reason, imp_topic))
+
+    def out_dead(p, line, reason):
+        dead.append(DeadLetter("outcomes", p, line, reason, out_topic))
+
+    for p, line, *ts in impressions:
         new = new_line(state.imp_end, p)
         try:
-            event = _parse(imp_schema, line)
+            event = _parse(imp_schema, line, ts[0] if ts else None, imp_from_record)
         except InvalidEvent as e:
             if new:
-                dead.append(DeadLetter("impressions", p, line, f"{MALFORMED_IMPRESSION}: {e}"))
+                imp_dead(p, line, f"{MALFORMED_IMPRESSION}: {e}")
             continue
         t = event[imp_schema.event_time_field]
         verdict = imp_bounds.future(p, t) if imp_bounds is not None else None
@@ -289,8 +348,8 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
             continue  # dead-lettered as from the future by the run that first read it
         if verdict == windowing.DEAD_LETTER:
             # New, or read before with no bound and still pending (so never decided): decided now, once.
-            dead.append(DeadLetter("impressions", p, line, f"{FUTURE_IMPRESSION}: event time {t} is past this "
-                                   f"run's bound {imp_bounds.cutoff_ms} (clock + window.max_future_seconds)"))
+            imp_dead(p, line, f"{FUTURE_IMPRESSION}: event time {t} is past this "
+                     f"run's bound {imp_bounds.cutoff_ms} (clock + window.max_future_seconds)")
             continue
         span = window.span_of(t)
         imp_max = t if imp_max is None else max(imp_max, t)
@@ -299,35 +358,33 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
         if last_span is not None and span <= last_span:
             # Read before: emitted with its span. New: its span was emitted already.
             if new:
-                dead.append(DeadLetter("impressions", p, line,
-                                       f"{LATE_IMPRESSION}: event time {t} is in span {span}, emitted already"))
+                imp_dead(p, line, f"{LATE_IMPRESSION}: event time {t} is in span {span}, emitted already")
             continue
         key = event[imp_schema.id_field]
         if key in pending:
             if new:
-                dead.append(DeadLetter("impressions", p, line, f"{DUPLICATE_IMPRESSION}: id {key!r} was logged "
-                                       f"at {pending[key].position}"))
+                imp_dead(p, line, f"{DUPLICATE_IMPRESSION}: id {key!r} was logged at {pending[key].position}")
             continue
         pending[key] = _Pending(p, t, span, event)
 
     # Outcomes read, not yet decided: (position, line, event).
     out_max = state.out_max_event_time_ms
-    undecided: List[Tuple[Position, bytes, Dict[str, Any]]] = []
+    undecided: List[Tuple[RecordPosition, bytes, Dict[str, Any]]] = []
     pending_before = set(state.pending_outcomes)
-    for p, line in outcomes:
+    for p, line, *ts in outcomes:
         new = new_line(state.out_end, p)
         if not new and p not in pending_before:
             continue  # decided by a published run (or a malformed line, dead-lettered when first read)
         try:
-            event = _parse(out_schema, line)
+            event = _parse(out_schema, line, ts[0] if ts else None, out_from_record)
         except InvalidEvent as e:
             if new:
-                dead.append(DeadLetter("outcomes", p, line, f"{MALFORMED_OUTCOME}: {e}"))
+                out_dead(p, line, f"{MALFORMED_OUTCOME}: {e}")
             continue
         t = event[out_schema.event_time_field]
         if new and out_cutoff is not None and t > out_cutoff:
-            dead.append(DeadLetter("outcomes", p, line, f"{FUTURE_OUTCOME}: event time {t} is past this run's "
-                                   f"bound {out_cutoff} (clock + window.max_future_seconds)"))
+            out_dead(p, line, f"{FUTURE_OUTCOME}: event time {t} is past this run's "
+                     f"bound {out_cutoff} (clock + window.max_future_seconds)")
             continue
         out_max = t if out_max is None else max(out_max, t)
         undecided.append((p, line, event))
@@ -346,7 +403,7 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
         i = int(np.searchsorted(emitted_ids, h))
         return i < len(emitted_ids) and emitted_ids[i] == h
 
-    still: List[Position] = []
+    still: List[RecordPosition] = []
     for p, line, event in undecided:
         key, t = event[config.key], event[out_schema.event_time_field]
         kind = event[config.outcome_type_field]
@@ -380,7 +437,7 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
         if reason is None:
             still.append(p)
         else:
-            dead.append(DeadLetter("outcomes", p, line, reason))
+            out_dead(p, line, reason)
 
     examples = []
     for key, imp in pending.items():
@@ -391,8 +448,8 @@ def join_step(config: JoinConfig, window: windowing.Window, state: JoinState,
             examples.append(Example(key, imp.span, window.split_of(imp.span, imp.time_ms), event, label, imp.counted,
                                     imp.outcome_times_ms))
     left = [i for i in pending.values() if i.span not in emitted_set]
-    imp_resume = min((i.position for i in left), default=imp_read_end)
-    out_resume = min(still, default=out_read_end)
+    imp_resume = resume_frontier(imp_read_end, (i.position for i in left))
+    out_resume = resume_frontier(out_read_end, still)
     new_state = JoinState(imp_end=imp_read_end, imp_resume=imp_resume, out_end=out_read_end, out_resume=out_resume,
                           imp_max_event_time_ms=imp_max, out_max_event_time_ms=out_max,
                           last_span=max(emitted) if emitted else last_span,

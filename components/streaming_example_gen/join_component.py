@@ -1,5 +1,8 @@
 """JoinExampleGen: StreamingExampleGen's guarantees over two streams, impressions joined to their outcomes.
 
+Each stream is an event log or a Kafka topic (join_config.JoinStreamConfig), read through
+StreamingExampleGen's sources (sources.py); a topic's committed position is its per-partition offset vector.
+
 Beside StreamingExampleGen, not inside it: the committed state is a different shape (two streams' positions,
 the decided outcomes; join.JoinState), and a node's state must never be read as the other's. The anatomy is
 the same: a driver reads the committed state from ML Metadata, a thin executor runs `join_run.run_join`,
@@ -28,7 +31,7 @@ from components import lease, mlmd_vocabulary as vocab
 from components.event_schema import EventSchema
 from components.streaming_example_gen import ingest, join, join_run, windowing
 from components.streaming_example_gen.committed_state import latest_committed_state_json, recent_run_span_uris
-from components.streaming_example_gen.config import WindowConfig
+from components.streaming_example_gen.config import KafkaConfig, WindowConfig
 from components.streaming_example_gen.driver import COMMITTED_STATE_KEY, DEDUP_SPAN_URIS_KEY, REQUESTED_AT_KEY
 from components.streaming_example_gen.executor import name_for_publish
 from components.streaming_example_gen.join_config import JoinConfig, JoinStreamConfig
@@ -63,13 +66,20 @@ def join_config_to_json(config: JoinConfig) -> str:
     for name in ("impressions", "outcomes"):
         stream = getattr(config, name)
         d[name] = {"log_dir": stream.log_dir, "schema": json.loads(stream.schema.to_json())}
+        if stream.is_kafka:
+            # Names of the secrets' variables and files only (KafkaConfig holds no value): safe in ML Metadata.
+            d[name].update(kind=stream.kind, kafka=json.loads(stream.kafka.to_json()))
     return json.dumps(d, sort_keys=True)
 
 
 def join_config_from_json(text: str) -> JoinConfig:
     d = json.loads(text)
     for name in ("impressions", "outcomes"):
-        d[name] = JoinStreamConfig(d[name]["log_dir"], EventSchema.from_json(json.dumps(d[name]["schema"])))
+        stream = d[name]
+        kafka = stream.get("kafka")
+        d[name] = JoinStreamConfig(stream["log_dir"], EventSchema.from_json(json.dumps(stream["schema"])),
+                                   kind=stream.get("kind", "event_log"),
+                                   kafka=None if kafka is None else KafkaConfig.from_json(json.dumps(kafka)))
     d["counted_types"] = tuple(d["counted_types"])
     d["drop_fields"] = tuple(d.get("drop_fields", ()))
     return JoinConfig(**d)
@@ -146,12 +156,14 @@ class JoinExecutor(base_beam_executor.BaseBeamExecutor):
 
 
 class JoinExampleGen(base_beam_component.BaseBeamComponent):
-    """Joins an impressions log to an outcomes log into event-time spans of labelled `Examples`.
+    """Joins an impressions stream to an outcomes stream (each an event log or a Kafka topic) into event-time
+    spans of labelled `Examples`.
 
     A span (the impressions' span) is emitted once every impression in it has a closed attribution window
     under the watermarks of both streams; outcomes that cannot be attributed are dead letters with their
     reason in the first span a run emits, counted on its artifact. Exactly once: the positions of both
-    logs and the outcomes already decided are committed on the artifacts in ML Metadata (join.JoinState).
+    streams (a log's segment and offset, a topic's per-partition offsets) and the outcomes still undecided
+    are committed on the artifacts in ML Metadata (join.JoinState).
 
     Example::
 

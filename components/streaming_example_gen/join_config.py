@@ -1,7 +1,9 @@
 """The join of two streams: impressions (what was served) and outcomes (what happened later), keyed by impression id.
 
 A plain dataclass like the rest of StreamingExampleGen's settings (config.py); `validate()` refuses a
-misconfiguration with a message that names the fix. The rules it configures live in join.py.
+misconfiguration with a message that names the fix. The rules it configures live in join.py. Each stream
+is an event log or a Kafka topic, configured as StreamingExampleGen's source is (`SourceConfig.kind`,
+`KafkaConfig`, secrets by environment variable or file name only).
 """
 from __future__ import annotations
 
@@ -10,16 +12,70 @@ from typing import Optional, Tuple
 
 from components.config_base import ConfigError
 from components.event_schema import EventSchema
+from components.streaming_example_gen.config import SOURCE_KINDS, KafkaConfig
 
 LABEL_RULES = ("any", "value")
 
 
 @dataclasses.dataclass(frozen=True)
 class JoinStreamConfig:
-    """One of the two streams: an event log folder and the schema of its events."""
+    """One of the two streams: an event log folder or a Kafka topic, and the schema of its events.
 
-    log_dir: str
-    schema: EventSchema
+    `JoinStreamConfig("home/impressions", schema)` is an event log;
+    `JoinStreamConfig(schema=schema, kind="kafka", kafka=KafkaConfig(bootstrap_servers=..., topic=...))` a topic,
+    whose committed position is a per-partition offset vector, as StreamingExampleGen's Kafka source commits.
+    """
+
+    log_dir: str = ""
+    # Required; None only so that log_dir may be left out for a Kafka stream (validate() names it missing).
+    schema: Optional[EventSchema] = None
+    # "event_log" reads log_dir; "kafka" reads the topic in `kafka` (SourceConfig's kinds).
+    kind: str = "event_log"
+    kafka: Optional[KafkaConfig] = None
+
+    @property
+    def is_kafka(self) -> bool:
+        return self.kind == "kafka"
+
+    def describe(self) -> str:
+        if self.is_kafka and self.kafka is not None:
+            return f"Kafka topic {self.kafka.topic!r} at {self.kafka.bootstrap_servers}"
+        return f"event log {self.log_dir}"
+
+    def validate(self, name: str) -> None:
+        """`name`: "impressions" or "outcomes", for the messages (join.<name>.<setting>)."""
+        where = f"join.{name}"
+        if self.schema is None:
+            raise ConfigError(f"{where}.schema is not set: give the {name}' event schema (schema: or schema_file:)")
+        if self.kind not in SOURCE_KINDS:
+            raise ConfigError(f"{where}.kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.is_kafka:
+            if self.kafka is None:
+                raise ConfigError(f"{where}.kind is 'kafka' but {where}.kafka is not set: set "
+                                  f"{where}.kafka=KafkaConfig(bootstrap_servers=..., topic=...)")
+            if self.log_dir:
+                raise ConfigError(f"{where}.kind is 'kafka' but {where}.log_dir is set too: a stream has one "
+                                  f"source; drop log_dir (or set kind='event_log' and drop kafka)")
+            self.kafka.validate(where=f"{where}.kafka")
+        else:
+            if self.kafka is not None:
+                raise ConfigError(f"{where}.kafka is set but {where}.kind is 'event_log': set {where}.kind='kafka' "
+                                  f"to read the topic, or drop {where}.kafka")
+            if not self.log_dir:
+                raise ConfigError(f"{where}.log_dir is empty: set it to the event log folder of the {name}, or "
+                                  f"set {where}.kind='kafka' and {where}.kafka to read them from a topic")
+        self.schema.validate()
+
+    def same_stream(self, other: "JoinStreamConfig") -> bool:
+        """Whether both read the same log folder, or the same topic (a partition in common) at the same brokers."""
+        if self.kind != other.kind:
+            return False
+        if not self.is_kafka:
+            return self.log_dir == other.log_dir
+        a, b = self.kafka, other.kafka
+        if a.topic != b.topic or a.bootstrap_servers != b.bootstrap_servers:
+            return False
+        return a.partitions is None or b.partitions is None or bool(set(a.partitions) & set(b.partitions))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +131,13 @@ class JoinConfig:
     def validate(self) -> None:
         for name, stream in (("impressions", self.impressions), ("outcomes", self.outcomes)):
             if not isinstance(stream, JoinStreamConfig):
-                raise ConfigError(f"join.{name} must be a JoinStreamConfig(log_dir=..., schema=EventSchema(...))")
-            if not stream.log_dir:
-                raise ConfigError(f"join.{name}.log_dir is empty: set it to the event log folder of the {name}")
-            stream.schema.validate()
-        if self.impressions.log_dir == self.outcomes.log_dir:
+                raise ConfigError(f"join.{name} must be a JoinStreamConfig(log_dir=..., schema=EventSchema(...)) "
+                                  f"or JoinStreamConfig(schema=..., kind='kafka', kafka=KafkaConfig(...))")
+            stream.validate(name)
+        if self.impressions.same_stream(self.outcomes):
+            if self.impressions.is_kafka:
+                raise ConfigError(f"join.impressions and join.outcomes read the same Kafka topic "
+                                  f"{self.impressions.kafka.topic!r}: each stream needs its own topic")
             raise ConfigError("join.impressions.log_dir and join.outcomes.log_dir are the same folder: each stream "
                               "needs its own event log")
         imp, out = self.impressions.schema, self.outcomes.schema

@@ -1,4 +1,4 @@
-"""One join run: read both event logs from the committed resume positions, join, write the emitted spans.
+"""One join run: read both streams from the committed resume positions, join, write the emitted spans.
 
 `join.join_step` decides; this module reads and writes. Nothing is committed here: the executor publishes
 the returned state on the `Examples` artifacts in ML Metadata, or nothing at all, so a run killed at any
@@ -6,7 +6,10 @@ point is redone from the previous committed state. Files have deterministic name
 through a temp file and a rename, so a redone run rewrites them whole.
 
 The join reads its records in the executor's process (not in a Beam graph): it holds only the impressions
-of open windows and the undecided outcomes, and reads each log one chunk at a time.
+of open windows and the undecided outcomes, and reads each stream one unit at a time. Each stream is read
+through StreamingExampleGen's source interface (sources.py): an event log one chunk at a time, a Kafka
+topic one planned offset range at a time, with the same planning, the same errors and the same secrets
+handling as a single-stream Kafka source.
 """
 from __future__ import annotations
 
@@ -18,38 +21,77 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from components import event_log
+from components import event_log, kafka_log
 from components.mlmd_vocabulary import ARM_COUNTS_PROPERTY, COMMITTED_STATE_PROPERTY
 from components.online_evaluator import arm_counts
-from components.event_log import Position
-from components.streaming_example_gen import ingest, join, windowing
+from components.streaming_example_gen import ingest, join, sources, windowing
 from components.streaming_example_gen.example_codec import ExampleEncoder
-from components.streaming_example_gen.join_config import JoinConfig
+from components.streaming_example_gen.join_config import JoinConfig, JoinStreamConfig
 
 UNIT_NAME = "join"
 
 
-def read_records(log_dir: str, start: Optional[Position], chunk_bytes: int, max_line_bytes: int,
-                 passed_sizes=()) -> tuple:
-    """(an iterator of (position, line) from `start` to the log's end as planned now, that end, the plan).
+STREAMS = ("impressions", "outcomes")
 
-    `passed_sizes`: the committed sizes of segments read to their end; one that grew stops the read.
+
+def stream_source(stream: JoinStreamConfig, name: str, chunk_bytes: int):
+    """The source (sources.py) that reads one join stream: `name` is "impressions" or "outcomes"."""
+    if stream.is_kafka:
+        return sources.KafkaSource(stream.kafka, where=f"join.{name}.kafka")
+    return sources.EventLogSource(stream.log_dir, chunk_bytes, stream.schema.max_line_bytes)
+
+
+def named_error(name: str, source, e: event_log.EventLogError) -> event_log.EventLogError:
+    """The same error (KafkaSourceError is an EventLogError), saying which stream of the join it concerns; the
+    Kafka client's messages name a single source's settings (source.kafka.topic), a join's are join.<name>.kafka."""
+    text = str(e).replace("source.kafka.", f"join.{name}.kafka.") if source.kind == "kafka" else str(e)
+    return type(e)(f"join.{name} ({source.describe()}): {text}")
+
+
+def read_stream(source, name: str, end: Optional[windowing.Frontier], resume: Optional[windowing.Frontier],
+                passed_sizes=()) -> tuple:
+    """(an iterator of (position, line, record timestamp ms or None) from `resume` to the stream's end as planned
+    now, the plan: its `start` and `end` frontiers).
+
+    `end`, `resume`: the stream's committed frontiers; `passed_sizes`: the committed sizes of event-log segments
+    read to their end (one that grew stops the read). A topic's records are read in two passes, those a
+    published run read (before `end`) first, then the new ones, so the earlier reading of a record wins a
+    duplicate, as in a log (join.join_step decides a duplicate by reading order).
     """
-    plan = event_log.plan_read(log_dir, start, chunk_bytes, passed_sizes)
+    try:
+        plan = source.plan(windowing.CommittedState(end=end, resume=resume,
+                                                    segment_sizes=tuple(tuple(x) for x in passed_sizes)))
+    except event_log.EventLogError as e:
+        raise named_error(name, source, e) from e
+    units = list(plan.units)
+    if isinstance(plan, kafka_log.KafkaReadPlan) and isinstance(end, kafka_log.KafkaOffsets):
+        old, new = [], []
+        for rng in units:
+            cut = min(max(end.get(rng.partition, rng.start), rng.start), rng.stop)
+            # The committed end is one past a record a published run read, so a read of [start, cut) ends on one.
+            if rng.start < cut:
+                old.append(kafka_log.KafkaRange(rng.topic, rng.partition, rng.start, cut))
+            if cut < rng.stop:
+                new.append(kafka_log.KafkaRange(rng.topic, rng.partition, cut, rng.stop))
+        units = old + new
 
     def records() -> Iterator[join.Record]:
-        for chunk in plan.chunks:
-            for offset, line in event_log.read_chunk(log_dir, chunk, max_line_bytes):
-                yield Position(chunk.segment, offset), line
-    return records(), plan.end, plan
+        try:
+            for unit in units:
+                lane = source.lane(unit)
+                for offset, payload, record_time_ms in source.read(unit):
+                    yield source.position(lane, offset), payload, record_time_ms
+        except event_log.EventLogError as e:
+            raise named_error(name, source, e) from e
+    return records(), plan
 
 
 @dataclasses.dataclass
 class JoinRun:
     previous: join.JoinState
     result: join.JoinResult
-    imp_start: Position
-    out_start: Position
+    imp_start: windowing.Frontier
+    out_start: windowing.Frontier
     wall_seconds: float
 
     @property
@@ -73,16 +115,16 @@ def run_join(config: JoinConfig, window: windowing.Window, state: join.JoinState
     the future bound is taken from (default: this machine's).
     """
     started = time.monotonic()
-    imp_schema, out_schema = config.impressions.schema, config.outcomes.schema
-    imps, imp_end, imp_plan = read_records(config.impressions.log_dir, state.imp_resume, chunk_bytes,
-                                           imp_schema.max_line_bytes, state.imp_segment_sizes)
-    outs, out_end, out_plan = read_records(config.outcomes.log_dir, state.out_resume, chunk_bytes,
-                                           out_schema.max_line_bytes, state.out_segment_sizes)
-    result = join.join_step(config, window, state, imps, outs, imp_end, out_end,
+    imps, imp_plan = read_stream(stream_source(config.impressions, "impressions", chunk_bytes), "impressions",
+                                 state.imp_end, state.imp_resume, state.imp_segment_sizes)
+    outs, out_plan = read_stream(stream_source(config.outcomes, "outcomes", chunk_bytes), "outcomes",
+                                 state.out_end, state.out_resume, state.out_segment_sizes)
+    result = join.join_step(config, window, state, imps, outs, imp_plan.end, out_plan.end,
                             emitted_ids=ingest.read_event_ids(dedup_span_uris),
                             now_ms=int(time.time() * 1000) if now_ms is None else now_ms)
-    result.state = dataclasses.replace(result.state, imp_segment_sizes=imp_plan.segment_sizes,
-                                       out_segment_sizes=out_plan.segment_sizes)
+    # Event logs only: a topic has no segments (its plan checks that records read before are still there).
+    result.state = dataclasses.replace(result.state, imp_segment_sizes=getattr(imp_plan, "segment_sizes", ()),
+                                       out_segment_sizes=getattr(out_plan, "segment_sizes", ()))
     imp_start, out_start = imp_plan.start, out_plan.start
     if result.emits and write:
         write_spans(result, config.examples_schema, output_root)

@@ -115,15 +115,17 @@ class KafkaSource:
 
     kind = "kafka"
 
-    def __init__(self, config: KafkaConfig):
+    def __init__(self, config: KafkaConfig, where: str = "source.kafka"):
         self.config = config
         self.event_time_from_record = config.event_time == "record_timestamp"
+        # The config's path in messages: a join stream's is join.impressions.kafka or join.outcomes.kafka.
+        self.where = where
 
     @property
     def settings(self) -> Dict[str, Any]:
         # Resolved on every connect, in the connecting process: secrets never travel in the config.
         return kafka_log.consumer_settings(self.config.bootstrap_servers, self.config.client_config,
-                                           self.config.secret_env, self.config.secret_files)
+                                           self.config.secret_env, self.config.secret_files, where=self.where)
 
     def describe(self) -> str:
         return f"Kafka topic {self.config.topic!r} at {self.config.bootstrap_servers}"
