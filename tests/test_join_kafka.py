@@ -389,10 +389,11 @@ def test_an_unreachable_topic_and_a_switched_source_stop_naming_the_stream(tansu
         join_run.run_join(config, WINDOW, logged, str(tmp_path / "o"), write=False)
 
 
-def test_a_config_file_joins_a_topic_to_a_log_and_its_source_is_the_topic(tmp_path):
+def test_a_config_file_joins_a_topic_to_a_log_and_its_source_is_the_topic(tmp_path, monkeypatch):
     from pipelines import two_streams
     from pipelines.config_file import dump_config, load_config, loads_config
-    from pipelines.serve.impressions import KafkaImpressions
+    from components import kafka_log
+    from pipelines.serve.impressions import ImpressionLog, KafkaImpressions
     from pipelines.serve.server import options_from_config
 
     (tmp_path / "outcomes.json").write_text(two_streams.outcomes_schema().to_json())
@@ -427,14 +428,22 @@ join:
         loads_config(path.read_text().replace("secret_env: {sasl.password: KAFKA_SASL_PASSWORD}", "secret_env: {}")
                      .replace("sasl.username: u}", "sasl.username: u, sasl.password: hunter2}"), base_dir=str(tmp_path))
     assert "hunter2" not in str(e.value)
-    # The server of a join over an impressions topic writes that topic; with secrets it cannot, and says so.
-    with pytest.raises(ConfigError, match="--no-impressions"):
-        options_from_config(config, "127.0.0.1", 0, None, False)
-    plain = config.with_join(dataclasses.replace(config.join, impressions=dataclasses.replace(
-        imp, kafka=dataclasses.replace(imp.kafka, secret_env={}))))
-    sink = options_from_config(plain, "127.0.0.1", 0, None, False).impressions_dir
+    # The server of a join over an impressions topic writes that topic, with the stream's secrets by reference:
+    # the writer process's target names the variable, and resolves its value only when it connects.
+    sink = options_from_config(config, "127.0.0.1", 0, None, False).impressions_dir
     assert isinstance(sink, KafkaImpressions) and sink.topic == "impressions"
-    assert sink.bootstrap_servers == "broker:9092"
+    assert sink.bootstrap_servers == "broker:9092" and sink.client_config["sasl.username"] == "u"
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret-value")
+    log = ImpressionLog(sink)  # nothing submitted: its writer process is never started
+    try:
+        target = json.loads(log._target_json())
+    finally:
+        log.close()
+    assert target["secret_env"] == {"sasl.password": "KAFKA_SASL_PASSWORD"}
+    assert "s3cret-value" not in json.dumps(target)
+    settings = kafka_log.producer_settings(target["bootstrap_servers"], target["client_config"],
+                                           target["secret_env"], target["secret_files"])
+    assert settings["sasl.password"] == "s3cret-value" and settings["sasl.username"] == "u"
 
 
 def test_a_re_read_impression_wins_over_a_new_duplicate_in_a_lower_partition(tansu, tmp_path):

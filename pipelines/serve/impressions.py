@@ -116,6 +116,10 @@ class KafkaImpressions:
     bootstrap_servers: str
     topic: str
     client_config: Dict[str, object] = dataclasses.field(default_factory=dict)
+    # Secret settings by reference, as for a Kafka source: setting -> environment variable, or setting -> file.
+    # Only the names travel to the writer process, which resolves them from its own environment and files.
+    secret_env: Dict[str, str] = dataclasses.field(default_factory=dict)
+    secret_files: Dict[str, str] = dataclasses.field(default_factory=dict)
     # The longest a line may wait for its delivery report: then it is counted as not logged (write_error).
     message_timeout_ms: int = 10_000
 

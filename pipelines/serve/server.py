@@ -196,15 +196,10 @@ def options_from_config(config, host: str, port: int, impressions_dir: Optional[
     elif not impressions_dir and config.join is not None and config.join.impressions.is_kafka:
         # Join mode over a topic: the topic the join reads is the one to write.
         kafka = config.join.impressions.kafka
-        if kafka.secret_env or kafka.secret_files:
-            from pipelines.config import ConfigError
-
-            raise ConfigError(f"join.impressions is {config.join.impressions.describe()}, which needs secrets "
-                              "(join.impressions.kafka.secret_env / secret_files), and the server's impressions "
-                              "sink takes none: give --impressions DIR or --no-impressions")
         from pipelines.serve.impressions import KafkaImpressions
 
-        impressions = KafkaImpressions(kafka.bootstrap_servers, kafka.topic, dict(kafka.client_config))
+        impressions = KafkaImpressions(kafka.bootstrap_servers, kafka.topic, dict(kafka.client_config),
+                                       dict(kafka.secret_env), dict(kafka.secret_files))
     else:
         # Join mode: the log the join reads is the one to write (its schema drops what the server adds).
         default = config.join.impressions.log_dir if config.join is not None else os.path.join(config.home,
