@@ -170,7 +170,8 @@ class Guardrails:
         for name in ("min_requests", "min_calibration_successes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"guardrail {name} must be a whole number >= 1, got {v!r}")
+                setting = "guardrail_min_requests" if name == "min_requests" else name
+                raise ValueError(f"guardrail {name} (online.{setting}) must be a whole number >= 1, got {v!r}")
 
 
 @dataclasses.dataclass(frozen=True)
