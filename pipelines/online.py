@@ -7,8 +7,12 @@ what ML Metadata already holds, in two idempotent steps:
    components/online_evaluator/arm_counts.py) hold impressions of the open comparison's challenger and
    that no decision has counted yet is added to the comparison by one `update_and_decide`; the decision
    has those spans' Examples as its inputs in the same ML Metadata write, so a controller killed before
-   it counts them next time, and one killed after never counts them again. A promotion pushes the
-   challenger atomically (record.push_challenger); a retirement leaves serving untouched.
+   it counts them next time, and one killed after never counts them again. The same spans' guardrail
+   measures (each arm's requests, the challenger's fallbacks, the latency histogram, the scores:
+   components/online_evaluator/guardrails.py) are added, once, to the comparison's totals that the decision
+   records; the challenger's latency p99, error rate and calibration error read from them are what the
+   guardrails judge. A promotion pushes the challenger atomically (record.push_challenger); a retirement
+   leaves serving untouched.
 2. **Deploy.** The newest candidate blessed by the gate (and by the LatencyValidator when it is on) that
    is newer than the serving champion and than every model any decision named, and that was never
    pushed, becomes the challenger: a START decision, or a REPLACE of the running challenger. BlessingPusher
@@ -29,7 +33,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.mlmd_store import pipeline_artifacts
 from components.mlmd_vocabulary import ARM_COUNTS_PROPERTY, EXAMPLES_TYPE, PUBLISHED_STATES, prop
-from components.online_evaluator import arm_counts, record
+from components.online_evaluator import arm_counts, guardrails, record
 from components.online_evaluator.decision import CHALLENGER, CHAMPION, Counts
 from pipelines.config import DriftlineConfig
 
@@ -86,10 +90,12 @@ def count_new_spans(store: metadata_store.MetadataStore, config: DriftlineConfig
     counted = record.counted_examples_ids(store, config.pipeline_name)
     take, ignored = [], []
     champion, challenger = Counts(), Counts()
+    stats = guardrails.empty()
     for span in _spans(store, config.pipeline_name):
         if span.id in counted:
             continue
-        counts = arm_counts.from_json(prop(span, ARM_COUNTS_PROPERTY))
+        text = prop(span, ARM_COUNTS_PROPERTY)
+        counts = arm_counts.from_json(text)
         arms = arm_counts.for_challenger(counts, running.challenger_model_id)
         if arms is None:
             # Impressions served under another challenger's comparison (one that was replaced or ended before
@@ -100,12 +106,14 @@ def count_new_spans(store: metadata_store.MetadataStore, config: DriftlineConfig
             continue
         take.append(span)
         champion, challenger = champion + arms[CHAMPION], challenger + arms[CHALLENGER]
+        stats = guardrails.merge(stats, arm_counts.stats_from_json(text).get(running.challenger_model_id))
     if not take:
         return OnlineStep([], None, None, ignored)
     # On MySQL: a controller that lost the pipeline's lease records (and pushes) nothing.
     lease.fence("the online decision")
     decision = record.update_and_decide(store, config.pipeline_name, champion, challenger, config.online.rule(),
-                                        serving_dir=config.serving_dir, at_ms=at_ms, counted_examples=take)
+                                        serving_dir=config.serving_dir, at_ms=at_ms, counted_examples=take,
+                                        stats=stats)
     return OnlineStep(sorted(a.properties["span"].int_value for a in take), decision, None, ignored)
 
 

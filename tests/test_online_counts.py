@@ -130,3 +130,48 @@ def test_online_mode_needs_the_join_and_the_servers_arm_fields(tmp_path):
         served.replace(online=OnlineEvalConfig(enabled="yes")).validate()
     # Off, the join alone is fine, as before.
     home.with_join(_ads_join(tmp_path, served=False)).validate()
+
+
+def test_each_span_measures_the_guardrails_of_each_arm_from_the_shown_lines(tmp_path):
+    """The same join with the guardrail fields a routing server logs (`request_id`, `score`, `arm_latency_ms`,
+    `challenger_fallback`): a request counts once whatever number of its lines were shown, and not at all
+    when none was; a fallback (the champion answered a request drawn for the challenger) counts on the
+    challenger; every expectation by hand."""
+    from components.online_evaluator.guardrails import ArmStats, latency_bucket
+
+    cfg = _served_config(tmp_path)
+    schema = cfg.impressions.schema
+    guard = (FieldSpec("request_id", "string", required=False), FieldSpec("score", "float", required=False),
+             FieldSpec("arm_latency_ms", "float", required=False),
+             FieldSpec("challenger_fallback", "int", required=False))
+    cfg = dataclasses.replace(cfg, impressions=JoinStreamConfig(cfg.impressions.log_dir, dataclasses.replace(
+        schema, fields=schema.fields + guard)), drop_fields=cfg.drop_fields + tuple(f.name for f in guard))
+    cfg.validate()
+
+    def imp(iid, ts, position, arm, request, latency, score, fallback=0):
+        return {**_imp(iid, ts, position, arm, 7), "request_id": request, "arm_latency_ms": latency, "score": score,
+                "challenger_fallback": fallback}
+
+    impressions = [
+        imp("a0", 1_000, 0, "champion", "ra", 3.0, 0.2), imp("a1", 1_000, 1, "champion", "ra", 3.0, 0.1),
+        imp("a2", 1_000, 2, "champion", "ra", 3.0, 0.9),  # not shown: no example, no score
+        imp("b0", 2_000, 0, "challenger", "rb", 40.0, 0.5), imp("b1", 2_000, 1, "challenger", "rb", 40.0, 0.3),
+        imp("c0", 3_000, 0, "champion", "rc", 5.0, 0.4, fallback=1),
+        imp("d2", 4_000, 2, "challenger", "rd", 900.0, 0.7),  # a request with nothing shown: not counted
+        _imp("tick", 3 * SPAN_MS, 0),
+    ]
+    with EventLogWriter(cfg.impressions.log_dir) as w:
+        w.write_events(impressions)
+    with EventLogWriter(cfg.outcomes.log_dir) as w:
+        w.write_events([_click("a0", 1_500), _click("b1", 2_500), _click("tick", 3 * SPAN_MS)])
+    run = join_run.run_join(cfg, WINDOW, join.JoinState(), str(tmp_path / "spans"))
+    text = join_run.span_properties(run, WINDOW, 0, cfg, reward_field="label")["arm_counts"]
+    assert arm_counts.from_json(text) == {7: {"champion": Counts(1, 3), "challenger": Counts(1, 2)}}
+    stats = arm_counts.stats_from_json(text)[7]
+    assert stats["champion"] == ArmStats(requests=2, fallbacks=0,
+                                         latency_ms={latency_bucket(3.0): 1, latency_bucket(5.0): 1},
+                                         scored=3, score_sum=stats["champion"].score_sum, scored_successes=1)
+    assert abs(stats["champion"].score_sum - 0.7) < 1e-6  # 0.2 + 0.1 + 0.4, float32 in the log
+    assert stats["challenger"] == ArmStats(requests=1, fallbacks=1, latency_ms={latency_bucket(40.0): 1},
+                                           scored=2, score_sum=stats["challenger"].score_sum, scored_successes=1)
+    assert abs(stats["challenger"].score_sum - 0.8) < 1e-6

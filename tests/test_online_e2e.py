@@ -11,6 +11,11 @@ ranks the ads the users click least first.
   champion (version 1) serves every request throughout.
 * Better: the bad model is made the champion by hand (`challenge`, then `promote`: version 2), and the good
   model challenges it. The controller promotes it: version 3, pushed atomically, is the good model.
+* Failing: a real SavedModel that loads and passes the warm-up but fails on every real request challenges the
+  good champion, with `online.max_error_rate` set. The server answers every request drawn for it with the
+  champion and logs it as a fallback; the controller reads the challenger's error rate from the joined
+  impressions and retires it by the guardrail, never promoting it (with no clicks of its own its posterior
+  stays the prior, which could otherwise look better than a champion with a low click rate).
 
 The gate is set so that no candidate the cycles train is blessed: each comparison runs with the challenger
 the test deployed, and the cycles only join spans, count and decide.
@@ -61,6 +66,24 @@ def _write_inverted_history(impressions_dir: str, outcomes_dir: str, population)
             w.write_events(impressions)
         with event_log.EventLogWriter(outcomes_dir) as w:
             w.write_events(sorted(flipped, key=lambda o: o["event_time"]))
+
+
+def _failing_model(config, like_model_id: int, root: str) -> int:
+    """A Model artifact in the pipeline's ML Metadata whose SavedModel fails on every real request."""
+    from ml_metadata.proto import metadata_store_pb2
+    from test_serve_routing import export_picky_challenger
+
+    from components.mlmd_vocabulary import MODEL_TYPE
+    from pipelines.metadata import open_store
+    from pipelines.recovery import model_serving_dir
+
+    store = open_store(config.metadata_connection)
+    like = model_serving_dir(store.get_artifacts_by_id([like_model_id])[0].uri)
+    uri = os.path.join(root, "failing_model")
+    export_picky_challenger(like, os.path.join(uri, "Format-Serving"), max_price=0.0)  # every price is > 0
+    [model_id] = store.put_artifacts([metadata_store_pb2.Artifact(
+        type_id=store.get_artifact_type(MODEL_TYPE).id, uri=uri, state=metadata_store_pb2.Artifact.LIVE)])
+    return model_id
 
 
 def _judge(config, challenger_id: int, lines: list, said: list, max_cycles: int = 8) -> None:
@@ -147,6 +170,14 @@ def e2e(tmp_path_factory):
         assert cli.main(["challenge", "--home", home, "--model-id", str(good.model_id), "--note", "built better"]) == 0
         _judge(judging, good.model_id, result["better_lines"], result["said"])
         result["better"] = record.latest_decision(open_store(config.metadata_connection), config.pipeline_name)
+        # Failing: a challenger whose every call fails, beside the good champion (version 3).
+        result["failing_id"] = failing = _failing_model(config, good.model_id, str(root))
+        assert cli.main(["challenge", "--home", home, "--model-id", str(failing), "--note", "built to fail"]) == 0
+        guarded = judging.replace(online=dataclasses.replace(judging.online, max_error_rate=0.05))
+        result["failing_lines"] = []
+        _judge(guarded, failing, result["failing_lines"], result["said"])
+        result["failing"] = record.latest_decision(open_store(config.metadata_connection), config.pipeline_name)
+        result["versions_after_failing"] = serving.versions(config.serving_dir)
     finally:
         result["tally"] = users.stop() if users is not None else None
         stop_server(server)
@@ -176,6 +207,10 @@ def test_a_worse_challenger_is_retired_never_promoted_and_the_champion_serves_th
     assert live and {e["model_version"] for e in live} == {1}
     assert {e["model_id"] for e in live if e.get("arm") == "challenger"} == {e2e["bad"]}
     assert e2e["tally"].failed == 0, e2e["tally"].errors
+    # The guardrails' measures came from the real server's lines: every request timed, none a fallback.
+    stats = worse.stats["challenger"]
+    assert stats.requests > 0 and stats.timed == stats.requests and stats.fallbacks == 0
+    assert worse.stats["champion"].timed == worse.stats["champion"].requests > 0
 
 
 def test_a_better_challenger_is_promoted_by_the_atomic_push(e2e):
@@ -190,3 +225,19 @@ def test_a_better_challenger_is_promoted_by_the_atomic_push(e2e):
     config = e2e["config"]
     assert serving.serving_version(config.serving_dir) == 3
     assert serving_info(config.metadata_path, config.serving_dir, config.pipeline_name).model_id == e2e["good"]
+
+
+def test_a_challenger_whose_calls_fail_is_retired_by_the_error_rate_guardrail(e2e):
+    from components.online_evaluator import record
+
+    failing = e2e["failing"]
+    assert failing is not None and (failing.action, failing.rule, failing.challenger_model_id) == (
+        "retire", "guardrail_error_rate", e2e["failing_id"]), (e2e["failing_lines"], e2e["said"][-10:])
+    assert failing.champion_model_id == e2e["good"] and failing.pushed_version is None
+    # Every request drawn for it was answered by the champion: no challenger impression, error rate 1.
+    assert failing.challenger.trials == 0 and failing.readings["challenger"].error_rate == 1.0
+    assert failing.stats["challenger"].requests == 0 and failing.stats["challenger"].fallbacks >= 100
+    phase = [d for d in e2e["decisions"] if d.challenger_model_id == e2e["failing_id"]]
+    assert phase[0].action == "start" and record.PROMOTE not in {d.action for d in phase}
+    assert e2e["versions_after_failing"][-1] == 3  # the good champion (version 3) served throughout
+    assert e2e["tally"].failed == 0, e2e["tally"].errors

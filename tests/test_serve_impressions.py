@@ -62,7 +62,7 @@ def test_entries_land_in_the_event_log_and_parse_as_an_impressions_stream(tmp_pa
     assert [p["event_id"] for p in parsed] == [f"r-{i}" for i in range(500)]
     # What the server adds beyond these lines (shadow scoring, routing, exploring) is optional: absent, it is None.
     optional = ("shadow_model_id", "shadow_score", "arm", "arm_propensity", "challenger_model_id", "model_id",
-                "greedy_position", "explored", "propensity")
+                "greedy_position", "explored", "propensity", "arm_latency_ms", "challenger_fallback")
     assert parsed[7] == {**_entry(7), "clicked": None, **{k: None for k in optional}}
 
 

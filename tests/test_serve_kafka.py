@@ -65,7 +65,8 @@ def test_impressions_land_in_the_topic_and_the_kafka_source_reads_them_as_a_stre
     schema = impressions_schema(SCHEMA)
     parsed = [schema.parse(value) for value in _read_topic(tansu, topic)]
     optional = ("shadow_model_id", "shadow_score", "arm", "arm_propensity", "challenger_model_id", "model_id",
-                "greedy_position", "explored", "propensity")  # what these lines do not carry parses as None
+                "greedy_position", "explored", "propensity", "arm_latency_ms",
+                "challenger_fallback")  # what these lines do not carry parses as None
     assert parsed == [{**e, "clicked": None, **{k: None for k in optional}} for e in entries]
 
 

@@ -271,6 +271,11 @@ def test_a_challenger_that_does_not_load_leaves_every_request_to_the_champion(se
         assert r["arm"] == "champion" and r["arm_propensity"] == 1.0
         assert r["challenger_model_id"] == routing_home["broken"]
         np.testing.assert_allclose(r["predictions"], expected[1], rtol=1e-6)
+    # Still drawn (P(better) = 0.5: about half), logged as fallbacks: the error-rate guardrail's evidence.
+    fallbacks = {rid: {e["challenger_fallback"] for e in lines}
+                 for rid, lines in logged(server["home"], responses, len(sample)).items()}
+    assert all(len(v) == 1 for v in fallbacks.values())
+    assert 0 < sum(v == {1} for v in fallbacks.values()) < 20  # P(all 20 alike) = 2e-6
     assert metric(base, "driftline_serve_challenger_loaded") == 0
     assert metric(base, "driftline_serve_arm_propensity", arm="challenger") == 0
     decide(routing_home, "retire")
@@ -374,9 +379,10 @@ def test_streaming_example_gen_ingests_the_routed_and_explored_log(server, routi
     decide(routing_home, "retire", (40, 1000), (43, 1000))
 
 
-def export_picky_challenger(like: str, path: str) -> str:
+def export_picky_challenger(like: str, path: str, max_price: float = 100.0) -> str:
     """A real SavedModel with `like`'s raw signature (the same inputs) that scores 0.5, except that it fails on
-    any price over 100: it loads and passes the warm-up (zeros), then fails on the request that sends one."""
+    any price over `max_price`: it loads and passes the warm-up (zeros), then fails on the request that sends
+    one (with `max_price` 0, on every real request)."""
     import tensorflow as tf
 
     from pipelines.serve.signatures import RAW_SIGNATURE
@@ -388,7 +394,8 @@ def export_picky_challenger(like: str, path: str) -> str:
         @tf.function(input_signature=[tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in names])
         def serve(self, *columns):
             price = tf.cast(columns[names.index("price")], tf.float32)
-            with tf.control_dependencies([tf.debugging.assert_less_equal(price, 100.0, message="price over 100")]):
+            with tf.control_dependencies([tf.debugging.assert_less_equal(price, float(max_price),
+                                                                          message=f"price over {max_price}")]):
                 return {"probability": tf.fill(tf.shape(price), 0.5)}
 
     module = Picky()
@@ -399,7 +406,8 @@ def export_picky_challenger(like: str, path: str) -> str:
 def test_a_challenger_that_fails_to_score_fails_no_request(server, routing_home, serve_models, sample, expected,
                                                            tmp_path_factory):
     """The challenger scores until a request it cannot score: that request gets the champion's scores (200),
-    counted, and every request after it is the champion's at propensity 1 while the comparison stays open."""
+    counted, and every request after it is the champion's at propensity 1 while the comparison stays open; the
+    requests drawn for it are logged as fallbacks, each with its model call's latency."""
     base = server["base"]
     picky = export_picky_challenger(serve_models[1], str(tmp_path_factory.mktemp("picky") / "model"))
     model_id = record_model(routing_home["history"], newest_event_ms=T0_MS + 4, saved_model=picky)
@@ -420,6 +428,16 @@ def test_a_challenger_that_fails_to_score_fails_no_request(server, routing_home,
         assert r["arm"] == "champion" and r["arm_propensity"] == 1.0
         np.testing.assert_allclose(r["predictions"], expected[1], rtol=1e-6)
     assert metric(base, "driftline_serve_challenger_loaded") == 0
+    # The log keeps the evidence of the error-rate and latency guardrails (online_evaluator/guardrails.py): the
+    # failed request, and every later one the draw gave the challenger (P(better) ~ 1: all), is a fallback.
+    rows = logged(server["home"], [f"picky-ok-{i}" for i in range(5)] + ["picky-fails-0"] +
+                  [f"picky-after-{i}" for i in range(10)], len(sample))
+    for rid, lines in rows.items():
+        ok = rid.startswith("picky-ok")
+        for e in lines:
+            assert (e["arm"], e["challenger_fallback"]) == (("challenger", 0) if ok else ("champion", 1)), e
+            assert e["challenger_model_id"] == model_id
+            assert isinstance(e["arm_latency_ms"], float) and 0 < e["arm_latency_ms"] < 60_000
     decide(routing_home, "retire", weak, strong, challenger=model_id)
     until(lambda: metric(base, "driftline_serve_challenger_model_id") == 0, what="the end of the comparison")
 

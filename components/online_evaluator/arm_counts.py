@@ -12,12 +12,17 @@ The server writes, on every line it serves while a comparison is open, `arm` ("c
 impression is counted for the comparison it was served under. A line without them (no comparison open)
 is counted nowhere. A success is the reward field (`online.reward_field`, by default the label the join
 sets) > 0: one per impression, however many clicks, so successes never exceed trials.
+
+Each arm's entry also holds its guardrail measures over the same impressions (guardrails.py: requests,
+fallbacks, the latency histogram, the scores' sum), which `from_json` leaves out and `stats_from_json`
+reads; a span written before they were measured has none, and adds nothing to them.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Dict, Iterable, Mapping, Optional
 
+from components.online_evaluator import guardrails
 from components.online_evaluator.decision import CHALLENGER, CHAMPION, Counts
 
 # The impression fields the server writes (the contract between serve routing and the controller).
@@ -47,9 +52,22 @@ def count_arms(events: Iterable[Mapping[str, Any]], reward_field: str) -> ArmCou
     return {cid: {arm: Counts(s, n) for arm, (s, n) in arms.items()} for cid, arms in tally.items()}
 
 
-def to_json(counts: ArmCounts) -> str:
-    return json.dumps({str(cid): {arm: {"successes": c.successes, "trials": c.trials} for arm, c in arms.items()}
+def to_json(counts: ArmCounts, stats: Optional[Dict[int, guardrails.ArmsStats]] = None) -> str:
+    stats = stats or {}
+
+    def entry(cid: int, arm: str, c: Counts) -> dict:
+        measured = stats.get(cid, {}).get(arm)
+        return {**(measured.to_dict() if measured is not None else {}), "successes": c.successes, "trials": c.trials}
+
+    return json.dumps({str(cid): {arm: entry(cid, arm, c) for arm, c in arms.items()}
                        for cid, arms in sorted(counts.items())}, sort_keys=True)
+
+
+def span_json(events: Iterable[Mapping[str, Any]], reward_field: str) -> str:
+    """A span's `arm_counts` property: each arm's counts and guardrail measures per challenger (JoinExampleGen)."""
+    events = list(events)
+    return to_json(count_arms(events, reward_field), guardrails.measure(events, reward_field, ARM_FIELD,
+                                                                        CHALLENGER_ID_FIELD))
 
 
 def from_json(text: Optional[str]) -> ArmCounts:
@@ -58,6 +76,13 @@ def from_json(text: Optional[str]) -> ArmCounts:
         return {}
     return {int(cid): {arm: Counts(int(c["successes"]), int(c["trials"])) for arm, c in arms.items()}
             for cid, arms in json.loads(text).items()}
+
+
+def stats_from_json(text: Optional[str]) -> Dict[int, guardrails.ArmsStats]:
+    """The guardrail measures in the property (zero for a span written before they were measured)."""
+    if not text:
+        return {}
+    return {int(cid): guardrails.from_dict(arms) for cid, arms in json.loads(text).items()}
 
 
 def for_challenger(counts: ArmCounts, challenger_model_id: int) -> Optional[Dict[str, Counts]]:

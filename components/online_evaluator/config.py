@@ -35,6 +35,10 @@ class OnlineEvalConfig:
     max_latency_p99_ms: Optional[float] = None
     max_error_rate: Optional[float] = None
     max_calibration_error: Optional[float] = None
+    # ... judged once the challenger has this many requests drawn for it (latency p99, error rate) and this
+    # many successes among its shown impressions (calibration): components/online_evaluator/guardrails.py.
+    guardrail_min_requests: int = 100
+    min_calibration_successes: int = 50
 
     def validate(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -54,4 +58,5 @@ class OnlineEvalConfig:
         return DecisionRule(threshold=self.threshold, min_impressions=self.min_impressions,
                             prior=Prior(self.prior_alpha, self.prior_beta),
                             guardrails=Guardrails(self.max_latency_p99_ms, self.max_error_rate,
-                                                  self.max_calibration_error))
+                                                  self.max_calibration_error, self.guardrail_min_requests,
+                                                  self.min_calibration_successes))

@@ -11,8 +11,8 @@ Beta(prior_alpha + successes, prior_beta + trials - successes).
 * `choose_arm` is Thompson sampling: one draw from each posterior, the larger wins. The chosen arm's
   propensity is the probability that its draw wins, i.e. `prob_better` (or 1 minus it): exact, so an
   off-policy estimate can weight by it.
-* `decide` applies the rule: retire on a broken guardrail (latency p99, error rate, calibration) at any
-  time; with at least `min_impressions` impressions in the comparison (both arms), promote when
+* `decide` applies the rule: retire on a broken guardrail (latency p99, error rate, calibration: the
+  challenger's readings, measured from its served impressions by guardrails.py) at any time; with at least `min_impressions` impressions in the comparison (both arms), promote when
   P(better) >= threshold, retire when P(worse) >= threshold; otherwise continue.
 * `Comparison.replace_challenger` restarts the comparison with a newer candidate: both arms' counts
   start again from zero, so the two arms are always measured over the same stretch of traffic (the
@@ -155,18 +155,29 @@ class Guardrails:
     """Limits on the challenger; None: not checked. A breach retires it whatever the posteriors say."""
 
     max_latency_p99_ms: Optional[float] = None
-    max_error_rate: Optional[float] = None  # failed requests / requests served by the challenger
-    # |mean predicted click probability / observed click rate - 1| over the challenger's impressions
+    # requests drawn for the challenger that it did not answer (the champion did) / requests drawn for it
+    max_error_rate: Optional[float] = None
+    # |mean predicted click probability / observed click rate - 1| over the challenger's shown impressions
     max_calibration_error: Optional[float] = None
+    # The evidence a reading needs before it is judged (guardrails.py): requests for the latency p99 and the
+    # error rate, successes for the calibration.
+    min_requests: int = 100
+    min_calibration_successes: int = 50
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _optional_limit(f.name, getattr(self, f.name))
+        for name in ("max_latency_p99_ms", "max_error_rate", "max_calibration_error"):
+            _optional_limit(name, getattr(self, name))
+        for name in ("min_requests", "min_calibration_successes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                setting = "guardrail_min_requests" if name == "min_requests" else name
+                raise ValueError(f"guardrail {name} (online.{setting}) must be a whole number >= 1, got {v!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class GuardrailReading:
-    """What was measured of the challenger this cycle; None (or NaN): not measured, so not judged."""
+    """What was measured of the challenger since the comparison (re)started (guardrails.py); None (or NaN):
+    not measured, or too little evidence yet, so not judged."""
 
     latency_p99_ms: Optional[float] = None
     error_rate: Optional[float] = None

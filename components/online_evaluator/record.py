@@ -6,6 +6,10 @@ properties are the action (start, continue, promote, retire, replace), the rule 
 ids, each arm's **cumulative** successes and trials since the comparison (re)started, P(challenger
 better), the threshold and minimum it was judged against, and whether a person made it (`driftline
 promote` / `retire`); the Beta posteriors are in a JSON custom property, the reason in words in another.
+A decision the controller made from spans also records the comparison's cumulative guardrail measures
+(`guardrail_stats`, JSON, guardrails.py) and the readings judged from them (`guardrail_readings`, JSON, per
+arm; the challenger's as the double properties `challenger_latency_p99_ms`, `challenger_error_rate`,
+`challenger_calibration_error` when measured), so a restart continues the measures as it continues the counts.
 
 ML Metadata is the single source of truth: the running comparison is the newest decision's models and
 counts, unless that decision ended it (promote, retire). A controller or server that restarts reads it
@@ -19,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set
 
 from ml_metadata import errors as mlmd_errors
 from ml_metadata.metadata_store import metadata_store
@@ -28,9 +32,11 @@ from ml_metadata.proto import metadata_store_pb2
 from components.blessing_pusher import serving
 from components.mlmd_store import pipeline_context, pushed_model_type_id
 from components.mlmd_vocabulary import MODEL_TYPE, ONLINE_DECISION_TYPE, PIPELINE_CONTEXT_TYPE
+from components.online_evaluator import guardrails
 from components.online_evaluator.decision import (
     CONTINUE, PROMOTE, REPLACE, RETIRE, RULE_MANUAL, RULE_NEW_COMPARISON, RULE_NEWER_CANDIDATE, START,
-    BetaPosterior, Comparison, Counts, Decision, DecisionRule, GuardrailReading, decide, prob_better)
+    CHALLENGER, CHAMPION, BetaPosterior, Comparison, Counts, Decision, DecisionRule, GuardrailReading, decide,
+    prob_better)
 
 TERMINAL_ACTIONS = (PROMOTE, RETIRE)
 _INT, _DOUBLE, _STRING = metadata_store_pb2.INT, metadata_store_pb2.DOUBLE, metadata_store_pb2.STRING
@@ -64,6 +70,10 @@ class RecordedDecision:
     manual: bool
     replaced_model_id: Optional[int] = None  # REPLACE: the challenger that made way
     pushed_version: Optional[int] = None  # PROMOTE with a serving folder: the version the push made
+    # The comparison's cumulative guardrail measures per arm, and each arm's readings from them (the
+    # challenger's judged): None for a decision that measured nothing (start, replace, a manual one early on).
+    stats: Optional[Dict[str, guardrails.ArmStats]] = None
+    readings: Optional[Dict[str, GuardrailReading]] = None
 
     @property
     def comparison(self) -> Optional[Comparison]:
@@ -76,13 +86,25 @@ class RecordedDecision:
         who = "by hand" if self.manual else f"rule {self.rule}"
         counts = (f"champion model {self.champion_model_id} {self.champion.successes}/{self.champion.trials}, "
                   f"challenger model {self.challenger_model_id} {self.challenger.successes}/{self.challenger.trials}")
+        guard = ""
+        if self.readings is not None:
+            r = self.readings[CHALLENGER]
+            guard = (f"; challenger guardrails: latency p99 {_shown(r.latency_p99_ms, ' ms')}, error rate "
+                     f"{_shown(r.error_rate)}, calibration error {_shown(r.calibration_error)}")
         return (f"{self.action} ({who}, execution {self.execution_id}): {counts}; "
-                f"P(challenger better) = {self.p_better:.4f}; {self.reason}")
+                f"P(challenger better) = {self.p_better:.4f}{guard}; {self.reason}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["champion"], d["challenger"] = dataclasses.asdict(self.champion), dataclasses.asdict(self.challenger)
+        d["stats"] = guardrails.to_dict(self.stats) if self.stats is not None else None
+        d["readings"] = ({arm: dataclasses.asdict(r) for arm, r in self.readings.items()}
+                         if self.readings is not None else None)
         return d
+
+
+def _shown(value: Optional[float], unit: str = "") -> str:
+    return "not judged yet" if value is None else f"{value:.4g}{unit}"
 
 
 def champion_model_id(store: metadata_store.MetadataStore, pipeline_name: str) -> Optional[int]:
@@ -140,10 +162,12 @@ def record(store: metadata_store.MetadataStore, pipeline_name: str, comparison: 
            rule: str, reason: str, decision_rule: DecisionRule, manual: bool = False,
            replaced_model_id: Optional[int] = None, at_ms: Optional[int] = None,
            pushed: Optional[serving.PushResult] = None,
-           counted_examples: Sequence[metadata_store_pb2.Artifact] = ()) -> RecordedDecision:
+           counted_examples: Sequence[metadata_store_pb2.Artifact] = (),
+           stats: Optional[Dict[str, guardrails.ArmStats]] = None) -> RecordedDecision:
     """Writes one decision (with `comparison`'s models and cumulative counts) as a new execution; a
     promotion's push, when given, as its output `PushedModel` (what `status` and `lineage` read as serving);
-    `counted_examples`, the spans whose counts this decision added, as its inputs (key "examples")."""
+    `counted_examples`, the spans whose counts this decision added, as its inputs (key "examples"); `stats`, the
+    comparison's cumulative guardrail measures, with each arm's readings judged from them by `decision_rule`."""
     at_ms = int(time.time() * 1000) if at_ms is None else int(at_ms)
     champion = BetaPosterior.from_counts(comparison.champion, decision_rule.prior)
     challenger = BetaPosterior.from_counts(comparison.challenger, decision_rule.prior)
@@ -169,6 +193,16 @@ def record(store: metadata_store.MetadataStore, pipeline_name: str, comparison: 
         {"champion": dataclasses.asdict(champion), "challenger": dataclasses.asdict(challenger)}, sort_keys=True)
     if replaced_model_id is not None:
         e.custom_properties["replaced_model_id"].int_value = int(replaced_model_id)
+    readings = None
+    if stats is not None:
+        stats = guardrails.merge(stats, None)
+        readings = arm_readings(stats, decision_rule)
+        e.custom_properties["guardrail_stats"].string_value = json.dumps(guardrails.to_dict(stats), sort_keys=True)
+        e.custom_properties["guardrail_readings"].string_value = json.dumps(
+            {arm: dataclasses.asdict(r) for arm, r in readings.items()}, sort_keys=True)
+        for name, value in dataclasses.asdict(readings[CHALLENGER]).items():
+            if value is not None:
+                e.custom_properties[f"challenger_{name}"].double_value = float(value)
     inputs = []
     for key, model_id in (("champion", comparison.champion_model_id), ("challenger", comparison.challenger_model_id)):
         model = _model(store, model_id)
@@ -200,12 +234,25 @@ def record(store: metadata_store.MetadataStore, pipeline_name: str, comparison: 
     execution_id, _, _ = store.put_execution(e, inputs, [pipeline_context(store, pipeline_name)])
     return RecordedDecision(execution_id, action, rule, reason, comparison.champion_model_id,
                             comparison.challenger_model_id, comparison.champion, comparison.challenger, p, at_ms,
-                            manual, replaced_model_id, pushed.version if pushed is not None else None)
+                            manual, replaced_model_id, pushed.version if pushed is not None else None, stats,
+                            readings)
+
+
+def arm_readings(stats: Dict[str, guardrails.ArmStats], decision_rule: DecisionRule) -> Dict[str, GuardrailReading]:
+    """Each arm's guardrail reading from its cumulative measures, with the rule's minimum evidence."""
+    g = decision_rule.guardrails
+    return {arm: guardrails.reading(stats[arm], g.min_requests, g.min_calibration_successes)
+            for arm in (CHAMPION, CHALLENGER)}
 
 
 def _from_execution(e: metadata_store_pb2.Execution) -> RecordedDecision:
     p = e.properties
     replaced = e.custom_properties.get("replaced_model_id")
+    stats = readings = None
+    if "guardrail_stats" in e.custom_properties:
+        stats = guardrails.from_dict(json.loads(e.custom_properties["guardrail_stats"].string_value))
+        readings = {arm: GuardrailReading(**r) for arm, r in
+                    json.loads(e.custom_properties["guardrail_readings"].string_value).items()}
     return RecordedDecision(
         execution_id=e.id, action=p["action"].string_value, rule=p["rule"].string_value,
         reason=e.custom_properties["reason"].string_value if "reason" in e.custom_properties else "",
@@ -215,7 +262,8 @@ def _from_execution(e: metadata_store_pb2.Execution) -> RecordedDecision:
         p_better=p["p_better"].double_value, at_ms=p["at_ms"].int_value, manual=bool(p["manual"].int_value),
         replaced_model_id=replaced.int_value if replaced is not None else None,
         pushed_version=(e.custom_properties["pushed_version"].int_value
-                        if "pushed_version" in e.custom_properties else None))
+                        if "pushed_version" in e.custom_properties else None),
+        stats=stats, readings=readings)
 
 
 def decisions(store: metadata_store.MetadataStore, pipeline_name: str) -> List[RecordedDecision]:
@@ -298,18 +346,28 @@ def push_challenger(store: metadata_store.MetadataStore, serving_dir: str, model
 def update_and_decide(store: metadata_store.MetadataStore, pipeline_name: str, champion: Counts, challenger: Counts,
                       decision_rule: DecisionRule = DecisionRule(), reading: Optional[GuardrailReading] = None,
                       serving_dir: Optional[str] = None, at_ms: Optional[int] = None,
-                      counted_examples: Sequence[metadata_store_pb2.Artifact] = ()) -> RecordedDecision:
+                      counted_examples: Sequence[metadata_store_pb2.Artifact] = (),
+                      stats: Optional[Dict[str, guardrails.ArmStats]] = None) -> RecordedDecision:
     """One cycle: the running comparison plus this cycle's counts, judged by the rule, and recorded.
 
-    With `serving_dir`, a promotion pushes the challenger first; if the push fails nothing is recorded
-    (OnlineEvalError), so the comparison and its evidence stand for the next cycle. `counted_examples`: the
-    spans' Examples the counts came from, recorded as the decision's inputs in the same write."""
+    `stats`: this cycle's guardrail measures (from the same spans as the counts), added to the running
+    comparison's (the newest decision's); the challenger's reading from the sum is what the guardrails
+    judge, unless `reading` is given. With `serving_dir`, a promotion pushes the challenger first; if the push
+    fails nothing is recorded (OnlineEvalError), so the comparison and its evidence stand for the next cycle.
+    `counted_examples`: the spans' Examples the counts came from, recorded as the decision's inputs in the
+    same write."""
+    latest = latest_decision(store, pipeline_name)
     running = _running(store, pipeline_name).update(champion, challenger)
+    total = None
+    if stats is not None or (latest is not None and latest.stats is not None):
+        total = guardrails.merge(latest.stats if latest is not None else None, stats)
+        if reading is None:
+            reading = arm_readings(total, decision_rule)[CHALLENGER]
     d: Decision = decide(running.champion, running.challenger, decision_rule, reading)
     pushed = push_challenger(store, serving_dir, running.challenger_model_id) \
         if d.action == PROMOTE and serving_dir is not None else None
     return record(store, pipeline_name, running, d.action, d.rule, d.reason, decision_rule, at_ms=at_ms, pushed=pushed,
-                  counted_examples=counted_examples)
+                  counted_examples=counted_examples, stats=total)
 
 
 def counted_examples_ids(store: metadata_store.MetadataStore, pipeline_name: str) -> Set[int]:
@@ -329,12 +387,14 @@ def decide_by_hand(store: metadata_store.MetadataStore, pipeline_name: str, acti
     a retirement changes nothing that serves: the champion never stopped."""
     if action not in TERMINAL_ACTIONS:
         raise OnlineEvalError(f"a decision by hand is {' or '.join(TERMINAL_ACTIONS)}, not {action!r}")
+    latest = latest_decision(store, pipeline_name)
     running = _running(store, pipeline_name)
     reason = f"{action} by hand" + (f": {note}" if note else "")
     pushed = push_challenger(store, serving_dir, running.challenger_model_id) \
         if action == PROMOTE and serving_dir is not None else None
+    # The measures so far are recorded with the evidence (a person may have acted on a reading).
     return record(store, pipeline_name, running, action, RULE_MANUAL, reason, decision_rule, manual=True,
-                  at_ms=at_ms, pushed=pushed)
+                  at_ms=at_ms, pushed=pushed, stats=latest.stats if latest is not None else None)
 
 
 __all__ = ["OnlineEvalError", "RecordedDecision", "record", "decisions", "latest_decision", "open_comparison",

@@ -159,8 +159,9 @@ def span_properties(run: JoinRun, window: windowing.Window, span: int, config: J
                     reward_field: Optional[str] = None) -> Dict[str, object]:
     """The custom properties of one emitted span's `Examples` artifact (the dead letters count in the first).
 
-    `reward_field` (online evaluation on): also each arm's shown impressions and successes per challenger
-    (`arm_counts`, components/online_evaluator/arm_counts.py), what the controller feeds the comparison."""
+    `reward_field` (online evaluation on): also each arm's shown impressions and successes per challenger, and
+    their guardrail measures (`arm_counts`, components/online_evaluator/arm_counts.py), what the controller
+    feeds the comparison."""
     result = run.result
     examples = [e for e in result.examples if e.span == span]
     first = span == min(result.emitted_spans)
@@ -169,7 +170,7 @@ def span_properties(run: JoinRun, window: windowing.Window, span: int, config: J
     outcome_times = [t for e in examples for t in e.outcome_times_ms]
     start_ms, end_ms = window.span_bounds(span)
     online = {} if reward_field is None else {
-        ARM_COUNTS_PROPERTY: arm_counts.to_json(arm_counts.count_arms((e.event for e in examples), reward_field))}
+        ARM_COUNTS_PROPERTY: arm_counts.span_json((e.event for e in examples), reward_field)}
     return {
         **online,
         COMMITTED_STATE_PROPERTY: run.committed.to_json(),

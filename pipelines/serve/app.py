@@ -160,9 +160,10 @@ def create_app(state: ServeState) -> Starlette:
         champion_id = facts.model_id if facts is not None else None
         if routing is not None and champion_id is not None and champion_id == routing.challenger_model_id:
             routing = None  # the challenger was promoted: it is the champion now, whatever ML Metadata says next
-        arm, arm_propensity = routing.choose(state.rng) if routing is not None else (CHAMPION, 1.0)
+        arm, arm_propensity, fallback = routing.draw(state.rng) if routing is not None else (CHAMPION, 1.0, False)
         scores = None
         if arm == CHALLENGER:
+            called = time.perf_counter()
             try:
                 scores = await run_in_threadpool(routing.model.predict, columns)
                 if len(scores) != n:
@@ -172,9 +173,12 @@ def create_app(state: ServeState) -> Starlette:
                           routing.challenger_model_id, type(e).__name__, e)
                 if state.challenger_failed is not None:
                     state.challenger_failed(routing)
-                arm, arm_propensity, scores = CHAMPION, 1.0, None
+                arm, arm_propensity, scores, fallback = CHAMPION, 1.0, None, True
         if scores is None:
+            called = time.perf_counter()
             scores = await run_in_threadpool(model.predict, columns)
+        # The scoring call's latency, logged for the arm's latency guardrail (online_evaluator/guardrails.py).
+        latency_ms = round((time.perf_counter() - called) * 1000.0, 3)
         metrics.arm_requests.labels(arm).inc()
         score_list = scores.tolist()
         served: Dict[str, List[Any]] = {}
@@ -193,12 +197,15 @@ def create_app(state: ServeState) -> Starlette:
         if scorer_id is not None:
             routed["model_id"] = scorer_id
         if state.impressions is not None:
+            logged = {**routed, "arm_latency_ms": latency_ms}
+            if routing is not None:
+                logged["challenger_fallback"] = int(fallback)
             # Rows are built and written by the log's thread, off the request's path; the shadow candidate
             # (read once, like the served model) scores them there too: this request hands over a reference.
             shadow = state.shadow() if state.shadow is not None else None
             state.impressions.submit({**columns, "request_id": [request_id] * n, "model_version": [model.version] * n,
                                       "score": score_list, "position": positions, **served,
-                                      **{k: [v] * n for k, v in routed.items()}}, n, shadow=shadow)
+                                      **{k: [v] * n for k, v in logged.items()}}, n, shadow=shadow)
         body: Dict[str, Any] = {"model_version": model.version, "request_id": request_id}
         if routing is not None:
             body.update(routed)

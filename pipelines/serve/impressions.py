@@ -18,6 +18,10 @@ request arrived, in epoch milliseconds), plus what the server added:
   drawn for the request (Thompson sampling; 1.0 when no comparison is open); while one is open,
   `challenger_model_id` (its challenger's ML Metadata id, on both arms' lines); `model_id`, the ML
   Metadata id of the model that scored the line, when the server knows it (pipelines/serve/routing.py);
+* `arm_latency_ms`: how long the call of the model that scored the request took, in ms; while a comparison is
+  open, `challenger_fallback`: 1 when the request was drawn for the challenger but the champion answered
+  (the challenger failed, or is not loaded), else 0: what the challenger's guardrails are read from
+  (components/online_evaluator/guardrails.py);
 * rank requests only: `greedy_position` (the item's place in the score order), `explored` (1: the
   order was the exploration draw, a random permutation) and `propensity` (the probability that the
   ranking policy put the item at `position`: `(1 - eps) * [position == greedy_position] + eps / N`);
@@ -74,7 +78,10 @@ SERVER_FIELDS = (FieldSpec("request_id", "string"), FieldSpec("model_version", "
                  FieldSpec("arm", "string", required=False), FieldSpec("arm_propensity", "float", required=False),
                  FieldSpec("challenger_model_id", "int", required=False), FieldSpec("model_id", "int", required=False),
                  FieldSpec("greedy_position", "int", required=False), FieldSpec("explored", "int", required=False),
-                 FieldSpec("propensity", "float", required=False))
+                 FieldSpec("propensity", "float", required=False),
+                 # The guardrails' evidence (components/online_evaluator/guardrails.py).
+                 FieldSpec("arm_latency_ms", "float", required=False),
+                 FieldSpec("challenger_fallback", "int", required=False))
 # Requests' batches waiting for the writer; beyond it lines are dropped and counted (queue_full).
 DEFAULT_MAX_PENDING = 4096
 # Lines joined into one append (one lock, one write).

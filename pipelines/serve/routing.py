@@ -20,7 +20,9 @@ A challenger that does not load, or fails to score a request, never fails a
 request: the champion scores it, the failure is counted, and that challenger
 is not routed to again (it is retried only as another comparison's
 challenger); until then every request is the champion's with propensity 1,
-since the policy no longer chooses. Reading ML Metadata never fails the
+since the policy no longer chooses. The arm is still drawn (`Routing.draw`):
+a request drawn for the challenger that the champion answered is logged with
+`challenger_fallback` 1, the evidence of the challenger's error rate. Reading ML Metadata never fails the
 server either: an error is counted, and the last routing stands until the
 next read.
 
@@ -65,6 +67,20 @@ class Routing:
         if self.model is None:
             return CHAMPION, 1.0
         return choose_arm(self.champion, self.challenger, rng, p_better=self.p_better)
+
+    def draw(self, rng: np.random.Generator) -> Tuple[str, float, bool]:
+        """(the arm that serves, its propensity, fallback) for one request.
+
+        Without a loaded challenger (it did not load, or failed on a request) the champion serves at
+        propensity 1, but the draw is still made: `fallback` says the challenger was drawn and the champion
+        answered instead, what the challenger's error-rate guardrail counts (components/online_evaluator/
+        guardrails.py). Logged per impression, it survives restarts of the server; its memory does not."""
+        if self.model is None:
+            drawn = rng.beta(self.challenger.alpha, self.challenger.beta) > rng.beta(self.champion.alpha,
+                                                                                     self.champion.beta)
+            return CHAMPION, 1.0, bool(drawn)
+        arm, p = choose_arm(self.champion, self.challenger, rng, p_better=self.p_better)
+        return arm, p, False
 
     def propensities(self) -> Tuple[float, float]:
         """(P(champion chosen), P(challenger chosen)) per request."""
