@@ -177,3 +177,17 @@ def test_comparison_update_and_replacement():
     with pytest.raises(ValueError, match="both champion and challenger"):
         Comparison(4, 4)
     assert math.isclose(decide(c.champion, c.challenger).p_better, 0.5, abs_tol=1e-9)
+
+
+def test_a_challenger_that_served_too_few_impressions_is_not_promoted_on_its_prior():
+    """A challenger whose every draw fell back to the champion has no impressions of its own: with a 2 % CTR
+    champion, its Beta(1, 1) prior alone reads P(better) ~ 0.98, yet it must not be promoted."""
+    champ, silent = Counts(successes=40, trials=2000), Counts(successes=0, trials=0)
+    d = decide(champ, silent, DecisionRule(threshold=0.95, min_impressions=1000))
+    assert d.p_better > 0.95  # the prior alone would have promoted it
+    assert (d.action, d.rule) == (CONTINUE, "min_challenger_impressions")
+    served = Counts(successes=8, trials=99)
+    assert decide(champ, served, DecisionRule(min_challenger_impressions=99)).action == PROMOTE  # exactly
+    assert decide(champ, served, DecisionRule(min_challenger_impressions=100)).action == CONTINUE
+    with pytest.raises(ValueError, match="min_challenger_impressions"):
+        DecisionRule(min_challenger_impressions=-1)

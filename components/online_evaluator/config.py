@@ -28,12 +28,17 @@ class OnlineEvalConfig:
     threshold: float = 0.95
     # ... once the comparison has this many impressions (both arms together).
     min_impressions: int = 1000
+    # ... and a promotion needs this many impressions served by the challenger itself (not counting draws for
+    # it that fell back to the champion).
+    min_challenger_impressions: int = 100
     # Each arm's Beta prior on its reward rate.
     prior_alpha: float = 1.0
     prior_beta: float = 1.0
     # Guardrails on the challenger (None: not checked); a breach retires it.
     max_latency_p99_ms: Optional[float] = None
-    max_error_rate: Optional[float] = None
+    # The error rate's default: a challenger that fails half of the requests drawn for it is broken, not noisy
+    # (it is tried no more after a failure, so the rate goes to 1); set it lower to retire on fewer errors.
+    max_error_rate: Optional[float] = 0.5
     max_calibration_error: Optional[float] = None
     # ... judged once the challenger has this many requests drawn for it (latency p99, error rate) and this
     # many successes among its shown impressions (calibration): components/online_evaluator/guardrails.py.
@@ -56,6 +61,7 @@ class OnlineEvalConfig:
 
     def rule(self) -> DecisionRule:
         return DecisionRule(threshold=self.threshold, min_impressions=self.min_impressions,
+                            min_challenger_impressions=self.min_challenger_impressions,
                             prior=Prior(self.prior_alpha, self.prior_beta),
                             guardrails=Guardrails(self.max_latency_p99_ms, self.max_error_rate,
                                                   self.max_calibration_error, self.guardrail_min_requests,

@@ -12,8 +12,10 @@ Beta(prior_alpha + successes, prior_beta + trials - successes).
   propensity is the probability that its draw wins, i.e. `prob_better` (or 1 minus it): exact, so an
   off-policy estimate can weight by it.
 * `decide` applies the rule: retire on a broken guardrail (latency p99, error rate, calibration: the
-  challenger's readings, measured from its served impressions by guardrails.py) at any time; with at least `min_impressions` impressions in the comparison (both arms), promote when
-  P(better) >= threshold, retire when P(worse) >= threshold; otherwise continue.
+  challenger's readings, measured from its served impressions by guardrails.py) at any time; with at least
+  `min_impressions` impressions in the comparison (both arms), promote when P(better) >= threshold and the
+  challenger itself served at least `min_challenger_impressions`, retire when P(worse) >= threshold;
+  otherwise continue.
 * `Comparison.replace_challenger` restarts the comparison with a newer candidate: both arms' counts
   start again from zero, so the two arms are always measured over the same stretch of traffic (the
   population drifts; a champion's older clicks are not comparable with a new challenger's).
@@ -39,6 +41,7 @@ RULE_LATENCY = "guardrail_latency_p99"
 RULE_ERROR_RATE = "guardrail_error_rate"
 RULE_CALIBRATION = "guardrail_calibration"
 RULE_MIN_IMPRESSIONS = "min_impressions"  # continue: too few impressions to decide on the posteriors
+RULE_MIN_CHALLENGER_IMPRESSIONS = "min_challenger_impressions"  # continue: the challenger itself served too few
 RULE_UNDECIDED = "undecided"  # continue: enough impressions, neither probability past the threshold
 RULE_MANUAL = "manual"  # `driftline promote` / `driftline retire`
 RULE_NEWER_CANDIDATE = "newer_candidate"  # a newer candidate replaced the challenger
@@ -197,15 +200,20 @@ class DecisionRule:
     min_impressions: int = 1000  # in the comparison, both arms together
     prior: Prior = Prior()
     guardrails: Guardrails = Guardrails()
+    # A promotion also needs this many impressions served by the challenger itself. Without it, a challenger
+    # that never answers (every draw for it falls back to the champion, logged as the champion's) gathers no
+    # evidence, and its prior alone reads P(better) ~ 1 - the champion's rate: >= 0.95 for any CTR under 5 %.
+    min_challenger_impressions: int = 100
 
     def __post_init__(self) -> None:
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.5 < t < 1.0:
             raise ValueError(f"the decision threshold must be a probability in (0.5, 1), got {t!r} "
                              "(0.95: promote when P(challenger better) >= 0.95)")
-        m = self.min_impressions
-        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
-            raise ValueError(f"min_impressions must be a whole number >= 0, got {m!r}")
+        for name in ("min_impressions", "min_challenger_impressions"):
+            m = getattr(self, name)
+            if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, got {m!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +256,10 @@ def decide(champion: Counts, challenger: Counts, rule: DecisionRule = DecisionRu
     if n < rule.min_impressions:
         return made(CONTINUE, RULE_MIN_IMPRESSIONS,
                     f"{n} impressions < the minimum {rule.min_impressions}; P(better) = {p:.4f}")
+    if p >= rule.threshold and challenger.trials < rule.min_challenger_impressions:
+        return made(CONTINUE, RULE_MIN_CHALLENGER_IMPRESSIONS,
+                    f"P(challenger better) = {p:.4f} >= {rule.threshold}, but the challenger served "
+                    f"{challenger.trials} impressions < the minimum {rule.min_challenger_impressions}")
     if p >= rule.threshold:
         return made(PROMOTE, RULE_P_BETTER, f"P(challenger better) = {p:.4f} >= {rule.threshold} after {n} impressions")
     if 1.0 - p >= rule.threshold:
