@@ -44,10 +44,7 @@ if ROOT not in sys.path:
 
 from benchmarks.results_md import machine_info, marks, replace_section  # noqa: E402
 
-SECTION = "closed-loop"
-START_MARK, END_MARK = marks(SECTION)
-RESULTS_JSON = os.path.join(ROOT, "benchmarks", "results", "closed_loop.json")
-RESULTS_PNG = os.path.join(ROOT, "benchmarks", "results", "closed_loop.png")
+RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 RESULTS_MD = os.path.join(ROOT, "benchmarks", "RESULTS.md")
 HOT_SHOWN_HALF = 0.5
 
@@ -62,6 +59,16 @@ def regimes(batch_every: int) -> Dict[str, int]:
     return {"continuous": CONTINUOUS, f"batch every {batch_every} spans": batch_every, "static": STATIC}
 
 
+def chosen_regimes(args: argparse.Namespace) -> Dict[str, int]:
+    """The regimes `--regimes` names (continuous, batch, static), in that order."""
+    every = regimes(args.batch_every)
+    wanted = {w.strip() for w in args.regimes.split(",")}
+    unknown = wanted - {"continuous", "batch", "static"}
+    if unknown:
+        raise SystemExit(f"--regimes: unknown {sorted(unknown)}; choose from continuous, batch, static")
+    return {name: k for name, k in every.items() if name.split()[0] in wanted}
+
+
 def run_regime(home: str, retrain_every_spans: int, args: argparse.Namespace) -> dict:
     """One regime in this process; returns what the summary needs (JSON-ready)."""
     from pipelines.closed_loop import run_closed_loop
@@ -72,7 +79,9 @@ def run_regime(home: str, retrain_every_spans: int, args: argparse.Namespace) ->
     result = run_closed_loop(home, span_seconds=args.span_seconds, history_minutes=args.history_minutes,
                              requests_per_second=args.requests_per_second, seed=args.seed,
                              progress=log, live_spans=args.live_spans, retrain_every_spans=retrain_every_spans,
-                             hot_ad_after_seconds=args.hot_after_spans * args.span_seconds)
+                             hot_ad_after_seconds=args.hot_after_spans * args.span_seconds,
+                             attribution_window_seconds=args.attribution_window_seconds,
+                             allowed_lateness_seconds=args.allowed_lateness_seconds)
     return {"rows": result.rows, "cycles": result.cycles, "requests": result.tally.requests,
             "failed": result.tally.failed, "errors": result.tally.errors,
             "versions_in_order": result.tally.versions_in_order, "wall_s": time.monotonic() - started,
@@ -96,7 +105,8 @@ def summarize(run: dict, args: argparse.Namespace) -> dict:
     hot_rates = [(r["span"] - first, _ratio(r["hot_shown"], r["hot_candidates"])) for r in rows if r["hot_candidates"]]
     hot_half = next((i for i, rate in hot_rates if rate is not None and rate >= HOT_SHOWN_HALF), None)
     hot_first = min((i for i, _ in hot_rates), default=None)
-    fresh = [c["click_freshness_median_seconds"] for c in run["cycles"]
+    # Cycles after the first: the first trains on the written history, whose clicks no served user made.
+    fresh = [c["click_freshness_median_seconds"] for c in run["cycles"][1:]
              if c.get("click_freshness_median_seconds") is not None]
     fresh.sort()
     return {
@@ -154,9 +164,18 @@ def _f(x: Optional[float], fmt: str = ".4f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def section_name(name: str) -> str:
+    """The RESULTS.md section of results named `name` (`closed_loop`: `closed-loop`)."""
+    return name.replace("_", "-")
+
+
 def section(result: dict) -> str:
     a, m = result["args"], result["machine"]
-    lines = [START_MARK, "## The closed loop in served terms (#21)", "",
+    start, end = marks(section_name(a.get("name", "closed_loop")))
+    title = "The closed loop in served terms (#21)"
+    if a.get("name", "closed_loop") != "closed_loop":
+        title += f": {', '.join(result['runs'])}, {a['span_seconds']} s spans, a {a['attribution_window_seconds']} s window"
+    lines = [start, f"## {title}", "",
              f"`benchmarks/closed_loop.py`, {result['date']}, {m['nproc']} cores ({m['cpu_model']}), shared with other work. Each regime in a fresh process "
              f"and home: a real `driftline serve`, the simulated population ranking {a['requests_per_second']:g} "
              f"requests/s ({a['candidates']} candidates, top {a['shown']} shown), spans of {a['span_seconds']} s, "
@@ -178,7 +197,7 @@ def section(result: dict) -> str:
     lines += ["", f"Click-to-serving freshness target: span + window + 60 s = "
                   f"{a['span_seconds'] + a['attribution_window_seconds'] + 60} s.", ""]
     lines += [f"* {f}" for f in result["findings"]]
-    lines += ["", "![served CTR and the hot ad per regime](results/closed_loop.png)", "", END_MARK]
+    lines += ["", f"![served CTR and the hot ad per regime](results/{a.get('name', 'closed_loop')}.png)", "", end]
     return "\n".join(lines)
 
 
@@ -186,9 +205,10 @@ def findings(result: dict) -> List[str]:
     runs = {name: run["summary"] for name, run in result["runs"].items()}
     out = []
     names = list(runs)
-    if len(names) == 3:
-        c, b, s = (runs[n] for n in names)
-        for other_name, other in ((names[1], b), (names[2], s)):
+    if names and names[0] == "continuous":
+        c = runs["continuous"]
+        for other_name in names[1:]:
+            other = runs[other_name]
             if c["expected_ctr"] and other["expected_ctr"]:
                 out.append(f"Continuous against {other_name}: expected served CTR {c['expected_ctr']:.4f} against "
                            f"{other['expected_ctr']:.4f} ({(c['expected_ctr'] / other['expected_ctr'] - 1) * 100:+.1f} %); "
@@ -210,6 +230,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--batch-every", type=int, default=4)
     p.add_argument("--hot-after-spans", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attribution-window-seconds", type=int, default=None,
+                   help="the join's window (default: the population's, 10 s)")
+    p.add_argument("--allowed-lateness-seconds", type=int, default=2,
+                   help="the watermark's lag (2 s suits spans of seconds; the pipeline's default is 30 s)")
+    p.add_argument("--regimes", default="continuous,batch,static",
+                   help="which regimes to run, comma-separated: continuous, batch, static")
+    p.add_argument("--name", default="closed_loop",
+                   help="results under benchmarks/results/NAME.json/.png and the RESULTS.md section NAME")
     p.add_argument("--quick", action="store_true", help="write no results")
     p.add_argument("--regime", help=argparse.SUPPRESS)  # the child process: one regime
     p.add_argument("--home", help=argparse.SUPPRESS)
@@ -220,7 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     defaults = PopulationConfig(world=SimulatorConfig(), origin_ms=0)
     args.candidates, args.shown = defaults.candidates, defaults.shown
-    args.attribution_window_seconds = defaults.attribution_window_seconds
+    if args.attribution_window_seconds is None:
+        args.attribution_window_seconds = defaults.attribution_window_seconds
     if args.regime is not None:
         run = run_regime(args.home, int(args.regime), args)
         with open(args.out, "w") as f:
@@ -229,14 +258,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = {"date": datetime.date.today().isoformat(), "args": vars(args), "runs": {}, "machine": machine_info(),
               "command": "python benchmarks/closed_loop.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     with tempfile.TemporaryDirectory(prefix="driftline-closed-loop-") as work:
-        for name, every in regimes(args.batch_every).items():
+        for name, every in chosen_regimes(args).items():
             home, out = os.path.join(work, str(every)), os.path.join(work, f"{every}.json")
             log(f"{name}: starting (home {home})")
             cmd = [sys.executable, os.path.abspath(__file__), "--regime", str(every), "--home", home, "--out", out,
                    "--live-spans", str(args.live_spans), "--span-seconds", str(args.span_seconds),
                    "--history-minutes", str(args.history_minutes), "--requests-per-second",
                    str(args.requests_per_second), "--hot-after-spans", str(args.hot_after_spans),
-                   "--seed", str(args.seed)]
+                   "--seed", str(args.seed), "--attribution-window-seconds", str(args.attribution_window_seconds),
+                   "--allowed-lateness-seconds", str(args.allowed_lateness_seconds)]
             subprocess.run(cmd, check=True, cwd=ROOT)
             with open(out) as f:
                 run = json.load(f)
@@ -248,12 +278,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         log(line)
     if args.quick:
         return 0
-    os.makedirs(os.path.dirname(RESULTS_JSON), exist_ok=True)
-    with open(RESULTS_JSON, "w") as f:
+    results_json = os.path.join(RESULTS_DIR, f"{args.name}.json")
+    results_png = os.path.join(RESULTS_DIR, f"{args.name}.png")
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(results_json, "w") as f:
         json.dump(result, f, indent=1)
-    plot(result, RESULTS_PNG)
-    replace_section(RESULTS_MD, SECTION, section(result))
-    log(f"wrote {RESULTS_JSON}, {RESULTS_PNG} and the RESULTS.md section")
+    plot(result, results_png)
+    replace_section(RESULTS_MD, section_name(args.name), section(result))
+    log(f"wrote {results_json}, {results_png} and the RESULTS.md section {section_name(args.name)}")
     return 0
 
 

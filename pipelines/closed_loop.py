@@ -39,10 +39,11 @@ class ClosedLoopResult:
     rows: List[dict] = dataclasses.field(default_factory=list)
 
 
-def closed_loop_config(home: str, population: PopulationConfig, span_seconds: int) -> DriftlineConfig:
+def closed_loop_config(home: str, population: PopulationConfig, span_seconds: int,
+                       allowed_lateness_seconds: int = 2) -> DriftlineConfig:
     join = closed_loop_join(os.path.join(home, "impressions"), os.path.join(home, "outcomes"), population)
     return default_config(home).replace(
-        window=WindowConfig(span_seconds=span_seconds, allowed_lateness_seconds=2),
+        window=WindowConfig(span_seconds=span_seconds, allowed_lateness_seconds=allowed_lateness_seconds),
         trainer=TrainerConfig(cold_epochs=2, warm_epochs=1),
         # Spans of seconds hold a few hundred shown ads: bounds such spans can give evidence for.
         gate=GateConfig(min_auc=0.55, min_calibration=0.3, max_calibration=3.0, max_log_loss=None,
@@ -98,7 +99,9 @@ def run_closed_loop(home: str, cycles: int = 4, span_seconds: int = 20, history_
                     requests_per_second: float = 20.0, events_per_minute: int = 3000, seed: int = 0,
                     progress: Callable[[str], None] = lambda s: None, *, live_spans: Optional[int] = None,
                     retrain_every_spans: int = CONTINUOUS,
-                    hot_ad_after_seconds: Optional[float] = None) -> ClosedLoopResult:
+                    hot_ad_after_seconds: Optional[float] = None,
+                    attribution_window_seconds: Optional[int] = None,
+                    allowed_lateness_seconds: int = 2) -> ClosedLoopResult:
     """Runs the loop on an empty `home` (the first cycle on the written history); see the module doc.
 
     By default it ends after `cycles` cycles. With `live_spans` it ends instead once the population has
@@ -106,7 +109,9 @@ def run_closed_loop(home: str, cycles: int = 4, span_seconds: int = 20, history_
     `retrain_every_spans` says: `CONTINUOUS` (1) runs a cycle as each span closes, K > 1 wakes every K spans
     and runs one cycle over the spans closed since (a model retrained in batch every K spans, warm-started),
     `STATIC` (0) keeps the first model. `hot_ad_after_seconds`: the world's hot ad (a new id with a high
-    click rate) appears that long after the population starts.
+    click rate) appears that long after the population starts. `attribution_window_seconds`: the join's
+    window (None: the population's default, 10 s). `allowed_lateness_seconds`: the watermark's lag (2 s suits
+    spans of seconds; the pipeline's default is 30 s).
     """
     if retrain_every_spans < 0:
         raise ValueError(f"retrain_every_spans must be >= 0 (0: static), got {retrain_every_spans}")
@@ -121,7 +126,9 @@ def run_closed_loop(home: str, cycles: int = 4, span_seconds: int = 20, history_
     world = SimulatorConfig(seed=seed, events_per_minute=events_per_minute, hot_ad_minute=None)
     population = PopulationConfig(world=world, origin_ms=origin_ms, requests_per_second=requests_per_second,
                                   seed=seed)
-    config = closed_loop_config(home, population, span_seconds)
+    if attribution_window_seconds is not None:
+        population = dataclasses.replace(population, attribution_window_seconds=attribution_window_seconds)
+    config = closed_loop_config(home, population, span_seconds, allowed_lateness_seconds)
     written = write_history(config.join.impressions.log_dir, config.join.outcomes.log_dir, population,
                             history_minutes)
     progress(f"history: {written:,} impressions and their clicks, {history_minutes} min before now")
