@@ -14,6 +14,7 @@ then a pickle of a list of (columns, n)) and answers each with one frame:
 """
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import sys
@@ -54,9 +55,12 @@ def open_writer(target: dict):
 def main(argv=None) -> int:
     import json
 
-    from pipelines.serve.impressions import ImpressionLog
+    from pipelines.serve.impressions import lines_of
 
     target = json.loads((argv or sys.argv[1:])[0])
+    nice = int(os.environ.get("DRIFTLINE_WRITER_NICE", "10"))
+    if nice:
+        os.nice(nice)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     writer = None
     while True:
@@ -64,11 +68,11 @@ def main(argv=None) -> int:
         if batches is None:
             break
         lines, dropped, error = [], 0, None
-        for columns, n in batches:
+        for encoded in batches:
             try:
-                lines += ImpressionLog._lines(columns, n)
-            except TypeError as e:  # a value orjson cannot write: a bug, never a reason to stop logging
-                dropped, error = dropped + n, f"cannot serialize an impression: {e}"
+                lines += lines_of(encoded)
+            except ValueError as e:  # columns of unequal lengths: a bug, never a reason to stop logging
+                dropped, error = dropped + encoded[0], f"cannot build the impressions' lines: {e}"
         logged = len(lines)
         if lines:
             try:
