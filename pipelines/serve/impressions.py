@@ -29,19 +29,23 @@ request arrived, in epoch milliseconds), plus what the server added:
 the log like any stream. An impression has no label yet: the label field is
 declared optional, and the join with outcomes (a later issue) fills it.
 
-Writing is off the request path, and off the server's interpreter: a request
-hands references to its already-parsed columns (plus the request id, version,
-scores) to a bounded queue and returns; one background thread drains the queue
-in batches and pickles them to a writer process
-(`pipelines/serve/impressions_writer.py`), which builds the JSON lines and
-appends them. Building them in the server (~1.3 ms of Python per 1,000 rows)
-held the GIL the event loop needs and added 4-12 ms to p99. A request that
-the shadow candidate should also score carries a reference to it; this
-thread calls it on the request's columns before handing them on, so the
-response never waits for the shadow's score. When the queue
-is full (the disk is slower than the traffic) or a write fails (the folder is
-gone, the disk is full, the writer process died: the next batch starts a new one), the lines are dropped and counted, and serving goes
-on: the server never waits for, or fails on, its log.
+Writing is off the request path, and mostly off the server's interpreter: a
+request hands references to its already-parsed columns (plus the request id,
+version, scores) to a bounded queue and returns. One background thread takes
+the requests one at a time and encodes each column as one JSON array
+(`encode_columns`: a few orjson calls, ~0.17 ms per 1,000 rows, never a Python
+loop over them), then hands the batch to a writer process
+(`pipelines/serve/impressions_writer.py`, at a lower CPU priority than the
+server) which splits the arrays into values and joins them into one line per
+row (`lines_of`, ~0.5 ms per 1,000 rows) and appends them. The values in a line
+are the JSON texts orjson wrote in the server from the model's own columns. A
+request that the shadow candidate should also score carries a reference to
+it; this thread calls it on the request's columns before encoding them, so
+the response never waits for the shadow's score. When the queue is full (the
+disk is slower than the traffic) or a write fails (the folder is gone, the
+disk is full, the writer process died: the next batch starts a new one), the
+lines are dropped and counted, and serving goes on: the server never waits
+for, or fails on, its log.
 """
 from __future__ import annotations
 
