@@ -24,7 +24,7 @@ from typing import BinaryIO, Optional
 
 # How much lower than the server this process's CPU priority is (Linux's nice, 0-19): the kernel then gives
 # the server the core whenever both want it (benchmarks/serving.py).
-WRITER_NICE = int(os.environ.get("DRIFTLINE_WRITER_NICE", "10"))
+WRITER_NICE = 10
 
 
 def read_frame(stream: BinaryIO) -> Optional[object]:
