@@ -34,8 +34,7 @@ request encodes each of its columns (the parsed features plus the request id,
 version, scores) as one JSON array (`encode_columns`: a few orjson calls,
 ~0.17 ms per 1,000 rows, never a Python loop over them), puts them on a bounded
 queue and returns. One background thread takes what is queued and hands it to
-a writer process (`pipelines/serve/impressions_writer.py`, at a lower CPU
-priority than the server), which splits the arrays into values, joins them
+a writer process (`pipelines/serve/impressions_writer.py`), which splits the arrays into values, joins them
 into one line per row (`lines_of`, ~0.5 ms per 1,000 rows) and appends them.
 The values in a line are the JSON texts orjson wrote in the server from the
 model's own columns. A request that the shadow candidate should also score

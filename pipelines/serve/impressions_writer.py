@@ -6,25 +6,21 @@ folder, through EventLogWriter) or {"kind": "kafka", "bootstrap_servers", "topic
 KafkaLineWriter; secrets are resolved here, from this process's environment, never passed on).
 
 Building a request's 1,000 JSON lines (`impressions.lines_of`, ~0.5 ms) runs
-here, in its own interpreter, not under the server's GIL; and at a lower CPU
-priority (nice WRITER_NICE): on 2 cores the server's event loop and its model
-call's threads come first, and the writer takes the time they leave (it has a
-whole queue of requests to catch up from). It reads frames from stdin (a 4-byte
+here, in its own interpreter, not under the server's GIL. It runs at the
+server's CPU priority: at a lower one (nice 10) it served the server better on
+a quiet machine, but on a busy one it fell behind, and its backlog (the encoded
+requests queued in the server) grew the server's memory by hundreds of MiB
+(benchmarks/serving.py, 2026-12-05). It reads frames from stdin (a 4-byte
 big-endian length, then a pickle of a list of `impressions.EncodedColumns`, one
 per request) and answers each with one frame: ("done", logged, dropped,
 error). EOF on stdin ends it.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 import sys
 from typing import BinaryIO, Optional
-
-# How much lower than the server this process's CPU priority is (Linux's nice, 0-19): the kernel then gives
-# the server the core whenever both want it (benchmarks/serving.py).
-WRITER_NICE = 10
 
 
 def read_frame(stream: BinaryIO) -> Optional[object]:
@@ -64,7 +60,6 @@ def main(argv=None) -> int:
     from pipelines.serve.impressions import lines_of
 
     target = json.loads((argv or sys.argv[1:])[0])
-    os.nice(WRITER_NICE)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     writer = None
     while True:
