@@ -10,10 +10,10 @@ What it does, all on this machine, loopback only, bounded in time and requests:
 2. the floor: the served model's `serving_raw` signature called in this process on the same
    1,000 candidates (`model_store.load_version`, as the server loads it), and the server's
    own Python work per request around it (checking the body against the schema);
-3. starts the real server (`python -m pipelines.cli serve`) with the impressions log, then
-   without it, and for each runs the load: N clients, each sending one rank request after
-   another (one user, 1,000 ads; the body is serialized once) for --seconds, at most
-   --max-requests in all. The clients are `wrk` (Debian's package: `apt-get install wrk`), one
+3. starts the real server (`python -m pipelines.cli serve`) twice, with the impressions log and
+   without it, and runs the load on each in turn (log on, log off, for each client count): N
+   clients, each sending one rank request after another (one user, 1,000 ads; the body is
+   serialized once) for --seconds, at most --max-requests in all. The clients are `wrk` (Debian's package: `apt-get install wrk`), one
    thread holding N connections, in its own process: a load generator that costs the 2 cores
    little. Without wrk (or with --client httpx) they are asyncio tasks of one httpx.AsyncClient
    in this process, which takes most of a core from the server it measures;
@@ -326,24 +326,34 @@ def main(argv=None) -> int:
                                "candidates": args.candidates, "body_bytes": len(payload), "seconds": args.seconds,
                                "client": client,
                                "floor": floor(home["serving_dir"], body, 200), "http": {}}
-    for impressions in (True, False):
-        global_stop[0] = False
-        server = start_server(home["home"], impressions)
-        try:
-            asyncio.run(load(server["base"], payload, 1, 2.0, 200))  # warm-up, not counted
-            for clients in args.clients:
+    # Both servers up at once, their rows alternated (log on, log off, for each client count): the pair
+    # compared for the log's cost is measured a few seconds apart, not minutes, on a machine whose load
+    # from other work comes and goes. The server without the log is stopped before the swaps (it would
+    # load every pushed version too).
+    global_stop[0] = False
+    servers = {}
+    try:
+        for impressions in (True, False):
+            servers[impressions] = start_server(home["home"], impressions)
+            asyncio.run(load(servers[impressions]["base"], payload, 1, 2.0, 200))  # warm-up, not counted
+        for clients in args.clients:
+            for impressions in (True, False):
+                time.sleep(1.0)  # the log's writer catches up on the previous row before the next one
+                base = servers[impressions]["base"]
                 log(f"load: {clients} client(s), impressions {'on' if impressions else 'off'} ({client})")
                 if client == "wrk":
-                    row = wrk_load(server["base"], payload, clients, args.seconds, args.max_requests)
+                    row = wrk_load(base, payload, clients, args.seconds, args.max_requests)
                 else:
-                    out = asyncio.run(load(server["base"], payload, clients, args.seconds, args.max_requests))
+                    out = asyncio.run(load(base, payload, clients, args.seconds, args.max_requests))
                     row = summary(out["latencies"], args.seconds, out["failed"])
                 results["http"][f"{clients}_{'log' if impressions else 'nolog'}"] = {
                     "clients": clients, "impressions": impressions, **row}
-            if impressions and args.swaps:
-                log(f"{args.swaps} hot swaps under load")
-                results["swaps"] = hot_swaps(home, server, payload, args.swaps)
-        finally:
+        stop_server(servers.pop(False))
+        if args.swaps:
+            log(f"{args.swaps} hot swaps under load")
+            results["swaps"] = hot_swaps(home, servers[True], payload, args.swaps)
+    finally:
+        for server in servers.values():
             stop_server(server)
     results["note"] = args.shared_note
     # What else ran: this machine is shared, and a busy neighbour moves the p99s more than anything here.
@@ -371,7 +381,8 @@ def render(r: Dict[str, Any]) -> str:
              f"({r['body_bytes']:,} bytes of JSON), one after another per client, {r['seconds']:g} s per row; "
              f"the clients are {CLIENTS[r.get('client', 'httpx')]}; "
              + "the server is `python -m pipelines.cli serve` (uvicorn with uvloop and httptools, one worker) on "
-             "loopback; the hot swaps' client is httpx in the benchmark's process (it reads each answer's "
+             "loopback, started twice (log on, log off) and loaded in turn, the two rows of a client count "
+             "a few seconds apart; the hot swaps' client is httpx in the benchmark's process (it reads each answer's "
              "version)",
              "* Model: the default model (`pipelines.ads_model`) exported by its export path, untrained weights "
              "(the same cost as trained ones)"]
