@@ -10,13 +10,17 @@ What it does, all on this machine, loopback only, bounded in time and requests:
 2. the floor: the served model's `serving_raw` signature called in this process on the same
    1,000 candidates (`model_store.load_version`, as the server loads it), and the server's
    own Python work per request around it (checking the body against the schema);
-3. starts the real server (`python -m pipelines.cli serve`) with the impressions log, then
-   without it, and for each runs the load: N clients (asyncio tasks of one httpx.AsyncClient
-   in this process, another process than the server), each sending one rank request after
-   another (one user, 1,000 ads; the body is serialized once) for --seconds;
-4. hot swaps: under 1 client's steady load, pushes --swaps new versions (alternating two
-   models), waits for the server to answer with each, and records failed requests, p99
-   during swaps against steady p99, and the server's RSS after each swap.
+3. starts the real server (`python -m pipelines.cli serve`) twice, with the impressions log and
+   without it, and runs the load on each in turn (log on, log off, for each client count): N
+   clients, each sending one rank request after another (one user, 1,000 ads; the body is
+   serialized once) for --seconds, at most --max-requests in all. The clients are `wrk` (Debian's package: `apt-get install wrk`), one
+   thread holding N connections, in its own process: a load generator that costs the 2 cores
+   little. Without wrk (or with --client httpx) they are asyncio tasks of one httpx.AsyncClient
+   in this process, which takes most of a core from the server it measures;
+4. hot swaps: under 1 client's steady load (httpx, in this process: each answer's version is
+   read), pushes --swaps new versions (alternating two models), waits for the server to answer
+   with each, and records failed requests, p99 during swaps against steady p99, and the
+   server's RSS after each swap.
 
 Writes benchmarks/results/serving.json and the `serving` section of benchmarks/RESULTS.md
 (--out and --json elsewhere for a trial run).
@@ -27,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -196,6 +201,50 @@ async def load(base: str, payload: bytes, clients: int, seconds: float, max_requ
     return {"latencies": latencies, "failed": failed[0]}
 
 
+# wrk's script: POSTs the body file, stops its thread after MAX requests, and prints what summary() reads.
+WRK_SCRIPT = """
+local f = assert(io.open(%(body)s, "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+local count = 0
+response = function(status, headers, body)
+  count = count + 1
+  if count >= %(max_requests)d then wrk.thread:stop() end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("DRIFTLINE %%d %%d %%d %%.1f %%.1f %%.1f\\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout, latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk_load(base: str, payload: bytes, clients: int, seconds: float, max_requests: int) -> Dict[str, Any]:
+    """`clients` connections of one wrk thread, for `seconds` or `max_requests`: its summary.
+
+    wrk records every request's latency (microseconds) and gives its percentiles; requests that fail
+    (a socket error, or a status other than 2xx/3xx) are counted apart.
+    """
+    with tempfile.TemporaryDirectory(prefix="serving-wrk-") as tmp:
+        body_path = os.path.join(tmp, "body.json")
+        with open(body_path, "wb") as f:
+            f.write(payload)
+        script = os.path.join(tmp, "rank.lua")
+        with open(script, "w") as f:
+            f.write(WRK_SCRIPT % {"body": json.dumps(body_path), "max_requests": max(1, max_requests)})
+        out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
+                              "-s", script, f"{base}/v1/models/{NAME}:rank"],
+                             capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    fields = next(line for line in out.splitlines() if line.startswith("DRIFTLINE ")).split()[1:]
+    requests, duration_us, failed = (int(x) for x in fields[:3])
+    p50, p99, worst = (float(x) / 1000 for x in fields[3:])
+    ok = requests - failed
+    return {"requests": ok, "failed": failed, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
+            "max_ms": round(worst, 2), "requests_per_s": round(ok / (duration_us / 1e6), 1)}
+
+
 def server_rss_mib(pid: int) -> float:
     import psutil
 
@@ -253,6 +302,8 @@ def main(argv=None) -> int:
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--max-requests", type=int, default=20_000, help="per measurement, whatever the time")
     parser.add_argument("--swaps", type=int, default=20)
+    parser.add_argument("--client", choices=("wrk", "httpx"), default="wrk",
+                        help="the load generator of the latency rows (default wrk; httpx if wrk is not installed)")
     parser.add_argument("--shared-note", default="", help="a note on what else ran on the machine")
     parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     parser.add_argument("--json", default=os.path.join(HERE, "results", "serving.json"))
@@ -260,6 +311,10 @@ def main(argv=None) -> int:
 
     import components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
+    client = args.client
+    if client == "wrk" and shutil.which("wrk") is None:
+        log("wrk is not installed (apt-get install wrk): the clients are httpx tasks in this process instead")
+        client = "httpx"
     root = tempfile.mkdtemp(prefix="serving-bench-")
     log(f"building the home in {root}")
     home = build_home(root)
@@ -267,23 +322,38 @@ def main(argv=None) -> int:
     payload = json.dumps(body).encode()
     log("in-process floor")
     results: Dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info(),
+                               "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                                "candidates": args.candidates, "body_bytes": len(payload), "seconds": args.seconds,
+                               "client": client,
                                "floor": floor(home["serving_dir"], body, 200), "http": {}}
-    for impressions in (True, False):
-        global_stop[0] = False
-        server = start_server(home["home"], impressions)
-        try:
-            asyncio.run(load(server["base"], payload, 1, 2.0, 200))  # warm-up, not counted
-            for clients in args.clients:
-                log(f"load: {clients} client(s), impressions {'on' if impressions else 'off'}")
-                out = asyncio.run(load(server["base"], payload, clients, args.seconds, args.max_requests))
+    # Both servers up at once, their rows alternated (log on, log off, for each client count): the pair
+    # compared for the log's cost is measured a few seconds apart, not minutes, on a machine whose load
+    # from other work comes and goes. The server without the log is stopped before the swaps (it would
+    # load every pushed version too).
+    global_stop[0] = False
+    servers = {}
+    try:
+        for impressions in (True, False):
+            servers[impressions] = start_server(home["home"], impressions)
+            asyncio.run(load(servers[impressions]["base"], payload, 1, 2.0, 200))  # warm-up, not counted
+        for clients in args.clients:
+            for impressions in (True, False):
+                time.sleep(1.0)  # the log's writer catches up on the previous row before the next one
+                base = servers[impressions]["base"]
+                log(f"load: {clients} client(s), impressions {'on' if impressions else 'off'} ({client})")
+                if client == "wrk":
+                    row = wrk_load(base, payload, clients, args.seconds, args.max_requests)
+                else:
+                    out = asyncio.run(load(base, payload, clients, args.seconds, args.max_requests))
+                    row = summary(out["latencies"], args.seconds, out["failed"])
                 results["http"][f"{clients}_{'log' if impressions else 'nolog'}"] = {
-                    "clients": clients, "impressions": impressions,
-                    **summary(out["latencies"], args.seconds, out["failed"])}
-            if impressions and args.swaps:
-                log(f"{args.swaps} hot swaps under load")
-                results["swaps"] = hot_swaps(home, server, payload, args.swaps)
-        finally:
+                    "clients": clients, "impressions": impressions, **row}
+        stop_server(servers.pop(False))
+        if args.swaps:
+            log(f"{args.swaps} hot swaps under load")
+            results["swaps"] = hot_swaps(home, servers[True], payload, args.swaps)
+    finally:
+        for server in servers.values():
             stop_server(server)
     results["note"] = args.shared_note
     # What else ran: this machine is shared, and a busy neighbour moves the p99s more than anything here.
@@ -296,6 +366,11 @@ def main(argv=None) -> int:
     return 0
 
 
+CLIENTS = {"wrk": "`wrk -t1 -cN` (Debian's wrk 4.1, its own process, one thread holding N connections)",
+           "httpx": "asyncio tasks of one httpx.AsyncClient in the benchmark's process (it takes most of a core "
+                    "from the server)"}
+
+
 def render(r: Dict[str, Any]) -> str:
     start, end = marks("serving")
     m = r["machine"]
@@ -304,14 +379,21 @@ def render(r: Dict[str, Any]) -> str:
              f"* Date: {r['date']}; {m['nproc']} cores ({m['cpu_model']}), TensorFlow {m['tensorflow']}",
              f"* Requests: `POST /v1/models/{NAME}:rank`, one context and **{r['candidates']} candidates** "
              f"({r['body_bytes']:,} bytes of JSON), one after another per client, {r['seconds']:g} s per row; "
-             "the clients are asyncio tasks of one httpx.AsyncClient in the benchmark's process, the server "
-             "is `python -m pipelines.cli serve` (uvicorn, one worker) on loopback",
+             f"the clients are {CLIENTS[r.get('client', 'httpx')]}; "
+             + "the server is `python -m pipelines.cli serve` (uvicorn with uvloop and httptools, one worker) on "
+             "loopback, started twice (log on, log off) and loaded in turn, the two rows of a client count "
+             "a few seconds apart; the hot swaps' client is httpx in the benchmark's process (it reads each answer's "
+             "version)",
              "* Model: the default model (`pipelines.ads_model`) exported by its export path, untrained weights "
              "(the same cost as trained ones)"]
     if r.get("note"):
         lines.append(f"* Note: {r['note']}")
     if r.get("load_average_at_end"):
-        lines.append(f"* Load average (1, 5, 15 min) when the run ended: {', '.join(map(str, r['load_average_at_end']))}")
+        start_la = r.get("load_average_at_start")
+        lines.append("* Load average (1, 5, 15 min) "
+                     + (f"when the run started: {', '.join(map(str, start_la))}; " if start_la else "")
+                     + f"when it ended: {', '.join(map(str, r['load_average_at_end']))} (the 2 cores are shared "
+                     "with other work: a load above ~1 besides this run moves the p99s more than anything here)")
     f = r["floor"]
     lines += ["", "The floor, in the benchmark's process on the same 1,000 candidates: the served `serving_raw` "
                   f"call alone p50 {f['model_call_p50_ms']} ms, p99 {f['model_call_p99_ms']} ms; with the server's "

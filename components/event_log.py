@@ -435,10 +435,16 @@ class EventLogWriter:
 
     def write_lines(self, lines: Sequence[bytes]) -> None:
         """Appends lines (each without its newline), rotating between lines."""
-        records = [line + b"\n" for line in lines]
-        if not records:
+        if not lines:
             return
         with self._locked():
+            data = b"\n".join(lines) + b"\n"
+            if self._size + len(data) <= self.max_segment_bytes:
+                # The whole batch fits the segment: one write, no walk over the lines (a server logs
+                # thousands a second, pipelines/serve/impressions.py).
+                self._flush([data])
+                return
+            records = [line + b"\n" for line in lines]
             batch: List[bytes] = []
             batch_size = 0
             for record in records:

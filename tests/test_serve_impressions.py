@@ -173,3 +173,61 @@ def test_the_shadow_candidate_scores_in_the_writers_thread_and_submit_never_wait
         assert [p["shadow_model_id"] for p in lines] == [7] * 10
         np.testing.assert_array_equal(np.array([p["shadow_score"] for p in lines], dtype=np.float32), want)
     assert [(p["shadow_model_id"], p["shadow_score"]) for p in parsed[30:]] == [(None, None)] * 2
+
+
+# Values whose JSON texts defeat a naive split: commas, quotes, backslashes, '","' itself, escapes,
+# non-ASCII, empty strings, -0.0 beside 0.0 (equal, but not the same text), big ints, nesting.
+AWKWARD = {
+    "plain": ["a", "b", "c"],
+    "commas": ["x,y", ",", "z"],
+    "quotes": ['say "hi"', '","', '\\'],
+    "escapes": ["line\nbreak", "tab\t", "\u2028é"],
+    "empty": ["", "", ""],
+    "same_string": ["ctx", "ctx", "ctx"],
+    "zeros": [0.0, -0.0, 0.0],
+    "floats": [0.1, 1e-7, 3.4e38],
+    "same_float": [2.5, 2.5, 2.5],
+    "ints": [2 ** 62, -1, 0],
+    "same_int": [7, 7, 7],
+    "mixed": [1, "1", None],
+    "nested": [[1, 2], {"k": "v,w"}, ["a", "b"]],
+    "same_nested": [[1, 2], [1, 2], [1, 2]],
+    'key "with" quote,': [True, False, True],
+}
+
+
+def test_lines_from_encoded_columns_hold_each_value_as_json_writes_it():
+    """The writer process splits the server's JSON arrays instead of parsing them; every line must still
+    be the row, value for value and text for text (-0.0 stays -0.0, a value shared by all rows too)."""
+    import json
+    import math
+
+    from pipelines.serve.impressions import encode_columns, lines_of
+
+    lines = lines_of(encode_columns(AWKWARD, 3))
+    assert len(lines) == 3 and all(b"\n" not in line for line in lines)
+    for i, line in enumerate(lines):
+        row = json.loads(line)
+        assert set(row) == set(AWKWARD)
+        for key, values in AWKWARD.items():
+            assert row[key] == values[i], key
+            assert type(row[key]) is type(values[i]), key
+        assert math.copysign(1.0, row["zeros"]) == math.copysign(1.0, AWKWARD["zeros"][i])
+    assert lines_of(encode_columns({"a": [], "b": []}, 0)) == []
+    only_shared = lines_of(encode_columns({"a": ["x", "x"], "b": [1, 1]}, 2))
+    assert [json.loads(line) for line in only_shared] == [{"a": "x", "b": 1}] * 2
+    one = lines_of(encode_columns({"a": ['q"'], "b": [-0.0]}, 1))
+    assert json.loads(one[0]) == {"a": 'q"', "b": -0.0} and b"-0.0" in one[0]
+
+
+def test_a_value_json_cannot_hold_is_dropped_and_counted_and_the_log_goes_on(tmp_path):
+    counts = Counts()
+    log = ImpressionLog(str(tmp_path / "imp"), on_logged=counts.on_logged, on_dropped=counts.on_dropped)
+    try:
+        log.submit({"event_id": ["a", "b"], "score": [object(), 0.5]}, 2)  # never raises into the request
+        log.submit(*_columns([_entry(i) for i in range(3)]))
+        _until(lambda: counts.logged == 3)
+    finally:
+        log.close()
+    assert counts.dropped == {"write_error": 2}
+    assert len(_lines(str(tmp_path / "imp"))) == 3

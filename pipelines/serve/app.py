@@ -200,8 +200,9 @@ def create_app(state: ServeState) -> Starlette:
             logged = {**routed, "arm_latency_ms": latency_ms}
             if routing is not None:
                 logged["challenger_fallback"] = int(fallback)
-            # Rows are built and written by the log's thread, off the request's path; the shadow candidate
-            # (read once, like the served model) scores them there too: this request hands over a reference.
+            # The columns are encoded here (a few C calls) and the lines built and written by the log's
+            # writer process, off the request's path; the shadow candidate (read once, like the served
+            # model) scores them in the log's thread: this request hands over a reference.
             shadow = state.shadow() if state.shadow is not None else None
             state.impressions.submit({**columns, "request_id": [request_id] * n, "model_version": [model.version] * n,
                                       "score": score_list, "position": positions, **served,

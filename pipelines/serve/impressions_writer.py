@@ -5,12 +5,15 @@ folder, through EventLogWriter) or {"kind": "kafka", "bootstrap_servers", "topic
 "secret_env", "secret_files", "message_timeout_ms"} (a topic, through components/kafka_log.py's
 KafkaLineWriter; secrets are resolved here, from this process's environment, never passed on).
 
-Building 1,000 JSON lines costs ~1.3 ms of Python per request, and in the
-server's process it holds the GIL the event loop and the model call's return
-need: benchmarks/serving.py measured it adding 4-12 ms to p99. Here it runs in
-its own interpreter. It reads frames from stdin (a 4-byte big-endian length,
-then a pickle of a list of (columns, n)) and answers each with one frame:
-("logged", n) or ("dropped", n, error). EOF on stdin ends it.
+Building a request's 1,000 JSON lines (`impressions.lines_of`, ~0.5 ms) runs
+here, in its own interpreter, not under the server's GIL. It runs at the
+server's CPU priority: at a lower one (nice 10) it served the server better on
+a quiet machine, but on a busy one it fell behind, and its backlog (the encoded
+requests queued in the server) grew the server's memory by hundreds of MiB
+(benchmarks/serving.py, 2026-12-05). It reads frames from stdin (a 4-byte
+big-endian length, then a pickle of a list of `impressions.EncodedColumns`, one
+per request) and answers each with one frame: ("done", logged, dropped,
+error). EOF on stdin ends it.
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ def open_writer(target: dict):
 def main(argv=None) -> int:
     import json
 
-    from pipelines.serve.impressions import ImpressionLog
+    from pipelines.serve.impressions import lines_of
 
     target = json.loads((argv or sys.argv[1:])[0])
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -64,11 +67,11 @@ def main(argv=None) -> int:
         if batches is None:
             break
         lines, dropped, error = [], 0, None
-        for columns, n in batches:
+        for encoded in batches:
             try:
-                lines += ImpressionLog._lines(columns, n)
-            except TypeError as e:  # a value orjson cannot write: a bug, never a reason to stop logging
-                dropped, error = dropped + n, f"cannot serialize an impression: {e}"
+                lines += lines_of(encoded)
+            except ValueError as e:  # columns of unequal lengths: a bug, never a reason to stop logging
+                dropped, error = dropped + encoded[0], f"cannot build the impressions' lines: {e}"
         logged = len(lines)
         if lines:
             try:

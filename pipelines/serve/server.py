@@ -133,9 +133,12 @@ def run(options: ServeOptions) -> None:
     app = create_app(build_state(options))
     log.info("serving %s from %s on http://%s:%d (impressions: %s)", options.model_name, options.serving_dir,
              options.host, options.port, _describe_impressions(options))
+    # uvloop and httptools (setup.py): the event loop and the HTTP parsing in C, not in the Python the
+    # requests' own work needs the GIL for.
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                             timeout_keep_alive=options.timeout_keep_alive_s,
-                            limit_concurrency=options.limit_concurrency, lifespan="on")
+                            limit_concurrency=options.limit_concurrency, lifespan="on", loop="uvloop",
+                            http="httptools")
     _server_class()(config, options).run()
 
 
