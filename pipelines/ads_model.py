@@ -41,7 +41,8 @@ OUTPUT_KEY = "probability"
 WIDE_DEFAULTS = {"wide": True, "crosses": "all", "cross_buckets": 100003, "wide_optimizer": "adagrad",
                  "wide_learning_rate": 0.05}
 WIDE_PREFIX = "wide_"
-# Count features (`CountTable`): off unless `trainer.model.counts`; per-span decays and the prior's weight.
+# Count features (`CountTable`): off in a model dict without `counts` (the shipped TrainerConfig.model sets it);
+# per-span decays and the prior's weight. Chosen by benchmarks/learning.py (RESULTS.md, learning).
 COUNTS_DEFAULTS = {"counts": False, "count_decays": [0.5, 0.9], "count_prior": 2.0}
 COUNT_INPUT = "count_features"
 
@@ -90,8 +91,8 @@ class CountTable(keras.layers.Layer):
 
     Model state, not trainable: one table per key (a categorical feature or a cross), one row per
     bucket, two columns (examples, positives) per decay; a total row of the same; and the newest span
-    counted. `run_fn` advances the tables after each cycle's training with the examples the model had
-    never learned (`advance`), so they travel in the warm-start checkpoint and the serving SavedModel
+    counted. `run_fn` advances the tables each cycle with the examples the model had never learned
+    (`count_training_features`), so they travel in the warm-start checkpoint and the serving SavedModel
     alike: serving looks the counts up inside the model, and cannot disagree with training.
 
     Its output, per key and decay: the id's smoothed log-odds over the stream's (the positives plus
@@ -126,7 +127,7 @@ class CountTable(keras.layers.Layer):
 
     def features_of(self, gathered, total):
         """[batch, features] from each key's gathered rows ([batch, width]) and the total row: the one
-        computation of the features, for serving (`call`) and for training (`training_features`)."""
+        computation of the features, for serving (`call`) and for training (`count_training_features`)."""
         total = tf.cast(total, tf.float32)
         out = []
         for j in range(len(self.decays)):
@@ -208,7 +209,7 @@ def build_models(feature_buckets: Mapping[str, int], numeric_features: List[str]
     Counts (`"counts": true`): a `CountTable` over every hashed feature and cross, its features into
     the MLP and through one linear weight each into the logit. The serving model looks them up in the
     table; the training model takes them as an input (`COUNT_INPUT`), computed from the counts as of
-    each example's span (`training_features`), so no example's own label is in its features. Both
+    each example's span (`count_training_features`), so no example's own label is in its features. Both
     share every layer but the table.
 
     Every layer is named, so variable names match across processes and the
@@ -298,8 +299,9 @@ def count_training_features(serving: keras.Model, model_config: Mapping[str, Any
     examples once, decayed per span since. This cycle's examples it never learned ("new", the previous
     eval split, released or carried splits; all of them when the table is empty) are taken span by span,
     oldest first: each example's features come from the table as it was before its span was counted
-    (what serving looks up for an event after the last counted span), then its span is counted. A replay example was counted when it was new: its features are the table's less its own
-    (decayed) share, so no example ever sees its own label. Serving then looks up the advanced table:
+    (what serving looks up for an event after the last counted span), then its span is counted. A
+    replay example was counted when it was new: its features are the table's less its own (decayed)
+    share, so no example ever sees its own label. Serving then looks up the advanced table:
     an event of the next span sees every span before it, as a training example saw every span before its.
     """
     table = _count_table(serving)
