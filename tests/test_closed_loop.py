@@ -28,7 +28,12 @@ def test_three_cycles_close_the_loop_and_the_served_version_changes_under_load(l
     result, said = loop
     lines, tally = result.cycles, result.tally
     assert [line["outcome"] for line in lines] == ["ok"] * 3, (lines, said[-10:])
-    assert all(line["pushed_version"] for line in lines), [(l["blessed"], l["reason"]) for l in lines]
+    # The first model and at least one trained on live traffic were pushed. A 20 s span holds what the
+    # population managed to rank in it, fewer under load: a cycle may then be refused for too little evidence
+    # (its eval split carries to the next cycle), never for anything else.
+    verdicts = [(line["blessed"], line["reason"]) for line in lines]
+    assert lines[0]["pushed_version"] and sum(1 for line in lines if line["pushed_version"]) >= 2, verdicts
+    assert all(line["pushed_version"] or "too little evidence" in line["reason"] for line in lines), verdicts
     # The population was served by the first push, then by a later one, without a failed request.
     assert tally.failed == 0, tally.errors
     assert len(tally.versions_in_order) >= 2 and tally.versions_in_order == sorted(tally.versions_in_order)
