@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.results_md import machine_info, marks, replace_section  # noqa: E402
+from pipelines.population import read_events, write_inverted_history  # noqa: E402
 
 SECTION = "off_policy_live"
 RESULTS_MD = os.path.join(ROOT, "benchmarks", "RESULTS.md")
@@ -46,35 +46,6 @@ HISTORY_MINUTES = 3
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _read(log_dir: str) -> List[dict]:
-    from components import event_log
-
-    plan = event_log.plan_read(log_dir, None)
-    return [json.loads(line) for chunk in plan.chunks for _, line in event_log.read_chunk(log_dir, chunk)]
-
-
-def _write_inverted_history(impressions_dir: str, outcomes_dir: str, population) -> None:
-    """The written history with every label inverted: what model B learns from."""
-    from components import event_log
-    from pipelines.population import write_history
-
-    with tempfile.TemporaryDirectory() as tmp:
-        imp, out = os.path.join(tmp, "imp"), os.path.join(tmp, "out")
-        write_history(imp, out, population, HISTORY_MINUTES)
-        impressions = _read(imp)
-        window_ms = population.attribution_window_seconds * 1000
-        times = {e["event_id"]: e["event_time"] for e in impressions}
-        clicked = {o["impression_id"] for o in _read(out)
-                   if o["event_time"] - times.get(o["impression_id"], o["event_time"]) <= window_ms}
-        flipped = [{"outcome_id": f"click-{e['event_id']}", "impression_id": e["event_id"],
-                    "event_time": e["event_time"] + 1000, "outcome_type": "click"}
-                   for e in impressions if e["event_id"] not in clicked]
-        with event_log.EventLogWriter(impressions_dir) as w:
-            w.write_events(impressions)
-        with event_log.EventLogWriter(outcomes_dir) as w:
-            w.write_events(sorted(flipped, key=lambda o: o["event_time"]))
 
 
 def labels_of(impressions: List[dict], outcomes: List[dict], window_ms: int) -> Dict[str, float]:
@@ -113,7 +84,7 @@ def estimate_on(lines: List[dict], labels: Dict[str, float], model_path: str, k:
 
 def run(epsilon: float, phase_seconds: float, requests_per_second: float) -> Dict[str, Any]:
     from components.blessing_pusher import serving
-    from pipelines.closed_loop import _free_port, _wait_healthy, closed_loop_config, stop_server
+    from pipelines.closed_loop import _wait_healthy, closed_loop_config, start_server, stop_server
     from pipelines.config import LatencyConfig, MetadataConfig
     from pipelines.config_file import persist_config
     from pipelines.controller import run_cycles, single_instance
@@ -138,21 +109,15 @@ def run(epsilon: float, phase_seconds: float, requests_per_second: float) -> Dic
     config_b = closed_loop_config(home_b, population, SPAN_SECONDS).replace(
         pipeline_name="inverted", latency=LatencyConfig(enabled=False),
         metadata=MetadataConfig(path=config.metadata_path)).validate()
-    _write_inverted_history(config_b.join.impressions.log_dir, config_b.join.outcomes.log_dir, population)
+    write_inverted_history(config_b.join.impressions.log_dir, config_b.join.outcomes.log_dir, population,
+                           HISTORY_MINUTES)
     log("training model B on the inverted history")
     with single_instance(home_b):
         [b] = run_cycles(config_b, 1)
     store = open_store(config.metadata_connection)
     path = {name: model_serving_dir(store.get_artifacts_by_id([m.model_id])[0].uri) for name, m in (("A", a), ("B", b))}
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server_log = os.path.join(home, "server.log")
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    with open(server_log, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--home", home, "--port",
-                                   str(port), "--poll-seconds", "0.5"], cwd=ROOT, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
+    server, url, server_log = start_server(home)
     users = None
     try:
         _wait_healthy(url, server, server_log, timeout_s=180)
@@ -166,8 +131,8 @@ def run(epsilon: float, phase_seconds: float, requests_per_second: float) -> Dic
     finally:
         tally = users.stop() if users is not None else None
         stop_server(server)
-    lines = [e for e in _read(config.join.impressions.log_dir) if e.get("request_id") != "history"]
-    labels = labels_of(lines, _read(config.join.outcomes.log_dir), population.attribution_window_seconds * 1000)
+    lines = [e for e in read_events(config.join.impressions.log_dir) if e.get("request_id") != "history"]
+    labels = labels_of(lines, read_events(config.join.outcomes.log_dir), population.attribution_window_seconds * 1000)
     k = population.shown
     phase = {"A": [e for e in lines if e["model_version"] == 1], "B": [e for e in lines if e["model_version"] == 2]}
     result: Dict[str, Any] = {"epsilon": epsilon, "phase_seconds": phase_seconds, "k": k,

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from pipelines.config import (ControllerConfig, DriftlineConfig, GateConfig, TrainerConfig, WindowConfig,
                               default_config)
@@ -72,6 +72,19 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log_path: str, timeout_s: fl
         if time.monotonic() > deadline:
             raise RuntimeError(f"the server serves no model after {timeout_s:.0f} s: {_tail(log_path)}")
         time.sleep(0.3)
+
+
+def start_server(home: str) -> Tuple[subprocess.Popen, str, str]:
+    """`driftline serve --home home` on a free loopback port, its output in <home>/server.log: (the process,
+    its URL, the log's path). It serves once the home's first model is pushed (`_wait_healthy`)."""
+    port = _free_port()
+    log_path = os.path.join(home, "server.log")
+    env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(log_path, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--home", home, "--port",
+                                   str(port), "--poll-seconds", "0.5"], cwd=_REPO, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    return server, f"http://127.0.0.1:{port}", log_path
 
 
 def stop_server(proc: subprocess.Popen, timeout_s: float = 30) -> None:
@@ -133,14 +146,7 @@ def run_closed_loop(home: str, cycles: int = 4, span_seconds: int = 20, history_
                             history_minutes)
     progress(f"history: {written:,} impressions and their clicks, {history_minutes} min before now")
     persist_config(config)  # the server reads the home's config: the join's log is the one it writes
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = os.path.join(home, "server.log")
-    env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    with open(log_path, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--home", home, "--port",
-                                   str(port), "--poll-seconds", "0.5"], cwd=_REPO, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
+    server, url, log_path = start_server(home)
     progress(f"server: pid {server.pid} on {url}")
     users: Dict[str, Population] = {}
     lines: List[dict] = []

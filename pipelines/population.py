@@ -87,15 +87,36 @@ def write_history(impressions_dir: str, outcomes_dir: str, config: PopulationCon
             after_window_fraction=config.after_window_fraction, seed=config.seed))
         with event_log.EventLogWriter(impressions_dir) as writer:
             writer.write_events([dict(e, request_id="history", model_version=0, score=0.0, position=0)
-                                 for e in _read(staged_imp)])
+                                 for e in read_events(staged_imp)])
         with event_log.EventLogWriter(outcomes_dir) as writer:
-            writer.write_events(_read(staged_out))
+            writer.write_events(read_events(staged_out))
     return truth.impressions
 
 
-def _read(log_dir: str) -> List[dict]:
+def read_events(log_dir: str) -> List[dict]:
+    """Every line of an event log folder, parsed, in log order."""
     plan = event_log.plan_read(log_dir, None)
     return [json.loads(line) for chunk in plan.chunks for _, line in event_log.read_chunk(log_dir, chunk)]
+
+
+def write_inverted_history(impressions_dir: str, outcomes_dir: str, config: PopulationConfig, minutes: int) -> None:
+    """`write_history` with every label inverted (a click for each impression not clicked within the window,
+    none for the others): the history a model built to be worse learns from."""
+    with tempfile.TemporaryDirectory(prefix="driftline-inverted-") as tmp:
+        imp, out = os.path.join(tmp, "imp"), os.path.join(tmp, "out")
+        write_history(imp, out, config, minutes)
+        impressions = read_events(imp)
+        window_ms = config.attribution_window_seconds * 1000
+        times = {e["event_id"]: e["event_time"] for e in impressions}
+        clicked = {o["impression_id"] for o in read_events(out)
+                   if o["event_time"] - times.get(o["impression_id"], o["event_time"]) <= window_ms}
+        flipped = [{"outcome_id": f"click-{e['event_id']}", "impression_id": e["event_id"],
+                    "event_time": e["event_time"] + 1000, "outcome_type": "click"}
+                   for e in impressions if e["event_id"] not in clicked]
+        with event_log.EventLogWriter(impressions_dir) as w:
+            w.write_events(impressions)
+        with event_log.EventLogWriter(outcomes_dir) as w:
+            w.write_events(sorted(flipped, key=lambda o: o["event_time"]))
 
 
 @dataclasses.dataclass

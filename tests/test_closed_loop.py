@@ -2,11 +2,9 @@
 the controller in join mode training on what the population did, for 3 cycles (pipelines/closed_loop.py)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from components import event_log
+from pipelines.population import read_events
 
 
 @pytest.fixture(scope="module")
@@ -17,11 +15,6 @@ def loop(tmp_path_factory):
     result = run_closed_loop(str(tmp_path_factory.mktemp("loop")), cycles=3, span_seconds=20, history_minutes=3,
                              requests_per_second=15, progress=said.append)
     return result, said
-
-
-def _read(log_dir):
-    plan = event_log.plan_read(log_dir, None)
-    return [json.loads(line) for chunk in plan.chunks for _, line in event_log.read_chunk(log_dir, chunk)]
 
 
 def test_three_cycles_close_the_loop_and_the_served_version_changes_under_load(loop):
@@ -39,7 +32,7 @@ def test_three_cycles_close_the_loop_and_the_served_version_changes_under_load(l
     assert len(tally.versions_in_order) >= 2 and tally.versions_in_order == sorted(tally.versions_in_order)
     # Cycles 2 and 3 trained on live traffic: spans of impressions the server logged, with the population's clicks.
     config = result.config
-    live = [e for e in _read(config.join.impressions.log_dir) if e["model_version"] >= 1]
+    live = [e for e in read_events(config.join.impressions.log_dir) if e["model_version"] >= 1]
     assert live and {e["model_version"] for e in live} >= set(tally.versions_in_order[:1])
     live_spans = {e["event_time"] // (config.window.span_seconds * 1000) for e in live}
     from pipelines.metadata import ingested_spans, open_store

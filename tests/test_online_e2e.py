@@ -25,47 +25,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from components import event_log
+from pipelines.population import read_events, write_inverted_history
 
 SPAN_SECONDS = 20
 HISTORY_MINUTES = 3
 pytestmark = pytest.mark.e2e
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _read(log_dir: str) -> list:
-    plan = event_log.plan_read(log_dir, None)
-    return [json.loads(line) for chunk in plan.chunks for _, line in event_log.read_chunk(log_dir, chunk)]
-
-
-def _write_inverted_history(impressions_dir: str, outcomes_dir: str, population) -> None:
-    """The written history with every label inverted: what the bad model learns from."""
-    import tempfile
-
-    from pipelines.population import write_history
-
-    with tempfile.TemporaryDirectory() as tmp:
-        imp, out = os.path.join(tmp, "imp"), os.path.join(tmp, "out")
-        write_history(imp, out, population, HISTORY_MINUTES)
-        impressions = _read(imp)
-        window_ms = population.attribution_window_seconds * 1000
-        times = {e["event_id"]: e["event_time"] for e in impressions}
-        clicked = {o["impression_id"] for o in _read(out)
-                   if o["event_time"] - times.get(o["impression_id"], o["event_time"]) <= window_ms}
-        flipped = [{"outcome_id": f"click-{e['event_id']}", "impression_id": e["event_id"],
-                    "event_time": e["event_time"] + 1000, "outcome_type": "click"}
-                   for e in impressions if e["event_id"] not in clicked]
-        with event_log.EventLogWriter(impressions_dir) as w:
-            w.write_events(impressions)
-        with event_log.EventLogWriter(outcomes_dir) as w:
-            w.write_events(sorted(flipped, key=lambda o: o["event_time"]))
 
 
 def _failing_model(config, like_model_id: int, root: str) -> int:
@@ -110,7 +79,7 @@ def e2e(tmp_path_factory):
     from components.blessing_pusher import serving
     from components.online_evaluator import record
     from pipelines import cli
-    from pipelines.closed_loop import _free_port, _wait_healthy, closed_loop_config, stop_server
+    from pipelines.closed_loop import _wait_healthy, closed_loop_config, start_server, stop_server
     from pipelines.config import LatencyConfig, MetadataConfig, OnlineEvalConfig
     from pipelines.config_file import persist_config
     from pipelines.controller import run_cycles, single_instance
@@ -136,24 +105,18 @@ def e2e(tmp_path_factory):
     bad_config = closed_loop_config(home_bad, population, SPAN_SECONDS).replace(
         pipeline_name="inverted", latency=LatencyConfig(enabled=False),
         metadata=MetadataConfig(path=config.metadata_path)).validate()
-    _write_inverted_history(bad_config.join.impressions.log_dir, bad_config.join.outcomes.log_dir, population)
+    write_inverted_history(bad_config.join.impressions.log_dir, bad_config.join.outcomes.log_dir, population,
+                           HISTORY_MINUTES)
     with single_instance(home_bad):
         [bad] = run_cycles(bad_config, 1)
     assert bad.model_id is not None and bad.model_id != good.model_id
     # From here on no candidate is blessed: the comparisons are the ones this test deploys.
     judging = config.replace(gate=dataclasses.replace(config.gate, min_auc=0.999))
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = os.path.join(home, "server.log")
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    assert cli.main(["challenge", "--home", home, "--model-id", str(bad.model_id), "--note", "built worse"]) == 0
+    server, url, log_path = start_server(home)
     result = {"config": config, "good": good.model_id, "bad": bad.model_id, "worse_lines": [], "better_lines": [],
               "said": [], "log": log_path}
-    assert cli.main(["challenge", "--home", home, "--model-id", str(bad.model_id), "--note", "built worse"]) == 0
-    with open(log_path, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--home", home, "--port",
-                                   str(port), "--poll-seconds", "0.5"], cwd=REPO, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
     users = None
     try:
         _wait_healthy(url, server, log_path, timeout_s=180)
@@ -163,7 +126,7 @@ def e2e(tmp_path_factory):
         _judge(judging, bad.model_id, result["worse_lines"], result["said"])
         result["worse"] = record.latest_decision(open_store(config.metadata_connection), config.pipeline_name)
         result["versions_after_worse"] = serving.versions(config.serving_dir)
-        result["impressions_after_worse"] = len(_read(config.join.impressions.log_dir))
+        result["impressions_after_worse"] = len(read_events(config.join.impressions.log_dir))
         # Better: the bad model made champion by hand, the good one challenges it.
         assert cli.main(["challenge", "--home", home, "--model-id", str(bad.model_id)]) == 0
         assert cli.main(["promote", "--home", home, "--note", "the bad model as champion"]) == 0
@@ -202,7 +165,7 @@ def test_a_worse_challenger_is_retired_never_promoted_and_the_champion_serves_th
     assert record.PROMOTE not in {d.action for d in first_phase}
     # The champion never stopped: version 1 alone in the folder, and every request of the phase served by it.
     assert e2e["versions_after_worse"] == [1]
-    served = _read(e2e["config"].join.impressions.log_dir)[:e2e["impressions_after_worse"]]
+    served = read_events(e2e["config"].join.impressions.log_dir)[:e2e["impressions_after_worse"]]
     live = [e for e in served if e["request_id"] != "history"]
     assert live and {e["model_version"] for e in live} == {1}
     assert {e["model_id"] for e in live if e.get("arm") == "challenger"} == {e2e["bad"]}
