@@ -62,12 +62,6 @@ class Routing:
     # request is the champion's.
     model: Any = None
 
-    def choose(self, rng: np.random.Generator) -> Tuple[str, float]:
-        """(arm, its propensity) for one request: Thompson sampling, or the champion at 1 without a challenger."""
-        if self.model is None:
-            return CHAMPION, 1.0
-        return choose_arm(self.champion, self.challenger, rng, p_better=self.p_better)
-
     def draw(self, rng: np.random.Generator) -> Tuple[str, float, bool]:
         """(the arm that serves, its propensity, fallback) for one request.
 
@@ -75,11 +69,9 @@ class Routing:
         propensity 1, but the draw is still made: `fallback` says the challenger was drawn and the champion
         answered instead, what the challenger's error-rate guardrail counts (components/online_evaluator/
         guardrails.py). Logged per impression, it survives restarts of the server; its memory does not."""
-        if self.model is None:
-            drawn = rng.beta(self.challenger.alpha, self.challenger.beta) > rng.beta(self.champion.alpha,
-                                                                                     self.champion.beta)
-            return CHAMPION, 1.0, bool(drawn)
         arm, p = choose_arm(self.champion, self.challenger, rng, p_better=self.p_better)
+        if self.model is None:
+            return CHAMPION, 1.0, arm == CHALLENGER
         return arm, p, False
 
     def propensities(self) -> Tuple[float, float]:
