@@ -23,6 +23,7 @@ TRANSFORM = TransformConfig()
 BUCKETS = stream.hash_buckets(SCHEMA, TRANSFORM)
 NUMERIC = stream.numeric_features(SCHEMA, TRANSFORM)
 # One counted key (the ad), one decay, so every expected value is a line of arithmetic.
+AD_BUCKETS = BUCKETS["ad_id_xf"]
 CONFIG = {"counts": True, "crosses": [], "count_features": ["ad_id_xf"], "count_decays": [0.5], "count_prior": 2.0}
 
 
@@ -31,10 +32,11 @@ def _logit(p):
 
 
 def _expected(n, pos, total_n, total_pos, prior=2.0):
-    """The features of an id with `n` examples and `pos` positives, by the definition."""
+    """The features of an id with `n` examples and `pos` positives, by the definition: its smoothed
+    log-odds against the stream's, and log(1 + its share of the examples times the key's buckets)."""
     rate = (total_pos + 1) / (total_n + 2)
     own = (pos + prior * rate) / (n + prior)
-    return [_logit(own) - _logit(rate), math.log1p(n)]
+    return [_logit(own) - _logit(rate), math.log1p(n * AD_BUCKETS / total_n) if total_n else 0.0]
 
 
 def _examples(ads, labels, span, role="new"):
@@ -63,35 +65,64 @@ def _table(serving):
     return table, table.tables["ad_id_xf"].numpy(), table.total.numpy(), int(table.span.numpy())
 
 
-def test_each_example_sees_only_the_spans_before_its_own():
-    serving, _ = ads_model.build_models(BUCKETS, NUMERIC, CONFIG, 0)
-    span1 = _examples([3, 3, 3, 3, 5, 5], [1, 0, 0, 0, 1, 1], 1)
-    span2 = _examples([3, 3, 7], [1, 0, 1], 2)
-    got = _counts(serving, *_concat(span1, span2))
-    # Span 1: nothing counted before it, every id at the stream's rate.
-    np.testing.assert_allclose(got[:6], 0.0, atol=1e-6)
-    # Span 2 sees span 1 as serving would right after it: ad 3 (4, 1), in total (6, 3); ad 7 nothing.
-    np.testing.assert_allclose(got[6], _expected(4, 1, 6, 3), rtol=1e-5)
-    np.testing.assert_allclose(got[7], _expected(4, 1, 6, 3), rtol=1e-5)
-    np.testing.assert_allclose(got[8], [0.0, 0.0], atol=1e-6)
+SPAN1 = ([3, 3, 3, 3, 5, 5], [1, 0, 0, 0, 1, 1])
+
+
+def _counted_span1():
+    """A model whose table has counted span 1 (a cold first cycle): ad 3 (4, 1), ad 5 (2, 2), of (6, 3)."""
+    serving, training = ads_model.build_models(BUCKETS, NUMERIC, CONFIG, 0)
+    first = _counts(serving, *_examples(*SPAN1, 1))
+    return serving, training, first
+
+
+def test_a_first_cycle_counts_its_spans_but_gives_them_no_count_features():
+    serving, training = ads_model.build_models(BUCKETS, NUMERIC, CONFIG, 0)
+    got = _counts(serving, *_concat(_examples(*SPAN1, 1), _examples([3, 3, 7], [1, 0, 1], 2)))
+    # An empty table at the start: span 2 does not see span 1 (a first model would learn on count
+    # features of one span and be judged and served on those of both).
+    np.testing.assert_allclose(got, 0.0, atol=1e-6)
     _, ad, total, span = _table(serving)
-    np.testing.assert_allclose(ad[3], [4, 1.5])
-    np.testing.assert_allclose(ad[5], [1, 1])
-    np.testing.assert_allclose(ad[7], [1, 1])
+    np.testing.assert_allclose(ad[3], [4, 1.5])  # (4, 1) decayed once, plus span 2's (2, 1)
     np.testing.assert_allclose(total, [6, 3.5])
     assert span == 2
+    # And the table moves no prediction of a model that has not learned on count features: the count
+    # weights start at zero, the first hidden layer's included.
+    x, _, _ = _examples([3, 5, 7], [0, 0, 0], 3)
+    looked_up = serving.get_layer("count_table")({"ad_id_xf": tf.constant(x["ad_id_xf"])}).numpy()
+    assert np.abs(looked_up).max() > 0.1
+    np.testing.assert_allclose(serving(x).numpy(),
+                               training({**x, ads_model.COUNT_INPUT: np.zeros_like(looked_up)}).numpy(), rtol=1e-6)
 
-    # No example sees its own label: flip every label of span 2, its features stay; the table does not.
-    other, _ = ads_model.build_models(BUCKETS, NUMERIC, CONFIG, 0)
-    flipped = (span2[0], 1 - span2[1], span2[2])
-    np.testing.assert_allclose(_counts(other, *_concat(span1, flipped)), got, rtol=1e-6)
-    np.testing.assert_allclose(_table(other)[1][7], [1, 0])  # ad 7 now not clicked
+
+def test_each_example_sees_only_the_spans_before_its_own():
+    serving, _, first = _counted_span1()
+    np.testing.assert_allclose(first, 0.0, atol=1e-6)
+    span2 = _examples([3, 3, 7], [1, 0, 1], 2)
+    span3 = _examples([3], [0], 3)
+    got = _counts(serving, *_concat(span2, span3))
+    # Span 2 sees span 1 as serving would right after it: ad 3 (4, 1), in total (6, 3); ad 7 nothing.
+    np.testing.assert_allclose(got[0], _expected(4, 1, 6, 3), rtol=1e-5)
+    np.testing.assert_allclose(got[1], _expected(4, 1, 6, 3), rtol=1e-5)
+    np.testing.assert_allclose(got[2], [0.0, 0.0], atol=1e-6)
+    # Span 3 sees spans 1 and 2: ad 3 (4, 1) decayed once plus span 2's (2, 1), of (3, 1.5) + (3, 2).
+    np.testing.assert_allclose(got[3], _expected(4, 1.5, 6, 3.5), rtol=1e-5)
+    _, ad, total, span = _table(serving)
+    np.testing.assert_allclose(ad[3], [3, 0.75])
+    np.testing.assert_allclose(ad[5], [0.5, 0.5])
+    np.testing.assert_allclose(ad[7], [0.5, 0.5])
+    np.testing.assert_allclose(total, [4, 1.75])
+    assert span == 3
+
+    # No example sees its own label: flip span 3's label, its features stay; the table does not.
+    other, _, _ = _counted_span1()
+    flipped = (span3[0], 1 - span3[1], span3[2])
+    np.testing.assert_allclose(_counts(other, *_concat(span2, flipped)), got, rtol=1e-6)
+    np.testing.assert_allclose(_table(other)[1][3], [3, 1.75])
 
 
 def test_serving_looks_up_the_table_training_features_came_from(tmp_path):
-    serving, training = ads_model.build_models(BUCKETS, NUMERIC, CONFIG, 0)
-    _counts(serving, *_concat(_examples([3, 3, 3, 3, 5, 5], [1, 0, 0, 0, 1, 1], 1),
-                              _examples([3, 3, 7], [1, 0, 1], 2)))
+    serving, training, _ = _counted_span1()
+    _counts(serving, *_examples([3, 3, 7], [1, 0, 1], 2))
     # The next span's event of ad 3 sees the table as span 2 left it: ad 3 (4, 1.5), in total (6, 3.5).
     x, _, _ = _examples([3], [0], 3)
     table = serving.get_layer("count_table")
