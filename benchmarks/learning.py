@@ -106,6 +106,17 @@ GRID: Dict[str, Dict[str, Any]] = {
     "wide + all crosses + counts, replay 1 span, warm 1 epoch": {"model": dict(_WIDE, counts=True),
                                                                  "replay_spans": 1, "warm_epochs": 1},
     "wide + all crosses + counts, warm 1 epoch": {"model": dict(_WIDE, counts=True), "warm_epochs": 1},
+    # Around the default: the warm rate, the wide rate, replay share, a third (slower) decay, the prior.
+    "wide + all crosses + counts, warm 1 epoch at 0.01": {"model": dict(_WIDE, counts=True), "warm_epochs": 1,
+                                                          "warm_learning_rate": 0.01},
+    "wide + all crosses + counts, warm 1 epoch, wide lr 0.08": {"model": dict(_WIDE, counts=True, wide_learning_rate=0.08),
+                                                                "warm_epochs": 1},
+    "wide + all crosses + counts, warm 1 epoch, replay 0.3": {"model": dict(_WIDE, counts=True), "warm_epochs": 1,
+                                                              "replay_fraction": 0.3},
+    "wide + all crosses + counts (decays 0.5, 0.9, 0.99), warm 1 epoch": {
+        "model": dict(_WIDE, counts=True, count_decays=[0.5, 0.9, 0.99]), "warm_epochs": 1},
+    "wide + all crosses + counts (prior 8), warm 1 epoch": {"model": dict(_WIDE, counts=True, count_prior=8.0),
+                                                            "warm_epochs": 1},
 }
 # The row of what TrainerConfig ships; another row replaces it as the default only when its worst-case margin
 # is better by MIN_GAIN: the mean of 7 cycles moves by about that between neighbouring settings, and every
