@@ -99,15 +99,35 @@ GRID: Dict[str, Dict[str, Any]] = {
     "wide + all crosses + FM, replay 1 span": {"model": _FM, "replay_spans": 1},
     "wide + all crosses + FM, no replay": {"model": _FM, "replay_fraction": 0.0},
     "wide + all crosses + FM, dim 16, no replay": {"model": dict(_FM, embedding_dim=16), "replay_fraction": 0.0},
+    # Learning from counts: decayed examples and positives per id and per cross, kept in the model.
+    "wide + all crosses + counts": {"model": dict(_WIDE, counts=True)},
+    "wide + all crosses + counts, replay 1 span": {"model": dict(_WIDE, counts=True), "replay_spans": 1},
+    "wide + all crosses + FM + counts, replay 1 span": {"model": dict(_FM, counts=True), "replay_spans": 1},
+    "wide + all crosses + counts, replay 1 span, warm 1 epoch": {"model": dict(_WIDE, counts=True),
+                                                                 "replay_spans": 1, "warm_epochs": 1},
+    "wide + all crosses + counts, warm 1 epoch": {"model": dict(_WIDE, counts=True), "warm_epochs": 1},
+    # Around the default: the warm rate, the wide rate, replay share, a third (slower) decay, the prior.
+    "wide + all crosses + counts, warm 1 epoch at 0.01": {"model": dict(_WIDE, counts=True), "warm_epochs": 1,
+                                                          "warm_learning_rate": 0.01},
+    "wide + all crosses + counts, warm 1 epoch, wide lr 0.08": {"model": dict(_WIDE, counts=True, wide_learning_rate=0.08),
+                                                                "warm_epochs": 1},
+    "wide + all crosses + counts, warm 1 epoch, replay 0.3": {"model": dict(_WIDE, counts=True), "warm_epochs": 1,
+                                                              "replay_fraction": 0.3},
+    "wide + all crosses + counts (decays 0.5, 0.9, 0.99), warm 1 epoch": {
+        "model": dict(_WIDE, counts=True, count_decays=[0.5, 0.9, 0.99]), "warm_epochs": 1},
+    "wide + all crosses + counts (prior 8), warm 1 epoch": {"model": dict(_WIDE, counts=True, count_prior=8.0),
+                                                            "warm_epochs": 1},
 }
 # The row of what TrainerConfig ships; another row replaces it as the default only when its worst-case margin
 # is better by MIN_GAIN: the mean of 7 cycles moves by about that between neighbouring settings, and every
 # change of default costs users a cold start (a new architecture) or changes what replay_spans also sets
 # (the ingest dedup horizon, the retention window).
-DEFAULT_LABEL = "wide + all crosses"
+DEFAULT_LABEL = "wide + all crosses + counts, warm 1 epoch"
 MIN_GAIN = 0.005
-# Every row names its replay window, so a row means the same whatever TrainerConfig's defaults are.
-GRID = {label: {"replay_spans": 3, "replay_fraction": 0.1, **settings} for label, settings in GRID.items()}
+# Every row names its replay window and warm epochs (and its model), so a row means the same whatever
+# TrainerConfig's defaults are.
+GRID = {label: {"replay_spans": 3, "replay_fraction": 0.1, "warm_epochs": 2, **settings}
+        for label, settings in GRID.items()}
 # Not eligible as the default: no warm replay at all gives up the guard against forgetting, which these two
 # streams (drift, no recurring patterns) cannot reward; their rows are reported, not chosen.
 NOT_DEFAULT = {label for label, settings in GRID.items() if settings.get("replay_fraction") == 0.0}
@@ -165,7 +185,9 @@ def prepare(work: str, name: str, spans: int, events_per_span: int, seed: int) -
 
     home = os.path.join(work, name)
     facts_path = os.path.join(home, "_facts.json")
-    key = {"spans": spans, "events_per_span": events_per_span, "seed": seed, "version": 1}
+    # The schema's hash buckets too: the data are transformed with them.
+    buckets = {f.name: f.hash_buckets for f in stream_config(name, home).source.schema.fields if f.hash_buckets}
+    key = {"spans": spans, "events_per_span": events_per_span, "seed": seed, "version": 1, "buckets": buckets}
     if os.path.exists(facts_path):
         with open(facts_path) as f:
             facts = json.load(f)

@@ -454,8 +454,8 @@ def ad_click_schema() -> EventSchema:
         fields=(
             FieldSpec("event_id", "string"),
             FieldSpec("event_time", "int"),
-            FieldSpec("user_id", "string", feature="categorical", hash_buckets=2048),
-            FieldSpec("ad_id", "string", feature="categorical", hash_buckets=1024),
+            FieldSpec("user_id", "string", feature="categorical", hash_buckets=65536),
+            FieldSpec("ad_id", "string", feature="categorical", hash_buckets=16384),
             FieldSpec("ad_category", "string", feature="categorical", hash_buckets=64),
             FieldSpec("device", "string", feature="categorical", hash_buckets=16),
             FieldSpec("hour_of_day", "int", feature="categorical", hash_buckets=24),

@@ -41,6 +41,10 @@ OUTPUT_KEY = "probability"
 WIDE_DEFAULTS = {"wide": True, "crosses": "all", "cross_buckets": 100003, "wide_optimizer": "adagrad",
                  "wide_learning_rate": 0.05}
 WIDE_PREFIX = "wide_"
+# Count features (`CountTable`): off in a model dict without `counts` (the shipped TrainerConfig.model sets it);
+# per-span decays and the prior's weight. Chosen by benchmarks/learning.py (RESULTS.md, learning).
+COUNTS_DEFAULTS = {"counts": False, "count_decays": [0.5, 0.9], "count_prior": 2.0}
+COUNT_INPUT = "count_features"
 
 
 @keras.utils.register_keras_serializable(package="driftline")
@@ -81,6 +85,73 @@ class PairwiseDot(keras.layers.Layer):
         return tf.reduce_sum(pairs, axis=1, keepdims=True)
 
 
+@keras.utils.register_keras_serializable(package="driftline")
+class CountTable(keras.layers.Layer):
+    """Learning from counts: per hashed id of each key, the decayed number of examples and of positives.
+
+    Model state, not trainable: one table per key (a categorical feature or a cross), one row per
+    bucket, two columns (examples, positives) per decay; a total row of the same; and the newest span
+    counted. `run_fn` advances the tables each cycle with the examples the model had never learned
+    (`count_training_features`), so they travel in the warm-start checkpoint and the serving SavedModel
+    alike: serving looks the counts up inside the model, and cannot disagree with training.
+
+    Its output, per key and decay: the id's smoothed log-odds over the stream's (the positives plus
+    `prior` examples at the stream's rate, over the examples plus `prior`), and log(1 + its share of the
+    examples times the key's buckets), its popularity against an even spread, which does not grow with
+    the table's age as the count itself does.
+    A counts-based estimate of every id's rate from all of its history, at each decay, which per-event
+    gradient steps on a per-id weight only approximate; two decays tell a rising id from a falling one.
+    """
+
+    def __init__(self, buckets: Mapping[str, int], decays: List[float], prior: float, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.buckets = {str(k): int(v) for k, v in buckets.items()}
+        self.decays = [float(d) for d in decays]
+        self.prior = float(prior)
+        self.keys = sorted(self.buckets)
+        self.width = 2 * len(self.decays)
+
+    @property
+    def features(self) -> int:
+        return len(self.keys) * self.width
+
+    def build(self, input_shape):
+        self.tables = {k: self.add_weight(name=f"counts_{k}", shape=(self.buckets[k], self.width),
+                                          initializer="zeros", trainable=False) for k in self.keys}
+        self.total = self.add_weight(name="counts_total", shape=(self.width,), initializer="zeros", trainable=False)
+        # -1: nothing counted yet.
+        self.span = self.add_weight(name="counts_span", shape=(), dtype=tf.int64, trainable=False,
+                                    initializer=keras.initializers.Constant(-1))
+        super().build(input_shape)
+
+    def call(self, ids):
+        return self.features_of([tf.gather(self.tables[k], ids[k]) for k in self.keys], self.total)
+
+    def features_of(self, gathered, total):
+        """[batch, features] from each key's gathered rows ([batch, width]) and the total row: the one
+        computation of the features, for serving (`call`) and for training (`count_training_features`)."""
+        total = tf.cast(total, tf.float32)
+        out = []
+        for j in range(len(self.decays)):
+            n_all, pos_all = total[2 * j], total[2 * j + 1]
+            rate = (pos_all + 1.0) / (n_all + 2.0)
+            base = tf.math.log(rate) - tf.math.log1p(-rate)
+            for key, rows in zip(self.keys, gathered):
+                rows = tf.cast(rows, tf.float32)
+                n, pos = rows[:, 2 * j], rows[:, 2 * j + 1]
+                own = tf.clip_by_value((pos + self.prior * rate) / (n + self.prior), 1e-6, 1 - 1e-6)
+                # The id's share of the examples, against an even spread over the buckets: not its count,
+                # which grows with the table's age (a young table's ids all look rare; a model trained on
+                # them then over-predicts once the table has filled, measured as calibration 1.8 on a first
+                # cycle); 0 while the table is empty.
+                share = tf.math.divide_no_nan(n * float(self.buckets[key]), n_all)
+                out += [tf.math.log(own) - tf.math.log1p(-own) - base, tf.math.log1p(share)]
+        return tf.stack(out, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "buckets": self.buckets, "decays": self.decays, "prior": self.prior}
+
+
 def model_options(model_config: Mapping[str, Any], feature_buckets: Mapping[str, int]) -> Dict[str, Any]:
     """The wide part's settings with defaults filled in; a bad one raises ValueError naming the fix."""
     options = {**WIDE_DEFAULTS, **{k: model_config[k] for k in WIDE_DEFAULTS if k in model_config}}
@@ -99,6 +170,23 @@ def model_options(model_config: Mapping[str, Any], feature_buckets: Mapping[str,
                              f"(its transformed ones are {sorted(feature_buckets)}); name those")
         crosses.append([str(cross[0]), str(cross[1])])
     options["crosses"] = crosses
+    options["counts"] = model_config.get("counts", COUNTS_DEFAULTS["counts"])
+    if not isinstance(options["counts"], bool):
+        raise ValueError(f"trainer.model.counts must be true or false, got {options['counts']!r}")
+    options["count_decays"] = list(model_config.get("count_decays", COUNTS_DEFAULTS["count_decays"]))
+    if not options["count_decays"] or not all(0.0 < float(d) <= 1.0 for d in options["count_decays"]):
+        raise ValueError("trainer.model.count_decays must be a list of decays per span in (0, 1], "
+                         f"got {options['count_decays']!r}")
+    options["count_prior"] = float(model_config.get("count_prior", COUNTS_DEFAULTS["count_prior"]))
+    if not options["count_prior"] > 0:
+        raise ValueError(f"trainer.model.count_prior must be > 0, got {options['count_prior']!r}")
+    count_features = model_config.get("count_features", "all")
+    if count_features != "all":
+        unknown = [f for f in count_features if f not in feature_buckets]
+        if isinstance(count_features, str) or unknown:
+            raise ValueError(f"trainer.model.count_features must be 'all' or a list of hashed categorical features "
+                             f"(this stream's are {sorted(feature_buckets)}), got {count_features!r}")
+    options["count_features"] = count_features
     options["fm"] = model_config.get("fm", False)
     if not isinstance(options["fm"], bool):
         raise ValueError(f"trainer.model.fm must be true or false, got {options['fm']!r}")
@@ -115,8 +203,21 @@ def cross_name(cross) -> str:
 
 def build_model(feature_buckets: Mapping[str, int], numeric_features: List[str],
                 model_config: Mapping[str, Any], seed: int) -> keras.Model:
-    """Deep: embeddings for every hashed feature, concatenated with scaled numbers, then an MLP.
+    """The serving model (see `build_models`)."""
+    return build_models(feature_buckets, numeric_features, model_config, seed)[0]
+
+
+def build_models(feature_buckets: Mapping[str, int], numeric_features: List[str],
+                 model_config: Mapping[str, Any], seed: int):
+    """(serving model, training model). The same model, the same weights, unless `counts` is on.
+
+    Deep: embeddings for every hashed feature, concatenated with scaled numbers, then an MLP.
     Wide (unless `"wide": false`): one weight per bucket of every hashed feature and cross.
+    Counts (`"counts": true`): a `CountTable` over every hashed feature and cross, its features into
+    the MLP and through one linear weight each into the logit. The serving model looks them up in the
+    table; the training model takes them as an input (`COUNT_INPUT`), computed from the counts as of
+    each example's span (`count_training_features`), so no example's own label is in its features. Both
+    share every layer but the table.
 
     Every layer is named, so variable names match across processes and the
     warm-start manifest can compare them; the wide part's layers are named
@@ -135,33 +236,145 @@ def build_model(feature_buckets: Mapping[str, int], numeric_features: List[str],
     for name in sorted(numeric_features):
         inputs[name] = keras.Input(shape=(), dtype=tf.float32, name=name)
         parts.append(keras.layers.Reshape((1,), name=f"col_{name}")(inputs[name]))
-    x = keras.layers.Concatenate(name="features")(parts)
-    for i, units in enumerate(model_config.get("hidden_units", [64, 32])):
-        x = keras.layers.Dense(int(units), activation="relu", name=f"dense_{i}")(x)
-    if not options["wide"] and not options["fm"]:
-        out = keras.layers.Dense(1, activation="sigmoid", name="click")(x)
-        return keras.Model(inputs=inputs, outputs=out, name="ads_ctr")
-    logits = [keras.layers.Dense(1, name="deep_logit")(x)]  # its bias is the model's bias
-    if options["fm"] and len(embeddings) >= 2:
-        logits.append(PairwiseDot(name="fm_logit")(embeddings))
-    if not options["wide"]:
-        logit = keras.layers.Add(name="logit")(logits) if len(logits) > 1 else logits[0]
-        out = keras.layers.Activation("sigmoid", name="click")(logit)
-        return keras.Model(inputs=inputs, outputs=out, name="ads_ctr")
     ids = {name: inputs[name] for name in sorted(feature_buckets)}
     buckets = dict(feature_buckets)
-    for cross in options["crosses"]:
-        name = cross_name(cross)
-        ids[name] = HashedCross(int(options["cross_buckets"]), name=f"cross_{name}")([inputs[cross[0]], inputs[cross[1]]])
-        buckets[name] = int(options["cross_buckets"])
-    for name in ids:
-        # Zero-initialised: a new id starts at the base rate the bias learns.
-        weight = keras.layers.Embedding(buckets[name], 1, embeddings_initializer="zeros",
-                                        name=f"{WIDE_PREFIX}{name}")(ids[name])
-        logits.append(weight)
-    logit = keras.layers.Add(name="logit")(logits)
-    out = keras.layers.Activation("sigmoid", name="click")(logit)
-    return keras.Model(inputs=inputs, outputs=out, name="ads_ctr")
+    if options["wide"] or options["counts"]:
+        for cross in options["crosses"]:
+            name = cross_name(cross)
+            ids[name] = HashedCross(int(options["cross_buckets"]), name=f"cross_{name}")(
+                [inputs[cross[0]], inputs[cross[1]]])
+            buckets[name] = int(options["cross_buckets"])
+    # Every layer whose input may be the count features: created once, applied to the table's output
+    # (serving) and to the count input (training), so both models share their weights.
+    hidden = [keras.layers.Dense(int(units), activation="relu", name=f"dense_{i}")
+              for i, units in enumerate(model_config.get("hidden_units", [64, 32]))]
+    concat = keras.layers.Concatenate(name="features")
+    wide_logits = []
+    if options["fm"] and len(embeddings) >= 2:
+        wide_logits.append(PairwiseDot(name="fm_logit")(embeddings))
+    if options["wide"]:
+        for name in ids:
+            # Zero-initialised: a new id starts at the base rate the bias learns.
+            wide_logits.append(keras.layers.Embedding(buckets[name], 1, embeddings_initializer="zeros",
+                                                      name=f"{WIDE_PREFIX}{name}")(ids[name]))
+    plain = not options["wide"] and not options["fm"] and not options["counts"]
+    click = keras.layers.Dense(1, activation="sigmoid", name="click") if plain else None
+    deep_logit = None if plain else keras.layers.Dense(1, name="deep_logit")  # its bias is the model's bias
+    count_logit = (keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="count_logit")
+                   if options["counts"] else None)
+
+    def head(counts):
+        x = concat(parts + ([counts] if counts is not None else []))
+        for layer in hidden:
+            x = layer(x)
+        if plain:
+            return click(x)
+        logits = [deep_logit(x)] + wide_logits + ([count_logit(counts)] if counts is not None else [])
+        logit = keras.layers.Add(name="logit")(logits) if len(logits) > 1 else logits[0]
+        return keras.layers.Activation("sigmoid", name="click")(logit)
+
+    if not options["counts"]:
+        model = keras.Model(inputs=inputs, outputs=head(None), name="ads_ctr")
+        return model, model
+    counted = {k: v for k, v in buckets.items() if _counted(k, options)}
+    table = CountTable(counted, options["count_decays"], options["count_prior"], name="count_table")
+    serving = keras.Model(inputs=inputs, outputs=head(table({k: ids[k] for k in counted})), name="ads_ctr")
+    count_input = keras.Input(shape=(table.features,), dtype=tf.float32, name=COUNT_INPUT)
+    training = keras.Model(inputs={**inputs, COUNT_INPUT: count_input}, outputs=head(count_input),
+                           name="ads_ctr_training")
+    if hidden:
+        # The count features enter the first hidden layer through zero weights, as a wide weight starts
+        # at zero: until the model has learned on count features (from the second cycle on, see
+        # `count_training_features`), the table moves no prediction.
+        kernel = hidden[0].kernel
+        kernel.assign(tf.concat([kernel[:-table.features], tf.zeros([table.features, kernel.shape[1]])], 0))
+    return serving, training
+
+
+def _counted(key: str, options: Mapping[str, Any]) -> bool:
+    """Whether a hashed feature or a cross (every one of its features) is in `count_features`."""
+    if options["count_features"] == "all":
+        return True
+    crosses = {cross_name(c): c for c in options["crosses"]}
+    return all(f in options["count_features"] for f in crosses.get(key, [key]))
+
+
+def _count_table(model: keras.Model) -> Optional[CountTable]:
+    return next((layer for layer in model.layers if isinstance(layer, CountTable)), None)
+
+
+def count_training_features(serving: keras.Model, model_config: Mapping[str, Any], feature_buckets: Mapping[str, int],
+                            features: Mapping[str, np.ndarray], labels: np.ndarray,
+                            provenance: "data.Provenance") -> np.ndarray:
+    """The count features of every training example, as of its span, and the table advanced past them.
+
+    The table (loaded from the base model, or empty) holds what the model learned before: every span's
+    examples once, decayed per span since. This cycle's examples it never learned ("new", the previous
+    eval split, released or carried splits; all of them when the table is empty) are taken span by span,
+    oldest first: each example's features come from the table as it was before its span was counted
+    (what serving looks up for an event after the last counted span), then its span is counted. A
+    replay example was counted when it was new: its features are the table's less its own (decayed)
+    share, so no example ever sees its own label. Serving then looks up the advanced table:
+    an event of the next span sees every span before it, as a training example saw every span before its.
+    A table empty at the start (a cold first cycle) counts every span but gives no example features
+    (all zero, as the empty table would): see the comment below.
+    """
+    table = _count_table(serving)
+    crosses = {cross_name(c): c for c in model_options(model_config, feature_buckets)["crosses"]}
+    ids = {}
+    for key in table.keys:
+        if key in crosses:
+            a, b = crosses[key]
+            ids[key] = serving.get_layer(f"cross_{key}")([tf.constant(features[a]), tf.constant(features[b])]).numpy()
+        else:
+            ids[key] = np.asarray(features[key])
+    decays = np.array(table.decays, np.float64)
+    tables = {k: table.tables[k].numpy().astype(np.float64) for k in table.keys}
+    total = table.total.numpy().astype(np.float64)
+    last = int(table.span.numpy())
+    y = np.asarray(labels, np.float64)
+    spans = np.asarray(provenance.span, np.int64)
+    counted = np.ones(len(y), bool) if last < 0 else np.asarray(provenance.role != "replay", bool)
+    out = np.zeros((len(y), table.features), np.float32)
+
+    def rows(weights: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Each example's (examples, positives) per decay, `weights` [m, decays]."""
+        r = np.empty((len(idx), 2 * len(decays)))
+        r[:, 0::2], r[:, 1::2] = weights, weights * y[idx, None]
+        return r
+
+    replay = np.flatnonzero(~counted)
+    if len(replay):
+        own = rows(decays[None, :] ** np.maximum(last - spans[replay], 0)[:, None], replay)
+        out[replay] = table.features_of([np.maximum(tables[k][ids[k][replay]] - own, 0.0) for k in table.keys],
+                                        total).numpy()
+    # A table that starts this cycle empty gives its spans no count features (zeros, the empty table's):
+    # the count weights start at zero and stay there, so the first model predicts as one without counts.
+    # Counting its spans one after another instead trained the first span on an empty table and the
+    # next on a one-span table, while the eval split and serving see the table after all of them: a
+    # first model whose count weights never saw such a table (calibration 1.6-1.9 on a first cycle).
+    cold = last < 0
+    for span in sorted(set(spans[counted].tolist())):
+        idx = np.flatnonzero(counted & (spans == span))
+        # The table as serving has it before this span: the last span counted, not yet decayed to this one.
+        if not cold:
+            out[idx] = table.features_of([tables[k][ids[k][idx]] for k in table.keys], total).numpy()
+        if span > last:
+            if last >= 0:
+                factor = np.repeat(decays ** (span - last), 2)
+                for k in table.keys:
+                    tables[k] *= factor
+                total *= factor
+            last = span
+        add = rows(np.broadcast_to(decays ** (last - span), (len(idx), len(decays))), idx)
+        for k in table.keys:
+            np.add.at(tables[k], ids[k][idx], add)
+        total += add.sum(axis=0)
+    for k in table.keys:
+        table.tables[k].assign(tables[k].astype(np.float32))
+    table.total.assign(total.astype(np.float32))
+    table.span.assign(last)
+    return out
 
 
 def _wide_variables(model: keras.Model) -> List[tf.Variable]:
@@ -204,8 +417,12 @@ class Trainer:
     """
 
     def __init__(self, model: keras.Model, features: Mapping[str, np.ndarray], labels: np.ndarray,
-                 learning_rate=0.001, model_config: Optional[Mapping[str, Any]] = None):
+                 learning_rate=0.001, model_config: Optional[Mapping[str, Any]] = None,
+                 serving_model: Optional[keras.Model] = None):
+        # `model` is trained; `serving_model` (the same, unless it looks up count features itself, see
+        # `build_models`) is what is exported and warm-started.
         self.model = model
+        self.serving_model = serving_model if serving_model is not None else model
         wide_ids = {id(v) for v in _wide_variables(model)}
         deep_vars = [v for v in model.trainable_variables if id(v) not in wide_ids]
         wide_vars = [v for v in model.trainable_variables if id(v) in wide_ids]
@@ -227,7 +444,8 @@ class Trainer:
         self.dtypes = {k: tf.as_dtype(features[k].dtype) for k in self.names}
         self.label_dtype = tf.as_dtype(labels.dtype)
         loss_fn = keras.losses.BinaryCrossentropy()
-        signature = [{k: tf.TensorSpec([None], self.dtypes[k], name=k) for k in self.names},
+        signature = [{k: tf.TensorSpec([None] + list(np.shape(features[k])[1:]), self.dtypes[k], name=k)
+                      for k in self.names},
                      tf.TensorSpec([None], self.label_dtype, name="label"),
                      tf.TensorSpec([], tf.int32, name="batch_size")]
         optimizer, wide_optimizer = self.optimizer, self.wide_optimizer
@@ -267,8 +485,10 @@ class Trainer:
         self.export_template: Optional[Dict[str, Optional[bytes]]] = None
 
     def accepts(self, features: Mapping[str, np.ndarray], labels: np.ndarray) -> bool:
-        return (sorted(features) == sorted(self.names) and tf.as_dtype(labels.dtype) == self.label_dtype
-                and all(tf.as_dtype(features[k].dtype) == self.dtypes[k] for k in self.names))
+        """Whether the step traced for these features fits (the count features are added later)."""
+        names = [k for k in self.names if k != COUNT_INPUT]
+        return (sorted(features) == sorted(names) and tf.as_dtype(labels.dtype) == self.label_dtype
+                and all(tf.as_dtype(features[k].dtype) == self.dtypes[k] for k in names))
 
     def _optimizers(self) -> list:
         return [self.optimizer] + ([self.wide_optimizer] if self.wide_optimizer is not None else [])
@@ -448,15 +668,22 @@ def _reusable_key(config: Mapping[str, Any], seed: int) -> str:
                       sort_keys=True)
 
 
-def _new_model(fn_args: WarmStartFnArgs, warm: bool, reason: str):
-    """A built model with the base weights loaded when warm; a failed load makes it cold, with why."""
+def _new_models(fn_args: WarmStartFnArgs, warm: bool, reason: str):
+    """The built (serving, training) models with the base weights loaded when warm; a failed load makes
+    them cold, with why."""
     config = fn_args.custom_config
-    model = build_model(config["feature_buckets"], config["numeric_features"], config.get("model", {}), fn_args.seed)
+    serving, training = build_models(config["feature_buckets"], config["numeric_features"], config.get("model", {}),
+                                     fn_args.seed)
     if warm:
-        report = warm_start.load_base_weights(model, fn_args.base_model)
+        report = warm_start.load_base_weights(serving, fn_args.base_model)
         if not report.loaded:
             warm, reason = False, report.reason
-    return model, warm, reason
+    return serving, training, warm, reason
+
+
+def _new_model(fn_args: WarmStartFnArgs, warm: bool, reason: str):
+    serving, _, warm, reason = _new_models(fn_args, warm, reason)
+    return serving, warm, reason
 
 
 def _untrained(fn_args: WarmStartFnArgs, tft_output, why: str) -> TrainResult:
@@ -479,9 +706,9 @@ def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
     transform_key = transform_graph_key(fn_args.transform_graph_path)
     salt = str(max(i.span for i in fn_args.training_inputs))
     try:
-        features, labels, counts = data.load_transformed(
+        features, labels, counts, provenance = data.load_transformed(
             fn_args.training_inputs, _kept_transform(transform_key, tft_output), LABEL_KEY, fn_args.id_key, salt,
-            transform_key=transform_key)
+            transform_key=transform_key, provenance=True)
     except data.NoTrainingExamples as e:
         return _untrained(fn_args, tft_output, str(e))
     steps = -(-len(labels) // fn_args.batch_size) * fn_args.epochs
@@ -493,25 +720,32 @@ def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
     warm, reason = fn_args.warm_start, fn_args.start_reason
     trainer = _reusable.get(key) if (warm and reusable) else None
     if trainer is not None and trainer.accepts(features, labels):
-        report = warm_start.load_base_weights(trainer.model, fn_args.base_model)
+        report = warm_start.load_base_weights(trainer.serving_model, fn_args.base_model)
         if report.loaded:
             trainer.reset_optimizer(learning_rate)
         else:
             trainer = None
     else:
         trainer = None
+    model_config = config.get("model", {})
     if trainer is None:
         _reusable.clear()
-        model, warm, reason = _new_model(fn_args, warm, reason)
-        trainer = Trainer(model, features, labels, learning_rate, config.get("model", {}))
+        serving, training, warm, reason = _new_models(fn_args, warm, reason)
+    else:
+        serving, training = trainer.serving_model, trainer.model
+    if _count_table(serving) is not None:
+        features = {**features, COUNT_INPUT: count_training_features(
+            serving, model_config, config["feature_buckets"], features, labels, provenance)}
+    if trainer is None:
+        trainer = Trainer(training, features, labels, learning_rate, model_config, serving_model=serving)
         if reusable:
             _reusable[key] = trainer
     final_loss = trainer.fit(features, labels, epochs=fn_args.epochs, batch_size=fn_args.batch_size,
                              seed=fn_args.seed)
 
-    export_serving_model(trainer.model, tft_output, fn_args.label_key, fn_args.serving_model_dir, trainer=trainer,
-                         transform_key=transform_key if reusable else None)
-    warm_start.save_warm_start_state(trainer.model, fn_args.model_dir,
+    export_serving_model(trainer.serving_model, tft_output, fn_args.label_key, fn_args.serving_model_dir,
+                         trainer=trainer, transform_key=transform_key if reusable else None)
+    warm_start.save_warm_start_state(trainer.serving_model, fn_args.model_dir,
                                      architecture=config.get(warm_start.ARCHITECTURE, ""))
     return TrainResult(warm_start=warm, start_reason=reason, final_loss=final_loss, steps=steps,
                        examples=len(labels), examples_by_role=counts)

@@ -75,8 +75,8 @@ def music_schema() -> EventSchema:
         fields=(
             FieldSpec("play_id", "string"),
             FieldSpec("played_at", "string"),
-            FieldSpec("listener", "string", feature="categorical", hash_buckets=1024),
-            FieldSpec("track", "string", feature="categorical", hash_buckets=512),
+            FieldSpec("listener", "string", feature="categorical", hash_buckets=16384),
+            FieldSpec("track", "string", feature="categorical", hash_buckets=16384),
             FieldSpec("genre", "string", feature="categorical", hash_buckets=16),
             FieldSpec("device", "string", feature="categorical", hash_buckets=8),
             FieldSpec("duration_s", "float", feature="numeric"),

@@ -1,6 +1,8 @@
 """benchmarks/learning.py's summary: which settings it chooses and which targets it reports for them."""
 from benchmarks import learning
 
+D = learning.DEFAULT_LABEL  # the row of the shipped default
+
 
 def _rows(aucs, cpu=1.0):
     return [{"span": k, "next_span_auc": a, "train_cpu_s": cpu} for k, a in enumerate(aucs, start=1)]
@@ -9,20 +11,20 @@ def _rows(aucs, cpu=1.0):
 def _results():
     # Cycle 1 is not steady state: only cycles 2-3 count. River's best is 0.70 on ads, 0.60 on music.
     ads = {"river": {"lr_adagrad_1.0": _rows([0.9, 0.70, 0.70]), "lr_adagrad_2.0": _rows([0.9, 0.69, 0.69])},
-           "driftline": {"wide + all crosses": _rows([0.1, 0.74, 0.74]),
+           "driftline": {D: _rows([0.1, 0.74, 0.74]),
                          "wide + all crosses + FM": _rows([0.1, 0.73, 0.73]),
                          "wide + all crosses, no replay": _rows([0.1, 0.80, 0.80])},
            "stateless": {"stateless full retrain, wide + all crosses": _rows([0.5, 0.72, 0.72], cpu=3.0)},
            "oracle_auc": 0.88}
     music = {"river": {"lr_adagrad_1.0": _rows([0.5, 0.60, 0.60]), "lr_adagrad_2.0": _rows([0.5, 0.61, 0.59])},
-             "driftline": {"wide + all crosses": _rows([0.1, 0.62, 0.62]),
+             "driftline": {D: _rows([0.1, 0.62, 0.62]),
                            "wide + all crosses + FM": _rows([0.1, 0.70, 0.70]),
                            "wide + all crosses, no replay": _rows([0.1, 0.80, 0.80])},
              "stateless": {}}
     return {"ads": ads, "music": music}
 
 
-GRID = ["wide + all crosses", "wide + all crosses + FM", "wide + all crosses, no replay"]
+GRID = [D, "wide + all crosses + FM", "wide + all crosses, no replay"]
 
 
 def test_the_choice_is_the_best_worst_case_margin_among_the_settings_eligible_as_default():
@@ -41,7 +43,7 @@ def test_the_choice_is_the_best_worst_case_margin_among_the_settings_eligible_as
     assert stateless["met"] and stateless["need"] == 0.72
     assert not targets["ads at 10k/span: driftline (wide + all crosses + FM) >= 0.777"]["met"]
     # The shipped default is not the chosen one: its targets are reported too.
-    assert "music: driftline (wide + all crosses, shipped default) >= best River (lr_adagrad_1.0) + 0.01" in targets
+    assert f"music: driftline ({D}, shipped default) >= best River (lr_adagrad_1.0) + 0.01" in targets
 
 
 def test_the_shipped_default_stays_unless_another_setting_beats_it_by_the_minimum_gain():
@@ -52,16 +54,31 @@ def test_the_shipped_default_stays_unless_another_setting_beats_it_by_the_minimu
     for name, auc in (("ads", 0.724), ("music", 0.70)):
         results[name]["driftline"]["wide + all crosses + FM"] = _rows([0.1, auc, auc])
     s = learning.summarize(results, 3, GRID)
-    assert learning.DEFAULT_LABEL == "wide + all crosses" and learning.MIN_GAIN > 0.004
-    assert s["best_here"] == "wide + all crosses + FM" and s["chosen"] == "wide + all crosses"
+    assert D in learning.GRID and learning.MIN_GAIN > 0.004
+    assert s["best_here"] == "wide + all crosses + FM" and s["chosen"] == D
 
 
 def test_settings_chosen_on_another_seed_are_the_ones_reported_and_the_text_says_so():
-    s = learning.summarize(_results(), 3, GRID, chosen="wide + all crosses", chosen_source="simulator seed 0 (x.json)")
-    assert s["chosen"] == "wide + all crosses" and s["best_here"] == "wide + all crosses + FM"
-    music = next(t for t in s["targets"] if t["target"].startswith("music: driftline (wide + all crosses) >= best"))
+    s = learning.summarize(_results(), 3, GRID, chosen=D, chosen_source="simulator seed 0 (x.json)")
+    assert s["chosen"] == D and s["best_here"] == "wide + all crosses + FM"
+    music = next(t for t in s["targets"] if t["target"].startswith(f"music: driftline ({D}) >= best"))
     assert music["need"] == 0.61 and music["met"]  # 0.62 >= 0.61 (lr_adagrad_1.0's 0.60 + 0.01)
     text = learning.render({"summary": s, "spans": 3, "events_per_span": 10000, "seed": 1, "date": "2026-12-05",
                             "grid": GRID, "stateless": ["stateless full retrain, wide + all crosses"]})
     assert "chosen on simulator seed 0 (x.json), not on the cycles above" in text
-    assert "| driftline: **wide + all crosses** |" in text and "no replay †" in text
+    assert f"| driftline: **{D}** |" in text and "no replay †" in text
+
+
+def test_the_default_row_is_what_trainer_config_ships():
+    """The row the choice is measured against is the shipped default, setting for setting."""
+    from pipelines import ads_model
+    from pipelines.config import TrainerConfig
+
+    shipped, row = TrainerConfig(), learning.GRID[D]
+    for key, value in row.items():
+        if key != "model":
+            assert getattr(shipped, key) == value, key
+    buckets = {"a_xf": 10, "b_xf": 20}
+    assert ads_model.model_options(row["model"], buckets) == ads_model.model_options(shipped.model, buckets)
+    for key in ("embedding_dim", "hidden_units"):
+        assert row["model"][key] == shipped.model[key]

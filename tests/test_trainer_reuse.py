@@ -147,6 +147,16 @@ def test_kept_inputs_give_what_reading_the_files_gives(continuous_run):
     assert any(not np.array_equal(other_salt[0][n], streamed[0][n]) for n in streamed[0])
     assert 0 < streamed[2]["replay"] < sum(len(v) for v in kept.values())
 
+    # Provenance (each example's span and role) is the same on both paths, and says what the counts say.
+    with_prov = [data.load_transformed(inputs, tft_output, LABEL_KEY, id_key, "7", transform_key=k, provenance=True)
+                 for k in (None, key)]
+    for got in with_prov:
+        np.testing.assert_array_equal(got[1], streamed[1])
+        assert {r: int(np.sum(got[3].role == r)) for r in set(got[3].role)} == streamed[2]
+        assert set(got[3].span.tolist()) == {i.span for i in inputs}
+    np.testing.assert_array_equal(with_prov[0][3].span, with_prov[1][3].span)
+    np.testing.assert_array_equal(with_prov[0][3].role, with_prov[1][3].role)
+
     # The next cycle keeps only its own inputs: nothing grows from cycle to cycle.
     data.load_transformed(inputs[:1], tft_output, LABEL_KEY, id_key, "9", transform_key=key)
     assert len(data._kept_inputs) == 1

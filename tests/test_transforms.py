@@ -79,7 +79,7 @@ def test_fingerprint_changes_with_the_transform_and_hash_sizes_follow_the_schema
     base = stream.transform_fingerprint(schema, TransformConfig())
     assert base == stream.transform_fingerprint(schema, TransformConfig())
     assert base != stream.transform_fingerprint(schema, TransformConfig(default_hash_buckets=7))
-    assert stream.hash_buckets(schema, TransformConfig())["ad_id_xf"] == 1024
+    assert stream.hash_buckets(schema, TransformConfig())["ad_id_xf"] == 16384
     assert stream.numeric_features(schema, TransformConfig()) == ["price_xf"]
 
 

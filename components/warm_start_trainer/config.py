@@ -17,10 +17,10 @@ class TrainerConfig:
     # Dotted path of the user module's run_fn (no module file: no wheel is built per cycle).
     run_fn: str = "pipelines.ads_model.run_fn"
     cold_epochs: int = 3
-    # Two passes over the new span at 0.005 (benchmarks/cost.py, against a full retrain's next-span
-    # AUC): one pass under-trains (-0.004 at 0.005, -0.001 at 0.01), three at 0.003 gave +0.003 and
-    # two at 0.005 +0.006, for two thirds of the steps.
-    warm_epochs: int = 2
+    # One pass over the new span at 0.005 (benchmarks/learning.py, with the count features below: they
+    # carry each id's history, so a second pass over the span only fits its noise; without counts two
+    # passes were best, benchmarks/cost.py).
+    warm_epochs: int = 1
     cold_learning_rate: float = 0.01
     # Lower than cold: a warm start refines weights that are already good.
     warm_learning_rate: float = 0.005
@@ -35,13 +35,15 @@ class TrainerConfig:
     seed: int = 0
     # Passed to run_fn as fn_args.custom_config["model"]: the model's own knobs. The default model
     # (pipelines/ads_model.py) is wide & deep: a linear part over the hashed ids and every pair of them
-    # crossed, AdaGrad at 0.05, beside the MLP; {"wide": False} is the deep-only model of before;
-    # {"fm": True} adds a DeepFM term. Chosen by benchmarks/learning.py on two streams, where the epochs
-    # and learning rates above stayed best; its latest choice on seed 0 (the FM term, replay_spans 1)
-    # gained 0.006 and is not made the default yet (benchmarks/RESULTS.md, learning).
+    # crossed, AdaGrad at 0.05, beside the MLP; with count features (`counts`: decayed examples and
+    # positives per id and per cross, kept in the model, learned from past spans only). {"wide": False}
+    # is the deep-only model of before; {"fm": True} adds a DeepFM term. Chosen by benchmarks/learning.py
+    # on two streams, settings chosen on simulator seed 0 and reported on seed 1 (benchmarks/RESULTS.md,
+    # learning); its best row there also replays one span instead of three, which is not the default:
+    # replay_spans also sets the ingest dedup horizon and the retention window.
     model: Dict[str, object] = dataclasses.field(default_factory=lambda: {
         "embedding_dim": 8, "hidden_units": [64, 32], "wide": True, "crosses": "all",
-        "wide_learning_rate": 0.05})
+        "wide_learning_rate": 0.05, "counts": True})
 
     def validate(self) -> None:
         if "." not in self.run_fn:

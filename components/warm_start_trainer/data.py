@@ -177,6 +177,8 @@ def _load_kept(inputs: Sequence[TrainingInput], tft_output, id_key: str, salt: s
             continue
         for k, v in chosen.items():
             columns.setdefault(k, []).append(v)
+        columns.setdefault(_SPAN, []).append(np.full(n, source.span, np.int64))
+        columns.setdefault(_ROLE, []).append(np.full(n, source.role, dtype=object))
         counts[source.role] = counts.get(source.role, 0) + n
     if not any_files:
         raise ValueError("no training files found for " + ", ".join(i.file_pattern for i in inputs))
@@ -186,8 +188,7 @@ def _load_kept(inputs: Sequence[TrainingInput], tft_output, id_key: str, salt: s
 
 
 def load_transformed(inputs: Sequence[TrainingInput], tft_output, label_key: str, id_key: str, salt: str,
-                     read_batch_size: int = 4096, transform_key: Optional[str] = None,
-                     ) -> Tuple[Dict[str, np.ndarray], np.ndarray, Dict[str, int]]:
+                     read_batch_size: int = 4096, transform_key: Optional[str] = None, provenance: bool = False):
     """All training examples, transformed, as numpy arrays; and the example count per role.
 
     A cycle's data fits in memory by design (minutes of events). The
@@ -201,21 +202,54 @@ def load_transformed(inputs: Sequence[TrainingInput], tft_output, label_key: str
     scanning them whole to sample a tenth cost as much as the rest of the
     cycle's training. Kept inputs are an optimisation, never state: they
     give what reading the files again gives.
+
+    `provenance`: also return, per example, the span and the role of the
+    input it came from (`Provenance`), for a model that must know which
+    examples it has learned before (`ads_model`'s count features).
     """
     if transform_key is not None:
         columns, counts = _load_kept(inputs, tft_output, id_key, salt, transform_key, read_batch_size)
     else:
         columns, counts = {}, {}
-        ds, _ = raw_dataset(inputs, tft_output.raw_feature_spec(), id_key, salt, read_batch_size)
-        for raw, roles in ds:
-            transformed = tft_output.transform_raw_features(raw, drop_unused_features=True)
-            for key, value in transformed.items():
-                columns.setdefault(key, []).append(value.numpy())
-            for role, n in zip(*tf.unique_with_counts(roles)[::2]):
-                counts[role.numpy().decode()] = counts.get(role.numpy().decode(), 0) + int(n)
+        # One input at a time when asked for provenance: the span of every example is its input's.
+        for group in ([[i] for i in inputs] if provenance else [inputs]):
+            try:
+                ds, _ = raw_dataset(group, tft_output.raw_feature_spec(), id_key, salt, read_batch_size)
+            except ValueError:  # no files for this one input; all inputs without files is raised below
+                if not provenance:
+                    raise
+                continue
+            for raw, roles in ds:
+                transformed = tft_output.transform_raw_features(raw, drop_unused_features=True)
+                for key, value in transformed.items():
+                    columns.setdefault(key, []).append(value.numpy())
+                if provenance:
+                    columns.setdefault(_SPAN, []).append(np.full(int(tf.size(roles)), group[0].span, np.int64))
+                    columns.setdefault(_ROLE, []).append(roles.numpy().astype(object))
+                for role, n in zip(*tf.unique_with_counts(roles)[::2]):
+                    counts[role.numpy().decode()] = counts.get(role.numpy().decode(), 0) + int(n)
+        if provenance and not columns and not any(_files(i.file_pattern) for i in inputs):
+            raise ValueError("no training files found for " + ", ".join(i.file_pattern for i in inputs))
     if not columns:
         raise NoTrainingExamples("the training inputs hold no examples: "
                                  + ", ".join(i.file_pattern for i in inputs))
     arrays = {k: np.concatenate(v) for k, v in columns.items()}
     labels = arrays.pop(label_key)
-    return arrays, labels, counts
+    spans, roles = arrays.pop(_SPAN, None), arrays.pop(_ROLE, None)
+    if not provenance:
+        return arrays, labels, counts
+    roles = np.array([r.decode() if isinstance(r, bytes) else r for r in roles], dtype=object)
+    return arrays, labels, counts, Provenance(spans, roles)
+
+
+# Keys of the provenance columns while they travel with the features (never a transformed feature's name:
+# those end in `_xf`, or are the label).
+_SPAN, _ROLE = "__span__", "__role__"
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """Per training example: the span of its input and its role ("new", "previous_eval", "replay", ...)."""
+
+    span: np.ndarray  # int64
+    role: np.ndarray  # object (str)
