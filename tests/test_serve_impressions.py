@@ -291,12 +291,11 @@ def test_a_byte_bound_that_cannot_hold_a_request_is_refused_naming_the_fix(tmp_p
     assert check_max_pending_bytes(1 << 26, "x") == 1 << 26
 
 
-def test_the_writer_process_runs_at_a_lower_priority_than_the_server(tmp_path):
-    """The writer is batch work: niced below the server, it takes the CPU that serving leaves idle."""
-    from pipelines.serve.impressions import DEFAULT_WRITER_NICE
-
+def test_the_writer_process_runs_at_the_niceness_asked_for(tmp_path):
+    """The writer's niceness is the server's plus `writer_nice` (driftline serve --impressions-writer-nice):
+    niced, it takes only the CPU that serving leaves idle; by default it has the server's priority."""
     own = os.getpriority(os.PRIO_PROCESS, 0)
-    for nice, want in ((None, min(19, own + DEFAULT_WRITER_NICE)), (3, min(19, own + 3))):
+    for nice, want in ((None, own), (3, min(19, own + 3)), (10, min(19, own + 10))):
         counts = Counts()
         kwargs = {} if nice is None else {"writer_nice": nice}
         log = ImpressionLog(str(tmp_path / f"imp{nice}"), on_logged=counts.on_logged, **kwargs)
@@ -306,7 +305,6 @@ def test_the_writer_process_runs_at_a_lower_priority_than_the_server(tmp_path):
             assert os.getpriority(os.PRIO_PROCESS, log.writer_pid) == want
         finally:
             log.close()
-    assert DEFAULT_WRITER_NICE > 0
 
 
 def test_a_batch_past_the_segment_size_rotates_between_whole_lines(tmp_path):
@@ -325,3 +323,14 @@ def test_a_batch_past_the_segment_size_rotates_between_whole_lines(tmp_path):
         assert data.endswith(b"\n") and len(data) <= 4000
     schema = impressions_schema(SCHEMA)
     assert [schema.parse(line)["event_id"] for line in _lines(str(folder))] == [f"r-{i}" for i in range(80)]
+
+
+def test_driftline_serve_refuses_a_bad_byte_bound_or_niceness_naming_the_fix(tmp_path, capsys):
+    from pipelines import cli
+
+    assert cli.main(["serve", "--home", str(tmp_path), "--impressions-max-pending-bytes", "4096"]) == 2
+    assert "--impressions-max-pending-bytes must be a whole number of bytes >= 1048576" in capsys.readouterr().err
+    assert cli.main(["serve", "--home", str(tmp_path), "--impressions-max-pending-bytes", "64MB"]) == 2
+    assert "e.g. 67108864 (64 MiB, the default)" in capsys.readouterr().err
+    assert cli.main(["serve", "--home", str(tmp_path), "--impressions-writer-nice", "20"]) == 2
+    assert "--impressions-writer-nice must be a whole number from 0" in capsys.readouterr().err

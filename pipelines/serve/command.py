@@ -34,9 +34,9 @@ def add_serve_command(subparsers: Any) -> None:
                         "lines are dropped and counted in /metrics (default 64 MiB; a request of 1,000 candidates "
                         "is ~150 KB)")
     p.add_argument("--impressions-writer-nice", type=_writer_nice, default=None, metavar="N",
-                   help="the impressions writer process's CPU niceness over the server's, 0 to 19 (default 10: it "
-                        "takes the CPU serving leaves idle, and drops, counted, when it falls behind; 0: the "
-                        "server's priority)")
+                   help="the impressions writer process's CPU niceness over the server's, 0 to 19 (default 0: the "
+                        "server's priority; above, it takes only the CPU serving leaves idle, and on a busy machine "
+                        "falls behind and drops lines, counted in /metrics)")
     p.add_argument("--max-body-bytes", type=_int_at_least(64), default=DEFAULT_MAX_BODY_BYTES,
                    help=f"larger request bodies get a 413 (default {DEFAULT_MAX_BODY_BYTES})")
     p.add_argument("--max-items", type=_int_at_least(1), default=DEFAULT_MAX_ITEMS,

@@ -42,7 +42,7 @@ and by bytes, and returns. One background thread takes what is queued and
 hands it to a writer process (`pipelines/serve/impressions_writer.py`) as raw
 bytes; woken by a request after an idle spell, it first lets requests gather
 for `HANDOFF_SECONDS`, so the event loop gives it the GIL once per batch, not
-once per request. The writer, niced below the server, splits the arrays into
+once per request. The writer splits the arrays into
 values and joins them into one line per row (`lines_block`, ~0.4 ms per 1,000
 rows) and appends them. The values in a line are the JSON texts orjson wrote
 in the server from the model's own columns. A request that the shadow
@@ -100,8 +100,11 @@ DEFAULT_MAX_PENDING_BYTES = 64 << 20
 BATCH_LINES = 20_000
 # How long the log's thread lets requests gather before one hand-off to the writer process.
 HANDOFF_SECONDS = 0.02
-# The writer process's niceness over the server's: it yields the CPU to serving (see ImpressionLog).
-DEFAULT_WRITER_NICE = 10
+# The writer process's niceness over the server's. 0: the server's priority. At nice 10, with other work on
+# the 2 cores (load average 3-5), the writer fell behind and dropped 55 % of the lines of one client's
+# requests, the backlog at its byte bound growing the server's RSS by ~400 MiB in 20 s; at 0 it kept up,
+# RSS flat (benchmarks/serving.py's server under wrk, 2026-12-05 20:43 UTC).
+DEFAULT_WRITER_NICE = 0
 
 
 def check_max_pending_bytes(value: object, what: str) -> int:
@@ -305,8 +308,9 @@ class ImpressionLog:
     `max_pending` bounds the requests waiting for the writer, `max_pending_bytes` their encoded columns'
     bytes (a request of 1,000 candidates is ~150 KB: a count alone lets a backlog of large requests hold
     hundreds of MB); beyond either, a request's lines are dropped and counted (`queue_full`).
-    `writer_nice`: the writer process's CPU niceness, added to the server's (`os.nice`): it takes the CPU
-    that the server and its clients leave idle, and when it falls behind the bounds drop, never the server.
+    `writer_nice`: the writer process's CPU niceness, added to the server's (`os.nice`); above 0 it takes
+    only the CPU that the server and its clients leave idle, and when it falls behind the bounds drop,
+    never the server.
 
     `on_logged(n)` and `on_dropped(n, reason)` are told what became of every
     line (the server's metrics); `reason` is `queue_full` or `write_error`.

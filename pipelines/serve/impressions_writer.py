@@ -6,13 +6,11 @@ folder, through EventLogWriter) or {"kind": "kafka", "bootstrap_servers", "topic
 KafkaLineWriter; secrets are resolved here, from this process's environment, never passed on).
 
 Building a request's 1,000 JSON lines (`impressions.lines_block`, ~0.4 ms) runs
-here, in its own interpreter, not under the server's GIL, and at a lower CPU
-priority than the server (NICE, added with `os.nice`; the server passes
-impressions.DEFAULT_WRITER_NICE): on 2 cores, the server's event loop, its
-TensorFlow threads and the clients come first, and this batch work takes what
-they leave. When it falls behind, the server's queue (bounded by count and by
-bytes) drops and counts, so a slow writer costs lines, never the server's
-memory or latency.
+here, in its own interpreter, not under the server's GIL, with NICE added to
+its CPU niceness (`os.nice`; `driftline serve --impressions-writer-nice`, 0
+by default: see impressions.DEFAULT_WRITER_NICE). When it falls behind, the
+server's queue (bounded by count and by bytes) drops and counts, so a slow
+writer costs lines, never the server's latency.
 
 It reads batches from stdin (`write_batch`: a 4-byte big-endian length, a pickle
 of the batch's layout [(n, [(field, size, repeated)])], then the columns' JSON

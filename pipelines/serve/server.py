@@ -55,7 +55,7 @@ class ServeOptions:
     prior: Optional[object] = None
     # The impressions queue's bound in bytes of encoded columns (beside its count, 4096 requests).
     impressions_max_pending_bytes: Optional[int] = None
-    # The impressions writer process's niceness over the server's (None: impressions.DEFAULT_WRITER_NICE).
+    # The impressions writer process's niceness over the server's (None: impressions.DEFAULT_WRITER_NICE, 0).
     impressions_writer_nice: Optional[int] = None
     # The home whose `servers/` folder gets this process's record (pipelines/serve/registry.py); None: none.
     home: Optional[str] = None
