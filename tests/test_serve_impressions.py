@@ -231,3 +231,106 @@ def test_a_value_json_cannot_hold_is_dropped_and_counted_and_the_log_goes_on(tmp
         log.close()
     assert counts.dropped == {"write_error": 2}
     assert len(_lines(str(tmp_path / "imp"))) == 3
+
+
+def test_columns_every_row_shares_are_handed_over_once_and_give_the_same_lines():
+    """A request hands its own fields (request id, version, arm...) over as Repeated: one value encoded and
+    sent, not n copies; the lines are byte for byte those of the n copies, and the batch's bytes shrink."""
+    from pipelines.serve.impressions import Repeated, encode_columns, encoded_bytes, lines_block, lines_of
+
+    n = 50
+    base = {"event_id": [f"x-{i}" for i in range(n)], "price": [0.5 + i for i in range(n)],
+            "user_id": ["u"] * n}  # shared by value: found by the writer, as before
+    extra = {"request_id": "r-1", "model_version": 3, "arm": "champion", "arm_propensity": 1.0, "zero": -0.0,
+             "text": 'q",x'}
+    spelled = encode_columns({**base, **{k: [v] * n for k, v in extra.items()}, "score": [0.25] * n}, n)
+    repeated = encode_columns({**base, **{k: Repeated(v) for k, v in extra.items()}, "score": [0.25] * n}, n)
+    assert lines_of(repeated) == lines_of(spelled) and len(lines_of(spelled)) == n
+    assert lines_block(repeated) == b"".join(line + b"\n" for line in lines_of(spelled))
+    assert encoded_bytes(repeated) < encoded_bytes(spelled)
+    one = encode_columns({"a": Repeated("v"), "b": Repeated(2)}, 3)
+    assert lines_of(one) == [b'{"a":"v","b":2}'] * 3
+
+
+def test_the_queue_is_bounded_in_bytes_too(tmp_path):
+    """A backlog of large requests is bounded by their encoded bytes, not only by their count: the writer
+    stuck behind another writer's lock, requests of ~150 KB each fill a 1 MiB bound after a few, the rest
+    are dropped and counted (queue_full) while the count bound (4096) is far away, and submit never waits."""
+    folder = tmp_path / "imp"
+    folder.mkdir()
+    lock_fd = os.open(str(folder / WRITER_LOCK_FILE), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    counts = Counts()
+    log = ImpressionLog(str(folder), max_pending_bytes=1 << 20, on_logged=counts.on_logged,
+                        on_dropped=counts.on_dropped)
+    big = [dict(_entry(i), ad_id="a" * 120 + str(i)) for i in range(1000)]  # ~160 KB encoded
+    try:
+        started = time.monotonic()
+        for _ in range(40):
+            log.submit(*_columns(big))
+        assert time.monotonic() - started < 2.0
+        # At most 1 MiB waits (6 requests) and one batch is in the writer's hands (it took what was queued).
+        dropped = counts.dropped.get("queue_full", 0)
+        assert 40_000 - 2 * 7 * 1000 <= dropped < 40_000, counts.dropped
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+    log.close()
+    assert counts.logged + counts.dropped["queue_full"] == 40_000
+    assert len(_lines(str(folder))) == counts.logged
+
+
+def test_a_byte_bound_that_cannot_hold_a_request_is_refused_naming_the_fix(tmp_path):
+    from pipelines.serve.impressions import check_max_pending_bytes
+
+    with pytest.raises(ValueError, match=r"max_pending_bytes must be a whole number of bytes >= 1048576.*64 MiB"):
+        ImpressionLog(str(tmp_path / "imp"), max_pending_bytes=1000)
+    for bad in ("lots", 0, 2.5e9, True):
+        with pytest.raises(ValueError, match="--impressions-max-pending-bytes must be a whole number"):
+            check_max_pending_bytes(bad, "--impressions-max-pending-bytes")
+    assert check_max_pending_bytes(1 << 26, "x") == 1 << 26
+
+
+def test_the_writer_process_runs_at_the_niceness_asked_for(tmp_path):
+    """The writer's niceness is the server's plus `writer_nice` (driftline serve --impressions-writer-nice):
+    niced, it takes only the CPU that serving leaves idle; by default it has the server's priority."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    for nice, want in ((None, own), (3, min(19, own + 3)), (10, min(19, own + 10))):
+        counts = Counts()
+        kwargs = {} if nice is None else {"writer_nice": nice}
+        log = ImpressionLog(str(tmp_path / f"imp{nice}"), on_logged=counts.on_logged, **kwargs)
+        try:
+            log.submit(*_columns([_entry(i) for i in range(3)]))
+            _until(lambda: counts.logged == 3)
+            assert os.getpriority(os.PRIO_PROCESS, log.writer_pid) == want
+        finally:
+            log.close()
+
+
+def test_a_batch_past_the_segment_size_rotates_between_whole_lines(tmp_path):
+    """The writer appends a batch as one block (EventLogWriter.write_block); past the segment's size it
+    rotates between lines, as write_lines does: no line split across segments, none lost."""
+    folder = tmp_path / "imp"
+    counts = Counts()
+    log = ImpressionLog(str(folder), max_segment_bytes=4000, on_logged=counts.on_logged)
+    for r in range(4):
+        log.submit(*_columns([_entry(r * 20 + i) for i in range(20)]))
+    log.close()
+    segments = sorted(name for name in os.listdir(folder) if name.endswith(".jsonl"))
+    assert counts.logged == 80 and len(segments) >= 4
+    for name in segments:
+        data = open(folder / name, "rb").read()
+        assert data.endswith(b"\n") and len(data) <= 4000
+    schema = impressions_schema(SCHEMA)
+    assert [schema.parse(line)["event_id"] for line in _lines(str(folder))] == [f"r-{i}" for i in range(80)]
+
+
+def test_driftline_serve_refuses_a_bad_byte_bound_or_niceness_naming_the_fix(tmp_path, capsys):
+    from pipelines import cli
+
+    assert cli.main(["serve", "--home", str(tmp_path), "--impressions-max-pending-bytes", "4096"]) == 2
+    assert "--impressions-max-pending-bytes must be a whole number of bytes >= 1048576" in capsys.readouterr().err
+    assert cli.main(["serve", "--home", str(tmp_path), "--impressions-max-pending-bytes", "64MB"]) == 2
+    assert "e.g. 67108864 (64 MiB, the default)" in capsys.readouterr().err
+    assert cli.main(["serve", "--home", str(tmp_path), "--impressions-writer-nice", "20"]) == 2
+    assert "--impressions-writer-nice must be a whole number from 0" in capsys.readouterr().err

@@ -46,7 +46,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from components.event_schema import EventSchema
-from pipelines.serve.impressions import ImpressionLog
+from pipelines.serve.impressions import ImpressionLog, Repeated
 from pipelines.serve.inputs import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS, BadRequest, RequestChecker
 from pipelines.serve.metrics import ServeMetrics
 from pipelines.serve.model_store import LoadedModel, ModelStore
@@ -184,7 +184,7 @@ def create_app(state: ServeState) -> Starlette:
         served: Dict[str, List[Any]] = {}
         if rank:
             order, positions, greedy, explored, propensity = explore_order(scores, state.exploration_rate, state.rng)
-            served = {"greedy_position": greedy, "explored": [int(explored)] * n, "propensity": propensity}
+            served = {"greedy_position": greedy, "explored": Repeated(int(explored)), "propensity": propensity}
             if explored:
                 metrics.explored.inc()
         else:
@@ -204,9 +204,11 @@ def create_app(state: ServeState) -> Starlette:
             # writer process, off the request's path; the shadow candidate (read once, like the served
             # model) scores them in the log's thread: this request hands over a reference.
             shadow = state.shadow() if state.shadow is not None else None
-            state.impressions.submit({**columns, "request_id": [request_id] * n, "model_version": [model.version] * n,
-                                      "score": score_list, "position": positions, **served,
-                                      **{k: [v] * n for k, v in logged.items()}}, n, shadow=shadow)
+            # What every row shares is handed over once (Repeated), not as n copies to encode and send.
+            state.impressions.submit({**columns, "request_id": Repeated(request_id),
+                                      "model_version": Repeated(model.version), "score": score_list,
+                                      "position": positions, **served,
+                                      **{k: Repeated(v) for k, v in logged.items()}}, n, shadow=shadow)
         body: Dict[str, Any] = {"model_version": model.version, "request_id": request_id}
         if routing is not None:
             body.update(routed)

@@ -29,6 +29,14 @@ def add_serve_command(subparsers: Any) -> None:
                    help="write the impressions log to a Kafka topic at these brokers instead of a folder "
                         "(with --impressions-kafka-topic)")
     p.add_argument("--impressions-kafka-topic", metavar="TOPIC", help="the impressions log's Kafka topic")
+    p.add_argument("--impressions-max-pending-bytes", type=_max_pending_bytes, default=None, metavar="N",
+                   help="most bytes of requests' encoded impressions waiting for the log's writer; beyond, their "
+                        "lines are dropped and counted in /metrics (default 64 MiB; a request of 1,000 candidates "
+                        "is ~150 KB)")
+    p.add_argument("--impressions-writer-nice", type=_writer_nice, default=None, metavar="N",
+                   help="the impressions writer process's CPU niceness over the server's, 0 to 19 (default 0: the "
+                        "server's priority; above, it takes only the CPU serving leaves idle, and on a busy machine "
+                        "falls behind and drops lines, counted in /metrics)")
     p.add_argument("--max-body-bytes", type=_int_at_least(64), default=DEFAULT_MAX_BODY_BYTES,
                    help=f"larger request bodies get a 413 (default {DEFAULT_MAX_BODY_BYTES})")
     p.add_argument("--max-items", type=_int_at_least(1), default=DEFAULT_MAX_ITEMS,
@@ -62,6 +70,30 @@ def _exploration_rate(text: str) -> float:
                                          f"--exploration-rate must be a number in [0, 1), got {text!r}") from None
 
 
+def _writer_nice(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"--impressions-writer-nice must be a whole number from 0 (the server's "
+                                         f"priority) to 19 (the lowest), got {text!r}")
+    return value
+
+
+def _max_pending_bytes(text: str) -> int:
+    from pipelines.serve.impressions import check_max_pending_bytes
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = text
+    try:
+        return check_max_pending_bytes(value, "--impressions-max-pending-bytes")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from pipelines.cli import CommandError, _home_config
     from pipelines.serve import server
@@ -89,6 +121,8 @@ def run_serve(args: argparse.Namespace) -> int:
                                          impressions_kafka=kafka, max_body_bytes=args.max_body_bytes,
                                          max_items=args.max_items, poll_seconds=args.poll_seconds,
                                          body_timeout_s=args.body_timeout_seconds, shadow=shadow,
+                                         impressions_max_pending_bytes=args.impressions_max_pending_bytes,
+                                         impressions_writer_nice=args.impressions_writer_nice,
                                          **({} if args.exploration_rate is None else
                                             {"exploration_rate": args.exploration_rate}))
     try:

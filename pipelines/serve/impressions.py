@@ -36,18 +36,23 @@ declared optional, and the join with outcomes (a later issue) fills it.
 Writing is off the request path, and mostly off the server's interpreter: a
 request encodes each of its columns (the parsed features plus the request id,
 version, scores) as one JSON array (`encode_columns`: a few orjson calls,
-~0.17 ms per 1,000 rows, never a Python loop over them), puts them on a bounded
-queue and returns. One background thread takes what is queued and hands it to
-a writer process (`pipelines/serve/impressions_writer.py`), which splits the arrays into values, joins them
-into one line per row (`lines_of`, ~0.5 ms per 1,000 rows) and appends them.
-The values in a line are the JSON texts orjson wrote in the server from the
-model's own columns. A request that the shadow candidate should also score
-queues its columns and a reference to the candidate instead; this thread has
-it score them, then encodes them, so the response never waits for the
-shadow's score. When the queue is full (the disk is slower than the traffic)
-or a write fails (the folder is gone, the disk is full, the writer process
-died: the next batch starts a new one), the lines are dropped and counted,
-and serving goes on: the server never waits for, or fails on, its log.
+~0.15 ms per 1,000 rows, never a Python loop over them; a column every row
+shares, `Repeated`, as its one value), puts them on a queue bounded by count
+and by bytes, and returns. One background thread takes what is queued and
+hands it to a writer process (`pipelines/serve/impressions_writer.py`) as raw
+bytes; woken by a request after an idle spell, it first lets requests gather
+for `HANDOFF_SECONDS`, so the event loop gives it the GIL once per batch, not
+once per request. The writer splits the arrays into
+values and joins them into one line per row (`lines_block`, ~0.4 ms per 1,000
+rows) and appends them. The values in a line are the JSON texts orjson wrote
+in the server from the model's own columns. A request that the shadow
+candidate should also score queues its columns and a reference to the
+candidate instead; this thread has it score them, then encodes them, so the
+response never waits for the shadow's score. When the queue is full (the
+writer or the disk is slower than the traffic) or a write fails (the folder
+is gone, the disk is full, the writer process died: the next batch starts a
+new one), the lines are dropped and counted, and serving goes on: the server
+never waits for, or fails on, its log.
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import orjson
@@ -87,8 +93,30 @@ SERVER_FIELDS = (FieldSpec("request_id", "string"), FieldSpec("model_version", "
                  FieldSpec("challenger_fallback", "int", required=False))
 # Requests' batches waiting for the writer; beyond it lines are dropped and counted (queue_full).
 DEFAULT_MAX_PENDING = 4096
+# ... and their encoded columns' bytes (~150 KB a request of 1,000 candidates). Configurable
+# (`driftline serve --impressions-max-pending-bytes`).
+DEFAULT_MAX_PENDING_BYTES = 64 << 20
 # Lines joined into one append (one lock, one write).
 BATCH_LINES = 20_000
+# How long the log's thread lets requests gather before one hand-off to the writer process.
+HANDOFF_SECONDS = 0.02
+# The writer process's niceness over the server's. 0: the server's priority. At nice 10, with other work on
+# the 2 cores (load average 3-5), the writer fell behind and dropped 55 % of the lines of one client's
+# requests, the backlog at its byte bound growing the server's RSS by ~400 MiB in 20 s; at 0 it kept up,
+# RSS flat (benchmarks/serving.py's server under wrk, 2026-12-05 20:43 UTC).
+DEFAULT_WRITER_NICE = 0
+
+
+def check_max_pending_bytes(value: object, what: str) -> int:
+    """`value` as the byte bound of the impressions queue; ValueError naming `what` and the fix otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_PENDING_BYTES:
+        raise ValueError(f"{what} must be a whole number of bytes >= {MIN_PENDING_BYTES} (1 MiB: one request of "
+                         f"1,000 candidates is ~150 KB), got {value!r}: e.g. {DEFAULT_MAX_PENDING_BYTES} (64 MiB, "
+                         "the default)")
+    return value
+
+
+MIN_PENDING_BYTES = 1 << 20
 
 
 def impressions_schema(schema: EventSchema) -> EventSchema:
@@ -115,17 +143,48 @@ def impressions_schema(schema: EventSchema) -> EventSchema:
                                event_time_format="epoch_ms")
 
 
-# One request's impressions as the writer process receives them: (n, [(field, its n values as a JSON array)]).
-EncodedColumns = Tuple[int, List[Tuple[str, bytes]]]
+# One request's impressions as the writer process receives them: (n, [(field, JSON text, repeated)]): the
+# field's n values as one JSON array, or, `repeated`, the JSON text of the one value all n rows share.
+EncodedColumns = Tuple[int, List[Tuple[str, bytes, bool]]]
 
 
-def encode_columns(columns: Dict[str, Sequence], n: int) -> EncodedColumns:
+class Repeated:
+    """A column whose n values are all `value` (the request id, the version, ...): encoded once, not n times.
+
+    `submit` takes one in place of a list of n equal values; the line holds the same text either way.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Repeated) and other.value == self.value
+
+    def __repr__(self) -> str:
+        return f"Repeated({self.value!r})"
+
+
+def encode_columns(columns: Dict[str, Union[Sequence, Repeated]], n: int) -> EncodedColumns:
     """One request's columns as JSON arrays, one per field: a few C calls, no Python loop over the rows.
 
-    This is all the server does for a logged request (pickling these bytes to the writer is a copy);
-    the writer process (`lines_of`) turns them into lines. TypeError: a value JSON cannot hold.
+    This is all the server does for a logged request; the writer process (`lines_block`) turns them into
+    lines. A `Repeated` column is written once, as its value's JSON text. TypeError: a value JSON cannot hold.
     """
-    return n, [(name, orjson.dumps(col, option=orjson.OPT_SERIALIZE_NUMPY)) for name, col in columns.items()]
+    dumps, opt = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+    return n, [(name, dumps(col.value, option=opt), True) if isinstance(col, Repeated) else
+               (name, dumps(col, option=opt), False) for name, col in columns.items()]
+
+
+def plain_columns(columns: Dict[str, Union[Sequence, Repeated]], n: int) -> Dict[str, Sequence]:
+    """`columns` with each `Repeated` column spelled out as n values (what a model's predict takes)."""
+    return {name: [col.value] * n if isinstance(col, Repeated) else col for name, col in columns.items()}
+
+
+def encoded_bytes(encoded: EncodedColumns) -> int:
+    """The bytes of one request's encoded columns: what it holds in the queue, and sends to the writer."""
+    return sum(len(text) for _, text, _ in encoded[1])
 
 
 def _elements(array: bytes, n: int) -> Tuple[List[bytes], bool]:
@@ -153,21 +212,33 @@ def _elements(array: bytes, n: int) -> Tuple[List[bytes], bool]:
 
 
 def lines_of(encoded: EncodedColumns) -> List[bytes]:
-    """The JSON lines (no newline) of one request's encoded columns: one object per row, keys in column order.
+    """The JSON lines (no newline) of one request's encoded columns (`lines_block`, split)."""
+    return lines_block(encoded).split(b"\n")[:-1]  # JSON text holds no raw newline: each one ends a line
+
+
+def lines_block(encoded: EncodedColumns) -> bytes:
+    """One request's JSON lines, each ended by a newline, as one bytes: one object per row, keys in column
+    order, the columns whose value every row shares after the others (in column order too).
 
     Each value's JSON text is the one orjson wrote for it in the server, so a line holds exactly what
     the model received. Built with one join over the rows' pieces, not one serialization per row: a
     value that every row shares (the context's fields, the request id, the version) is written once
-    into the constant text after the varying ones.
+    into the constant text after the varying ones. The writer appends the block as it is: no split into
+    lines and join again.
     """
     n, arrays = encoded
     if not n:
-        return []
+        return b""
     varying: List[Tuple[bytes, bytes, List[bytes]]] = []  # (text before the value, text after it, values)
     shared = []
-    for name, array in arrays:
+    for name, array, repeated in arrays:
         key = orjson.dumps(name) + b":"
-        same = _same_value(array, n)
+        if not repeated:
+            same = _same_value(array, n)
+        elif n == 1 or b"," not in array:
+            same = array
+        else:  # placed where its n copies would be: _same_value does not find a value with a ',' shared
+            array, same = b"[" + b",".join([array] * n) + b"]", None
         if same is not None:
             shared.append(key + same)
             continue
@@ -175,7 +246,7 @@ def lines_of(encoded: EncodedColumns) -> List[bytes]:
         quote = b'"' if quoted else b""
         varying.append((key + quote, quote, values))
     if not varying:
-        return [b"{" + b",".join(shared) + b"}"] * n
+        return (b"{" + b",".join(shared) + b"}\n") * n
     end = (b"," + b",".join(shared) if shared else b"") + b"}\n"
     # The rows' pieces interleaved: ('{"a":', a0, ',"b":', b0, '}\n', '{"a":', a1, ...), placed a column
     # at a time by slice assignment, then joined once.
@@ -187,7 +258,7 @@ def lines_of(encoded: EncodedColumns) -> List[bytes]:
         pieces[2 * i + 1::width] = values
         after = quote_after
     pieces[width - 1::width] = [after + end] * n
-    return b"".join(pieces).split(b"\n")[:-1]  # JSON text holds no raw newline: each one ends a line
+    return b"".join(pieces)
 
 
 def _same_value(array: bytes, n: int) -> Optional[bytes]:
@@ -234,6 +305,13 @@ class ImpressionLog:
 
     `log_dir`: the event log folder, or a KafkaImpressions topic.
 
+    `max_pending` bounds the requests waiting for the writer, `max_pending_bytes` their encoded columns'
+    bytes (a request of 1,000 candidates is ~150 KB: a count alone lets a backlog of large requests hold
+    hundreds of MB); beyond either, a request's lines are dropped and counted (`queue_full`).
+    `writer_nice`: the writer process's CPU niceness, added to the server's (`os.nice`); above 0 it takes
+    only the CPU that the server and its clients leave idle, and when it falls behind the bounds drop,
+    never the server.
+
     `on_logged(n)` and `on_dropped(n, reason)` are told what became of every
     line (the server's metrics); `reason` is `queue_full` or `write_error`.
     `on_shadow(n, error)`: `n` items the shadow candidate scored (error None),
@@ -244,12 +322,19 @@ class ImpressionLog:
                  on_logged: Optional[Callable[[int], None]] = None,
                  on_dropped: Optional[Callable[[int, str], None]] = None,
                  max_segment_bytes: int = 64 << 20,
-                 on_shadow: Optional[Callable[[int, Optional[str]], None]] = None):
+                 on_shadow: Optional[Callable[[int, Optional[str]], None]] = None,
+                 max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+                 writer_nice: int = DEFAULT_WRITER_NICE,
+                 handoff_seconds: float = HANDOFF_SECONDS):
         self.log_dir = log_dir
         self.max_segment_bytes = max_segment_bytes
-        # (encoded columns, n, None), or (columns, n, the shadow candidate to score them); None: stop.
-        self._queue: "queue.Queue[Optional[Tuple[object, int, Optional[ShadowModel]]]]" = \
-            queue.Queue(maxsize=max_pending)
+        self.max_pending_bytes = check_max_pending_bytes(max_pending_bytes, "max_pending_bytes")
+        self.writer_nice = writer_nice
+        self.handoff_seconds = handoff_seconds
+        # (encoded columns, n, its bytes), or (columns, n, the shadow candidate to score them); None: stop.
+        self._queue: "queue.Queue[Optional[Tuple[object, int, object]]]" = queue.Queue(maxsize=max_pending)
+        self._pending_bytes = 0  # the encoded bytes in the queue; under the lock (submit and the thread change it)
+        self._bytes_lock = threading.Lock()
         self._on_logged = on_logged or (lambda n: None)
         self._on_dropped = on_dropped or (lambda n, reason: None)
         self._on_shadow = on_shadow or (lambda n, error: None)
@@ -258,27 +343,51 @@ class ImpressionLog:
         self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
         self._thread.start()
 
-    def submit(self, columns: Dict[str, Sequence], n: int, shadow: Optional["ShadowModel"] = None) -> None:
-        """Queues one request's `n` impressions, given as columns (field -> n values).
+    @property
+    def writer_pid(self) -> Optional[int]:
+        """The writer process's pid while one runs (it starts with the first batch)."""
+        child = self._child
+        return child.pid if child is not None and child.poll() is None else None
 
-        Never blocks and never raises: a full queue drops them and counts them, as does a value JSON
-        cannot hold. The columns are encoded here (`encode_columns`, ~0.17 ms of C calls per 1,000
-        rows), so the queue holds a few bytes objects per request, not its thousands of parsed values:
-        a backlog then gives the garbage collector nothing to walk on every request. With `shadow`, the
-        columns are queued as they are, and the log's thread has the shadow candidate score them first.
+    def submit(self, columns: Dict[str, Union[Sequence, Repeated]], n: int,
+               shadow: Optional["ShadowModel"] = None) -> None:
+        """Queues one request's `n` impressions, given as columns (field -> n values, or a `Repeated` value).
+
+        Never blocks and never raises: a full queue (by count or by bytes) drops them and counts them, as
+        does a value JSON cannot hold. The columns are encoded here (`encode_columns`, ~0.15 ms of C calls
+        per 1,000 rows), so the queue holds a few bytes objects per request, not its thousands of parsed
+        values: a backlog then gives the garbage collector nothing to walk on every request. With `shadow`,
+        the columns are queued as they are (bounded by count only), and the log's thread has the shadow
+        candidate score them first.
         """
         if shadow is None:
             try:
-                item = (encode_columns(columns, n), n, None)
+                encoded = encode_columns(columns, n)
             except TypeError as e:  # a value JSON cannot hold: a bug, never a reason to fail the request
                 self._unserializable(n, e)
                 return
+            size = encoded_bytes(encoded)
+            with self._bytes_lock:
+                if self._pending_bytes + size > self.max_pending_bytes:
+                    full = True
+                else:
+                    full, self._pending_bytes = False, self._pending_bytes + size
+            if full:
+                self._on_dropped(n, "queue_full")
+                return
+            item = (encoded, n, size)
         else:
-            item = (columns, n, shadow)
+            item, size = (columns, n, shadow), 0
         try:
             self._queue.put_nowait(item)
         except queue.Full:
+            self._release(size)
             self._on_dropped(n, "queue_full")
+
+    def _release(self, size: int) -> None:
+        if size:
+            with self._bytes_lock:
+                self._pending_bytes -= size
 
     def _unserializable(self, n: int, e: Exception) -> None:
         self.last_error = f"cannot serialize an impression: {e}"
@@ -288,19 +397,27 @@ class ImpressionLog:
     def _shadow_score(self, columns: Dict[str, Sequence], n: int, shadow: "ShadowModel") -> Dict[str, Sequence]:
         """`columns` plus the shadow candidate's id and scores; as they were if it fails (counted)."""
         try:
-            scores = shadow.model.predict(columns)
+            scores = shadow.model.predict(plain_columns(columns, n))
             if len(scores) != n:
                 raise ValueError(f"{len(scores)} scores for {n} items")
         except Exception as e:  # a candidate that cannot score these features never stops the logging
             self._on_shadow(n, f"{type(e).__name__}: {e}")
             return columns
         self._on_shadow(n, None)
-        return {**columns, "shadow_model_id": [shadow.model_id] * n, "shadow_score": scores.tolist()}
+        return {**columns, "shadow_model_id": Repeated(shadow.model_id), "shadow_score": scores.tolist()}
 
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:
+                first = self._queue.get_nowait()  # a backlog (the writer was busy): hand it over now
+            except queue.Empty:
+                first = self._queue.get()
+                # Woken by a request after an idle spell: let more gather first. One hand-off per
+                # `handoff_seconds` at most, not one per request: waking this thread takes the GIL from the
+                # event loop (the request in flight waits), and each hand-off is a round trip to the writer.
+                if first is not None and self.handoff_seconds > 0:
+                    time.sleep(self.handoff_seconds)
             if first is None:
                 break
             batch: List[EncodedColumns] = []
@@ -320,10 +437,12 @@ class ImpressionLog:
 
     def _take(self, item, batch: List["EncodedColumns"]) -> int:
         """Appends one queued request's encoded columns to `batch`; a shadow's request is scored first."""
-        payload, n, shadow = item
-        if shadow is not None:
+        payload, n, extra = item
+        if isinstance(extra, int):
+            self._release(extra)
+        else:  # the shadow candidate's request: its columns as the request gave them
             try:
-                payload = encode_columns(self._shadow_score(payload, n, shadow), n)
+                payload = encode_columns(self._shadow_score(payload, n, extra), n)
             except TypeError as e:
                 self._unserializable(n, e)
                 return 0
@@ -336,11 +455,13 @@ class ImpressionLog:
         try:
             if self._child is None or self._child.poll() is not None:
                 self._child = subprocess.Popen(
-                    [sys.executable, "-m", "pipelines.serve.impressions_writer", self._target_json()],
+                    [sys.executable, "-m", "pipelines.serve.impressions_writer", self._target_json(),
+                     str(self.writer_nice)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     cwd=_REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                         p for p in (_REPO, os.environ.get("PYTHONPATH")) if p)})
-            impressions_writer.write_frame(self._child.stdin, batch)
+                impressions_writer.widen_pipe(self._child.stdin.fileno())
+            impressions_writer.write_batch(self._child.stdin.fileno(), batch)
             answer = impressions_writer.read_frame(self._child.stdout)
             if answer is None:
                 raise EOFError("the impressions writer process ended")

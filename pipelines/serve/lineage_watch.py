@@ -27,7 +27,6 @@ retried like a missing record.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import time
 from typing import Any, Callable, Optional, Tuple
@@ -156,7 +155,7 @@ class LineageWatch:
         model_id, path = found
         if (self.shadow is not None and self.shadow.model_id == model_id) or self._shadow_failed == model_id:
             return
-        from pipelines.serve.model_store import ModelLoadError, load_saved_model
+        from pipelines.serve.model_store import ModelLoadError, collect_dropped_models, load_saved_model
 
         try:
             loaded = load_saved_model(path, model_id, self.shadow_schema, what=f"shadow candidate model {model_id}")
@@ -168,11 +167,8 @@ class LineageWatch:
             return
         self.shadow = ShadowModel(model_id=model_id, path=path, model=loaded)
         del loaded
-        # As after a swap (model_store.ModelStore.refresh): free the previous candidate now, and freeze the new
-        # one's long-lived objects so that the collections requests trigger do not walk them.
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
+        # As after a swap (model_store.ModelStore.refresh): free the previous candidate now.
+        collect_dropped_models()
         log.info("shadow scoring with model %s (%s)", model_id, path)
 
     def _tick_served(self, model: Any) -> None:

@@ -63,6 +63,40 @@ class LoadedModel:
         return np.reshape(out.numpy(), [-1])
 
 
+_base_frozen = False
+_base_lock = threading.Lock()
+
+
+def freeze_base() -> None:
+    """Once per process, before its first model loads: freezes everything alive (TensorFlow's ~330,000 objects).
+
+    The collections that requests' garbage triggers then never walk them, nor does `collect_dropped_models`.
+    The models themselves (~8,000 objects each) stay unfrozen: a frozen object is never freed, and a dropped
+    model must be.
+    """
+    global _base_frozen
+    with _base_lock:
+        if _base_frozen:
+            return
+        import tensorflow  # noqa: F401  (its modules are most of what is frozen)
+
+        gc.collect()
+        gc.freeze()
+        _base_frozen = True
+
+
+def collect_dropped_models() -> None:
+    """Frees a dropped model (a swapped-out version, a replaced shadow or challenger) now, not at some later
+    collection: its graph and variables hold reference cycles.
+
+    A full collection over what is not frozen (`freeze_base`): the models and what requests left, a few
+    milliseconds. Unfreezing TensorFlow's objects to walk them too held the GIL ~130 ms per swap, one
+    request's worth of stall each time (benchmarks/serving.py's swap windows).
+    """
+    freeze_base()
+    gc.collect()
+
+
 def load_version(serving_dir: str, version: int, schema: EventSchema) -> LoadedModel:
     """Loads `<serving_dir>/<version>` and warms it up; ModelLoadError when it cannot serve."""
     return load_saved_model(serving.version_dir(serving_dir, version), version, schema)
@@ -78,6 +112,7 @@ def load_saved_model(path: str, version: int, schema: EventSchema, what: Optiona
     from pipelines.serve.signatures import RAW_SIGNATURE
 
     what = what or f"version {version}"
+    freeze_base()  # before the first model: models are never frozen
     try:
         published = os.stat(path).st_mtime if serving.is_local(path) else time.time()
         saved = tf.saved_model.load(path)
@@ -168,14 +203,7 @@ class ModelStore:
         if self.on_swap is not None:
             self.on_swap(model)
         del current, model
-        # The old version's graph and variables hold cycles; free them now, not at some later collection.
-        # Then freeze what is left (TensorFlow's and the new model's millions of long-lived objects): a full
-        # collection no longer walks them, and the collections that the requests' garbage triggers stay
-        # short instead of pausing every request for tens of milliseconds. Unfrozen first, so the previous
-        # version, frozen at its own swap, can be freed.
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
+        collect_dropped_models()
         return True
 
     def start(self) -> None:

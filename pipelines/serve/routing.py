@@ -36,7 +36,6 @@ so that an off-policy estimate can weight by it.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import time
 from typing import Any, Callable, List, Optional, Tuple
@@ -195,11 +194,11 @@ def _collect() -> None:
     """After the last reference to a challenger is dropped (a request still scoring keeps its own until done).
 
     As after a swap (model_store.ModelStore.refresh): free the challenger's graph now, not at some later
-    collection, and keep what is left frozen so that the requests' collections do not walk it.
+    collection.
     """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
+    from pipelines.serve.model_store import collect_dropped_models
+
+    collect_dropped_models()
 
 
 def explore_order(scores: np.ndarray, rate: float, rng: Optional[np.random.Generator]

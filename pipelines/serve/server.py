@@ -53,6 +53,10 @@ class ServeOptions:
     # how often it is read, and each arm's Beta prior (the online section's).
     comparison_poll_seconds: float = 5.0
     prior: Optional[object] = None
+    # The impressions queue's bound in bytes of encoded columns (beside its count, 4096 requests).
+    impressions_max_pending_bytes: Optional[int] = None
+    # The impressions writer process's niceness over the server's (None: impressions.DEFAULT_WRITER_NICE, 0).
+    impressions_writer_nice: Optional[int] = None
     # The home whose `servers/` folder gets this process's record (pipelines/serve/registry.py); None: none.
     home: Optional[str] = None
 
@@ -108,7 +112,9 @@ def build_state(options: ServeOptions):
     holder["store"] = store
     impressions = None
     if options.impressions_dir is not None:
-        impressions = ImpressionLog(options.impressions_dir, on_logged=metrics.impressions_logged.inc,
+        bound = {k: v for k, v in (("max_pending_bytes", options.impressions_max_pending_bytes),
+                                   ("writer_nice", options.impressions_writer_nice)) if v is not None}
+        impressions = ImpressionLog(options.impressions_dir, on_logged=metrics.impressions_logged.inc, **bound,
                                     on_dropped=lambda n, reason: metrics.impressions_not_logged.labels(reason).inc(n),
                                     on_shadow=lambda n, error: (metrics.shadow_scored if error is None
                                                                 else metrics.shadow_errors).inc(n))
