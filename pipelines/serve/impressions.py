@@ -40,9 +40,8 @@ version, scores) as one JSON array (`encode_columns`: a few orjson calls,
 shares, `Repeated`, as its one value), puts them on a queue bounded by count
 and by bytes, and returns. One background thread takes what is queued and
 hands it to a writer process (`pipelines/serve/impressions_writer.py`) as raw
-bytes; woken by a request after an idle spell, it first lets requests gather
-for `HANDOFF_SECONDS`, so the event loop gives it the GIL once per batch, not
-once per request. The writer splits the arrays into
+bytes, with whatever else gathered meanwhile (`HANDOFF_SECONDS` would make it
+wait for more; 0, see there). The writer splits the arrays into
 values and joins them into one line per row (`lines_block`, ~0.4 ms per 1,000
 rows) and appends them. The values in a line are the JSON texts orjson wrote
 in the server from the model's own columns. A request that the shadow
@@ -99,7 +98,11 @@ DEFAULT_MAX_PENDING_BYTES = 64 << 20
 # Lines joined into one append (one lock, one write).
 BATCH_LINES = 20_000
 # How long the log's thread lets requests gather before one hand-off to the writer process.
-HANDOFF_SECONDS = 0.02
+# 0: hand over at once. Waiting 20 ms for more (one GIL hand-over per batch, not per request) made the tail
+# worse on a quiet machine: the log added 8.6 ms to p99 with 1 client and 59 ms with 4, against 2.2 and 12 ms
+# handing over at once; the writer then gets each batch as a burst of CPU beside the server's (benchmarks/
+# serving.py, back to back, 2026-12-05 21:13-21:16 UTC).
+HANDOFF_SECONDS = 0.0
 # The writer process's niceness over the server's. 0: the server's priority. At nice 10, with other work on
 # the 2 cores (load average 3-5), the writer fell behind and dropped 55 % of the lines of one client's
 # requests, the backlog at its byte bound growing the server's RSS by ~400 MiB in 20 s; at 0 it kept up,
@@ -413,9 +416,8 @@ class ImpressionLog:
                 first = self._queue.get_nowait()  # a backlog (the writer was busy): hand it over now
             except queue.Empty:
                 first = self._queue.get()
-                # Woken by a request after an idle spell: let more gather first. One hand-off per
-                # `handoff_seconds` at most, not one per request: waking this thread takes the GIL from the
-                # event loop (the request in flight waits), and each hand-off is a round trip to the writer.
+                # Woken by a request after an idle spell: with `handoff_seconds` > 0, let more gather first
+                # (fewer GIL hand-overs and round trips to the writer, but burstier: see HANDOFF_SECONDS).
                 if first is not None and self.handoff_seconds > 0:
                     time.sleep(self.handoff_seconds)
             if first is None:
