@@ -96,9 +96,8 @@ class CountTable(keras.layers.Layer):
     alike: serving looks the counts up inside the model, and cannot disagree with training.
 
     Its output, per key and decay: the id's smoothed log-odds over the stream's (the positives plus
-    `prior` examples at the stream's rate, over the examples plus `prior`), and log(1 + its share of the
-    examples times the key's buckets), its popularity against an even spread, which does not grow with
-    the table's age as the count itself does.
+    `prior` examples at the stream's rate, over the examples plus `prior`). No popularity input (see
+    `features_of`).
     A counts-based estimate of every id's rate from all of its history, at each decay, which per-event
     gradient steps on a per-id weight only approximate; two decays tell a rising id from a falling one.
     """
@@ -113,7 +112,7 @@ class CountTable(keras.layers.Layer):
 
     @property
     def features(self) -> int:
-        return len(self.keys) * self.width
+        return len(self.keys) * len(self.decays)
 
     def build(self, input_shape):
         self.tables = {k: self.add_weight(name=f"counts_{k}", shape=(self.buckets[k], self.width),
@@ -136,16 +135,15 @@ class CountTable(keras.layers.Layer):
             n_all, pos_all = total[2 * j], total[2 * j + 1]
             rate = (pos_all + 1.0) / (n_all + 2.0)
             base = tf.math.log(rate) - tf.math.log1p(-rate)
-            for key, rows in zip(self.keys, gathered):
+            for rows in gathered:
                 rows = tf.cast(rows, tf.float32)
                 n, pos = rows[:, 2 * j], rows[:, 2 * j + 1]
                 own = tf.clip_by_value((pos + self.prior * rate) / (n + self.prior), 1e-6, 1 - 1e-6)
-                # The id's share of the examples, against an even spread over the buckets: not its count,
-                # which grows with the table's age (a young table's ids all look rare; a model trained on
-                # them then over-predicts once the table has filled, measured as calibration 1.8 on a first
-                # cycle); 0 while the table is empty.
-                share = tf.math.divide_no_nan(n * float(self.buckets[key]), n_all)
-                out += [tf.math.log(own) - tf.math.log1p(-own) - base, tf.math.log1p(share)]
+                # Its log-odds only, centred on the stream's (0 for an id never seen). A popularity input
+                # (log of the id's count, or of its share of the examples) is positive for every seen id: all
+                # its weights then moved together in the first warm cycles and the model's calibration swung
+                # (0.57 in tests/test_closed_loop.py's warm cycles, 1.83 on a first cycle with counts).
+                out.append(tf.math.log(own) - tf.math.log1p(-own) - base)
         return tf.stack(out, axis=1)
 
     def get_config(self):

@@ -23,7 +23,6 @@ TRANSFORM = TransformConfig()
 BUCKETS = stream.hash_buckets(SCHEMA, TRANSFORM)
 NUMERIC = stream.numeric_features(SCHEMA, TRANSFORM)
 # One counted key (the ad), one decay, so every expected value is a line of arithmetic.
-AD_BUCKETS = BUCKETS["ad_id_xf"]
 CONFIG = {"counts": True, "crosses": [], "count_features": ["ad_id_xf"], "count_decays": [0.5], "count_prior": 2.0}
 
 
@@ -32,11 +31,11 @@ def _logit(p):
 
 
 def _expected(n, pos, total_n, total_pos, prior=2.0):
-    """The features of an id with `n` examples and `pos` positives, by the definition: its smoothed
-    log-odds against the stream's, and log(1 + its share of the examples times the key's buckets)."""
+    """The feature of an id with `n` examples and `pos` positives, by the definition: its smoothed
+    log-odds against the stream's."""
     rate = (total_pos + 1) / (total_n + 2)
     own = (pos + prior * rate) / (n + prior)
-    return [_logit(own) - _logit(rate), math.log1p(n * AD_BUCKETS / total_n) if total_n else 0.0]
+    return [_logit(own) - _logit(rate)]
 
 
 def _examples(ads, labels, span, role="new"):
@@ -103,7 +102,7 @@ def test_each_example_sees_only_the_spans_before_its_own():
     # Span 2 sees span 1 as serving would right after it: ad 3 (4, 1), in total (6, 3); ad 7 nothing.
     np.testing.assert_allclose(got[0], _expected(4, 1, 6, 3), rtol=1e-5)
     np.testing.assert_allclose(got[1], _expected(4, 1, 6, 3), rtol=1e-5)
-    np.testing.assert_allclose(got[2], [0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(got[2], [0.0], atol=1e-6)
     # Span 3 sees spans 1 and 2: ad 3 (4, 1) decayed once plus span 2's (2, 1), of (3, 1.5) + (3, 2).
     np.testing.assert_allclose(got[3], _expected(4, 1.5, 6, 3.5), rtol=1e-5)
     _, ad, total, span = _table(serving)
