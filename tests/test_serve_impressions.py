@@ -1,4 +1,5 @@
 """The impressions log writer (#20): batched, asynchronous, and never a reason to stop serving."""
+import contextlib
 import fcntl
 import os
 import threading
@@ -99,24 +100,31 @@ def test_an_unavailable_log_is_counted_and_recovers(tmp_path):
     assert counts.logged == 4 and len(_lines(str(path))) == 4
 
 
-def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):
-    """The writer stuck behind another writer's lock: requests keep returning, the overflow is counted."""
-    folder = tmp_path / "imp"
+@contextlib.contextmanager
+def _another_writer_holding(folder):
+    """`folder` (created) with its writer lock held by someone else, so the log's writer waits behind it."""
     folder.mkdir()
     lock_fd = os.open(str(folder / WRITER_LOCK_FILE), os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock_fd, fcntl.LOCK_EX)
-    counts = Counts()
-    log = ImpressionLog(str(folder), max_pending=2, on_logged=counts.on_logged, on_dropped=counts.on_dropped)
     try:
+        yield
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):
+    """The writer stuck behind another writer's lock: requests keep returning, the overflow is counted."""
+    folder = tmp_path / "imp"
+    counts = Counts()
+    with _another_writer_holding(folder):
+        log = ImpressionLog(str(folder), max_pending=2, on_logged=counts.on_logged, on_dropped=counts.on_dropped)
         started = time.monotonic()
         for r in range(20):
             log.submit(*_columns([_entry(r)]))
         assert time.monotonic() - started < 1.0
         # One batch may be in the writer's hands, two wait in the queue; the rest are dropped.
         assert counts.dropped["queue_full"] >= 17
-    finally:
-        fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        os.close(lock_fd)
     log.close()
     assert counts.logged + counts.dropped["queue_full"] == 20
     assert len(_lines(str(folder))) == counts.logged
@@ -257,14 +265,11 @@ def test_the_queue_is_bounded_in_bytes_too(tmp_path):
     stuck behind another writer's lock, requests of ~150 KB each fill a 1 MiB bound after a few, the rest
     are dropped and counted (queue_full) while the count bound (4096) is far away, and submit never waits."""
     folder = tmp_path / "imp"
-    folder.mkdir()
-    lock_fd = os.open(str(folder / WRITER_LOCK_FILE), os.O_RDWR | os.O_CREAT)
-    fcntl.flock(lock_fd, fcntl.LOCK_EX)
     counts = Counts()
-    log = ImpressionLog(str(folder), max_pending_bytes=1 << 20, on_logged=counts.on_logged,
-                        on_dropped=counts.on_dropped)
     big = [dict(_entry(i), ad_id="a" * 120 + str(i)) for i in range(1000)]  # ~160 KB encoded
-    try:
+    with _another_writer_holding(folder):
+        log = ImpressionLog(str(folder), max_pending_bytes=1 << 20, on_logged=counts.on_logged,
+                            on_dropped=counts.on_dropped)
         started = time.monotonic()
         for _ in range(40):
             log.submit(*_columns(big))
@@ -272,9 +277,6 @@ def test_the_queue_is_bounded_in_bytes_too(tmp_path):
         # At most 1 MiB waits (6 requests) and one batch is in the writer's hands (it took what was queued).
         dropped = counts.dropped.get("queue_full", 0)
         assert 40_000 - 2 * 7 * 1000 <= dropped < 40_000, counts.dropped
-    finally:
-        fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        os.close(lock_fd)
     log.close()
     assert counts.logged + counts.dropped["queue_full"] == 40_000
     assert len(_lines(str(folder))) == counts.logged
