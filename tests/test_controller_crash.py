@@ -340,6 +340,12 @@ def test_controller_killed_at_random_moments_loses_and_duplicates_nothing(tmp_pa
 
             kill(name, f"{delay:.1f} s into a cycle", due_now)
 
+        # The hostile producer tears a line only after 20 s of life, at random: with quick cycles the kills can
+        # all land before it has, and the audit below would have no torn line to find. Let it get there first.
+        deadline = time.monotonic() + 240
+        while hostile.torn_exits < 1:
+            assert time.monotonic() < deadline, f"the hostile producer never tore a line: exits {hostile.exits}"
+            time.sleep(0.5)
         # The streams stop (flushing late events they held back); the last controller finishes what is due.
         hostile.stop()
         for sim in sims:
