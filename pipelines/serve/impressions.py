@@ -40,8 +40,8 @@ version, scores) as one JSON array (`encode_columns`: a few orjson calls,
 shares, `Repeated`, as its one value), puts them on a queue bounded by count
 and by bytes, and returns. One background thread takes what is queued and
 hands it to a writer process (`pipelines/serve/impressions_writer.py`) as raw
-bytes, with whatever else gathered meanwhile (`HANDOFF_SECONDS` would make it
-wait for more; 0, see there). The writer splits the arrays into
+bytes, with whatever else gathered meanwhile (it does not wait for more: see
+`_run`). The writer splits the arrays into
 values and joins them into one line per row (`lines_block`, ~0.4 ms per 1,000
 rows) and appends them. The values in a line are the JSON texts orjson wrote
 in the server from the model's own columns. A request that the shadow
@@ -63,7 +63,6 @@ import queue
 import subprocess
 import sys
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import orjson
@@ -97,12 +96,6 @@ DEFAULT_MAX_PENDING = 4096
 DEFAULT_MAX_PENDING_BYTES = 64 << 20
 # Lines joined into one append (one lock, one write).
 BATCH_LINES = 20_000
-# How long the log's thread lets requests gather before one hand-off to the writer process.
-# 0: hand over at once. Waiting 20 ms for more (one GIL hand-over per batch, not per request) made the tail
-# worse on a quiet machine: the log added 8.6 ms to p99 with 1 client and 59 ms with 4, against 2.2 and 12 ms
-# handing over at once; the writer then gets each batch as a burst of CPU beside the server's (benchmarks/
-# serving.py, back to back, 2026-12-05 21:13-21:16 UTC).
-HANDOFF_SECONDS = 0.0
 # The writer process's niceness over the server's. 0: the server's priority. At nice 10, with other work on
 # the 2 cores (load average 3-5), the writer fell behind and dropped 55 % of the lines of one client's
 # requests, the backlog at its byte bound growing the server's RSS by ~400 MiB in 20 s; at 0 it kept up,
@@ -327,13 +320,11 @@ class ImpressionLog:
                  max_segment_bytes: int = 64 << 20,
                  on_shadow: Optional[Callable[[int, Optional[str]], None]] = None,
                  max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
-                 writer_nice: int = DEFAULT_WRITER_NICE,
-                 handoff_seconds: float = HANDOFF_SECONDS):
+                 writer_nice: int = DEFAULT_WRITER_NICE):
         self.log_dir = log_dir
         self.max_segment_bytes = max_segment_bytes
         self.max_pending_bytes = check_max_pending_bytes(max_pending_bytes, "max_pending_bytes")
         self.writer_nice = writer_nice
-        self.handoff_seconds = handoff_seconds
         # (encoded columns, n, its bytes), or (columns, n, the shadow candidate to score them); None: stop.
         self._queue: "queue.Queue[Optional[Tuple[object, int, object]]]" = queue.Queue(maxsize=max_pending)
         self._pending_bytes = 0  # the encoded bytes in the queue; under the lock (submit and the thread change it)
@@ -415,11 +406,11 @@ class ImpressionLog:
             try:
                 first = self._queue.get_nowait()  # a backlog (the writer was busy): hand it over now
             except queue.Empty:
+                # Handed over at once, never waiting for more to gather: waiting 20 ms (one GIL hand-over per
+                # batch, not per request) made the tail worse on a quiet machine, the log adding 8.6 ms to p99
+                # with 1 client and 59 ms with 4 against 2.2 and 12 ms at once; the writer then got each batch
+                # as a burst of CPU beside the server's (benchmarks/serving.py, back to back, 2026-12-05 21:13 UTC).
                 first = self._queue.get()
-                # Woken by a request after an idle spell: with `handoff_seconds` > 0, let more gather first
-                # (fewer GIL hand-overs and round trips to the writer, but burstier: see HANDOFF_SECONDS).
-                if first is not None and self.handoff_seconds > 0:
-                    time.sleep(self.handoff_seconds)
             if first is None:
                 break
             batch: List[EncodedColumns] = []
