@@ -82,3 +82,39 @@ def test_the_default_row_is_what_trainer_config_ships():
     assert ads_model.model_options(row["model"], buckets) == ads_model.model_options(shipped.model, buckets)
     for key in ("embedding_dim", "hidden_units"):
         assert row["model"][key] == shipped.model[key]
+
+
+CHEAP = "wide + all crosses + counts, warm 1 epoch, replay 0.05"  # the default's model and replay window
+COSTLY = "wide + all crosses + FM + counts, warm 1 epoch"  # another model: a cold start for every user
+
+
+def _selection(seed, gains):
+    """A selection run: River 0.70 on both streams, the default at 0.75, each other row at 0.75 + its gain
+    on (ads, music)."""
+    def stream(i):
+        driftline = {D: _rows([0.1, 0.75, 0.75])}
+        for label, g in gains.items():
+            driftline[label] = _rows([0.1, 0.75 + g[i], 0.75 + g[i]])
+        return {"river": {"fm_0.5": _rows([0.5, 0.70, 0.70])}, "driftline": driftline, "stateless": {}}
+    return {"seed": seed, "spans": 3, "grid": [D, *gains], "results": {"ads": stream(0), "music": stream(1)}}
+
+
+def test_across_seeds_a_change_that_keeps_the_model_needs_a_sign_test_not_the_minimum_gain():
+    assert learning.costless_change(CHEAP) and not learning.costless_change(COSTLY)
+    # CHEAP is better by 0.002-0.004 (under MIN_GAIN) in 7 of 8 stream x seed pairs: p = 9/256 = 0.035.
+    # COSTLY is better by 0.004 everywhere (8 of 8), but under MIN_GAIN: it is not chosen.
+    cheap = [(0.003, 0.002), (0.004, 0.003), (0.002, -0.001), (0.003, 0.004)]
+    sels = [_selection(seed, {CHEAP: g, COSTLY: (0.004, 0.004)}) for seed, g in zip((0, 2, 3, 4), cheap)]
+    across = learning.choose_across_seeds(sels)
+    e = across["evidence"][CHEAP]
+    assert (e["wins"], e["n"], e["sign_test_p"]) == (7, 8, 0.0352)
+    assert e["passes"] and not across["evidence"][COSTLY]["passes"]
+    assert across["chosen"] == CHEAP and across["seeds"] == [0, 2, 3, 4]
+    # 6 of 8 (p = 0.145) is not enough, however large the mean gain.
+    cheap[1] = (0.010, -0.001)
+    across = learning.choose_across_seeds(
+        [_selection(seed, {CHEAP: g, COSTLY: (0.004, 0.004)}) for seed, g in zip((0, 2, 3, 4), cheap)])
+    assert across["evidence"][CHEAP]["sign_test_p"] == 0.1445 and across["chosen"] == D
+    # A costly change better by MIN_GAIN in the mean worst-case margin is chosen, without a sign test.
+    across = learning.choose_across_seeds([_selection(s, {COSTLY: (0.007, 0.006)}) for s in (0, 2)])
+    assert across["evidence"][COSTLY]["mean_margin_gain"] == 0.006 and across["chosen"] == COSTLY
