@@ -124,7 +124,7 @@ GRID: Dict[str, Dict[str, Any]] = {
         "model": dict(_WIDE, counts=True, count_decays=[0.5, 0.9, 0.99]), "warm_epochs": 1},
     "wide + all crosses + counts (prior 8), warm 1 epoch": {"model": dict(_WIDE, counts=True, count_prior=8.0),
                                                             "warm_epochs": 1},
-    # Session 6, toward 0.777 on ads: wider MLP, larger embeddings, FM beside counts, an undecayed count (the
+    # Toward 0.777 on ads: a wider MLP, larger embeddings, FM beside counts, an undecayed count (the
     # user x ad affinity does not drift), and less replay over the same 3-span window.
     "wide + all crosses + counts, warm 1 epoch, hidden 128-64": {
         "model": dict(_WIDE, counts=True, hidden_units=[128, 64]), "warm_epochs": 1},

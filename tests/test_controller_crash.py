@@ -238,9 +238,9 @@ class HostileProducer:
                 code = self._proc.wait()
                 self.exits.append(code)
                 if code == TORN_EXIT:
-                    self.torn_exits += 1
-                    if self.first_torn_at is None:
+                    if self.first_torn_at is None:  # set before the count the test waits on
                         self.first_torn_at = time.monotonic()
+                    self.torn_exits += 1
                 elif not self._stop.is_set():
                     return  # died of something else: the test fails on `exits`
 
