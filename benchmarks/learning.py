@@ -142,7 +142,7 @@ GRID: Dict[str, Dict[str, Any]] = {
 # is better by MIN_GAIN: the mean of 7 cycles moves by about that between neighbouring settings, and every
 # change of default costs users a cold start (a new architecture) or changes what replay_spans also sets
 # (the ingest dedup horizon, the retention window).
-DEFAULT_LABEL = "wide + all crosses + counts, warm 1 epoch, replay 0.03"
+DEFAULT_LABEL = "wide + all crosses + counts, warm 1 epoch"
 MIN_GAIN = 0.005
 # With several selection seeds (`--chosen-from` given more than one file), a change that costs users nothing
 # (the same model, the same replay_spans: a replay share, warm epochs or rates) needs no MIN_GAIN: it replaces
