@@ -531,13 +531,30 @@ def transform_graph_key(transform_graph_path: str) -> Optional[str]:
     serving function traced for one serves the other. With assets (a vocabulary)
     the export copies them from the traced graph's folder, which retention may
     since have deleted: such a graph is never reused.
+
+    The digest is taken from the SavedModel's `fingerprint.pb`, without its
+    `saved_model_checksum`: `saved_model.pb` itself differs between two exports
+    of the same transform in one process, because TF numbers its traced
+    functions with a process-wide counter, so a file hash would miss every
+    cycle of a long-lived controller. The program, signature, object-graph
+    and checkpoint hashes do not carry those names. Without a fingerprint
+    (a SavedModel written before TF 2.12) the file hash is the fallback.
     """
     root = os.path.join(transform_graph_path, "transform_fn")
     assets = os.path.join(root, "assets")
     if tf.io.gfile.exists(assets) and tf.io.gfile.listdir(assets):
         return None
+    fingerprint_path = os.path.join(root, "fingerprint.pb")
+    if tf.io.gfile.exists(fingerprint_path):
+        from tensorflow.core.protobuf import fingerprint_pb2
+
+        with tf.io.gfile.GFile(fingerprint_path, "rb") as f:
+            fingerprint = fingerprint_pb2.FingerprintDef.FromString(f.read())
+        parts = (fingerprint.graph_def_program_hash, fingerprint.signature_def_hash,
+                 fingerprint.saved_object_graph_hash, fingerprint.checkpoint_hash)
+        return "fingerprint:" + hashlib.sha256(",".join(map(str, parts)).encode()).hexdigest()
     with tf.io.gfile.GFile(os.path.join(root, "saved_model.pb"), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        return "file:" + hashlib.sha256(f.read()).hexdigest()
 
 
 def export_serving_model(model: keras.Model, tft_output, raw_label_key: str, export_dir: str,

@@ -50,6 +50,32 @@ def _weights(model_uri):
     return {n: reader.get_tensor(n) for n in names}
 
 
+def test_one_feature_set_gives_one_transform_key_across_cycles_of_one_process(continuous_run):
+    """The caches keyed on the transform graph hit from cycle to cycle.
+
+    The shared run's cycles 1-4 ran in this process with one feature set, and
+    each wrote its own TransformGraph; cycle 5 dropped a feature. TF names the
+    functions in `saved_model.pb` with a process-wide counter, so a key taken
+    from that file differed every cycle and every kept transform, kept input
+    and traced serving function missed.
+    """
+    from pipelines import ads_model, lineage
+    from pipelines.metadata import open_store
+
+    config = continuous_run["config"]
+    store = open_store(config.metadata_path)
+    records = sorted(lineage.models(config.metadata_path, config.pipeline_name), key=lambda m: m.model_id)
+    graphs = [lineage.transform_graph_uri(store, m.model_id) for m in records]
+    assert len(graphs) == 5 and len(set(graphs)) == 5, graphs  # one graph written per cycle
+    with open(os.path.join(graphs[0], "transform_fn", "saved_model.pb"), "rb") as a, \
+            open(os.path.join(graphs[1], "transform_fn", "saved_model.pb"), "rb") as b:
+        assert a.read() != b.read()  # what made the file hash miss
+    keys = [ads_model.transform_graph_key(g) for g in graphs]
+    assert keys[0] is not None and keys[0].startswith("fingerprint:")
+    assert keys[:4] == [keys[0]] * 4
+    assert keys[4] != keys[0]
+
+
 def test_a_kept_trainer_computes_what_a_fresh_process_computes(continuous_run, tmp_path):
     import tensorflow as tf
 
