@@ -118,3 +118,24 @@ def test_across_seeds_a_change_that_keeps_the_model_needs_a_sign_test_not_the_mi
     # A costly change better by MIN_GAIN in the mean worst-case margin is chosen, without a sign test.
     across = learning.choose_across_seeds([_selection(s, {COSTLY: (0.007, 0.006)}) for s in (0, 2)])
     assert across["evidence"][COSTLY]["mean_margin_gain"] == 0.006 and across["chosen"] == COSTLY
+
+
+def test_across_seeds_a_change_must_also_hold_up_on_thin_spans():
+    sels = [_selection(seed, {CHEAP: (0.003, 0.003)}) for seed in (0, 2, 3, 4)]
+    assert learning.choose_across_seeds(sels)["chosen"] == CHEAP
+
+    def thin(seed, gain):
+        return {**_selection(seed, {CHEAP: gain}), "events_per_span": 1000}
+
+    # On thin spans music loses 0.004 and 0.008: a mean of -0.006, past THIN_TOLERANCE (0.005).
+    across = learning.choose_across_seeds(sels, [thin(0, (0.01, -0.004)), thin(2, (0.01, -0.008))])
+    e = across["evidence"][CHEAP]
+    assert e["thin_gain_per_stream"] == {"ads": 0.01, "music": -0.006} and not e["thin_holds"]
+    assert not e["passes"] and across["chosen"] == D
+    assert across["thin"] == [{"seed": 0, "events_per_span": 1000}, {"seed": 2, "events_per_span": 1000}]
+    # -0.004 in the mean is within it.
+    across = learning.choose_across_seeds(sels, [thin(0, (0.0, -0.002)), thin(2, (0.0, -0.006))])
+    assert across["evidence"][CHEAP]["thin_holds"] and across["chosen"] == CHEAP
+    # A row the thin runs lack is not eligible at all.
+    without = {**_selection(0, {}), "events_per_span": 1000}
+    assert learning.choose_across_seeds(sels, [without])["chosen"] == D
