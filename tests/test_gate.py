@@ -486,3 +486,19 @@ def test_a_wide_difference_interval_that_shows_the_candidate_better_is_evidence_
     # Centred on zero with that width it decides nothing: too little evidence.
     v = G.decide(paired_with(metrics(auc=0.60), base, auc_diff_se=0.04), base, GATE)
     assert not v.blessed and v.reason.startswith("not blessed: too little evidence: the AUC difference's interval")
+
+
+def test_a_wide_difference_interval_that_shows_the_candidate_worse_refuses_it_for_quality():
+    # The mirror case: a poor candidate against a good baseline, se 0.04 (width 0.132), difference -0.20,
+    # upper bound -0.134 far below -max_auc_drop. That is decided: refused for its AUC, not carried as
+    # "too little evidence" (whose eval splits the next cycle would be judged on again).
+    base = metrics(auc=0.80)
+    v = G.decide(paired_with(metrics(auc=0.60), base, auc_diff_se=0.04), base, GATE)
+    assert not v.blessed and not v.evidence_insufficient
+    assert by_name(v)["max_auc_interval_width"].passed
+    assert "already shows the candidate worse" in by_name(v)["max_auc_interval_width"].message
+    assert not by_name(v)["max_auc_drop"].passed
+    assert v.reason.startswith("not blessed: AUC worse than the baseline's with 95% confidence: 0.600 vs 0.800")
+    # Closer to the baseline the same width decides nothing: difference -0.06, upper bound -0.06 + 0.066 > 0.
+    v = G.decide(paired_with(metrics(auc=0.74), base, auc_diff_se=0.04), base, GATE)
+    assert v.evidence_insufficient and v.reason.startswith("not blessed: too little evidence")

@@ -27,9 +27,10 @@ The rules (thresholds from `pipelines.config.GateConfig`):
    negatives (so the AUC is defined), and the AUC interval no wider than
    max_auc_interval_width: the interval of the AUC difference when a
    baseline exists, else of the candidate's AUC; each end is a one-sided
-   bound at `confidence`. (With a baseline, a wider interval whose lower end
-   is above -max_auc_drop has decided already and passes.) Otherwise not
-   blessed, "too little evidence".
+   bound at `confidence`. (With a baseline, a wider interval that lies
+   wholly above or wholly below -max_auc_drop has decided already and
+   passes; below, rule 3 refuses the candidate.) Otherwise not blessed, "too
+   little evidence".
    (min_eval_examples, deprecated, is an extra floor when set.)
 2. absolute bounds: AUC >= min_auc, min_calibration <= calibration <=
    max_calibration, and log loss <= max_log_loss_factor x the no-skill log
@@ -309,13 +310,18 @@ def evidence_checks(overall: Metrics, gate: GateConfig, has_baseline: bool = Fal
         message = f"the {what}'s interval is undefined on {_count(examples)} examples (needs both classes)"
     check = _at_most("max_auc_interval_width", width, gate.max_auc_interval_width, message)
     if has_baseline and not check.passed and _is_number(width):
-        # A wide interval that lies wholly above -max_auc_drop has decided already: the candidate is
-        # confidently no worse (a good candidate against a poor baseline: their difference varies most).
-        lower, _ = paired.bounds(paired.PairedEstimate(_metric(overall, "auc_diff"), _metric(overall, "auc_diff_se")),
-                                 gate.confidence)
+        # A wide interval that lies wholly on one side of -max_auc_drop has decided already. Above it, the
+        # candidate is confidently no worse (a good candidate against a poor baseline: their difference
+        # varies most); below it, confidently worse, which max_auc_drop then refuses for quality, so its
+        # eval splits are not carried as if they had decided nothing.
+        lower, upper = paired.bounds(paired.PairedEstimate(_metric(overall, "auc_diff"),
+                                                           _metric(overall, "auc_diff_se")), gate.confidence)
         if _is_number(lower) and lower >= -gate.max_auc_drop - _EPS:
             check = dataclasses.replace(check, passed=True, message=message + f"; but its lower bound {_s3(lower)} "
                                         f"already shows the candidate no worse")
+        elif _is_number(upper) and upper < -gate.max_auc_drop - _EPS:
+            check = dataclasses.replace(check, passed=True, message=message + f"; but its upper bound {_s3(upper)} "
+                                        f"already shows the candidate worse")
     checks.append(check)
     return checks
 
