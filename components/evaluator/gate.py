@@ -313,9 +313,10 @@ def evidence_checks(overall: Metrics, gate: GateConfig, has_baseline: bool = Fal
         # A wide interval that lies wholly on one side of -max_auc_drop has decided already. Above it, the
         # candidate is confidently no worse (a good candidate against a poor baseline: their difference
         # varies most); below it, confidently worse, which max_auc_drop then refuses for quality, so its
-        # eval splits are not carried as if they had decided nothing.
-        lower, upper = paired.bounds(paired.PairedEstimate(_metric(overall, "auc_diff"),
-                                                           _metric(overall, "auc_diff_se")), gate.confidence)
+        # eval splits are not carried as if they had decided nothing. The bounds are the AUC test's own
+        # (`paired_tests`), so "decided worse" here is exactly what max_auc_drop refuses.
+        auc_test = paired_tests(overall, gate)["auc"]
+        lower, upper = auc_test["lower"], auc_test["upper"]
         if _is_number(lower) and lower >= -gate.max_auc_drop - _EPS:
             check = dataclasses.replace(check, passed=True, message=message + f"; but its lower bound {_s3(lower)} "
                                         f"already shows the candidate no worse")
