@@ -45,6 +45,10 @@ WIDE_PREFIX = "wide_"
 # per-span decays and the prior's weight. Chosen by benchmarks/learning.py (RESULTS.md, learning).
 COUNTS_DEFAULTS = {"counts": False, "count_decays": [0.5, 0.9], "count_prior": 2.0}
 COUNT_INPUT = "count_features"
+# Frequency-weighted L2 penalties on the weights each example looks up (`_regularise`): the wide weights and
+# the embeddings. Training settings, not architecture: they are defaults here, not in TrainerConfig.model,
+# so a model trained without them continues warm (the warm-start fingerprint covers the model dict).
+PENALTY_DEFAULTS = {"wide_l2": 0.1, "embedding_l2": 0.01}
 
 
 @keras.utils.register_keras_serializable(package="driftline")
@@ -192,6 +196,10 @@ def model_options(model_config: Mapping[str, Any], feature_buckets: Mapping[str,
         raise ValueError(f"trainer.model.wide_optimizer must be 'adagrad' or 'ftrl', got {options['wide_optimizer']!r}")
     if not float(options["wide_learning_rate"]) > 0 or int(options["cross_buckets"]) < 1:
         raise ValueError("trainer.model.wide_learning_rate must be > 0 and trainer.model.cross_buckets >= 1")
+    for key, default in PENALTY_DEFAULTS.items():
+        value = options[key] = model_config.get(key, default)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+            raise ValueError(f"trainer.model.{key} must be a number >= 0 (0 turns it off), got {value!r}")
     return options
 
 
@@ -392,6 +400,25 @@ def _wide_optimizer(options: Mapping[str, Any]):
     return keras.optimizers.Adagrad(lr, initial_accumulator_value=WIDE_INITIAL_ACCUMULATOR)
 
 
+def _regularise(model: keras.Model, wide_l2: float, embedding_l2: float) -> None:
+    """Frequency-weighted L2 penalties: `wide_l2` times the mean, over a batch's examples, of the squares of
+    the wide weights each example looks up, and `embedding_l2` the same for its embedding entries (Keras
+    activity regularisers on those layers' outputs; Keras divides them by the batch size).
+
+    A weight is pulled toward zero in proportion to how often it is used, as its data gradient is, so a
+    rare id is shrunk no more than a common one, and what every example shares goes to what is not
+    penalised (the bias, the MLP). Without them, the base rate spread over the weights of whatever values
+    were always present: a feature constant for hours (the hour of day, an app version) carried part of
+    the intercept in its wide weight, its crosses and its embedding, and its first new value moved every
+    prediction (the soak: the mean click prediction fell from 0.100 to 0.015 at the first new hour).
+    Set on the layers when training, not built into the model: the serving model and its checkpoint are
+    the same with or without."""
+    for layer in model.layers:
+        l2 = wide_l2 if layer.name.startswith(WIDE_PREFIX) else embedding_l2 if layer.name.startswith("emb_") else 0
+        if layer.name.startswith((WIDE_PREFIX, "emb_")):
+            layer.activity_regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+
+
 def _learning_rate(fn_args: WarmStartFnArgs, steps: int):
     if fn_args.learning_rate_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(fn_args.learning_rate, decay_steps=max(steps, 1))
@@ -429,6 +456,8 @@ class Trainer:
         if wide_vars:
             options = {**WIDE_DEFAULTS, **dict(model_config or {})}
             self.wide_optimizer = _wide_optimizer(options)
+        penalties = {**PENALTY_DEFAULTS, **{k: v for k, v in dict(model_config or {}).items() if k in PENALTY_DEFAULTS}}
+        _regularise(model, float(penalties["wide_l2"]), float(penalties["embedding_l2"]))
         # Slot variables are made here, eagerly, and every batch size shares one
         # signature, so the step is traced once: creating variables in the
         # first call traced it twice, and the last, smaller batch a third time.
@@ -462,7 +491,11 @@ class Trainer:
                 xb = {k: v[start:start + batch_size] for k, v in x.items()}
                 with tf.GradientTape() as tape:
                     loss = loss_fn(y[start:start + batch_size], model(xb, training=True)[:, 0])
-                grads = tape.gradient(loss, deep_vars + wide_vars)
+                    if model.losses:  # the penalties on the looked-up weights (`_regularise`)
+                        loss_with_penalty = loss + tf.add_n(model.losses)
+                    else:
+                        loss_with_penalty = loss
+                grads = tape.gradient(loss_with_penalty, deep_vars + wide_vars)
                 optimizer.apply_gradients(zip(grads[:n_deep], deep_vars))
                 if wide_optimizer is not None:
                     wide_optimizer.apply_gradients(zip(grads[n_deep:], wide_vars))
