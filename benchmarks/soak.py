@@ -201,6 +201,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def longest_without_push(rows) -> tuple:
+    """(length, first cycle, last cycle) of the longest run of consecutive cycles that pushed nothing:
+    a serving stall (the 2026-12-06 soak: 40 cycles, 61-100). (0, None, None) when every cycle pushed."""
+    best, start, run = (0, None, None), None, 0
+    for r in rows:
+        if r["pushed_version"]:
+            run = 0
+            continue
+        run += 1
+        start = r["cycle"] if run == 1 else start
+        if run > best[0]:
+            best = (run, start, r["cycle"])
+    return best
+
+
 def write_section(s: dict, out: str) -> None:
     rows = s["per_cycle"]
     n = s["cycles"]
@@ -220,6 +235,7 @@ def write_section(s: dict, out: str) -> None:
     late = f"cycles {max(1, int(round(0.8 * n)))}-{n}"
     at_half, at_end = f"cycle {n // 2}", f"cycle {n}"
     per_cycle = lambda b: f"{b / 1e3:+.1f} KB a cycle over the second half"  # noqa: E731
+    stall = longest_without_push(rows)
     checks = [
         ("cycle wall time, median (the TFX run)", f"{s['cycle_s_early']:.1f} s ({early})",
          f"{s['cycle_s_late']:.1f} s ({late})", f"ratio {ratio:.2f}"),
@@ -237,6 +253,10 @@ def write_section(s: dict, out: str) -> None:
          f"{s['mlmd_bytes_end'] / 1e6:.2f} MB ({at_end})",
          f"{per_cycle(s['mlmd_bytes_per_cycle'])}, {s['artifacts_per_cycle']:.1f} artifact records a cycle"),
         ("resident memory", f"{s['rss_mb_half']:.0f} MB ({at_half})", f"{s['rss_mb_end']:.0f} MB ({at_end})", ""),
+        ("pushes; the longest run of cycles without one", "", "",
+         f"{s['pushes']} of {n}; " + ("none without" if not stall[0] else
+                                      f"{stall[0]} cycles ({stall[1]}-{stall[2]})" if stall[0] > 1 else
+                                      f"1 cycle (cycle {stall[1]})")),
     ]
     check_rows = "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in checks)
     body = f"""## Soak: {n} controller cycles with retention
