@@ -84,7 +84,7 @@ def test_the_default_row_is_what_trainer_config_ships():
         assert row["model"][key] == shipped.model[key]
 
 
-CHEAP = "wide + all crosses + counts, warm 1 epoch, replay 0.05"  # the default's model and replay window
+CHEAP = f"{D}, replay 0.03"  # the default's model and replay window
 COSTLY = "wide + all crosses + FM + counts, warm 1 epoch"  # another model: a cold start for every user
 
 
