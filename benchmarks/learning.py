@@ -167,7 +167,6 @@ GRID: Dict[str, Dict[str, Any]] = {
 # stall at the first new hour of day (RESULTS.md, soak), not chosen by this rule for AUC. On the selection
 # seeds it was better than the row before on 8 of 8 stream x seed pairs, by less than MIN_GAIN.
 DEFAULT_LABEL = "wide + all crosses + counts, warm 1 epoch, wide l2 0.1, embedding l2 0.01"
-PREVIOUS_DEFAULT_LABEL = "wide + all crosses + counts, warm 1 epoch"
 MIN_GAIN = 0.005
 # With several selection seeds (`--chosen-from` given more than one file), a change that costs users nothing
 # (the same model, the same replay_spans: a replay share, warm epochs or rates) needs no MIN_GAIN: it replaces

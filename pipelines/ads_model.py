@@ -414,9 +414,13 @@ def _regularise(model: keras.Model, wide_l2: float, embedding_l2: float) -> None
     Set on the layers when training, not built into the model: the serving model and its checkpoint are
     the same with or without."""
     for layer in model.layers:
-        l2 = wide_l2 if layer.name.startswith(WIDE_PREFIX) else embedding_l2 if layer.name.startswith("emb_") else 0
-        if layer.name.startswith((WIDE_PREFIX, "emb_")):
-            layer.activity_regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+        if layer.name.startswith(WIDE_PREFIX):
+            l2 = wide_l2
+        elif layer.name.startswith("emb_"):
+            l2 = embedding_l2
+        else:
+            continue
+        layer.activity_regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
 
 
 def _learning_rate(fn_args: WarmStartFnArgs, steps: int):
@@ -456,8 +460,8 @@ class Trainer:
         if wide_vars:
             options = {**WIDE_DEFAULTS, **dict(model_config or {})}
             self.wide_optimizer = _wide_optimizer(options)
-        penalties = {**PENALTY_DEFAULTS, **{k: v for k, v in dict(model_config or {}).items() if k in PENALTY_DEFAULTS}}
-        _regularise(model, float(penalties["wide_l2"]), float(penalties["embedding_l2"]))
+        penalty = {k: float(dict(model_config or {}).get(k, default)) for k, default in PENALTY_DEFAULTS.items()}
+        _regularise(model, penalty["wide_l2"], penalty["embedding_l2"])
         # Slot variables are made here, eagerly, and every batch size shares one
         # signature, so the step is traced once: creating variables in the
         # first call traced it twice, and the last, smaller batch a third time.
@@ -491,10 +495,8 @@ class Trainer:
                 xb = {k: v[start:start + batch_size] for k, v in x.items()}
                 with tf.GradientTape() as tape:
                     loss = loss_fn(y[start:start + batch_size], model(xb, training=True)[:, 0])
-                    if model.losses:  # the penalties on the looked-up weights (`_regularise`)
-                        loss_with_penalty = loss + tf.add_n(model.losses)
-                    else:
-                        loss_with_penalty = loss
+                    # The penalties on the looked-up weights (`_regularise`), if any.
+                    loss_with_penalty = loss + tf.add_n(model.losses) if model.losses else loss
                 grads = tape.gradient(loss_with_penalty, deep_vars + wide_vars)
                 optimizer.apply_gradients(zip(grads[:n_deep], deep_vars))
                 if wide_optimizer is not None:

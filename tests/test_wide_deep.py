@@ -201,7 +201,6 @@ def test_the_fm_knob_adds_an_interaction_logit_that_reads_the_embeddings(tmp_pat
     np.testing.assert_allclose(warm(sample).numpy(), base(sample).numpy(), rtol=1e-6)
 
 
-
 def test_a_value_never_seen_after_many_cycles_does_not_move_the_mean_prediction(spans):
     """The soak's stall, in small. Every span so far had one hour of day, so that hour's wide weight, its
     crosses and its embedding were in every example. After many warm cycles (40, over the fixture's three
