@@ -23,15 +23,26 @@ def test_three_cycles_close_the_loop_and_the_served_version_changes_under_load(l
     assert [line["outcome"] for line in lines] == ["ok"] * 3, (lines, said[-10:])
     # The first model and at least one trained on live traffic were pushed. A 20 s span holds what the
     # population managed to rank in it, fewer under load: a cycle may then be refused for too little evidence
-    # (its eval split carries to the next cycle), never for anything else.
+    # (its eval split carries to the next cycle), or by the paired tests (confidently worse than the serving
+    # model: on ~120-200 eval examples a candidate no better than it is refused that way about 1 time in 20,
+    # by the gate's design, and the next cycle warm-starts from the serving model), never by a guardrail (an
+    # absolute bound, suspect data) or anything else. A refused candidate was not pushed.
     verdicts = [(line["blessed"], line["reason"]) for line in lines]
     assert lines[0]["pushed_version"] and sum(1 for line in lines if line["pushed_version"]) >= 2, verdicts
-    assert all(line["pushed_version"] or "too little evidence" in line["reason"] for line in lines), verdicts
+    from components.evaluator.gate import EVIDENCE_CHECKS
+    from pipelines import lineage
+
+    config = result.config
+    records = lineage.models(lineage.connect(config.metadata_connection), config.pipeline_name)
+    assert records and all(m.blessed is not None for m in records), verdicts
+    allowed = EVIDENCE_CHECKS | {"max_auc_drop", "max_log_loss_increase"}
+    for m in records:
+        assert m.blessed or (m.pushed_version is None and m.failed_checks
+                             and set(m.failed_checks) <= allowed), (m.model_id, m.failed_checks, m.blessing_reason)
     # The population was served by the first push, then by a later one, without a failed request.
     assert tally.failed == 0, tally.errors
     assert len(tally.versions_in_order) >= 2 and tally.versions_in_order == sorted(tally.versions_in_order)
     # Cycles 2 and 3 trained on live traffic: spans of impressions the server logged, with the population's clicks.
-    config = result.config
     live = [e for e in read_events(config.join.impressions.log_dir) if e["model_version"] >= 1]
     assert live and {e["model_version"] for e in live} >= set(tally.versions_in_order[:1])
     live_spans = {e["event_time"] // (config.window.span_seconds * 1000) for e in live}
