@@ -66,6 +66,13 @@ EVIDENCE_INSUFFICIENT_PROPERTY = "evidence_insufficient"
 # Model: the spans whose eval splits were carried to its gate (JSON list), and what the gate scores it on
 CARRIED_EVAL_SPANS_PROPERTY = "carried_eval_spans"
 EVAL_INPUTS_PROPERTY = "eval_inputs"
+# Model: the examples and the positive labels it trained on, per training role (JSON objects)
+TRAINED_EXAMPLES_BY_ROLE_PROPERTY = "trained_examples_by_role"
+TRAINED_POSITIVES_BY_ROLE_PROPERTY = "trained_positives_by_role"
+# The training roles (components/warm_start_trainer/fn_args.py, TrainingInput.role) whose examples come from
+# spans already vetted: judged by an earlier gate, or released after it found their data sound. Their label
+# rate is the recent label rate the gate's label-shift check compares a span with.
+VETTED_TRAINING_ROLES = ("previous_eval", "released_eval", "replay")
 
 # The one NaN rule: a float property that is not a finite number (NaN, inf, or None when a metric could
 # not be computed) is written as this, so every reader sees one "unknown" and MLMD never stores NaN.

@@ -798,4 +798,5 @@ def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
     warm_start.save_warm_start_state(trainer.serving_model, fn_args.model_dir,
                                      architecture=config.get(warm_start.ARCHITECTURE, ""))
     return TrainResult(warm_start=warm, start_reason=reason, final_loss=final_loss, steps=steps,
-                       examples=len(labels), examples_by_role=counts)
+                       examples=len(labels), examples_by_role=counts,
+                       positives_by_role=data.positives_by_role(labels, provenance))

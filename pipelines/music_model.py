@@ -102,16 +102,18 @@ def run_fn(fn_args: WarmStartFnArgs) -> TrainResult:
             warm, reason = False, report.reason
     salt = str(max(i.span for i in fn_args.training_inputs))
     try:
-        features, labels, counts = data.load_transformed(fn_args.training_inputs, tft_output, LABEL_KEY,
-                                                         fn_args.id_key, salt)
+        features, labels, counts, provenance = data.load_transformed(fn_args.training_inputs, tft_output, LABEL_KEY,
+                                                                     fn_args.id_key, salt, provenance=True)
     except data.NoTrainingExamples as e:
         # Nothing to learn from: the candidate is the base (or an untrained) model; the gate judges it.
         loss, steps, examples, counts, reason = float("nan"), 0, 0, {}, f"{reason}; not trained: {e}"
+        positives = {}
     else:
         loss = _fit(model, features, labels, epochs=fn_args.epochs, batch_size=fn_args.batch_size,
                     learning_rate=fn_args.learning_rate, seed=fn_args.seed)
         steps, examples = -(-len(labels) // fn_args.batch_size) * fn_args.epochs, len(labels)
+        positives = data.positives_by_role(labels, provenance)
     _export(model, tft_output, fn_args.label_key, fn_args.serving_model_dir)
     warm_start.save_warm_start_state(model, fn_args.model_dir, architecture=config.get(warm_start.ARCHITECTURE, ""))
     return TrainResult(warm_start=warm, start_reason=reason, final_loss=loss, steps=steps, examples=examples,
-                       examples_by_role=counts)
+                       examples_by_role=counts, positives_by_role=positives)

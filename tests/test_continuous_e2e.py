@@ -42,6 +42,26 @@ def test_first_model_is_cold_and_later_ones_warm(run):
     assert r4.start == "warm" and r4.blessed and r4.pushed_version == "3"
 
 
+def test_the_label_shift_check_reads_the_recent_label_rate_the_trainer_recorded(run):
+    """The gate compares each span's label rate with the serving model's prediction and with the label rate
+    of the vetted spans the candidate trained on (recorded by WarmStartTrainer): the sound span passes
+    against both, the poisoned one (every label flipped) fails against both."""
+    from pipelines.metadata import open_store, prop
+
+    r1, r2, r3, r4, _ = run["reports"]
+    store = open_store(run["config"].metadata_connection)
+    verdicts = {int(prop(b, "current_model_id")): json.loads(prop(b, "verdict_json"))
+                for b in store.get_artifacts_by_type("ModelBlessing")}
+
+    def label_shift(model_id):
+        return next(c for c in verdicts[model_id]["checks"] if c["name"] == "max_label_shift")
+
+    sound, poisoned = label_shift(r4.model_id), label_shift(r3.model_id)
+    assert sound["passed"] and "the recent spans' label rate" in sound["message"], sound
+    assert not poisoned["passed"] and "the recent spans' label rate" in poisoned["message"], poisoned
+    assert poisoned["value"] > poisoned["threshold"] >= 1.0
+
+
 def test_poisoned_span_is_not_blessed_and_serving_stays(run):
 
     r1, r2, r3, r4, _ = run["reports"]
@@ -69,6 +89,9 @@ def test_lineage_chain_in_mlmd(run):
         assert json.loads(m["trained_spans"])
     roles = json.loads(models[r4.model_id]["trained_examples_by_role"])
     assert roles["new"] > 0 and roles["previous_eval"] > 0 and roles["replay"] > 0
+    positives = json.loads(models[r4.model_id]["trained_positives_by_role"])
+    assert positives.keys() == roles.keys() and all(0 <= positives[r] <= roles[r] for r in roles), (positives, roles)
+    assert 0 < sum(positives.values()) < sum(roles.values())
     # Cycle 4's "previous eval" is the span model 2 was judged on, and the
     # poisoned span is quarantined: neither trained on again nor replayed.
     inputs = json.loads(models[r4.model_id]["training_inputs"])

@@ -379,6 +379,49 @@ def test_flipped_labels_fool_relative_metrics_but_not_the_label_shift_check():
     assert by_name(v)["max_label_shift"].passed
 
 
+def test_a_serving_model_miscalibrated_by_covariate_shift_does_not_make_sound_data_suspect():
+    """The soak's stall: at the first new hour of day the serving model predicted 0.015 where 0.100 of the
+    span's events were clicks (6.7x). Alone, its calibration calls the span suspect, and every candidate
+    after it. The label rate of the vetted spans the candidate trained on (0.098 on 2,400 examples) agrees
+    with the span: not suspect, and the candidate is judged on its own merits."""
+    candidate = metrics(auc=0.78, positives=200, calibration=1.0, log_loss=0.29)
+    stale_serving = metrics(auc=0.74, positives=200, calibration=0.15, log_loss=0.45)
+    alone = decide(candidate, stale_serving, GATE)
+    assert not alone.blessed and [c.name for c in alone.failed_checks] == ["max_label_shift"]
+    vetted = G.Trained(warm=True, examples=12_000, vetted_examples=2_400, vetted_positives=235)
+    v = decide(candidate, stale_serving, GATE, trained=vetted)
+    assert v.blessed, v.reason
+    check = by_name(v)["max_label_shift"]
+    assert check.passed and check.value == pytest.approx(0.1 / (235 / 2400))
+    assert "6.67x what the serving model predicts (0.015) and 1.02x the recent spans' label rate (0.098 on " \
+           "2,400 vetted examples)" in check.message
+
+
+def test_flipped_labels_are_suspect_against_both_references():
+    """The poisoned span: its label rate (0.880) is 8x what the serving model predicts and 9x the vetted
+    spans' (0.098): refused, and the reason names both."""
+    poisoned_candidate = metrics(auc=0.75, positives=1760, calibration=1.0, log_loss=0.32)
+    serving_on_poison = metrics(auc=0.28, positives=1760, calibration=0.125, log_loss=1.9)
+    vetted = G.Trained(warm=True, examples=12_000, vetted_examples=2_400, vetted_positives=235)
+    v = decide(poisoned_candidate, serving_on_poison, GATE, trained=vetted)
+    assert not v.blessed and [c.name for c in v.failed_checks] == ["max_label_shift"]
+    assert by_name(v)["max_label_shift"].value == pytest.approx(8.0)
+    assert "8.00x what the serving model predicts (0.110) and 8.99x the recent spans' label rate" in v.reason
+
+
+@pytest.mark.parametrize("vetted_examples, vetted_positives", [(2_400, 20), (35, 30), (None, None)])
+def test_too_few_vetted_labels_leave_the_serving_model_as_the_only_reference(vetted_examples, vetted_positives):
+    """Under min_eval_positives (30) positives or min_eval_negatives (10) negatives among the vetted
+    examples, or none recorded (another run_fn), their rate is not used."""
+    candidate = metrics(auc=0.78, positives=200, calibration=1.0, log_loss=0.29)
+    stale_serving = metrics(auc=0.74, positives=200, calibration=0.15, log_loss=0.45)
+    trained = G.Trained(warm=True, examples=12_000, vetted_examples=vetted_examples,
+                        vetted_positives=vetted_positives)
+    v = decide(candidate, stale_serving, GATE, trained=trained)
+    assert not v.blessed and [c.name for c in v.failed_checks] == ["max_label_shift"]
+    assert "recent spans" not in v.reason
+
+
 # -- data: malformed lines ----------------------------------------------------------
 
 def test_a_cycle_with_too_many_malformed_lines_is_not_blessed_and_says_so():

@@ -204,11 +204,21 @@ def ingested_counts(examples: List[types.Artifact]) -> Optional[gate_lib.Ingeste
 
 
 def training_record(model: types.Artifact) -> Optional[gate_lib.Trained]:
-    """Warm or cold and the example count, from WarmStartTrainer's properties (None for another trainer's)."""
+    """Warm or cold, the example count and the vetted spans' labels, from WarmStartTrainer's properties
+    (None for another trainer's; no vetted counts when its run_fn reported no positives per role)."""
     if not (model.has_custom_property("start") and model.has_custom_property("trained_examples")):
         return None
+    vetted_examples = vetted_positives = None
+    if (model.has_custom_property(vocab.TRAINED_EXAMPLES_BY_ROLE_PROPERTY)
+            and model.has_custom_property(vocab.TRAINED_POSITIVES_BY_ROLE_PROPERTY)):
+        examples = json.loads(model.get_string_custom_property(vocab.TRAINED_EXAMPLES_BY_ROLE_PROPERTY) or "{}")
+        positives = json.loads(model.get_string_custom_property(vocab.TRAINED_POSITIVES_BY_ROLE_PROPERTY) or "{}")
+        if positives:
+            vetted_examples = sum(int(examples.get(r, 0)) for r in vocab.VETTED_TRAINING_ROLES)
+            vetted_positives = sum(int(positives.get(r, 0)) for r in vocab.VETTED_TRAINING_ROLES)
     return gate_lib.Trained(warm=model.get_string_custom_property("start") == "warm",
-                            examples=model.get_int_custom_property("trained_examples"))
+                            examples=model.get_int_custom_property("trained_examples"),
+                            vetted_examples=vetted_examples, vetted_positives=vetted_positives)
 
 
 def optional_single(artifacts: Optional[List[types.Artifact]], key: str) -> Optional[types.Artifact]:

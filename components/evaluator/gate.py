@@ -40,7 +40,9 @@ The rules (thresholds from `pipelines.config.GateConfig`):
    CONFIDENCE: the upper bound of the AUC difference is below
    -max_auc_drop, or the lower bound of the log loss difference is above
    max_log_loss_increase (one-sided, at `confidence`). Plus the label shift
-   of the baseline's calibration on the span (suspect data).
+   (suspect data): the span's label rate against what the baseline predicts
+   on it, and, when the trainer recorded them, against the label rate of the
+   vetted spans the candidate trained on; within the fold of either passes.
 4. per slice: every slice with >= min_slice_examples examples has AUC >=
    min_slice_auc and, with a baseline, passes the AUC test of rule 3 in that
    slice, at the confidence Bonferroni-corrected for the number of slices
@@ -195,10 +197,14 @@ class Ingested:
 
 @dataclasses.dataclass(frozen=True)
 class Trained:
-    """What the candidate's trainer recorded: warm or cold, and on how many examples."""
+    """What the candidate's trainer recorded: warm or cold, on how many examples, and how many of them (and
+    of their positives) came from spans already vetted (`mlmd_vocabulary.VETTED_TRAINING_ROLES`: the
+    previous eval split, released splits, replay): the recent label rate. None: not recorded."""
 
     warm: bool
     examples: int
+    vetted_examples: Optional[int] = None
+    vetted_positives: Optional[int] = None
 
 
 def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: GateConfig,
@@ -219,7 +225,7 @@ def decide(candidate: SlicedMetrics, baseline: Optional[SlicedMetrics], gate: Ga
     if has_baseline:
         tests = paired_tests(overall, gate)
         change = change_checks(overall, baseline.get("overall", {}), gate, tests) \
-            + label_shift_checks(baseline.get("overall", {}), gate)
+            + label_shift_checks(baseline.get("overall", {}), gate, trained)
     slices, ignored = slice_checks(candidate.get("slices", {}), gate, has_baseline)
     data = data_checks(ingested, gate) if ingested is not None else []
     training = training_checks(trained) if trained is not None else []
@@ -437,21 +443,51 @@ def _base_rate_misfit(failed: List[Check], overall: Metrics, gate: GateConfig) -
             f"bound log loss relative to the label rate (gate.max_log_loss_factor)")
 
 
-def label_shift_checks(baseline: Metrics, gate: GateConfig) -> List[Check]:
-    """The eval data's label rate may differ at most `max_label_shift`-fold from what the baseline predicts.
+def label_shift_checks(baseline: Metrics, gate: GateConfig, trained: Optional[Trained] = None) -> List[Check]:
+    """The eval data's label rate may differ at most `max_label_shift`-fold from what the baseline predicts,
+    or from the recent spans' label rate.
 
     Relative metrics cannot catch broken labels: a candidate trained on a span
     whose labels were all flipped also scores well on that span's (flipped)
     eval split. But the serving model's calibration on the span exposes it:
     a label rate many times what it predicts is a broken producer far more
-    often than real drift within one span. value = the fold change.
+    often than real drift within one span.
+
+    The serving model alone can be fooled the other way: covariate shift (a
+    value it never saw, such as a new hour of day) can miscalibrate it on sound
+    data, and every candidate after would be refused as "suspect" while it
+    keeps serving. So when the candidate's trainer recorded the labels of the
+    vetted spans it trained on (`Trained.vetted_positives`: both classes at
+    least min_eval_positives / min_eval_negatives times), the span passes if
+    its label rate is within the fold of either reference: broken labels move
+    it away from both. value = the smaller fold change.
     """
     calibration = _metric(baseline, "calibration")
     fold = max(calibration, 1.0 / calibration) if _is_number(calibration) and calibration > 0 else float("nan")
     mean_label, mean_prediction = _metric(baseline, "mean_label"), _metric(baseline, "mean_prediction")
     message = (f"suspect data: the label rate {_f3(mean_label)} is {_f2(fold)}x what the serving model predicts "
-               f"({_f3(mean_prediction)}; allowed {_f2(gate.max_label_shift)}x)")
+               f"({_f3(mean_prediction)})")
+    recent = recent_label_rate(trained, gate)
+    if recent is not None:
+        ratio = mean_label / recent if _is_number(mean_label) and mean_label > 0 else float("nan")
+        recent_fold = max(ratio, 1.0 / ratio) if _is_number(ratio) else float("nan")
+        message += (f" and {_f2(recent_fold)}x the recent spans' label rate ({_f3(recent)} on "
+                    f"{trained.vetted_examples:,} vetted examples)")
+        folds = [f for f in (fold, recent_fold) if _is_number(f)]
+        fold = min(folds) if folds else float("nan")
+    message += f"; allowed {_f2(gate.max_label_shift)}x"
     return [_at_most("max_label_shift", fold, gate.max_label_shift, message)]
+
+
+def recent_label_rate(trained: Optional[Trained], gate: GateConfig) -> Optional[float]:
+    """The label rate of the vetted spans the candidate trained on, or None when too few to tell (fewer than
+    min_eval_positives positives or min_eval_negatives negatives among them) or not recorded."""
+    if trained is None or trained.vetted_examples is None or trained.vetted_positives is None:
+        return None
+    positives, negatives = trained.vetted_positives, trained.vetted_examples - trained.vetted_positives
+    if positives < gate.min_eval_positives or negatives < gate.min_eval_negatives:
+        return None
+    return positives / trained.vetted_examples
 
 
 def data_checks(ingested: Ingested, gate: GateConfig) -> List[Check]:

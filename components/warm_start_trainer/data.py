@@ -242,6 +242,12 @@ def load_transformed(inputs: Sequence[TrainingInput], tft_output, label_key: str
     return arrays, labels, counts, Provenance(spans, roles)
 
 
+def positives_by_role(labels: np.ndarray, provenance: "Provenance") -> Dict[str, int]:
+    """The positive labels (> 0) among the training examples, per role (`TrainResult.positives_by_role`)."""
+    positive = np.asarray(labels).reshape(-1) > 0
+    return {str(role): int(np.count_nonzero(positive[provenance.role == role])) for role in np.unique(provenance.role)}
+
+
 # Keys of the provenance columns while they travel with the features (never a transformed feature's name:
 # those end in `_xf`, or are the label).
 _SPAN, _ROLE = "__span__", "__role__"

@@ -74,3 +74,6 @@ class TrainResult:
     steps: int
     examples: int
     examples_by_role: Dict[str, int] = dataclasses.field(default_factory=dict)
+    # The positive labels among them, per role (`data.positives_by_role`): what the gate's label-shift check
+    # reads the recent spans' label rate from. Empty: not reported (the check then uses the serving model).
+    positives_by_role: Dict[str, int] = dataclasses.field(default_factory=dict)
