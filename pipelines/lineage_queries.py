@@ -17,7 +17,8 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.blessing_pusher.rollback import ROLLBACK_EXECUTION_TYPE, current_pin
 from components.mlmd_vocabulary import (BLESSING_TYPE, INFRA_BLESSING_TYPE, MODEL_TYPE, PIPELINE_CONTEXT_TYPE,
-                                        PIPELINE_RUN_CONTEXT_TYPE, PUSHED_MODEL_TYPE, TRANSFORM_GRAPH_TYPE)
+                                        PIPELINE_RUN_CONTEXT_TYPE, PUSHED_MODEL_TYPE,
+                                        TRAINED_EXAMPLES_BY_ROLE_PROPERTY, TRANSFORM_GRAPH_TYPE)
 from components.mlmd_vocabulary import PUBLISHED_STATES as _PUBLISHED
 from pipelines.controller_lock import controller_state
 from pipelines.failures import consecutive_failures, last_failure, quarantined_spans
@@ -199,7 +200,7 @@ def _model_record(m: metadata_store_pb2.Artifact, blessing: Optional[metadata_st
         base_model_id=int(base) if base is not None and base >= 0 else None,
         newest_span=prop(m, "newest_span"), trained_spans=_json(prop(m, "trained_spans"), []),
         trained_examples=_non_negative(prop(m, "trained_examples")),
-        trained_examples_by_role=_json(prop(m, "trained_examples_by_role"), {}),
+        trained_examples_by_role=_json(prop(m, TRAINED_EXAMPLES_BY_ROLE_PROPERTY), {}),
         max_event_time_ms=_non_negative(prop(m, "max_event_time_ms")),
         train_wall_seconds=prop(m, "train_wall_seconds"), train_cpu_seconds=prop(m, "train_cpu_seconds"),
         # The executor stores a non-finite loss as -1.0.
