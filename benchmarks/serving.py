@@ -1,6 +1,6 @@
 """`driftline serve` under load: p99 of a 1,000-candidate rank request over loopback HTTP.
 
-    .venv/bin/python benchmarks/serving.py [--seconds 10] [--clients 1 4] [--swaps 20]
+    .venv/bin/python benchmarks/serving.py [--seconds 4] [--rounds 5] [--clients 1 4] [--swaps 20]
 
 What it does, all on this machine, loopback only, bounded in time and requests:
 
@@ -11,9 +11,14 @@ What it does, all on this machine, loopback only, bounded in time and requests:
    1,000 candidates (`model_store.load_version`, as the server loads it), and the server's
    own Python work per request around it (checking the body against the schema);
 3. starts the real server (`python -m pipelines.cli serve`) twice, with the impressions log and
-   without it, and runs the load on each in turn (log on, log off, for each client count): N
-   clients, each sending one rank request after another (one user, 1,000 ads; the body is
-   serialized once) for --seconds, at most --max-requests in all. The clients are `wrk` (Debian's package: `apt-get install wrk`), one
+   without it, and for each client count runs --rounds pairs of segments, one on each server,
+   their order alternating (on-off, off-on, ...): N clients, each sending one rank request after
+   another (one user, 1,000 ads; the body is serialized once) for --seconds, at most --max-requests
+   in all. A row's p50 and p99 are the medians over its segments, and the log's cost is the median
+   over the rounds of the paired difference of p99s: this machine's speed drifts from minute to
+   minute (the same configuration's server CPU per request moved 8.3 -> 11.4 ms between two rounds,
+   2026-12-06),
+   and pairs measured seconds apart keep that drift out of the difference. The clients are `wrk` (Debian's package: `apt-get install wrk`), one
    thread holding N connections, in its own process: a load generator that costs the 2 cores
    little. Without wrk (or with --client httpx) they are asyncio tasks of one httpx.AsyncClient
    in this process, which takes most of a core from the server it measures;
@@ -59,6 +64,27 @@ def pct(values: List[float], q: float) -> float:
     import numpy as np
 
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def median(values: List[float]) -> float:
+    import statistics
+
+    return round(statistics.median(values), 2)
+
+
+def combine(segments: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One row of alternating segments: p50 and p99 the medians over them, counts summed, the worst max."""
+    seconds = sum(s["requests"] / s["requests_per_s"] for s in segments if s["requests_per_s"])
+    return {"requests": sum(s["requests"] for s in segments), "failed": sum(s["failed"] for s in segments),
+            "p50_ms": median([s["p50_ms"] for s in segments]), "p99_ms": median([s["p99_ms"] for s in segments]),
+            "max_ms": max(s["max_ms"] for s in segments),
+            "requests_per_s": round(sum(s["requests"] for s in segments) / seconds, 1) if seconds else None,
+            "segment_p99_ms": [s["p99_ms"] for s in segments]}
+
+
+def log_added_p99(on: List[Dict[str, Any]], off: List[Dict[str, Any]]) -> float:
+    """The log's cost: the median over rounds of (p99 with the log - p99 without), each pair seconds apart."""
+    return median([a["p99_ms"] - b["p99_ms"] for a, b in zip(on, off)])
 
 
 def summary(latencies_s: List[float], seconds: float, failed: int) -> Dict[str, Any]:
@@ -297,7 +323,9 @@ def hot_swaps(home: Dict[str, str], server: Dict[str, Any], payload: bytes, swap
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="load per measurement (default 10)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="load per segment (default 4)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="pairs of segments (log on, log off) per client count, their order alternating")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--max-requests", type=int, default=20_000, help="per measurement, whatever the time")
@@ -324,6 +352,7 @@ def main(argv=None) -> int:
     results: Dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info(),
                                "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                                "candidates": args.candidates, "body_bytes": len(payload), "seconds": args.seconds,
+                               "rounds": args.rounds, "log_added_p99_ms": {},
                                "client": client,
                                "floor": floor(home["serving_dir"], body, 200), "http": {}}
     # Both servers up at once, their rows alternated (log on, log off, for each client count): the pair
@@ -337,17 +366,23 @@ def main(argv=None) -> int:
             servers[impressions] = start_server(home["home"], impressions)
             asyncio.run(load(servers[impressions]["base"], payload, 1, 2.0, 200))  # warm-up, not counted
         for clients in args.clients:
+            segments: Dict[bool, List[Dict[str, Any]]] = {True: [], False: []}
+            for round_ in range(args.rounds):
+                for impressions in ((True, False) if round_ % 2 == 0 else (False, True)):
+                    time.sleep(1.0)  # the log's writer catches up on the previous segment before the next one
+                    base = servers[impressions]["base"]
+                    log(f"load: {clients} client(s), impressions {'on' if impressions else 'off'}, round "
+                        f"{round_ + 1} of {args.rounds} ({client})")
+                    if client == "wrk":
+                        row = wrk_load(base, payload, clients, args.seconds, args.max_requests)
+                    else:
+                        out = asyncio.run(load(base, payload, clients, args.seconds, args.max_requests))
+                        row = summary(out["latencies"], args.seconds, out["failed"])
+                    segments[impressions].append(row)
             for impressions in (True, False):
-                time.sleep(1.0)  # the log's writer catches up on the previous row before the next one
-                base = servers[impressions]["base"]
-                log(f"load: {clients} client(s), impressions {'on' if impressions else 'off'} ({client})")
-                if client == "wrk":
-                    row = wrk_load(base, payload, clients, args.seconds, args.max_requests)
-                else:
-                    out = asyncio.run(load(base, payload, clients, args.seconds, args.max_requests))
-                    row = summary(out["latencies"], args.seconds, out["failed"])
                 results["http"][f"{clients}_{'log' if impressions else 'nolog'}"] = {
-                    "clients": clients, "impressions": impressions, **row}
+                    "clients": clients, "impressions": impressions, **combine(segments[impressions])}
+            results["log_added_p99_ms"][str(clients)] = log_added_p99(segments[True], segments[False])
         stop_server(servers.pop(False))
         if args.swaps:
             log(f"{args.swaps} hot swaps under load")
@@ -381,11 +416,16 @@ def render(r: Dict[str, Any]) -> str:
              "* Command: `.venv/bin/python benchmarks/serving.py`",
              f"* Date: {r['date']}; {m['nproc']} cores ({m['cpu_model']}), TensorFlow {m['tensorflow']}",
              f"* Requests: `POST /v1/models/{NAME}:rank`, one context and **{r['candidates']} candidates** "
-             f"({r['body_bytes']:,} bytes of JSON), one after another per client, {r['seconds']:g} s per row; "
+             f"({r['body_bytes']:,} bytes of JSON), one after another per client; "
              f"the clients are {CLIENTS[r.get('client', 'httpx')]}; "
              + "the server is `python -m pipelines.cli serve` (uvicorn with uvloop and httptools, one worker) on "
-             "loopback, started twice (log on, log off) and loaded in turn, the two rows of a client count "
-             "a few seconds apart; the hot swaps' client is httpx in the benchmark's process (it reads each answer's "
+             "loopback, started twice (log on, log off); "
+             + (f"for each client count, {r['rounds']} rounds of a {r['seconds']:g} s segment on each server, "
+                "their order alternating; a row's p50 and p99 are the medians over its segments, and the log's "
+                "cost is the median over the rounds of the paired p99 difference (segments seconds apart: "
+                "this machine's speed drifts from minute to minute)" if r.get("rounds") else
+                f"{r['seconds']:g} s per row, the two rows of a client count a few seconds apart")
+             + "; the hot swaps' client is httpx in the benchmark's process (it reads each answer's "
              "version)",
              "* Model: the default model (`pipelines.ads_model`) exported by its export path, untrained weights "
              "(the same cost as trained ones)"]
@@ -402,11 +442,13 @@ def render(r: Dict[str, Any]) -> str:
                   f"call alone p50 {f['model_call_p50_ms']} ms, p99 {f['model_call_p99_ms']} ms; with the server's "
                   f"schema checks of the body p50 {f['checks_and_call_p50_ms']} ms, p99 "
                   f"{f['checks_and_call_p99_ms']} ms.", "",
-              "| clients | impressions log | requests | failed | p50 ms | p99 ms | max ms | requests/s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| clients | impressions log | requests | failed | p50 ms | p99 ms | p99 of each segment, ms | "
+              "max ms | requests/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in r["http"].values():
+        each = ", ".join(str(x) for x in row.get("segment_p99_ms", [row["p99_ms"]]))
         lines.append(f"| {row['clients']} | {'on' if row['impressions'] else 'off'} | {row['requests']} | "
-                     f"{row['failed']} | {row['p50_ms']} | {row['p99_ms']} | {row['max_ms']} | "
+                     f"{row['failed']} | {row['p50_ms']} | {row['p99_ms']} | {each} | {row['max_ms']} | "
                      f"{row['requests_per_s']} |")
     lines.append("")
     for clients in sorted({row["clients"] for row in r["http"].values()}):
@@ -414,7 +456,7 @@ def render(r: Dict[str, Any]) -> str:
         if on and off:
             lines.append(f"- {clients} client(s): HTTP and the server's work over the in-process call: p99 "
                          f"{round(off['p99_ms'] - f['model_call_p99_ms'], 2)} ms; the impressions log adds "
-                         f"{round(on['p99_ms'] - off['p99_ms'], 2)} ms to p99 (target <= 1 ms)")
+                         f"{added_p99(r, clients)} ms to p99 (target <= 1 ms)")
     s = r.get("swaps")
     if s:
         lines += ["", f"Hot swaps: {s['swaps']} pushes under one client's load, {s['requests']} requests, "
@@ -425,6 +467,14 @@ def render(r: Dict[str, Any]) -> str:
     lines += ["", "Against #20's targets (this run):"] + [f"- {t}" for t in verdicts(r)]
     lines.append(end)
     return "\n".join(lines) + "\n"
+
+
+def added_p99(r: Dict[str, Any], clients: int) -> float:
+    """The log's cost to p99 with `clients`: the paired median of a run with rounds, else the rows' difference."""
+    paired = r.get("log_added_p99_ms", {}).get(str(clients))
+    if paired is not None:
+        return paired
+    return round(r["http"][f"{clients}_log"]["p99_ms"] - r["http"][f"{clients}_nolog"]["p99_ms"], 2)
 
 
 def verdicts(r: Dict[str, Any]) -> List[str]:
@@ -440,7 +490,7 @@ def verdicts(r: Dict[str, Any]) -> List[str]:
                        f"{met(row['p99_ms'] <= target)}")
         off = r["http"].get(f"{clients}_nolog")
         if row and off:
-            added = round(row["p99_ms"] - off["p99_ms"], 2)
+            added = added_p99(r, clients)
             out.append(f"the impressions log adds <= 1 ms to p99 with {clients} client(s): {added} ms, "
                        f"{met(added <= 1.0)}")
     s = r.get("swaps")
