@@ -73,6 +73,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.results_md import machine_info, marks, replace_section  # noqa: E402
+from components.mlmd_vocabulary import TRAINED_EXAMPLES_BY_ROLE_PROPERTY  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -359,7 +360,7 @@ def _row(setup: Setup, regime: str, k: int, props: Dict[str, Any], model_uri: st
         "start": props["start"], "start_reason": props["start_reason"],
         "trained_spans": json.loads(props["trained_spans"]),
         "trained_examples": props["trained_examples"],
-        "trained_examples_by_role": json.loads(props["trained_examples_by_role"]),
+        "trained_examples_by_role": json.loads(props[TRAINED_EXAMPLES_BY_ROLE_PROPERTY]),
         "epochs": props["epochs"], "example_epochs": props["trained_examples"] * props["epochs"],
         "train_steps": props["train_steps"], "learning_rate": props["learning_rate"],
         "final_loss": props["final_loss"],

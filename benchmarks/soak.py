@@ -155,6 +155,8 @@ def main(argv=None) -> int:
     from pipelines import lineage
 
     status = lineage.status(config)
+    # Why each cycle that pushed nothing did not (the 2026-12-06 runs kept only that it did not).
+    not_pushed = why_not_pushed(rows, lineage.models(config.metadata_path, config.pipeline_name))
     chain = lineage.chain(config.metadata_path, config.pipeline_name, serving_dir=config.serving_dir)
     freed_total = sum(r["freed_bytes"] for r in rows)
     n = len(rows)
@@ -183,6 +185,7 @@ def main(argv=None) -> int:
         "freed_bytes_total": freed_total,
         "without_retention_bytes_estimate": last["bytes"]["home"] + freed_total,
         "pushes": sum(1 for r in rows if r["pushed_version"]),
+        "not_pushed": not_pushed,
         "status": {"serving_version": status.serving.version, "serving_model_id": status.serving.model_id,
                    "spans_ingested": status.spans_ingested, "spans_payload_deleted": status.spans_payload_deleted,
                    "models_trained": status.models_trained, "models_payload_deleted": status.models_payload_deleted,
@@ -199,6 +202,27 @@ def main(argv=None) -> int:
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def why_not_pushed(rows, records) -> list:
+    """For each cycle that pushed nothing, what ML Metadata says of its model: the gate's failed checks and
+    the blessing's reason (or the pusher's). `records`: `lineage.models`, oldest first; a cycle's model is
+    the newest one whose newest span is the cycle's newest span."""
+    by_span = {r.newest_span: r for r in records if r.newest_span is not None}
+    out = []
+    for row in rows:
+        if row["pushed_version"]:
+            continue
+        record = by_span.get(max(row["spans"])) if row["spans"] else None
+        if record is None:
+            out.append({"cycle": row["cycle"], "model_id": None, "failed_checks": [],
+                        "reason": "no model recorded for the cycle's spans"})
+            continue
+        out.append({"cycle": row["cycle"], "model_id": record.model_id,
+                    "failed_checks": list(record.failed_checks or []),
+                    "reason": record.blessing_reason if record.blessed is False else
+                    (record.push_reason or record.blessing_reason or "")})
+    return out
 
 
 def longest_without_push(rows) -> tuple:
@@ -273,7 +297,7 @@ def write_section(s: dict, out: str) -> None:
 |---|---:|---:|---|
 {check_rows}
 
-* Payload deleted by retention over the run: {mb(s['freed_bytes_total'])} MB; without retention the home
+{not_pushed_lines(s.get("not_pushed"))}* Payload deleted by retention over the run: {mb(s['freed_bytes_total'])} MB; without retention the home
   would hold about {mb(s['without_retention_bytes_estimate'])} MB now.
 * ML Metadata keeps every record (marked DELETED) by design, so that lineage and status survive; so it
   does not level off. At the rate above, a cycle every 5 minutes adds about
@@ -291,6 +315,17 @@ def write_section(s: dict, out: str) -> None:
 """
     start, end = marks("soak")
     replace_section(out, "soak", f"{start}\n{body.rstrip()}\n{end}")
+
+
+def not_pushed_lines(not_pushed) -> str:
+    """The RESULTS lines on the cycles that pushed nothing, with why ("" for a run stored without reasons)."""
+    if not not_pushed:
+        return ""
+    lines = ["* Not pushed:"] + [
+        f"  cycle {c['cycle']} (model {c['model_id']}): " + (f"failed {', '.join(c['failed_checks'])}; "
+                                                            if c["failed_checks"] else "") + str(c["reason"])
+        for c in not_pushed]
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows, path: str) -> None:
