@@ -159,7 +159,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(home: str, impressions: bool) -> Dict[str, Any]:
+def start_server(home: str, impressions: bool, writer_nice: int = 0) -> Dict[str, Any]:
     import httpx
 
     port = free_port()
@@ -167,6 +167,8 @@ def start_server(home: str, impressions: bool) -> Dict[str, Any]:
             "0.2"]
     if not impressions:
         args.append("--no-impressions")
+    elif writer_nice:
+        args += ["--impressions-writer-nice", str(writer_nice)]
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -332,6 +334,8 @@ def main(argv=None) -> int:
     parser.add_argument("--swaps", type=int, default=20)
     parser.add_argument("--client", choices=("wrk", "httpx"), default="wrk",
                         help="the load generator of the latency rows (default wrk; httpx if wrk is not installed)")
+    parser.add_argument("--writer-nice", type=int, default=0,
+                        help="the logged server's --impressions-writer-nice (default 0, the server's default)")
     parser.add_argument("--shared-note", default="", help="a note on what else ran on the machine")
     parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     parser.add_argument("--json", default=os.path.join(HERE, "results", "serving.json"))
@@ -352,7 +356,7 @@ def main(argv=None) -> int:
     results: Dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info(),
                                "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                                "candidates": args.candidates, "body_bytes": len(payload), "seconds": args.seconds,
-                               "rounds": args.rounds, "log_added_p99_ms": {},
+                               "rounds": args.rounds, "log_added_p99_ms": {}, "writer_nice": args.writer_nice,
                                "client": client,
                                "floor": floor(home["serving_dir"], body, 200), "http": {}}
     # Both servers up at once, their rows alternated (log on, log off, for each client count): the pair
@@ -363,7 +367,7 @@ def main(argv=None) -> int:
     servers = {}
     try:
         for impressions in (True, False):
-            servers[impressions] = start_server(home["home"], impressions)
+            servers[impressions] = start_server(home["home"], impressions, args.writer_nice)
             asyncio.run(load(servers[impressions]["base"], payload, 1, 2.0, 200))  # warm-up, not counted
         for clients in args.clients:
             segments: Dict[bool, List[Dict[str, Any]]] = {True: [], False: []}
@@ -427,6 +431,8 @@ def render(r: Dict[str, Any]) -> str:
                 f"{r['seconds']:g} s per row, the two rows of a client count a few seconds apart")
              + "; the hot swaps' client is httpx in the benchmark's process (it reads each answer's "
              "version)",
+             *([f"* The logged server's impressions writer runs at nice {r['writer_nice']} "
+                "(`--impressions-writer-nice`)"] if r.get("writer_nice") else []),
              "* Model: the default model (`pipelines.ads_model`) exported by its export path, untrained weights "
              "(the same cost as trained ones)"]
     if r.get("note"):
