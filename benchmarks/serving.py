@@ -17,9 +17,8 @@ What it does, all on this machine, loopback only, bounded in time and requests:
    in all. A row's p50 and p99 are the medians over its segments, and the log's cost is the median
    over the rounds of the paired difference of p99s: this machine's speed drifts from minute to
    minute (the same configuration's server CPU per request moved 8.3 -> 11.4 ms between two rounds,
-   2026-12-06),
-   and pairs measured seconds apart keep that drift out of the difference. The clients are `wrk` (Debian's package: `apt-get install wrk`), one
-   thread holding N connections, in its own process: a load generator that costs the 2 cores
+   2026-12-06), and pairs measured seconds apart keep that drift out of the difference. The clients
+   are `wrk` (Debian's package: `apt-get install wrk`), one thread holding N connections, in its own process: a load generator that costs the 2 cores
    little. Without wrk (or with --client httpx) they are asyncio tasks of one httpx.AsyncClient
    in this process, which takes most of a core from the server it measures;
 4. hot swaps: under 1 client's steady load (httpx, in this process: each answer's version is
@@ -359,7 +358,7 @@ def main(argv=None) -> int:
                                "rounds": args.rounds, "log_added_p99_ms": {}, "writer_nice": args.writer_nice,
                                "client": client,
                                "floor": floor(home["serving_dir"], body, 200), "http": {}}
-    # Both servers up at once, their rows alternated (log on, log off, for each client count): the pair
+    # Both servers up at once, their segments alternated (log on, log off, for each client count): the pair
     # compared for the log's cost is measured a few seconds apart, not minutes, on a machine whose load
     # from other work comes and goes. The server without the log is stopped before the swaps (it would
     # load every pushed version too).
