@@ -139,7 +139,8 @@ def main(argv=None) -> int:
         sizes = {"home": du(home), "pipeline_root": du(config.pipeline_root), "serving": du(config.serving_dir),
                  "mlmd": os.path.getsize(config.metadata_path), "event_log": du(log_dir)}
         row = {
-            "cycle": step, "spans": cycle["spans"], "start": cycle["start"], "blessed": cycle["blessed"],
+            "cycle": step, "spans": cycle["spans"], "start": cycle["start"], "model_id": cycle["model_id"],
+            "blessed": cycle["blessed"],
             "pushed_version": cycle["pushed_version"], "cycle_s": cycle["wall_seconds"],
             "controller_s": round(controller_s, 2), "retention_s": cycle["retention"]["seconds"],
             "deleted": cycle["retention"]["deleted"], "freed_bytes": cycle["retention"]["freed_bytes"],
@@ -205,18 +206,17 @@ def main(argv=None) -> int:
 
 
 def why_not_pushed(rows, records) -> list:
-    """For each cycle that pushed nothing, what ML Metadata says of its model: the gate's failed checks and
-    the blessing's reason (or the pusher's). `records`: `lineage.models`, oldest first; a cycle's model is
-    the newest one whose newest span is the cycle's newest span."""
-    by_span = {r.newest_span: r for r in records if r.newest_span is not None}
+    """For each cycle that pushed nothing, what ML Metadata says of its model (the cycle's `model_id`): the
+    gate's failed checks and the blessing's reason (or the pusher's). `records`: `lineage.models`."""
+    by_id = {r.model_id: r for r in records}
     out = []
     for row in rows:
         if row["pushed_version"]:
             continue
-        record = by_span.get(max(row["spans"])) if row["spans"] else None
+        record = by_id.get(row["model_id"])
         if record is None:
-            out.append({"cycle": row["cycle"], "model_id": None, "failed_checks": [],
-                        "reason": "no model recorded for the cycle's spans"})
+            out.append({"cycle": row["cycle"], "model_id": row["model_id"], "failed_checks": [],
+                        "reason": "no model recorded for the cycle"})
             continue
         out.append({"cycle": row["cycle"], "model_id": record.model_id,
                     "failed_checks": list(record.failed_checks or []),

@@ -18,25 +18,25 @@ def test_each_cycle_without_a_push_gets_its_models_failed_checks_and_reason():
 
     from benchmarks.soak import not_pushed_lines, why_not_pushed
 
-    def record(model_id, span, blessed, checks=(), reason="", push_reason=None):
-        return SimpleNamespace(model_id=model_id, newest_span=span, blessed=blessed, failed_checks=list(checks),
+    def record(model_id, blessed, checks=(), reason="", push_reason=None):
+        return SimpleNamespace(model_id=model_id, blessed=blessed, failed_checks=list(checks),
                                blessing_reason=reason, push_reason=push_reason)
 
-    rows = [{"cycle": 1, "spans": [1, 2], "pushed_version": None},
-            {"cycle": 2, "spans": [3], "pushed_version": "2"},
-            {"cycle": 3, "spans": [4], "pushed_version": None},
-            {"cycle": 4, "spans": [5], "pushed_version": None},
-            {"cycle": 5, "spans": [], "pushed_version": None}]
-    records = [record(10, 2, False, ["min_auc"], "auc 0.52 below 0.55"),
-               record(11, 3, True, reason="better"),
-               record(12, 4, False, ["max_log_loss_increase"], "log loss worse"),
-               record(13, 4, False, ["max_label_shift"], "suspect data"),  # the same span again: the newer counts
-               record(14, 5, True, reason="better", push_reason="pinned to version 1 by a rollback")]
+    rows = [{"cycle": 1, "model_id": 10, "pushed_version": None},
+            {"cycle": 2, "model_id": 11, "pushed_version": "2"},
+            {"cycle": 3, "model_id": 13, "pushed_version": None},
+            {"cycle": 4, "model_id": 14, "pushed_version": None},
+            {"cycle": 5, "model_id": None, "pushed_version": None}]
+    records = [record(10, False, ["min_auc"], "auc 0.52 below 0.55"),
+               record(11, True, reason="better"),
+               record(12, False, ["max_log_loss_increase"], "log loss worse"),
+               record(13, False, ["max_label_shift"], "suspect data"),
+               record(14, True, reason="better", push_reason="pinned to version 1 by a rollback")]
     assert why_not_pushed(rows, records) == [
         {"cycle": 1, "model_id": 10, "failed_checks": ["min_auc"], "reason": "auc 0.52 below 0.55"},
         {"cycle": 3, "model_id": 13, "failed_checks": ["max_label_shift"], "reason": "suspect data"},
         {"cycle": 4, "model_id": 14, "failed_checks": [], "reason": "pinned to version 1 by a rollback"},
-        {"cycle": 5, "model_id": None, "failed_checks": [], "reason": "no model recorded for the cycle's spans"}]
+        {"cycle": 5, "model_id": None, "failed_checks": [], "reason": "no model recorded for the cycle"}]
     text = not_pushed_lines(why_not_pushed(rows, records))
     assert "  cycle 3 (model 13): failed max_label_shift; suspect data\n" in text
     assert not_pushed_lines(None) == "" and not_pushed_lines([]) == ""
